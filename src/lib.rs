@@ -1,0 +1,4 @@
+pub mod clock;
+pub mod seal;
+pub mod session;
+pub mod store;

@@ -1,0 +1,236 @@
+//! The session domain, free of I/O: the cookie key, the id it is stored under, the ticket that
+//! holds a session's tokens and claims, and the policy deciding when a session ends and when its
+//! access token needs a refresh.
+//!
+//! Every token is a [`Secret`], whose `Debug` is redacted, so no log line can print one by
+//! accident. Times are whole seconds since the Unix epoch; callers pass `now`.
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use crate::seal::random_bytes;
+
+/// A token, code or other secret string. `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the few places that must send it somewhere.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The random value in the browser's session cookie: 256 bits, shown as 43 base64url characters.
+///
+/// It is the only thing the browser holds. The server stores only its SHA-256 ([`SessionId`]),
+/// so a copy of the database yields no usable cookie.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey([u8; 32]);
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey(<redacted>, id {})", self.id())
+    }
+}
+
+impl SessionKey {
+    /// Length of the cookie form.
+    pub const ENCODED_LEN: usize = 43;
+
+    /// A fresh random key; a new one for every login, so a key planted before login is useless.
+    pub fn generate() -> Self {
+        Self(random_bytes())
+    }
+
+    /// Parses a cookie value. Anything but exactly 43 base64url characters is not a key.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// The cookie form.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// The id the session is stored under.
+    pub fn id(&self) -> SessionId {
+        let hash = digest::digest(&digest::SHA256, &self.0);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(hash.as_ref());
+        SessionId(id)
+    }
+}
+
+/// SHA-256 of a [`SessionKey`]: the primary key of the sessions table. Its `Debug` and `Display`
+/// show an 8-hex-digit prefix, enough to correlate log lines and useless for anything else.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub [u8; 32]);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in &self.0[..4] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+/// Tokens the provider issued for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    /// The access token relayed to APIs.
+    pub access_token: Secret,
+    /// When the access token expires, if the provider said.
+    pub access_expires_at: Option<u64>,
+    /// The refresh token, if the provider issued one.
+    pub refresh_token: Option<Secret>,
+    /// The raw ID token, kept for `id_token_hint` at logout.
+    pub id_token: Option<Secret>,
+}
+
+/// Everything the server keeps about one session (the seed's AuthenticationTicket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// The provider's tokens.
+    pub tokens: Tokens,
+    /// The subject (`sub`) the provider authenticated.
+    pub subject: String,
+    /// The provider's session id (`sid`), used by back-channel logout.
+    pub provider_sid: Option<String>,
+    /// User claims as a JSON object (from the ID token), without any token.
+    pub claims_json: String,
+    /// When the session was created.
+    pub created_at: u64,
+    /// The absolute end of the session, whatever its activity.
+    pub expires_at: u64,
+}
+
+/// How long sessions live and when their tokens are refreshed.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    /// A session not used for this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after login, whatever its activity.
+    pub lifetime: Duration,
+    /// An access token expiring within this is refreshed before use.
+    pub refresh_skew: Duration,
+}
+
+impl SessionPolicy {
+    /// The absolute end of a session created at `now`.
+    pub fn expires_at(&self, now: u64) -> u64 {
+        now.saturating_add(self.lifetime.as_secs())
+    }
+
+    /// The moment a session ends: its absolute expiry or the end of its idle window, whichever
+    /// comes first.
+    pub fn deadline(&self, ticket: &Ticket, last_access: u64) -> u64 {
+        ticket
+            .expires_at
+            .min(last_access.saturating_add(self.idle_timeout.as_secs()))
+    }
+
+    /// Whether the session is still valid at `now`.
+    pub fn is_live(&self, ticket: &Ticket, last_access: u64, now: u64) -> bool {
+        now < self.deadline(ticket, last_access)
+    }
+
+    /// Whether the access token must be refreshed before it is used at `now`.
+    pub fn needs_refresh(&self, ticket: &Ticket, now: u64) -> bool {
+        match ticket.tokens.access_expires_at {
+            Some(expiry) => now.saturating_add(self.refresh_skew.as_secs()) >= expiry,
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(expires_at: u64, access_expires_at: Option<u64>) -> Ticket {
+        Ticket {
+            tokens: Tokens {
+                access_token: Secret::new("at"),
+                access_expires_at,
+                refresh_token: Some(Secret::new("rt")),
+                id_token: None,
+            },
+            subject: "alice".into(),
+            provider_sid: None,
+            claims_json: "{}".into(),
+            created_at: 0,
+            expires_at,
+        }
+    }
+
+    const POLICY: SessionPolicy = SessionPolicy {
+        idle_timeout: Duration::from_secs(100),
+        lifetime: Duration::from_secs(1_000),
+        refresh_skew: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn session_key_round_trips_and_rejects_malformed_values() {
+        let key = SessionKey::generate();
+        let text = key.encode();
+        assert_eq!(text.len(), SessionKey::ENCODED_LEN);
+        assert_eq!(SessionKey::parse(&text), Some(key.clone()));
+        assert_eq!(SessionKey::parse(&text[1..]), None);
+        assert_eq!(SessionKey::parse(&format!("{text}A")), None);
+        assert_eq!(SessionKey::parse(&"!".repeat(43)), None);
+        assert_ne!(SessionKey::generate(), key);
+    }
+
+    #[test]
+    fn secrets_and_keys_are_redacted_in_debug_output() {
+        let key = SessionKey::generate();
+        assert!(!format!("{key:?}").contains(&key.encode()));
+        let ticket = ticket(10, None);
+        let printed = format!("{ticket:?}");
+        assert!(!printed.contains("\"at\"") && !printed.contains("\"rt\""));
+    }
+
+    #[test]
+    fn a_session_ends_at_idle_or_absolute_expiry_whichever_is_first() {
+        let t = ticket(1_000, None);
+        assert!(POLICY.is_live(&t, 0, 99));
+        assert!(!POLICY.is_live(&t, 0, 100));
+        assert!(POLICY.is_live(&t, 950, 999));
+        assert!(!POLICY.is_live(&t, 950, 1_000));
+    }
+
+    #[test]
+    fn refresh_is_due_within_the_skew() {
+        assert!(!POLICY.needs_refresh(&ticket(1_000, Some(100)), 69));
+        assert!(POLICY.needs_refresh(&ticket(1_000, Some(100)), 70));
+        assert!(!POLICY.needs_refresh(&ticket(1_000, None), 10_000));
+    }
+}

@@ -1,0 +1,457 @@
+//! The redb file: sessions, their activity, and the indexes sweeps and logout need.
+//!
+//! This layer stores opaque sealed tickets and fixed-size metadata; it neither encrypts nor
+//! decides expiry (see `tickets.rs` and `session.rs`). Every method blocks on disk I/O, so async
+//! callers run it through `spawn_blocking`. Write transactions stay short: one session, or one
+//! batch of touches.
+//!
+//! Tables (the layout is documented in docs/design.md):
+//! - `sessions`:    session id → sealed ticket record
+//! - `meta`:        session id → last access, deadline, keyed hashes of `sub` and `sid`
+//! - `by_deadline`: (deadline, session id) → ()   — sweeps read only what is due
+//! - `by_sid`:      (hash of provider sid, session id) → ()
+//! - `by_sub`:      (hash of subject, session id) → ()
+
+use std::path::Path;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+use crate::session::SessionId;
+
+const SESSIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("sessions");
+const META: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("meta");
+const BY_DEADLINE: TableDefinition<(u64, [u8; 32]), ()> = TableDefinition::new("by_deadline");
+const BY_SID: TableDefinition<([u8; 32], [u8; 32]), ()> = TableDefinition::new("by_sid");
+const BY_SUB: TableDefinition<([u8; 32], [u8; 32]), ()> = TableDefinition::new("by_sub");
+
+/// A storage failure. Carries redb's description, never record contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb reported an error.
+    #[error("session database: {0}")]
+    Database(#[from] redb::Error),
+    /// A metadata row has the wrong length: the file was written by something else.
+    #[error("session database: malformed metadata row for session {0}")]
+    MalformedMeta(SessionId),
+}
+
+fn db_error(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database(error.into())
+}
+
+/// Per-session metadata kept outside the sealed ticket, so that touches and sweeps never need
+/// the ticket key and never rewrite the ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Last time the session was used (seconds since the epoch), at touch granularity.
+    pub last_access: u64,
+    /// When the session ends unless used again: min(absolute expiry, last access + idle timeout).
+    pub deadline: u64,
+    /// Keyed hash of the subject.
+    pub subject: [u8; 32],
+    /// Keyed hash of the provider's session id, when it sent one.
+    pub provider_sid: Option<[u8; 32]>,
+}
+
+impl Meta {
+    const LEN: usize = 8 + 8 + 32 + 1 + 32;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0..8].copy_from_slice(&self.last_access.to_be_bytes());
+        out[8..16].copy_from_slice(&self.deadline.to_be_bytes());
+        out[16..48].copy_from_slice(&self.subject);
+        if let Some(sid) = self.provider_sid {
+            out[48] = 1;
+            out[49..81].copy_from_slice(&sid);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::LEN {
+            return None;
+        }
+        let u64_at = |at: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(word)
+        };
+        let hash_at = |at: usize| {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&bytes[at..at + 32]);
+            hash
+        };
+        Some(Self {
+            last_access: u64_at(0),
+            deadline: u64_at(8),
+            subject: hash_at(16),
+            provider_sid: (bytes[48] == 1).then(|| hash_at(49)),
+        })
+    }
+}
+
+/// One stored session: its sealed ticket record and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The sealed ticket, as written by `tickets.rs`.
+    pub sealed: Vec<u8>,
+    /// Activity and index data.
+    pub meta: Meta,
+}
+
+/// A last-access update for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touch {
+    /// The session.
+    pub id: SessionId,
+    /// The new last-access time.
+    pub last_access: u64,
+    /// The new deadline that follows from it.
+    pub deadline: u64,
+}
+
+/// The session database.
+#[derive(Debug)]
+pub struct SessionDb {
+    db: Database,
+}
+
+impl SessionDb {
+    /// Opens (or creates) the file with a page cache of `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(db_error)?;
+        let txn = db.begin_write().map_err(db_error)?;
+        {
+            txn.open_table(SESSIONS).map_err(db_error)?;
+            txn.open_table(META).map_err(db_error)?;
+            txn.open_table(BY_DEADLINE).map_err(db_error)?;
+            txn.open_table(BY_SID).map_err(db_error)?;
+            txn.open_table(BY_SUB).map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)?;
+        Ok(Self { db })
+    }
+
+    /// Stores a new session durably (the commit is on disk when this returns), or replaces one
+    /// with the same id.
+    pub fn insert(&self, id: SessionId, sealed: &[u8], meta: Meta) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+            let mut metas = txn.open_table(META).map_err(db_error)?;
+            let mut by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
+            let mut by_sid = txn.open_table(BY_SID).map_err(db_error)?;
+            let mut by_sub = txn.open_table(BY_SUB).map_err(db_error)?;
+            if let Some(old) = metas.get(id.0).map_err(db_error)? {
+                let old = Meta::decode(old.value()).ok_or(StoreError::MalformedMeta(id))?;
+                drop_indexes(&mut by_deadline, &mut by_sid, &mut by_sub, id, &old)?;
+            }
+            sessions.insert(id.0, sealed).map_err(db_error)?;
+            metas
+                .insert(id.0, meta.encode().as_slice())
+                .map_err(db_error)?;
+            by_deadline
+                .insert((meta.deadline, id.0), ())
+                .map_err(db_error)?;
+            by_sub.insert((meta.subject, id.0), ()).map_err(db_error)?;
+            if let Some(sid) = meta.provider_sid {
+                by_sid.insert((sid, id.0), ()).map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    /// Reads one session.
+    pub fn get(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+        let metas = txn.open_table(META).map_err(db_error)?;
+        let Some(sealed) = sessions.get(id.0).map_err(db_error)? else {
+            return Ok(None);
+        };
+        let meta = metas
+            .get(id.0)
+            .map_err(db_error)?
+            .and_then(|row| Meta::decode(row.value()))
+            .ok_or(StoreError::MalformedMeta(id))?;
+        Ok(Some(Record {
+            sealed: sealed.value().to_vec(),
+            meta,
+        }))
+    }
+
+    /// Replaces the sealed ticket of an existing session (after a refresh), durably. Returns
+    /// false when the session no longer exists (it was removed meanwhile: do not resurrect it).
+    pub fn replace_ticket(&self, id: SessionId, sealed: &[u8]) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let replaced = {
+            let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+            let exists = sessions.get(id.0).map_err(db_error)?.is_some();
+            if exists {
+                sessions.insert(id.0, sealed).map_err(db_error)?;
+            }
+            exists
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(replaced)
+    }
+
+    /// Records last-access times for many sessions in one transaction. Sessions that no longer
+    /// exist are skipped. Not synced on its own: losing the last few touches in a crash only
+    /// makes sessions look idle slightly earlier.
+    pub fn touch(&self, touches: &[Touch]) -> Result<(), StoreError> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(db_error)?;
+        txn.set_durability(Durability::None).map_err(db_error)?;
+        {
+            let mut metas = txn.open_table(META).map_err(db_error)?;
+            let mut by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
+            for touch in touches {
+                let Some(old) = metas
+                    .get(touch.id.0)
+                    .map_err(db_error)?
+                    .map(|row| Meta::decode(row.value()))
+                else {
+                    continue;
+                };
+                let old = old.ok_or(StoreError::MalformedMeta(touch.id))?;
+                if touch.last_access <= old.last_access {
+                    continue;
+                }
+                let new = Meta {
+                    last_access: touch.last_access,
+                    deadline: touch.deadline,
+                    ..old
+                };
+                by_deadline
+                    .remove((old.deadline, touch.id.0))
+                    .map_err(db_error)?;
+                by_deadline
+                    .insert((new.deadline, touch.id.0), ())
+                    .map_err(db_error)?;
+                metas
+                    .insert(touch.id.0, new.encode().as_slice())
+                    .map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    /// Removes a session and its index entries, durably. A missing session is not an error
+    /// (the seed's RemoveAsync threw); returns whether anything was removed.
+    pub fn remove(&self, id: SessionId) -> Result<bool, StoreError> {
+        let removed = self.remove_many(&[id])?;
+        Ok(removed == 1)
+    }
+
+    /// Removes several sessions in one durable transaction; returns how many existed.
+    pub fn remove_many(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let mut removed = 0;
+        {
+            let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+            let mut metas = txn.open_table(META).map_err(db_error)?;
+            let mut by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
+            let mut by_sid = txn.open_table(BY_SID).map_err(db_error)?;
+            let mut by_sub = txn.open_table(BY_SUB).map_err(db_error)?;
+            for &id in ids {
+                let old = metas
+                    .remove(id.0)
+                    .map_err(db_error)?
+                    .map(|row| Meta::decode(row.value()));
+                if let Some(old) = old {
+                    let old = old.ok_or(StoreError::MalformedMeta(id))?;
+                    drop_indexes(&mut by_deadline, &mut by_sid, &mut by_sub, id, &old)?;
+                }
+                if sessions.remove(id.0).map_err(db_error)?.is_some() {
+                    removed += 1;
+                }
+            }
+        }
+        txn.commit().map_err(db_error)?;
+        Ok(removed)
+    }
+
+    /// Up to `limit` sessions whose deadline is at or before `now`, oldest first. Reads only
+    /// the due part of the deadline index.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
+        let mut due = Vec::new();
+        for entry in by_deadline
+            .range((0, [0u8; 32])..=(now, [0xff; 32]))
+            .map_err(db_error)?
+            .take(limit)
+        {
+            let (key, _) = entry.map_err(db_error)?;
+            due.push(SessionId(key.value().1));
+        }
+        Ok(due)
+    }
+
+    /// Sessions whose provider `sid` has this keyed hash.
+    pub fn by_provider_sid(&self, sid: [u8; 32]) -> Result<Vec<SessionId>, StoreError> {
+        self.index_lookup(BY_SID, sid)
+    }
+
+    /// Sessions whose subject has this keyed hash.
+    pub fn by_subject(&self, subject: [u8; 32]) -> Result<Vec<SessionId>, StoreError> {
+        self.index_lookup(BY_SUB, subject)
+    }
+
+    fn index_lookup(
+        &self,
+        table: TableDefinition<([u8; 32], [u8; 32]), ()>,
+        hash: [u8; 32],
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let index = txn.open_table(table).map_err(db_error)?;
+        let mut ids = Vec::new();
+        for entry in index
+            .range((hash, [0u8; 32])..=(hash, [0xff; 32]))
+            .map_err(db_error)?
+        {
+            let (key, _) = entry.map_err(db_error)?;
+            ids.push(SessionId(key.value().1));
+        }
+        Ok(ids)
+    }
+
+    /// How many sessions are stored.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+        sessions.len().map_err(db_error)
+    }
+}
+
+fn drop_indexes(
+    by_deadline: &mut redb::Table<(u64, [u8; 32]), ()>,
+    by_sid: &mut redb::Table<([u8; 32], [u8; 32]), ()>,
+    by_sub: &mut redb::Table<([u8; 32], [u8; 32]), ()>,
+    id: SessionId,
+    meta: &Meta,
+) -> Result<(), StoreError> {
+    by_deadline
+        .remove((meta.deadline, id.0))
+        .map_err(db_error)?;
+    by_sub.remove((meta.subject, id.0)).map_err(db_error)?;
+    if let Some(sid) = meta.provider_sid {
+        by_sid.remove((sid, id.0)).map_err(db_error)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(last_access: u64, deadline: u64, subject: u8, sid: Option<u8>) -> Meta {
+        Meta {
+            last_access,
+            deadline,
+            subject: [subject; 32],
+            provider_sid: sid.map(|s| [s; 32]),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, SessionDb) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = SessionDb::open(&dir.path().join("sessions.redb"), 1 << 20).expect("open");
+        (dir, db)
+    }
+
+    #[test]
+    fn insert_get_remove_keeps_indexes_in_step() {
+        let (_dir, db) = open();
+        let a = SessionId([1; 32]);
+        let b = SessionId([2; 32]);
+        db.insert(a, b"sealed-a", meta(10, 100, 7, Some(9)))
+            .expect("insert");
+        db.insert(b, b"sealed-b", meta(10, 200, 7, None))
+            .expect("insert");
+        assert_eq!(
+            db.get(a).expect("get").map(|r| r.sealed),
+            Some(b"sealed-a".to_vec())
+        );
+        assert_eq!(db.by_subject([7; 32]).expect("sub"), vec![a, b]);
+        assert_eq!(db.by_provider_sid([9; 32]).expect("sid"), vec![a]);
+        assert_eq!(db.due(150, 10).expect("due"), vec![a]);
+
+        assert!(db.remove(a).expect("remove"));
+        assert!(!db.remove(a).expect("second remove is not an error"));
+        assert_eq!(db.get(a).expect("get"), None);
+        assert_eq!(db.by_subject([7; 32]).expect("sub"), vec![b]);
+        assert!(db.by_provider_sid([9; 32]).expect("sid").is_empty());
+        assert!(db.due(150, 10).expect("due").is_empty());
+        assert_eq!(db.count().expect("count"), 1);
+    }
+
+    #[test]
+    fn touches_move_the_deadline_index_and_never_go_back() {
+        let (_dir, db) = open();
+        let a = SessionId([1; 32]);
+        db.insert(a, b"x", meta(10, 100, 1, None)).expect("insert");
+        db.touch(&[Touch {
+            id: a,
+            last_access: 50,
+            deadline: 140,
+        }])
+        .expect("touch");
+        db.touch(&[Touch {
+            id: a,
+            last_access: 40,
+            deadline: 130,
+        }])
+        .expect("stale touch");
+        db.touch(&[Touch {
+            id: SessionId([9; 32]),
+            last_access: 1,
+            deadline: 1,
+        }])
+        .expect("missing session is skipped");
+        let record = db.get(a).expect("get").expect("present");
+        assert_eq!((record.meta.last_access, record.meta.deadline), (50, 140));
+        assert!(db.due(139, 10).expect("due").is_empty());
+        assert_eq!(db.due(140, 10).expect("due"), vec![a]);
+    }
+
+    #[test]
+    fn replace_ticket_does_not_resurrect_a_removed_session() {
+        let (_dir, db) = open();
+        let a = SessionId([1; 32]);
+        assert!(!db.replace_ticket(a, b"new").expect("replace"));
+        assert_eq!(db.get(a).expect("get"), None);
+        db.insert(a, b"old", meta(1, 2, 3, None)).expect("insert");
+        assert!(db.replace_ticket(a, b"new").expect("replace"));
+        assert_eq!(
+            db.get(a).expect("get").map(|r| r.sealed),
+            Some(b"new".to_vec())
+        );
+    }
+
+    #[test]
+    fn data_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sessions.redb");
+        let a = SessionId([5; 32]);
+        {
+            let db = SessionDb::open(&path, 1 << 20).expect("open");
+            db.insert(a, b"kept", meta(1, 2, 3, Some(4)))
+                .expect("insert");
+        }
+        let db = SessionDb::open(&path, 1 << 20).expect("reopen");
+        assert_eq!(
+            db.get(a).expect("get").map(|r| r.sealed),
+            Some(b"kept".to_vec())
+        );
+    }
+}
