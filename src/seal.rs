@@ -246,6 +246,7 @@ impl Sealer {
 
 /// HMAC-SHA256 under a derived key: opaque, stable identifiers for values that must not be
 /// stored or shown in the clear.
+#[derive(Clone)]
 pub struct Keyer(hmac::Key);
 
 impl fmt::Debug for Keyer {

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// A metadata row has the wrong length: the file was written by something else.
     #[error("session database: malformed metadata row for session {0}")]
     MalformedMeta(SessionId),
+    /// The blocking task running a database operation panicked or was cancelled.
+    #[error("session database: the database task did not complete")]
+    TaskFailed,
 }
 
 fn db_error(error: impl Into<redb::Error>) -> StoreError {

@@ -1,0 +1,233 @@
+//! The hot cache in front of the session database: an LRU of decrypted tickets with the seed's
+//! sliding and absolute expiry.
+//!
+//! A hit costs a hash lookup under a short lock, no disk and no decryption. Entries expire
+//! `sliding` after their last hit or `absolute` after insertion, whichever is first, so a ticket
+//! changed by another path (renew, remove) is never served stale for long even if an
+//! invalidation were missed; renew and remove invalidate explicitly anyway. The lock is never
+//! held across an `.await`.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use lru::LruCache;
+
+use crate::session::{SessionId, Ticket};
+
+/// A cached session: its ticket and what is known of its activity.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// The decrypted ticket.
+    pub ticket: Arc<Ticket>,
+    /// Last access as the database (or a pending touch) knows it.
+    pub last_access: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    cached: Cached,
+    inserted: SystemTime,
+    last_hit: SystemTime,
+}
+
+/// Expiry settings of the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    /// Maximum number of sessions held.
+    pub capacity: NonZeroUsize,
+    /// An entry not hit for this long is dropped.
+    pub sliding: Duration,
+    /// An entry older than this is dropped, however often it is hit.
+    pub absolute: Duration,
+}
+
+/// Counters for hits and misses since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to go to the database.
+    pub misses: u64,
+}
+
+/// The LRU ticket cache.
+#[derive(Debug)]
+pub struct TicketCache {
+    policy: CachePolicy,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    entries: LruCache<SessionId, Entry>,
+    stats: CacheStats,
+}
+
+fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(since).unwrap_or(Duration::ZERO)
+}
+
+impl TicketCache {
+    /// An empty cache.
+    pub fn new(policy: CachePolicy) -> Self {
+        Self {
+            policy,
+            inner: Mutex::new(Inner {
+                entries: LruCache::new(policy.capacity),
+                stats: CacheStats::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere cannot leave the LRU half-updated in a way that matters here: the
+        // worst case is a stale entry, which expiry bounds. So keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cached session, if present and not expired at `now`; a hit slides its expiry.
+    pub fn get(&self, id: SessionId, now: SystemTime) -> Option<Cached> {
+        let mut inner = self.lock();
+        let fresh = match inner.entries.get_mut(&id) {
+            Some(entry)
+                if elapsed(entry.last_hit, now) < self.policy.sliding
+                    && elapsed(entry.inserted, now) < self.policy.absolute =>
+            {
+                entry.last_hit = now;
+                Some(entry.cached.clone())
+            }
+            Some(_) => None,
+            None => {
+                inner.stats.misses += 1;
+                return None;
+            }
+        };
+        match fresh {
+            Some(cached) => {
+                inner.stats.hits += 1;
+                Some(cached)
+            }
+            None => {
+                inner.entries.pop(&id);
+                inner.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Caches a session, replacing any older entry.
+    pub fn insert(&self, id: SessionId, cached: Cached, now: SystemTime) {
+        self.lock().entries.put(
+            id,
+            Entry {
+                cached,
+                inserted: now,
+                last_hit: now,
+            },
+        );
+    }
+
+    /// Updates the last-access time of a cached session, if it is cached.
+    pub fn set_last_access(&self, id: SessionId, last_access: u64) {
+        if let Some(entry) = self.lock().entries.peek_mut(&id) {
+            entry.cached.last_access = entry.cached.last_access.max(last_access);
+        }
+    }
+
+    /// Drops a session from the cache.
+    pub fn invalidate(&self, id: SessionId) {
+        self.lock().entries.pop(&id);
+    }
+
+    /// Number of cached sessions.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hit and miss counters.
+    pub fn stats(&self) -> CacheStats {
+        self.lock().stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Secret, Tokens};
+    use std::time::UNIX_EPOCH;
+
+    fn cached(subject: &str) -> Cached {
+        Cached {
+            ticket: Arc::new(Ticket {
+                tokens: Tokens {
+                    access_token: Secret::new("at"),
+                    access_expires_at: None,
+                    refresh_token: None,
+                    id_token: None,
+                },
+                subject: subject.into(),
+                provider_sid: None,
+                claims_json: "{}".into(),
+                created_at: 0,
+                expires_at: 0,
+            }),
+            last_access: 0,
+        }
+    }
+
+    fn cache(capacity: usize) -> TicketCache {
+        TicketCache::new(CachePolicy {
+            capacity: NonZeroUsize::new(capacity).expect("non-zero"),
+            sliding: Duration::from_secs(15),
+            absolute: Duration::from_secs(100),
+        })
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn entries_slide_on_hits_but_not_past_the_absolute_limit() {
+        let cache = cache(4);
+        let id = SessionId([1; 32]);
+        cache.insert(id, cached("a"), at(0));
+        for second in (10..=90).step_by(10) {
+            assert!(cache.get(id, at(second)).is_some(), "hit at {second}s");
+        }
+        assert!(cache.get(id, at(100)).is_none(), "absolute expiry");
+        cache.insert(id, cached("a"), at(200));
+        assert!(cache.get(id, at(215)).is_none(), "sliding expiry");
+        assert_eq!(cache.stats(), CacheStats { hits: 9, misses: 2 });
+    }
+
+    #[test]
+    fn least_recently_used_entry_is_evicted_at_capacity() {
+        let cache = cache(2);
+        let (a, b, c) = (SessionId([1; 32]), SessionId([2; 32]), SessionId([3; 32]));
+        cache.insert(a, cached("a"), at(0));
+        cache.insert(b, cached("b"), at(0));
+        assert!(cache.get(a, at(1)).is_some());
+        cache.insert(c, cached("c"), at(1));
+        assert!(cache.get(b, at(1)).is_none());
+        assert!(cache.get(a, at(1)).is_some());
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn invalidation_removes_the_entry() {
+        let cache = cache(2);
+        let a = SessionId([1; 32]);
+        cache.insert(a, cached("a"), at(0));
+        cache.invalidate(a);
+        assert!(cache.get(a, at(0)).is_none());
+    }
+}

@@ -1,0 +1,569 @@
+//! The ticket store: the seed's four operations (store, renew, retrieve, remove) over the LRU
+//! cache and the redb file, done right.
+//!
+//! - A new random cookie key for every stored session; the database sees only its SHA-256.
+//! - Records are `format byte || AES-256-GCM(postcard(ticket))`, the AEAD bound to the format
+//!   byte and the session id, so a record moved to another row, sealed under another key or
+//!   altered on disk is refused rather than trusted (or panicked on).
+//! - Retrieve never writes on the hot path: last access is recorded at most once per session per
+//!   touch interval, queued in memory and written in one batched transaction by
+//!   [`TicketStore::flush_touches`].
+//! - Renew and remove keep the cache in step with the file.
+//!
+//! Refreshing tokens is not done here (see `refresh.rs`); this module only stores what it is given.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::cache::{CachePolicy, CacheStats, Cached, TicketCache};
+use crate::clock::{Clock, unix_seconds};
+use crate::seal::{Keyer, Sealer};
+use crate::session::{SessionId, SessionKey, SessionPolicy, Ticket};
+use crate::store::{Meta, SessionDb, StoreError, Touch};
+
+/// Version byte in front of every stored record. Bump it (and keep a decoder for the old one)
+/// when the ticket layout changes, so old sessions keep working across an upgrade.
+const FORMAT_V1: u8 = 1;
+
+/// Whether a retrieve counts as activity that slides the idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// A use of the session (an API call through the proxy): slides the idle timeout.
+    Use,
+    /// A look at the session (`/api/isAuth`, `/api/user`): a polling page must not keep a
+    /// session alive forever.
+    Peek,
+}
+
+/// A live session as retrieve returns it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Its id.
+    pub id: SessionId,
+    /// Its ticket.
+    pub ticket: Arc<Ticket>,
+    /// Its last recorded access.
+    pub last_access: u64,
+}
+
+/// The ticket store.
+pub struct TicketStore {
+    db: Arc<SessionDb>,
+    cache: TicketCache,
+    sealer: Sealer,
+    keyer: Keyer,
+    policy: SessionPolicy,
+    clock: Arc<dyn Clock>,
+    touch_interval: u64,
+    pending: Mutex<HashMap<SessionId, Touch>>,
+}
+
+impl std::fmt::Debug for TicketStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketStore")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TicketStore {
+    /// A store over an open database.
+    pub fn new(
+        db: Arc<SessionDb>,
+        cache: CachePolicy,
+        sealer: Sealer,
+        keyer: Keyer,
+        policy: SessionPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        // Touch often enough that idle expiry is accurate to a small fraction of the timeout,
+        // rarely enough that a busy session costs one small write a minute at most.
+        let touch_interval = (policy.idle_timeout.as_secs() / 16).clamp(1, 60);
+        Self {
+            db,
+            cache: TicketCache::new(cache),
+            sealer,
+            keyer,
+            policy,
+            clock,
+            touch_interval,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The session policy in force.
+    pub fn policy(&self) -> &SessionPolicy {
+        &self.policy
+    }
+
+    /// The keyed hash used for indexes and logout ids.
+    pub fn keyer(&self) -> &Keyer {
+        &self.keyer
+    }
+
+    /// How often pending touches should be flushed.
+    pub fn touch_interval(&self) -> Duration {
+        Duration::from_secs(self.touch_interval)
+    }
+
+    /// Cache hit and miss counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<SessionId, Touch>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn blocking<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SessionDb) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || operation(&db))
+            .await
+            .map_err(|_| StoreError::TaskFailed)?
+    }
+
+    fn seal(&self, id: SessionId, ticket: &Ticket) -> Vec<u8> {
+        let plaintext =
+            postcard::to_stdvec(ticket).expect("a Ticket holds only strings and integers");
+        let mut record = Vec::with_capacity(1 + plaintext.len() + Sealer::OVERHEAD);
+        record.push(FORMAT_V1);
+        record.extend_from_slice(&self.sealer.seal(&aad(FORMAT_V1, id), &plaintext));
+        record
+    }
+
+    fn open(&self, id: SessionId, record: &[u8]) -> Option<Ticket> {
+        let (&format, sealed) = record.split_first()?;
+        if format != FORMAT_V1 {
+            tracing::warn!(session = %id, format, "session record has an unknown format; ignored");
+            return None;
+        }
+        let Ok(plaintext) = self.sealer.open(&aad(format, id), sealed) else {
+            // Tampered with, moved between rows, or sealed under another ticket key.
+            tracing::warn!(session = %id, "session record failed authentication; ignored");
+            return None;
+        };
+        match postcard::from_bytes(&plaintext) {
+            Ok(ticket) => Some(ticket),
+            Err(_) => {
+                tracing::warn!(session = %id, "session record does not decode; ignored");
+                None
+            }
+        }
+    }
+
+    fn meta(&self, ticket: &Ticket, last_access: u64) -> Meta {
+        Meta {
+            last_access,
+            deadline: self.policy.deadline(ticket, last_access),
+            subject: self.keyer.hash("sub", ticket.subject.as_bytes()),
+            provider_sid: ticket
+                .provider_sid
+                .as_ref()
+                .map(|sid| self.keyer.hash("sid", sid.as_bytes())),
+        }
+    }
+
+    /// Stores a new session durably and returns its cookie key (always a fresh one).
+    pub async fn store(&self, ticket: Ticket) -> Result<SessionKey, StoreError> {
+        let key = SessionKey::generate();
+        let id = key.id();
+        let now = self.clock.unix_now();
+        let record = self.seal(id, &ticket);
+        let meta = self.meta(&ticket, now);
+        self.blocking(move |db| db.insert(id, &record, meta))
+            .await?;
+        self.cache.insert(
+            id,
+            Cached {
+                ticket: Arc::new(ticket),
+                last_access: now,
+            },
+            self.clock.now(),
+        );
+        Ok(key)
+    }
+
+    /// The live session for a cookie key, or `None` for unknown, expired or unreadable ones.
+    /// An expired session found here is removed.
+    pub async fn retrieve(
+        &self,
+        key: &SessionKey,
+        activity: Activity,
+    ) -> Result<Option<Session>, StoreError> {
+        self.retrieve_by_id(key.id(), activity).await
+    }
+
+    /// Like [`TicketStore::retrieve`], by session id.
+    pub async fn retrieve_by_id(
+        &self,
+        id: SessionId,
+        activity: Activity,
+    ) -> Result<Option<Session>, StoreError> {
+        let now_time = self.clock.now();
+        let now = unix_seconds(now_time);
+        let pending_access = self.pending().get(&id).map(|touch| touch.last_access);
+        let cached = match self.cache.get(id, now_time) {
+            Some(cached) => cached,
+            None => {
+                let Some(record) = self.blocking(move |db| db.get(id)).await? else {
+                    return Ok(None);
+                };
+                let Some(ticket) = self.open(id, &record.sealed) else {
+                    return Ok(None);
+                };
+                let cached = Cached {
+                    ticket: Arc::new(ticket),
+                    last_access: record.meta.last_access,
+                };
+                self.cache.insert(id, cached.clone(), now_time);
+                cached
+            }
+        };
+        let last_access = cached.last_access.max(pending_access.unwrap_or(0));
+        if !self.policy.is_live(&cached.ticket, last_access, now) {
+            self.remove(id).await?;
+            return Ok(None);
+        }
+        if activity == Activity::Use && now >= last_access.saturating_add(self.touch_interval) {
+            let touch = Touch {
+                id,
+                last_access: now,
+                deadline: self.policy.deadline(&cached.ticket, now),
+            };
+            self.pending().insert(id, touch);
+            self.cache.set_last_access(id, now);
+        }
+        Ok(Some(Session {
+            id,
+            ticket: cached.ticket,
+            last_access,
+        }))
+    }
+
+    /// Replaces the ticket of an existing session (after a refresh), durably, and refreshes the
+    /// cache. Returns false when the session was removed meanwhile; it is not recreated.
+    pub async fn renew(&self, id: SessionId, ticket: Ticket) -> Result<bool, StoreError> {
+        let record = self.seal(id, &ticket);
+        let replaced = self
+            .blocking(move |db| db.replace_ticket(id, &record))
+            .await?;
+        if replaced {
+            let last_access = self
+                .cache
+                .get(id, self.clock.now())
+                .map(|cached| cached.last_access);
+            match last_access {
+                Some(last_access) => self.cache.insert(
+                    id,
+                    Cached {
+                        ticket: Arc::new(ticket),
+                        last_access,
+                    },
+                    self.clock.now(),
+                ),
+                None => self.cache.invalidate(id),
+            }
+        } else {
+            self.cache.invalidate(id);
+        }
+        Ok(replaced)
+    }
+
+    /// Removes a session from the cache, the pending touches and the file. A missing session is
+    /// not an error; returns whether it existed in the file.
+    pub async fn remove(&self, id: SessionId) -> Result<bool, StoreError> {
+        self.cache.invalidate(id);
+        self.pending().remove(&id);
+        self.blocking(move |db| db.remove(id)).await
+    }
+
+    /// Writes all pending last-access times in one transaction; returns how many.
+    pub async fn flush_touches(&self) -> Result<usize, StoreError> {
+        let batch: Vec<Touch> = self.pending().drain().map(|(_, touch)| touch).collect();
+        let count = batch.len();
+        if count > 0 {
+            self.blocking(move |db| db.touch(&batch)).await?;
+        }
+        Ok(count)
+    }
+
+    /// Number of sessions in the file.
+    pub async fn count(&self) -> Result<u64, StoreError> {
+        self.blocking(|db| db.count()).await
+    }
+}
+
+fn aad(format: u8, id: SessionId) -> [u8; 33] {
+    let mut aad = [0u8; 33];
+    aad[0] = format;
+    aad[1..].copy_from_slice(&id.0);
+    aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::seal::MasterKey;
+    use crate::session::{Secret, Tokens};
+    use std::num::NonZeroUsize;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        clock: Arc<ManualClock>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("sessions.redb");
+            Self {
+                _dir: dir,
+                path,
+                clock: Arc::new(ManualClock::starting_now()),
+            }
+        }
+
+        fn store(&self, key_byte: u8) -> TicketStore {
+            let master = MasterKey::from_bytes([key_byte; 32]);
+            let db = Arc::new(SessionDb::open(&self.path, 1 << 20).expect("open db"));
+            TicketStore::new(
+                db,
+                CachePolicy {
+                    capacity: NonZeroUsize::new(16).expect("non-zero"),
+                    sliding: Duration::from_secs(15),
+                    absolute: Duration::from_secs(100),
+                },
+                master.ticket_sealer(),
+                master.keyer(),
+                SessionPolicy {
+                    idle_timeout: Duration::from_secs(3_600),
+                    lifetime: Duration::from_secs(86_400),
+                    refresh_skew: Duration::from_secs(30),
+                },
+                self.clock.clone(),
+            )
+        }
+
+        fn ticket(&self, access: &str) -> Ticket {
+            let now = self.clock.unix_now();
+            Ticket {
+                tokens: Tokens {
+                    access_token: Secret::new(access),
+                    access_expires_at: Some(now + 300),
+                    refresh_token: Some(Secret::new("refresh")),
+                    id_token: Some(Secret::new("id")),
+                },
+                subject: "alice".into(),
+                provider_sid: Some("sid-1".into()),
+                claims_json: r#"{"name":"Alice"}"#.into(),
+                created_at: now,
+                expires_at: now + 86_400,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_tickets_come_back_and_keys_are_never_reused() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let first = store.store(fixture.ticket("a1")).await.expect("store");
+        let second = store.store(fixture.ticket("a1")).await.expect("store");
+        assert_ne!(first, second);
+        let session = store
+            .retrieve(&first, Activity::Peek)
+            .await
+            .expect("retrieve")
+            .expect("live");
+        assert_eq!(session.ticket.tokens.access_token.expose(), "a1");
+        assert!(
+            store
+                .retrieve(&SessionKey::generate(), Activity::Peek)
+                .await
+                .expect("retrieve")
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_survive_a_restart_and_need_the_same_key() {
+        let fixture = Fixture::new();
+        let key = {
+            let store = fixture.store(1);
+            store.store(fixture.ticket("a1")).await.expect("store")
+        };
+        let wrong = fixture.store(2);
+        assert!(
+            wrong
+                .retrieve(&key, Activity::Peek)
+                .await
+                .expect("retrieve")
+                .is_none()
+        );
+        drop(wrong);
+        let right = fixture.store(1);
+        let session = right
+            .retrieve(&key, Activity::Peek)
+            .await
+            .expect("retrieve");
+        assert_eq!(session.expect("live").ticket.subject, "alice");
+    }
+
+    #[tokio::test]
+    async fn a_tampered_record_is_refused_not_trusted() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let key = store.store(fixture.ticket("a1")).await.expect("store");
+        let id = key.id();
+        let mut record = store.db.get(id).expect("get").expect("present");
+        let last = record.sealed.len() - 1;
+        record.sealed[last] ^= 1;
+        store
+            .db
+            .insert(id, &record.sealed, record.meta)
+            .expect("rewrite");
+        store.cache.invalidate(id);
+        assert!(
+            store
+                .retrieve(&key, Activity::Peek)
+                .await
+                .expect("retrieve")
+                .is_none()
+        );
+        // A valid record copied under another session's id is refused too.
+        let other = store.store(fixture.ticket("a2")).await.expect("store");
+        let copied = store.db.get(other.id()).expect("get").expect("present");
+        store
+            .db
+            .insert(id, &copied.sealed, copied.meta)
+            .expect("copy");
+        assert!(
+            store
+                .retrieve(&key, Activity::Peek)
+                .await
+                .expect("retrieve")
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn renew_updates_the_cache_and_remove_clears_everything() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let key = store.store(fixture.ticket("old")).await.expect("store");
+        let id = key.id();
+        // Warm the cache, then renew: the next retrieve must see the new token, not the cached one.
+        store
+            .retrieve(&key, Activity::Peek)
+            .await
+            .expect("retrieve");
+        assert!(store.renew(id, fixture.ticket("new")).await.expect("renew"));
+        let session = store
+            .retrieve(&key, Activity::Peek)
+            .await
+            .expect("retrieve");
+        assert_eq!(
+            session.expect("live").ticket.tokens.access_token.expose(),
+            "new"
+        );
+
+        assert!(store.remove(id).await.expect("remove"));
+        assert!(!store.remove(id).await.expect("removing twice is fine"));
+        assert!(
+            store
+                .retrieve(&key, Activity::Peek)
+                .await
+                .expect("retrieve")
+                .is_none()
+        );
+        assert!(
+            !store
+                .renew(id, fixture.ticket("late"))
+                .await
+                .expect("renew")
+        );
+        assert!(
+            store
+                .retrieve(&key, Activity::Peek)
+                .await
+                .expect("retrieve")
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_end_and_use_slides_the_timeout_but_peeks_do_not() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let used = store.store(fixture.ticket("u")).await.expect("store");
+        let peeked = store.store(fixture.ticket("p")).await.expect("store");
+        for _ in 0..3 {
+            fixture.clock.advance(Duration::from_secs(1_800));
+            assert!(
+                store
+                    .retrieve(&used, Activity::Use)
+                    .await
+                    .expect("retrieve")
+                    .is_some()
+            );
+            store.flush_touches().await.expect("flush");
+        }
+        assert!(
+            store
+                .retrieve(&peeked, Activity::Peek)
+                .await
+                .expect("retrieve")
+                .is_none()
+        );
+        // The slid deadline was written to the file: a fresh process sees it too.
+        let record = store.db.get(used.id()).expect("get").expect("present");
+        assert_eq!(record.meta.last_access, fixture.clock.unix_now());
+    }
+
+    #[tokio::test]
+    async fn sessions_end_at_their_absolute_lifetime_even_when_used() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let key = store.store(fixture.ticket("a")).await.expect("store");
+        for _ in 0..48 {
+            fixture.clock.advance(Duration::from_secs(1_800));
+            let _ = store.retrieve(&key, Activity::Use).await.expect("retrieve");
+        }
+        assert!(
+            store
+                .retrieve(&key, Activity::Use)
+                .await
+                .expect("retrieve")
+                .is_none()
+        );
+        assert_eq!(
+            store.count().await.expect("count"),
+            0,
+            "expired session removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn hot_retrieves_do_not_queue_a_write_per_request() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let key = store.store(fixture.ticket("a")).await.expect("store");
+        for _ in 0..100 {
+            store.retrieve(&key, Activity::Use).await.expect("retrieve");
+        }
+        assert_eq!(store.flush_touches().await.expect("flush"), 0);
+        fixture.clock.advance(store.touch_interval());
+        for _ in 0..100 {
+            store.retrieve(&key, Activity::Use).await.expect("retrieve");
+        }
+        assert_eq!(store.flush_touches().await.expect("flush"), 1);
+    }
+}
