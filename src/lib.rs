@@ -1,6 +1,13 @@
 pub mod cache;
 pub mod clock;
+pub mod config;
+pub mod cookies;
+pub mod flow;
+pub mod http_client;
+pub mod oidc;
+pub mod reply;
 pub mod seal;
 pub mod session;
 pub mod store;
 pub mod tickets;
+pub mod tls;

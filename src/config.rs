@@ -1,0 +1,907 @@
+//! Command-line flags (each also read from an `OIDC_BFF_*` variable) and the typed [`Config`]
+//! they become.
+//!
+//! Parsing happens once, here: values are checked by clap's value parsers (so a bad value names
+//! its flag), then [`ServeArgs::resolve`] checks the combinations and reads the files flags point
+//! to, collecting every problem so the operator sees them all at once.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use url::Url;
+
+use crate::cache::CachePolicy;
+use crate::session::{Secret, SessionPolicy};
+
+/// Exit code for a configuration error (EX_USAGE from sysexits.h).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// The `oidc-bff` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "oidc-bff",
+    version,
+    about = "Backend-for-Frontend security gateway: OpenID Connect login, server-side sessions, \
+             token relay",
+    long_about = "oidc-bff keeps every OAuth token server-side. The browser holds only an \
+                  HttpOnly session cookie; sessions live in an encrypted redb file."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(Box<ServeArgs>),
+}
+
+/// SameSite attribute of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SameSite {
+    /// Sent on same-site requests and top-level cross-site navigations.
+    Lax,
+    /// Sent on same-site requests only.
+    Strict,
+}
+
+impl SameSite {
+    /// The attribute value as it appears in `Set-Cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+/// Flags of `oidc-bff serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (TLS).
+    #[arg(
+        long,
+        env = "OIDC_BFF_LISTEN",
+        default_value = "127.0.0.1:8443",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// The origin browsers use to reach the gateway [default: https://localhost:<listen port>].
+    #[arg(long, env = "OIDC_BFF_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<Url>,
+
+    /// Path the provider redirects back to after login (register public URL + this path).
+    #[arg(
+        long,
+        env = "OIDC_BFF_CALLBACK_PATH",
+        default_value = "/signin-oidc",
+        value_name = "PATH"
+    )]
+    pub callback_path: String,
+
+    /// The OpenID provider's issuer URL; discovery is read from its
+    /// /.well-known/openid-configuration. Plain http is accepted only on a loopback address.
+    #[arg(long, env = "OIDC_BFF_ISSUER", value_name = "URL", value_parser = parse_issuer)]
+    pub issuer: String,
+
+    /// The client id registered at the provider.
+    #[arg(long, env = "OIDC_BFF_CLIENT_ID", value_name = "ID")]
+    pub client_id: String,
+
+    /// File holding the client secret. Alternatives: the OIDC_BFF_CLIENT_SECRET variable, or
+    /// systemd's $CREDENTIALS_DIRECTORY/client-secret. Never a plain flag: argv is visible in ps.
+    /// With none of them the gateway acts as a public client (PKCE only).
+    #[arg(long, env = "OIDC_BFF_CLIENT_SECRET_FILE", value_name = "PATH")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Scopes to request, separated by spaces; `openid` is always included.
+    #[arg(
+        long,
+        env = "OIDC_BFF_SCOPES",
+        default_value = "openid profile offline_access"
+    )]
+    pub scopes: String,
+
+    /// Extra authorization-request parameter, e.g. `prompt=consent` (repeatable; in the
+    /// environment, separate several with spaces).
+    #[arg(long = "auth-param", env = "OIDC_BFF_AUTH_PARAMS", value_name = "KEY=VALUE",
+          value_parser = parse_key_value, value_delimiter = ' ')]
+    pub auth_params: Vec<(String, String)>,
+
+    /// TLS certificate chain (PEM). Without --tls-cert and --tls-key a self-signed certificate
+    /// for localhost, 127.0.0.1 and ::1 is generated at start.
+    #[arg(
+        long,
+        env = "OIDC_BFF_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(
+        long,
+        env = "OIDC_BFF_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Extra trusted CA certificates (PEM) for connections to the provider and upstreams, on top
+    /// of the system's roots.
+    #[arg(long, env = "OIDC_BFF_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Directory for sessions.redb and the ticket key [default: $STATE_DIRECTORY when set,
+    /// else ./oidc-bff-data].
+    #[arg(long, env = "OIDC_BFF_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Ticket encryption key file [default: <data dir>/ticket.key, generated on first start].
+    #[arg(long, env = "OIDC_BFF_TICKET_KEY_FILE", value_name = "PATH")]
+    pub ticket_key_file: Option<PathBuf>,
+
+    /// A session not used for this long ends (API calls count as use; isAuth does not).
+    #[arg(long, env = "OIDC_BFF_IDLE_TIMEOUT", default_value = "8h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A session ends this long after login, however active.
+    #[arg(long, env = "OIDC_BFF_SESSION_LIFETIME", default_value = "7d", value_parser = parse_duration)]
+    pub session_lifetime: Duration,
+
+    /// An access token expiring within this is refreshed before it is used.
+    #[arg(long, env = "OIDC_BFF_REFRESH_SKEW", default_value = "30s", value_parser = parse_duration)]
+    pub refresh_skew: Duration,
+
+    /// Sessions kept decrypted in the in-memory LRU cache.
+    #[arg(long, env = "OIDC_BFF_CACHE_CAPACITY", default_value = "10000")]
+    pub cache_capacity: NonZeroUsize,
+
+    /// A cached session not used for this long is dropped from the cache.
+    #[arg(long, env = "OIDC_BFF_CACHE_SLIDING", default_value = "15s", value_parser = parse_duration)]
+    pub cache_sliding: Duration,
+
+    /// A cached session is re-read from disk at least this often.
+    #[arg(long, env = "OIDC_BFF_CACHE_ABSOLUTE", default_value = "100s", value_parser = parse_duration)]
+    pub cache_absolute: Duration,
+
+    /// Page cache of the session database, e.g. 64MiB.
+    #[arg(long, env = "OIDC_BFF_DB_CACHE", default_value = "64MiB", value_parser = parse_size)]
+    pub db_cache: usize,
+
+    /// Name of the session cookie. Keep the __Host- prefix: it stops subdomains from
+    /// overwriting the cookie.
+    #[arg(long, env = "OIDC_BFF_COOKIE_NAME", default_value = "__Host-bff")]
+    pub cookie_name: String,
+
+    /// SameSite attribute of the session cookie.
+    #[arg(
+        long,
+        env = "OIDC_BFF_COOKIE_SAME_SITE",
+        value_enum,
+        default_value = "strict"
+    )]
+    pub cookie_same_site: SameSite,
+
+    /// Most connections served at once; more wait in the kernel's backlog.
+    #[arg(long, env = "OIDC_BFF_MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: NonZeroUsize,
+
+    /// Time allowed for a TLS handshake.
+    #[arg(long, env = "OIDC_BFF_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time allowed to receive a request's headers (HTTP/1.1).
+    #[arg(long, env = "OIDC_BFF_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// An idle keep-alive connection is closed after this long.
+    #[arg(long, env = "OIDC_BFF_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Most header bytes in one request (larger gets 431), e.g. 16KiB.
+    #[arg(long, env = "OIDC_BFF_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = parse_size)]
+    pub max_header_bytes: usize,
+
+    /// Most header fields in one request (more gets 431).
+    #[arg(long, env = "OIDC_BFF_MAX_HEADERS", default_value = "100")]
+    pub max_headers: usize,
+
+    /// Longest request target accepted (longer gets 414).
+    #[arg(long, env = "OIDC_BFF_MAX_URI_BYTES", default_value = "8KiB", value_parser = parse_size)]
+    pub max_uri_bytes: usize,
+
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "OIDC_BFF_MAX_H2_STREAMS", default_value = "100")]
+    pub max_h2_streams: u32,
+}
+
+/// Everything the gateway needs, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The public origin, without a trailing slash (`https://host[:port]`).
+    pub public_origin: String,
+    /// Provider settings.
+    pub oidc: OidcConfig,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// Files on disk.
+    pub storage: StorageConfig,
+    /// Session lifetime policy.
+    pub session: SessionPolicy,
+    /// Cache settings.
+    pub cache: CachePolicy,
+    /// Cookie settings.
+    pub cookie: CookieConfig,
+    /// Limits against hostile clients.
+    pub limits: ServerLimits,
+}
+
+/// Provider settings.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Issuer URL exactly as configured (discovery must report the same string).
+    pub issuer: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret; `None` for a public client.
+    pub client_secret: Option<Secret>,
+    /// Scopes, `openid` first.
+    pub scopes: Vec<String>,
+    /// Extra authorization-request parameters.
+    pub auth_params: Vec<(String, String)>,
+    /// The callback path.
+    pub callback_path: String,
+    /// Public origin + callback path.
+    pub redirect_uri: Url,
+    /// Where the provider sends the browser after logout: public origin + `/`.
+    pub post_logout_redirect_uri: Url,
+    /// Extra CA certificates for outbound TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Server certificate source.
+#[derive(Debug, Clone)]
+pub enum TlsConfig {
+    /// Certificate and key files.
+    Files {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate generated at start.
+    SelfSigned,
+}
+
+/// Files on disk.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The ticket key file.
+    pub ticket_key_file: PathBuf,
+    /// redb page cache in bytes.
+    pub db_cache_bytes: usize,
+}
+
+impl StorageConfig {
+    /// Path of the session database.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("sessions.redb")
+    }
+}
+
+/// Cookie settings.
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    /// Session cookie name.
+    pub name: String,
+    /// SameSite of the session cookie (the login-flow cookie is always Lax).
+    pub same_site: SameSite,
+}
+
+impl CookieConfig {
+    /// Name of the short-lived login-flow cookie.
+    pub fn flow_name(&self) -> String {
+        format!("{}-flow", self.name)
+    }
+}
+
+/// Limits against slow or hostile clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Request-header deadline.
+    pub header_timeout: Duration,
+    /// Idle keep-alive deadline.
+    pub keepalive_timeout: Duration,
+    /// Header bytes per request.
+    pub max_header_bytes: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
+    /// Request-target length.
+    pub max_uri_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub max_h2_streams: u32,
+}
+
+/// Every problem found in the flags, each naming its flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where the environment comes from (the process's in production, a map in tests).
+pub trait Environment {
+    /// The value of a variable, if set and valid UTF-8.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl ServeArgs {
+    /// Checks the flags together, reads the client secret, and produces the [`Config`].
+    pub fn resolve(self, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+
+        let public_origin = match &self.public_url {
+            None => format!("https://localhost:{}", self.listen.port()),
+            Some(url) => match origin_of(url) {
+                Ok(origin) => origin,
+                Err(problem) => {
+                    errors.push(format!("--public-url: {problem}"));
+                    String::new()
+                }
+            },
+        };
+
+        if let Err(problem) = check_local_path(&self.callback_path) {
+            errors.push(format!("--callback-path: {problem}"));
+        } else if is_reserved_path(&self.callback_path) {
+            errors.push(format!(
+                "--callback-path: {} is one of the gateway's own paths",
+                self.callback_path
+            ));
+        }
+
+        if let Err(problem) = Url::parse(&self.issuer)
+            .map_err(|error| error.to_string())
+            .and_then(|url| check_issuer(&url))
+        {
+            errors.push(format!("--issuer: {problem}"));
+        }
+        if self.client_id.trim().is_empty() {
+            errors.push("--client-id: must not be empty".into());
+        }
+
+        let client_secret = match read_client_secret(self.client_secret_file.as_deref(), env) {
+            Ok(secret) => secret,
+            Err(problem) => {
+                errors.push(problem);
+                None
+            }
+        };
+
+        let mut scopes: Vec<String> = vec!["openid".into()];
+        for scope in self.scopes.split_whitespace() {
+            if !scopes.iter().any(|known| known == scope) {
+                scopes.push(scope.to_owned());
+            }
+        }
+        for (key, _) in &self.auth_params {
+            if RESERVED_AUTH_PARAMS.contains(&key.as_str()) {
+                errors.push(format!(
+                    "--auth-param: {key} is set by the gateway itself and cannot be overridden"
+                ));
+            }
+        }
+
+        if !is_cookie_name(&self.cookie_name) {
+            errors.push(format!(
+                "--cookie-name: {:?} is not a valid cookie name (letters, digits and -_.)",
+                self.cookie_name
+            ));
+        }
+
+        for (flag, value) in [
+            ("--idle-timeout", self.idle_timeout),
+            ("--session-lifetime", self.session_lifetime),
+            ("--cache-sliding", self.cache_sliding),
+            ("--cache-absolute", self.cache_absolute),
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--header-timeout", self.header_timeout),
+            ("--keepalive-timeout", self.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                errors.push(format!("{flag}: must be longer than zero"));
+            }
+        }
+        if self.max_header_bytes < 1024 {
+            errors.push("--max-header-bytes: must be at least 1KiB".into());
+        }
+
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or_else(|| env.var("STATE_DIRECTORY").map(|dirs| first_path(&dirs)))
+            .unwrap_or_else(|| PathBuf::from("oidc-bff-data"));
+        let ticket_key_file = self
+            .ticket_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("ticket.key"));
+
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => TlsConfig::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => TlsConfig::SelfSigned,
+        };
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+
+        let redirect_uri = Url::parse(&format!("{public_origin}{}", self.callback_path))
+            .map_err(|error| ConfigErrors(vec![format!("--callback-path: {error}")]))?;
+        let post_logout_redirect_uri = Url::parse(&format!("{public_origin}/"))
+            .map_err(|error| ConfigErrors(vec![format!("--public-url: {error}")]))?;
+
+        Ok(Config {
+            listen: self.listen,
+            public_origin,
+            oidc: OidcConfig {
+                issuer: self.issuer,
+                client_id: self.client_id,
+                client_secret,
+                scopes,
+                auth_params: self.auth_params,
+                callback_path: self.callback_path,
+                redirect_uri,
+                post_logout_redirect_uri,
+                ca_file: self.ca_file,
+            },
+            tls,
+            storage: StorageConfig {
+                data_dir,
+                ticket_key_file,
+                db_cache_bytes: self.db_cache,
+            },
+            session: SessionPolicy {
+                idle_timeout: self.idle_timeout,
+                lifetime: self.session_lifetime,
+                refresh_skew: self.refresh_skew,
+            },
+            cache: CachePolicy {
+                capacity: self.cache_capacity,
+                sliding: self.cache_sliding,
+                absolute: self.cache_absolute,
+            },
+            cookie: CookieConfig {
+                name: self.cookie_name,
+                same_site: self.cookie_same_site,
+            },
+            limits: ServerLimits {
+                max_connections: self.max_connections.get(),
+                handshake_timeout: self.handshake_timeout,
+                header_timeout: self.header_timeout,
+                keepalive_timeout: self.keepalive_timeout,
+                max_header_bytes: self.max_header_bytes,
+                max_headers: self.max_headers,
+                max_uri_bytes: self.max_uri_bytes,
+                max_h2_streams: self.max_h2_streams,
+            },
+        })
+    }
+}
+
+/// Authorization-request parameters the gateway sets itself; overriding them would break
+/// the security of the flow.
+const RESERVED_AUTH_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+/// Paths the gateway answers itself; the callback must not shadow them.
+fn is_reserved_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/login" | "/logout" | "/healthz" | "/api/isAuth" | "/api/user"
+    )
+}
+
+fn first_path(state_directory: &str) -> PathBuf {
+    // systemd lists several directories separated by ':' when several are configured.
+    PathBuf::from(state_directory.split(':').next().unwrap_or(state_directory))
+}
+
+fn read_client_secret(
+    file: Option<&Path>,
+    env: &dyn Environment,
+) -> Result<Option<Secret>, String> {
+    let from_file = |path: &Path, source: &str| -> Result<Option<Secret>, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("{source}: cannot read {}: {error}", path.display()))?;
+        let secret = text.trim_end_matches(['\r', '\n']);
+        if secret.is_empty() {
+            return Err(format!("{source}: {} is empty", path.display()));
+        }
+        Ok(Some(Secret::new(secret)))
+    };
+    if let Some(path) = file {
+        return from_file(path, "--client-secret-file");
+    }
+    if let Some(secret) = env.var("OIDC_BFF_CLIENT_SECRET").filter(|s| !s.is_empty()) {
+        return Ok(Some(Secret::new(secret)));
+    }
+    if let Some(dir) = env.var("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join("client-secret");
+        if path.exists() {
+            return from_file(&path, "$CREDENTIALS_DIRECTORY/client-secret");
+        }
+    }
+    Ok(None)
+}
+
+fn origin_of(url: &Url) -> Result<String, String> {
+    if url.scheme() != "https" {
+        return Err(format!(
+            "{url} must use https: browsers only keep Secure cookies over https"
+        ));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{url} must be an origin only (no path, query or fragment)"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{url} must not contain credentials"));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+fn check_issuer(url: &Url) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_host(url) => Ok(()),
+        "http" => Err(format!(
+            "{url} uses plain http, which is accepted only on a loopback address"
+        )),
+        other => Err(format!("{url}: unsupported scheme {other}")),
+    }
+}
+
+/// Whether a URL's host is a loopback address or `localhost`.
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Checks that `path` is an absolute local path: one leading `/`, no scheme, no `//` or `/\`
+/// authority trick, no control characters.
+pub fn check_local_path(path: &str) -> Result<(), String> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(format!("{path:?} must start with /"));
+    }
+    if matches!(bytes.get(1), Some(b'/') | Some(b'\\')) {
+        return Err(format!("{path:?} must not start with // or /\\"));
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(format!(
+            "{path:?} contains a backslash or a control character"
+        ));
+    }
+    Ok(())
+}
+
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Parses durations like `90s`, `15m`, `8h`, `7d`, `250ms`; a bare number means seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (examples: 90s, 15m, 8h, 7d)"))?;
+    let seconds_per_unit = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(value)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    value
+        .checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// Parses sizes like `64MiB`, `16KiB`, `1GiB`, `4096`; a bare number means bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 16KiB, 64MiB, 1GiB)"))?;
+    let multiplier: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn parse_issuer(text: &str) -> Result<String, String> {
+    Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    Ok(text.to_owned())
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} must look like KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, String>);
+
+    impl Environment for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn args(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec![
+            "oidc-bff",
+            "serve",
+            "--issuer",
+            "https://id.example.com",
+            "--client-id",
+            "spa",
+        ];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv)?;
+        let Command::Serve(serve) = cli.command;
+        Ok(*serve)
+    }
+
+    fn no_env() -> MapEnv {
+        MapEnv(HashMap::new())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let config = args(&[])
+            .expect("parse")
+            .resolve(&no_env())
+            .expect("resolve");
+        assert_eq!(config.listen, "127.0.0.1:8443".parse().expect("addr"));
+        assert_eq!(config.public_origin, "https://localhost:8443");
+        assert_eq!(
+            config.oidc.redirect_uri.as_str(),
+            "https://localhost:8443/signin-oidc"
+        );
+        assert_eq!(config.oidc.scopes, ["openid", "profile", "offline_access"]);
+        assert_eq!(config.session.idle_timeout, Duration::from_secs(8 * 3_600));
+        assert_eq!(config.session.lifetime, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.cache.capacity.get(), 10_000);
+        assert_eq!(config.cache.sliding, Duration::from_secs(15));
+        assert_eq!(config.cache.absolute, Duration::from_secs(100));
+        assert_eq!(config.storage.db_cache_bytes, 64 << 20);
+        assert_eq!(config.storage.data_dir, PathBuf::from("oidc-bff-data"));
+        assert_eq!(config.cookie.name, "__Host-bff");
+        assert_eq!(config.cookie.same_site, SameSite::Strict);
+        assert!(matches!(config.tls, TlsConfig::SelfSigned));
+        assert!(config.oidc.client_secret.is_none());
+    }
+
+    #[test]
+    fn openid_is_always_requested_once() {
+        let config = args(&["--scopes", "email openid email"])
+            .expect("parse")
+            .resolve(&no_env())
+            .expect("resolve");
+        assert_eq!(config.oidc.scopes, ["openid", "email"]);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let error = args(&["--idle-timeout", "8x"]).expect_err("bad duration");
+        assert!(error.to_string().contains("--idle-timeout"), "{error}");
+        let error = args(&["--tls-cert", "c.pem"]).expect_err("cert without key");
+        assert!(error.to_string().contains("--tls-key"), "{error}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = args(&[
+            "--public-url",
+            "http://example.com",
+            "--callback-path",
+            "//evil",
+            "--auth-param",
+            "state=fixed",
+        ])
+        .expect("parse")
+        .resolve(&no_env())
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for flag in ["--public-url", "--callback-path", "--auth-param"] {
+            assert!(text.contains(flag), "{flag} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn plain_http_issuer_only_on_loopback() {
+        let base = ["oidc-bff", "serve", "--client-id", "c", "--issuer"];
+        for (issuer, ok) in [
+            ("http://127.0.0.1:9000", true),
+            ("http://[::1]:9000", true),
+            ("http://localhost:9000/realms/x", true),
+            ("http://10.0.0.1:9000", false),
+            ("http://id.example.com", false),
+        ] {
+            let mut argv = base.to_vec();
+            argv.push(issuer);
+            let Command::Serve(serve) = Cli::try_parse_from(argv).expect("parse").command;
+            assert_eq!(serve.resolve(&no_env()).is_ok(), ok, "{issuer}");
+        }
+    }
+
+    #[test]
+    fn client_secret_comes_from_env_file_or_credentials() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let path = file.to_str().expect("utf-8");
+        let config = args(&["--client-secret-file", path])
+            .expect("parse")
+            .resolve(&no_env())
+            .expect("resolve");
+        assert_eq!(
+            config.oidc.client_secret.expect("secret").expose(),
+            "from-file"
+        );
+
+        let env = MapEnv(HashMap::from([(
+            "OIDC_BFF_CLIENT_SECRET",
+            "from-env".into(),
+        )]));
+        let config = args(&[]).expect("parse").resolve(&env).expect("resolve");
+        assert_eq!(
+            config.oidc.client_secret.expect("secret").expose(),
+            "from-env"
+        );
+
+        std::fs::write(dir.path().join("client-secret"), "from-systemd").expect("write");
+        let env = MapEnv(HashMap::from([(
+            "CREDENTIALS_DIRECTORY",
+            dir.path().display().to_string(),
+        )]));
+        let config = args(&[]).expect("parse").resolve(&env).expect("resolve");
+        assert_eq!(
+            config.oidc.client_secret.expect("secret").expose(),
+            "from-systemd"
+        );
+    }
+
+    #[test]
+    fn state_directory_is_the_default_data_dir() {
+        let env = MapEnv(HashMap::from([(
+            "STATE_DIRECTORY",
+            "/var/lib/oidc-bff".into(),
+        )]));
+        let config = args(&[]).expect("parse").resolve(&env).expect("resolve");
+        assert_eq!(config.storage.data_dir, PathBuf::from("/var/lib/oidc-bff"));
+        assert_eq!(
+            config.storage.ticket_key_file,
+            PathBuf::from("/var/lib/oidc-bff/ticket.key")
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes_parse_like_people_write_them() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("8h"), Ok(Duration::from_secs(28_800)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("16KiB"), Ok(16 << 10));
+        assert!(parse_size("12XB").is_err());
+    }
+
+    #[test]
+    fn local_paths_reject_open_redirect_tricks() {
+        for good in ["/", "/app/orders?id=3", "/a//b"] {
+            assert!(check_local_path(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "https://evil.example",
+            "//evil.example",
+            "/\\evil.example",
+            "/a\\b",
+            "evil",
+            "/a\nb",
+        ] {
+            assert!(check_local_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,807 @@
+//! The provider client: discovery (retried until it works), the JWKS and its rotation, the
+//! authorization URL, the code exchange, refresh, revocation and the end-session URL.
+//!
+//! openidconnect does the protocol work; this module adds what it leaves out and a gateway needs:
+//! - ID tokens are checked with asymmetric algorithms only (`alg: none` and HMAC signed with a
+//!   public key are refused), plus `azp`, a sane `iat`, and `at_hash` when present.
+//! - An unknown `kid` refetches the JWKS once, so signing-key rotation needs no restart.
+//! - A refreshed ID token must keep the session's issuer and subject.
+//! - Token-endpoint failures are split into "the grant is dead" (end the session) and "try again
+//!   later" (keep it), because deleting sessions on any failure was a defect of the seed.
+//!
+//! Time comes from the injected clock, including openidconnect's `exp` check.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGrantType, CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKey,
+    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreRevocableToken,
+    CoreSubjectIdentifierType, CoreTokenResponse,
+};
+use openidconnect::{
+    AccessTokenHash, AdditionalProviderMetadata, AuthType, AuthorizationCode,
+    ClaimsVerificationError, ClientId, ClientSecret, HttpRequest, HttpResponse, IssuerUrl,
+    JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    RefreshToken, RequestTokenError, RevocationUrl, SignatureVerificationError, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::clock::Clock;
+use crate::config::{OidcConfig, is_loopback_host};
+use crate::http_client::{HttpClient, HttpClientError};
+use crate::session::{Secret, Tokens};
+
+/// Discovery fields openidconnect's core metadata does not model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraMetadata {
+    /// RP-initiated logout endpoint.
+    pub end_session_endpoint: Option<Url>,
+    /// RFC 7009 token revocation endpoint.
+    pub revocation_endpoint: Option<Url>,
+    /// RFC 9207: the provider sends `iss` with every authorization response.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
+}
+
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+/// Discovery document with the extra fields.
+pub type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// Signature algorithms accepted for ID tokens: asymmetric only. HMAC would let anyone who
+/// knows a "key" from the public JWKS forge tokens; `none` is not a signature.
+const ACCEPTED_ALGS: [CoreJwsSigningAlgorithm; 9] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+/// How far in the future an ID token's `iat` may be (clock skew between provider and gateway).
+const IAT_FUTURE_SKEW: i64 = 300;
+
+/// Claims that describe the protocol rather than the user; left out of `/api/user`.
+const PROTOCOL_CLAIMS: &[&str] = &[
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "nonce",
+    "at_hash",
+    "c_hash",
+    "s_hash",
+    "azp",
+    "jti",
+    "auth_time",
+    "acr",
+    "amr",
+    "sid",
+    "session_state",
+    "typ",
+    "sub",
+];
+
+/// What went wrong talking to the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    /// Discovery has not succeeded yet.
+    #[error("the provider's discovery document has not been loaded yet")]
+    NotReady,
+    /// Discovery failed.
+    #[error("discovery failed: {0}")]
+    Discovery(String),
+    /// The provider could not be reached or answered with a server error.
+    #[error("provider unreachable: {0}")]
+    Unreachable(String),
+    /// The token endpoint refused the request with an OAuth error code.
+    #[error("token endpoint refused the request: {code}")]
+    Refused {
+        /// The OAuth error code, e.g. `invalid_grant`.
+        code: String,
+    },
+    /// The token endpoint's answer was not a valid token response.
+    #[error("token endpoint returned an unusable response: {0}")]
+    BadResponse(String),
+    /// The ID token failed validation.
+    #[error("ID token rejected: {0}")]
+    InvalidIdToken(String),
+}
+
+/// Why a refresh did not produce new tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The grant is dead (`invalid_grant`, `unauthorized_client`) or the provider answered with
+    /// tokens for another user: the session must end.
+    #[error("refresh rejected: {0}")]
+    SessionEnded(String),
+    /// The provider is down, slow or misconfigured: keep the session and try again later.
+    #[error("refresh failed for now: {0}")]
+    Transient(String),
+}
+
+/// Tokens and identity from a completed login.
+#[derive(Debug)]
+pub struct LoginResult {
+    /// Tokens to keep.
+    pub tokens: Tokens,
+    /// The verified subject.
+    pub subject: String,
+    /// The provider's session id, when the ID token carried one.
+    pub provider_sid: Option<String>,
+    /// User claims as a JSON object.
+    pub claims_json: String,
+}
+
+/// Tokens from a successful refresh.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The new tokens (the old refresh token is kept when none was rotated in).
+    pub tokens: Tokens,
+    /// New user claims when a new ID token came back.
+    pub claims_json: Option<String>,
+}
+
+struct Discovered {
+    metadata: Metadata,
+    jwks: RwLock<CoreJsonWebKeySet>,
+}
+
+/// The provider client.
+pub struct Provider {
+    config: OidcConfig,
+    http: HttpClient,
+    clock: Arc<dyn Clock>,
+    discovered: RwLock<Option<Arc<Discovered>>>,
+    jwks_refetch: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("issuer", &self.config.issuer)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+fn unix_to_chrono(seconds: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(i64::try_from(seconds).unwrap_or(i64::MAX), 0)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
+impl Provider {
+    /// A client that has not discovered the provider yet.
+    pub fn new(config: OidcConfig, http: HttpClient, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            config,
+            http,
+            clock,
+            discovered: RwLock::new(None),
+            jwks_refetch: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The configured provider settings.
+    pub fn config(&self) -> &OidcConfig {
+        &self.config
+    }
+
+    /// Whether discovery has succeeded.
+    pub fn is_ready(&self) -> bool {
+        self.discovered().is_some()
+    }
+
+    fn discovered(&self) -> Option<Arc<Discovered>> {
+        self.discovered
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn ready(&self) -> Result<Arc<Discovered>, OidcError> {
+        self.discovered().ok_or(OidcError::NotReady)
+    }
+
+    fn http_fn(
+        &self,
+    ) -> impl Fn(
+        HttpRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<HttpResponse, HttpClientError>> + Send>,
+    > + use<> {
+        let client = self.http.clone();
+        move |request: HttpRequest| {
+            let client = client.clone();
+            Box::pin(async move {
+                let response = client.execute(request).await?;
+                // A 5xx is an outage, not an OAuth answer: surface it as a transport error so
+                // callers keep the session and retry.
+                if response.status().is_server_error() {
+                    return Err(HttpClientError::ServerError {
+                        status: response.status().as_u16(),
+                    });
+                }
+                Ok(response)
+            })
+        }
+    }
+
+    /// Fetches the discovery document and JWKS once.
+    pub async fn discover(&self) -> Result<(), OidcError> {
+        let issuer = IssuerUrl::new(self.config.issuer.clone())
+            .map_err(|error| OidcError::Discovery(error.to_string()))?;
+        let http = self.http_fn();
+        // openidconnect refuses a document whose `issuer` differs from the configured one
+        // (OpenID Connect Discovery §4.3): a mix-up defence.
+        let metadata = Metadata::discover_async(issuer, &http)
+            .await
+            .map_err(|error| OidcError::Discovery(error_chain(&error)))?;
+        check_endpoint(
+            "authorization_endpoint",
+            metadata.authorization_endpoint().url(),
+        )?;
+        let token_endpoint = metadata
+            .token_endpoint()
+            .ok_or_else(|| OidcError::Discovery("the provider has no token_endpoint".into()))?;
+        check_endpoint("token_endpoint", token_endpoint.url())?;
+        check_endpoint("jwks_uri", metadata.jwks_uri().url())?;
+        if let Some(url) = &metadata.additional_metadata().revocation_endpoint {
+            check_endpoint("revocation_endpoint", url)?;
+        }
+        let jwks = metadata.jwks().clone();
+        *self
+            .discovered
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(Discovered {
+            metadata,
+            jwks: RwLock::new(jwks),
+        }));
+        Ok(())
+    }
+
+    /// Retries discovery with exponential backoff (1 s doubling to 60 s) until it succeeds.
+    pub async fn discover_until_ready(&self) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.discover().await {
+                Ok(()) => {
+                    tracing::info!(issuer = %self.config.issuer, "provider discovered");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(issuer = %self.config.issuer, %error, retry_in = ?delay,
+                        "provider discovery failed; /login answers 503 until it succeeds");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+    }
+
+    /// Whether the provider promised RFC 9207 `iss` in authorization responses.
+    pub fn sends_iss_parameter(&self) -> bool {
+        self.discovered().is_some_and(|d| {
+            d.metadata
+                .additional_metadata()
+                .authorization_response_iss_parameter_supported
+        })
+    }
+
+    /// The authorization-request URL for one login attempt.
+    pub fn authorization_url(
+        &self,
+        state: &str,
+        nonce: &str,
+        code_challenge: &str,
+    ) -> Result<Url, OidcError> {
+        let discovered = self.ready()?;
+        let mut url = discovered.metadata.authorization_endpoint().url().clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("response_type", "code")
+                .append_pair("client_id", &self.config.client_id)
+                .append_pair("redirect_uri", self.config.redirect_uri.as_str())
+                .append_pair("scope", &self.config.scopes.join(" "))
+                .append_pair("state", state)
+                .append_pair("nonce", nonce)
+                .append_pair("code_challenge", code_challenge)
+                .append_pair("code_challenge_method", "S256");
+            for (key, value) in &self.config.auth_params {
+                query.append_pair(key, value);
+            }
+        }
+        Ok(url)
+    }
+
+    fn client(&self, discovered: &Discovered) -> Result<LoginClient, OidcError> {
+        let client = CoreClient::from_provider_metadata(
+            discovered.metadata.clone(),
+            ClientId::new(self.config.client_id.clone()),
+            self.config
+                .client_secret
+                .as_ref()
+                .map(|secret| ClientSecret::new(secret.expose().to_owned())),
+        )
+        .set_redirect_uri(RedirectUrl::from_url(self.config.redirect_uri.clone()));
+        // client_secret_basic unless the provider only offers client_secret_post.
+        let methods = discovered.metadata.token_endpoint_auth_methods_supported();
+        let post_only = methods.is_some_and(|methods| {
+            methods.contains(&CoreClientAuthMethod::ClientSecretPost)
+                && !methods.contains(&CoreClientAuthMethod::ClientSecretBasic)
+        });
+        Ok(if post_only {
+            client.set_auth_type(AuthType::RequestBody)
+        } else {
+            client
+        })
+    }
+
+    fn verifier(&self, jwks: CoreJsonWebKeySet) -> CoreIdTokenVerifier<'static> {
+        let issuer = IssuerUrl::new(self.config.issuer.clone())
+            .expect("the issuer parsed as a URL at start-up");
+        let clock = Arc::clone(&self.clock);
+        let iat_clock = Arc::clone(&self.clock);
+        CoreIdTokenVerifier::new_public_client(
+            ClientId::new(self.config.client_id.clone()),
+            issuer,
+            jwks,
+        )
+        .set_allowed_algs(ACCEPTED_ALGS)
+        .set_time_fn(move || unix_to_chrono(clock.unix_now()))
+        .set_issue_time_verifier_fn(move |iat| {
+            let now = i64::try_from(iat_clock.unix_now()).unwrap_or(i64::MAX);
+            if iat.timestamp() > now + IAT_FUTURE_SKEW {
+                Err(format!("issued in the future ({iat})"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Verifies an ID token; on an unknown `kid` refetches the JWKS once and tries again.
+    async fn verify_id_token(
+        &self,
+        discovered: &Discovered,
+        id_token: &CoreIdToken,
+        expected_nonce: Option<&Nonce>,
+    ) -> Result<CoreJsonWebKeySet, OidcError> {
+        let attempt =
+            |jwks: CoreJsonWebKeySet| -> Result<CoreJsonWebKeySet, ClaimsVerificationError> {
+                let verifier = self.verifier(jwks.clone());
+                match expected_nonce {
+                    Some(nonce) => id_token.claims(&verifier, nonce).map(|_| ()),
+                    None => id_token
+                        .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+                        .map(|_| ()),
+                }?;
+                Ok(jwks)
+            };
+        let current = discovered
+            .jwks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        match attempt(current.clone()) {
+            Ok(jwks) => Ok(jwks),
+            Err(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            )) => {
+                let refreshed = self.refetch_jwks(discovered, &current).await?;
+                attempt(refreshed).map_err(|error| OidcError::InvalidIdToken(error_chain(&error)))
+            }
+            Err(error) => Err(OidcError::InvalidIdToken(error_chain(&error))),
+        }
+    }
+
+    async fn refetch_jwks(
+        &self,
+        discovered: &Discovered,
+        seen: &CoreJsonWebKeySet,
+    ) -> Result<CoreJsonWebKeySet, OidcError> {
+        // One refetch at a time; a caller that waited gets the set the other one fetched.
+        let _guard = self.jwks_refetch.lock().await;
+        let latest = discovered
+            .jwks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if latest.keys() != seen.keys() {
+            return Ok(latest);
+        }
+        let http = self.http_fn();
+        let jwks: CoreJsonWebKeySet =
+            JsonWebKeySet::fetch_async(discovered.metadata.jwks_uri(), &http)
+                .await
+                .map_err(|error| {
+                    OidcError::Unreachable(format!("JWKS: {}", error_chain(&error)))
+                })?;
+        tracing::info!(keys = jwks.keys().len(), "provider signing keys refetched");
+        *discovered
+            .jwks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = jwks.clone();
+        Ok(jwks)
+    }
+
+    /// Exchanges an authorization code (with its PKCE verifier) and validates the ID token
+    /// against the login's nonce.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<LoginResult, OidcError> {
+        let discovered = self.ready()?;
+        let client = self.client(&discovered)?;
+        let http = self.http_fn();
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .map_err(|error| OidcError::Discovery(error.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
+            .request_async(&http)
+            .await
+            .map_err(token_error)?;
+        let id_token = response
+            .id_token()
+            .ok_or_else(|| OidcError::BadResponse("no id_token in the token response".into()))?;
+        let nonce = Nonce::new(nonce.to_owned());
+        let jwks = self
+            .verify_id_token(&discovered, id_token, Some(&nonce))
+            .await?;
+        let claims = self.extra_checks(id_token, &jwks, &response)?;
+        let now = self.clock.unix_now();
+        Ok(LoginResult {
+            tokens: Tokens {
+                access_token: Secret::new(response.access_token().secret().clone()),
+                access_expires_at: access_expiry(&response, now),
+                refresh_token: response
+                    .refresh_token()
+                    .map(|token| Secret::new(token.secret().clone())),
+                id_token: Some(Secret::new(id_token.to_string())),
+            },
+            subject: claims.subject,
+            provider_sid: claims.sid,
+            claims_json: claims.user_claims,
+        })
+    }
+
+    /// Checks `azp` and `at_hash` (openidconnect checks neither) and extracts the claims.
+    fn extra_checks(
+        &self,
+        id_token: &CoreIdToken,
+        jwks: &CoreJsonWebKeySet,
+        response: &CoreTokenResponse,
+    ) -> Result<PayloadClaims, OidcError> {
+        let payload = PayloadClaims::from_verified(&id_token.to_string())?;
+        if let Some(azp) = &payload.azp {
+            if azp != &self.config.client_id {
+                return Err(OidcError::InvalidIdToken(format!(
+                    "azp {azp:?} is not this client"
+                )));
+            }
+        }
+        if let Some(expected) = &payload.at_hash {
+            let verifier = self.verifier(jwks.clone());
+            let alg = id_token
+                .signing_alg()
+                .map_err(|error| OidcError::InvalidIdToken(error.to_string()))?;
+            let key = id_token
+                .signing_key(&verifier)
+                .map_err(|error| OidcError::InvalidIdToken(error.to_string()))?;
+            let actual = AccessTokenHash::from_token(response.access_token(), alg, key)
+                .map_err(|error| OidcError::InvalidIdToken(error.to_string()))?;
+            if actual.as_str() != expected {
+                return Err(OidcError::InvalidIdToken(
+                    "at_hash does not match the access token".into(),
+                ));
+            }
+        }
+        Ok(payload)
+    }
+
+    /// Uses a refresh token. A new ID token must name the same issuer and subject.
+    pub async fn refresh(
+        &self,
+        refresh_token: &Secret,
+        subject: &str,
+        previous: &Tokens,
+    ) -> Result<Refreshed, RefreshError> {
+        let discovered = self
+            .ready()
+            .map_err(|error| RefreshError::Transient(error.to_string()))?;
+        let client = self
+            .client(&discovered)
+            .map_err(|error| RefreshError::Transient(error.to_string()))?;
+        let http = self.http_fn();
+        let token = RefreshToken::new(refresh_token.expose().to_owned());
+        let response = client
+            .exchange_refresh_token(&token)
+            .map_err(|error| RefreshError::Transient(error.to_string()))?
+            .request_async(&http)
+            .await
+            .map_err(|error| match token_error(error) {
+                OidcError::Refused { code }
+                    if code == "invalid_grant" || code == "unauthorized_client" =>
+                {
+                    RefreshError::SessionEnded(code)
+                }
+                other => RefreshError::Transient(other.to_string()),
+            })?;
+        let mut claims_json = None;
+        let mut id_token_text = previous.id_token.clone();
+        if let Some(id_token) = response.id_token() {
+            let jwks = self
+                .verify_id_token(&discovered, id_token, None)
+                .await
+                .map_err(|error| match error {
+                    OidcError::Unreachable(reason) => RefreshError::Transient(reason),
+                    other => RefreshError::SessionEnded(other.to_string()),
+                })?;
+            let claims = self
+                .extra_checks(id_token, &jwks, &response)
+                .map_err(|error| RefreshError::SessionEnded(error.to_string()))?;
+            if claims.subject != subject {
+                return Err(RefreshError::SessionEnded(
+                    "the refreshed ID token names another subject".into(),
+                ));
+            }
+            claims_json = Some(claims.user_claims);
+            id_token_text = Some(Secret::new(id_token.to_string()));
+        }
+        let now = self.clock.unix_now();
+        Ok(Refreshed {
+            tokens: Tokens {
+                access_token: Secret::new(response.access_token().secret().clone()),
+                access_expires_at: access_expiry(&response, now),
+                refresh_token: response
+                    .refresh_token()
+                    .map(|token| Secret::new(token.secret().clone()))
+                    .or_else(|| previous.refresh_token.clone()),
+                id_token: id_token_text,
+            },
+            claims_json,
+        })
+    }
+
+    /// Revokes a refresh token at the provider's revocation endpoint, if it has one. Best
+    /// effort: failures are logged and otherwise ignored.
+    pub async fn revoke(&self, refresh_token: &Secret) {
+        let Some(discovered) = self.discovered() else {
+            return;
+        };
+        let Some(endpoint) = discovered
+            .metadata
+            .additional_metadata()
+            .revocation_endpoint
+            .clone()
+        else {
+            return;
+        };
+        let Ok(client) = self.client(&discovered) else {
+            return;
+        };
+        let client = client.set_revocation_url(RevocationUrl::from_url(endpoint));
+        let http = self.http_fn();
+        let token = CoreRevocableToken::from(RefreshToken::new(refresh_token.expose().to_owned()));
+        let result = match client.revoke_token(token) {
+            Ok(request) => request
+                .request_async(&http)
+                .await
+                .map_err(|error| error_chain(&error)),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(reason) = result {
+            tracing::warn!(%reason, "refresh token revocation failed; the local logout went ahead");
+        }
+    }
+
+    /// The provider's end-session URL for RP-initiated logout, when it has one.
+    pub fn end_session_url(&self, id_token_hint: Option<&Secret>) -> Option<Url> {
+        let discovered = self.discovered()?;
+        let mut url = discovered
+            .metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .clone()?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                query.append_pair("id_token_hint", hint.expose());
+            }
+            query
+                .append_pair(
+                    "post_logout_redirect_uri",
+                    self.config.post_logout_redirect_uri.as_str(),
+                )
+                .append_pair("client_id", &self.config.client_id);
+        }
+        Some(url)
+    }
+}
+
+type LoginClient = openidconnect::Client<
+    openidconnect::EmptyAdditionalClaims,
+    CoreAuthDisplay,
+    openidconnect::core::CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    openidconnect::core::CoreAuthPrompt,
+    openidconnect::StandardErrorResponse<CoreErrorResponseType>,
+    CoreTokenResponse,
+    openidconnect::core::CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    openidconnect::core::CoreRevocationErrorResponse,
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+fn check_endpoint(name: &str, url: &Url) -> Result<(), OidcError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_host(url) => Ok(()),
+        _ => Err(OidcError::Discovery(format!(
+            "{name} {url} must use https (plain http only on loopback)"
+        ))),
+    }
+}
+
+fn token_error(
+    error: RequestTokenError<
+        HttpClientError,
+        openidconnect::StandardErrorResponse<CoreErrorResponseType>,
+    >,
+) -> OidcError {
+    match error {
+        RequestTokenError::ServerResponse(response) => OidcError::Refused {
+            code: response.error().as_ref().to_owned(),
+        },
+        RequestTokenError::Request(error) => OidcError::Unreachable(error_chain(&error)),
+        RequestTokenError::Parse(error, _body) => OidcError::BadResponse(error.to_string()),
+        RequestTokenError::Other(reason) => OidcError::BadResponse(reason),
+    }
+}
+
+fn access_expiry(response: &CoreTokenResponse, now: u64) -> Option<u64> {
+    if let Some(expires_in) = response.expires_in() {
+        return Some(now.saturating_add(expires_in.as_secs()));
+    }
+    // No expires_in: use the access token's own `exp` when it is a JWT. Unverified, and only
+    // used to decide when to refresh, never to trust anything.
+    jwt_payload(response.access_token().secret())
+        .and_then(|payload| payload.get("exp").and_then(serde_json::Value::as_u64))
+}
+
+fn jwt_payload(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Claims read from an ID token whose signature has already been verified.
+struct PayloadClaims {
+    subject: String,
+    sid: Option<String>,
+    azp: Option<String>,
+    at_hash: Option<String>,
+    user_claims: String,
+}
+
+impl PayloadClaims {
+    fn from_verified(id_token: &str) -> Result<Self, OidcError> {
+        let payload = jwt_payload(id_token)
+            .ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
+        let text = |name: &str| {
+            payload
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let subject = text("sub")
+            .filter(|sub| !sub.is_empty())
+            .ok_or_else(|| OidcError::InvalidIdToken("missing sub".into()))?;
+        let mut user = serde_json::Map::new();
+        user.insert("sub".into(), serde_json::Value::String(subject.clone()));
+        for (name, value) in &payload {
+            if !PROTOCOL_CLAIMS.contains(&name.as_str()) {
+                user.insert(name.clone(), value.clone());
+            }
+        }
+        Ok(Self {
+            sid: text("sid"),
+            azp: text("azp"),
+            at_hash: text("at_hash"),
+            user_claims: serde_json::Value::Object(user).to_string(),
+            subject,
+        })
+    }
+}
+
+/// Renders an error and its sources on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        format!(
+            "{}.{}.sig",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(payload)
+        )
+    }
+
+    #[test]
+    fn user_claims_leave_protocol_claims_out() {
+        let claims = PayloadClaims::from_verified(&jwt(
+            r#"{"sub":"u1","iss":"x","nonce":"n","sid":"s1","name":"Ann","roles":["a"]}"#,
+        ))
+        .expect("claims");
+        assert_eq!(claims.subject, "u1");
+        assert_eq!(claims.sid.as_deref(), Some("s1"));
+        let user: serde_json::Value = serde_json::from_str(&claims.user_claims).expect("json");
+        assert_eq!(
+            user,
+            serde_json::json!({"sub":"u1","name":"Ann","roles":["a"]})
+        );
+    }
+
+    #[test]
+    fn a_token_without_sub_is_refused() {
+        assert!(PayloadClaims::from_verified(&jwt(r#"{"name":"x"}"#)).is_err());
+        assert!(PayloadClaims::from_verified(&jwt(r#"{"sub":""}"#)).is_err());
+    }
+
+    #[test]
+    fn jwt_payload_needs_exactly_three_parts() {
+        assert!(jwt_payload(&jwt(r#"{"exp":5}"#)).is_some());
+        assert!(jwt_payload("opaque-token").is_none());
+        assert!(jwt_payload("a.b.c.d").is_none());
+    }
+}

@@ -1,0 +1,169 @@
+//! TLS for both directions: the server configuration browsers meet (TLS 1.2+, ALPN h2 and
+//! http/1.1, certificate from files or a generated self-signed one) and the client configuration
+//! for the provider and upstreams (system roots plus `--ca-file`).
+//!
+//! Both use rustls with the aws-lc-rs provider, whose default key exchange includes the
+//! post-quantum hybrid X25519MLKEM768. Loading is synchronous and happens at start.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::config::TlsConfig;
+
+/// A TLS setup problem, naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the certificate, key or settings.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The self-signed certificate could not be generated.
+    #[error("generating the self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
+    /// The system's trust store could not be read.
+    #[error("reading the system's trusted certificates: {0}")]
+    SystemRoots(io::Error),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The server certificate in use, for the start-up log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// Loaded from files.
+    Files,
+    /// Generated at start for localhost; browsers will warn.
+    SelfSigned,
+}
+
+/// Builds the server configuration: TLS 1.2 and 1.3 only (rustls offers nothing older), ALPN
+/// `h2` then `http/1.1`.
+pub fn server_config(tls: &TlsConfig) -> Result<(ServerConfig, CertificateSource), TlsError> {
+    let (chain, key, source) = match tls {
+        TlsConfig::Files { cert, key } => (
+            load_certificates(cert)?,
+            load_private_key(key)?,
+            CertificateSource::Files,
+        ),
+        TlsConfig::SelfSigned => {
+            let (chain, key) = self_signed_localhost()?;
+            (chain, key, CertificateSource::SelfSigned)
+        }
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((config, source))
+}
+
+/// A fresh self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
+pub fn self_signed_localhost()
+-> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let certified = rcgen::generate_simple_self_signed(names)?;
+    let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    Ok((vec![certified.cert.der().clone()], key.into()))
+}
+
+/// Builds the client configuration for outbound connections: the system's trusted roots plus
+/// the certificates in `ca_file`, ALPN `h2` and `http/1.1`.
+pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    // Unreadable individual system certificates are skipped, as every TLS client does.
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        for certificate in load_certificates(path)? {
+            roots.add(certificate).map_err(|error| TlsError::Pem {
+                path: path.to_owned(),
+                reason: format!("not a usable CA certificate: {error}"),
+            })?;
+        }
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// Reads every certificate in a PEM file; at least one is required.
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem_error = |reason: String| TlsError::Pem {
+        path: path.to_owned(),
+        reason,
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| pem_error(error.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| pem_error(error.to_string()))?;
+    if certificates.is_empty() {
+        return Err(pem_error("no CERTIFICATE block found".into()));
+    }
+    Ok(certificates)
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| TlsError::Pem {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_server_config_offers_h2_and_http11() {
+        let (config, source) = server_config(&TlsConfig::SelfSigned).expect("config");
+        assert_eq!(source, CertificateSource::SelfSigned);
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_pem_files_name_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let error = load_certificates(&empty).expect_err("empty");
+        assert!(error.to_string().contains("empty.pem"), "{error}");
+        let error = load_private_key(&dir.path().join("absent.pem")).expect_err("absent");
+        assert!(error.to_string().contains("absent.pem"), "{error}");
+    }
+
+    #[test]
+    fn ca_file_certificates_are_trusted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, certified.cert.pem()).expect("write");
+        client_config(Some(&path)).expect("client config with extra root");
+    }
+}
