@@ -1,13 +1,189 @@
+//! oidc-bff: a Backend-for-Frontend security gateway. The browser holds only an HttpOnly
+//! session cookie; tokens stay in an encrypted redb file on the server.
+//!
+//! This file is wiring only: it lists the modules and assembles them in [`run`]. Dependencies
+//! point inward: `routes → auth → refresh → oidc / tickets → cache / store`.
+
+pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod cookies;
+pub mod error;
 pub mod flow;
 pub mod http_client;
 pub mod oidc;
+pub mod refresh;
 pub mod reply;
+pub mod routes;
 pub mod seal;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod tickets;
 pub mod tls;
+
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::auth::Auth;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::http_client::HttpClient;
+use crate::oidc::Provider;
+use crate::refresh::Refresher;
+use crate::routes::Gateway;
+use crate::seal::{KeyFileError, MasterKey};
+use crate::store::{SessionDb, StoreError};
+use crate::tickets::TicketStore;
+use crate::tls::{CertificateSource, TlsError};
+
+/// Timeout for each call to the provider.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the gateway is given from outside, so tests can substitute it.
+#[derive(Clone)]
+pub struct Deps {
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps").finish_non_exhaustive()
+    }
+}
+
+/// The gateway could not start (or stop cleanly).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ticket key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// The session database could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes, then drains connections, writes
+/// pending last-access times and closes the database.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    deps: Deps,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let storage = &config.storage;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&storage.data_dir)
+        .map_err(|source| RunError::DataDir {
+            path: storage.data_dir.clone(),
+            source,
+        })?;
+    let master = MasterKey::load_or_create(&storage.ticket_key_file)?;
+    let db_path = storage.database_path();
+    let db_cache = storage.db_cache_bytes;
+    let db = tokio::task::spawn_blocking(move || SessionDb::open(&db_path, db_cache))
+        .await
+        .map_err(|_| StoreError::TaskFailed)??;
+    let db = Arc::new(db);
+    let tickets = Arc::new(TicketStore::new(
+        Arc::clone(&db),
+        config.cache,
+        master.ticket_sealer(),
+        master.keyer(),
+        config.session,
+        Arc::clone(&deps.clock),
+    ));
+
+    let (server_tls, source) = tls::server_config(&config.tls)?;
+    if source == CertificateSource::SelfSigned {
+        tracing::warn!(
+            "no --tls-cert/--tls-key given: serving a self-signed certificate for localhost; \
+             browsers will warn. Use real certificates in production."
+        );
+    }
+    let client_tls = tls::client_config(config.oidc.ca_file.as_deref())?;
+    let http = HttpClient::new(client_tls, PROVIDER_TIMEOUT);
+    let provider = Arc::new(Provider::new(
+        config.oidc.clone(),
+        http,
+        Arc::clone(&deps.clock),
+    ));
+    let discovery = tokio::spawn({
+        let provider = Arc::clone(&provider);
+        async move { provider.discover_until_ready().await }
+    });
+    let refresher = Arc::new(Refresher::new(
+        Arc::clone(&provider),
+        Arc::clone(&tickets),
+        Arc::clone(&deps.clock),
+    ));
+    let auth = Auth::new(
+        Arc::clone(&provider),
+        Arc::clone(&tickets),
+        refresher,
+        master.flow_sealer(),
+        config.cookie.clone(),
+        Arc::clone(&deps.clock),
+    );
+    let gateway = Arc::new(Gateway::new(
+        auth,
+        Arc::clone(&provider),
+        config.oidc.callback_path.clone(),
+        config.limits.max_uri_bytes,
+    ));
+    let flusher = tokio::spawn({
+        let tickets = Arc::clone(&tickets);
+        async move {
+            let mut interval = tokio::time::interval(tickets.touch_interval());
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if let Err(error) = tickets.flush_touches().await {
+                    tracing::error!(error = %oidc::error_chain(&error), "writing last-access times failed");
+                }
+            }
+        }
+    });
+
+    tracing::info!(
+        listen = %config.listen,
+        public_url = %config.public_origin,
+        issuer = %config.oidc.issuer,
+        data_dir = %storage.data_dir.display(),
+        "oidc-bff serving"
+    );
+    server::serve(
+        listener,
+        Arc::new(server_tls),
+        gateway,
+        config.limits,
+        shutdown,
+    )
+    .await;
+
+    discovery.abort();
+    flusher.abort();
+    let flushed = tickets.flush_touches().await?;
+    tracing::info!(flushed, "stopped; pending last-access times written");
+    Ok(())
+}

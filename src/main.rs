@@ -1,1 +1,88 @@
-fn main() {}
+//! The `oidc-bff` binary: flags → config, logging, runtime, signals, exit codes. Everything else
+//! lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use oidc_bff::clock::SystemClock;
+use oidc_bff::config::{Cli, Command, EXIT_CONFIG, ProcessEnvironment};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve(*args),
+    }
+}
+
+fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
+    let config = match args.resolve(&ProcessEnvironment) {
+        Ok(config) => config,
+        Err(errors) => {
+            for problem in &errors.0 {
+                eprintln!("oidc-bff: error: {problem}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("oidc-bff: error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("oidc-bff: error: --listen {}: {error}", config.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let deps = oidc_bff::Deps {
+            clock: std::sync::Arc::new(SystemClock),
+        };
+        match oidc_bff::run(config, listener, deps, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!(
+                    "oidc-bff: error: {}",
+                    anyhow::Error::from(error)
+                        .chain()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(": ")
+                );
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}

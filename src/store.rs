@@ -12,6 +12,7 @@
 //! - `by_sid`:      (hash of provider sid, session id) → ()
 //! - `by_sub`:      (hash of subject, session id) → ()
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use redb::{
@@ -129,6 +130,9 @@ impl SessionDb {
             .set_cache_size(cache_bytes)
             .create(path)
             .map_err(db_error)?;
+        // Tickets are sealed, but metadata and file size are nobody else's business either.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|error| db_error(redb::StorageError::Io(error)))?;
         let txn = db.begin_write().map_err(db_error)?;
         {
             txn.open_table(SESSIONS).map_err(db_error)?;

@@ -1,0 +1,397 @@
+//! The gateway's own endpoints for signing in and out: `/api/isAuth`, `/login`, the callback,
+//! `/api/user` and `/logout`.
+//!
+//! Attacks each one is built against:
+//! - login CSRF and code injection: the callback must find its `state` in the sealed flow cookie
+//!   of the same browser, and the ID token must carry that login's nonce;
+//! - open redirects: `returnUrl` must be a local path (`/x`, never `//host`, `/\host` or a URL);
+//! - mix-up: RFC 9207 `iss` in the callback must be the configured issuer;
+//! - session fixation: every login gets a new random key, and a previous session is removed;
+//! - CSRF on the API: `/api/user` requires `X-CSRF: 1`, which a cross-site form cannot send;
+//! - forced logout: `/logout` requires the session's logout id, which only the SPA can read.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::{HeaderValue, SET_COOKIE};
+use http::{HeaderMap, Request, Response, StatusCode};
+
+use crate::clock::Clock;
+use crate::config::{CookieConfig, SameSite, check_local_path};
+use crate::cookies;
+use crate::error::HttpError;
+use crate::flow::{FLOW_TTL, MAX_RETURN_PATH, PendingLogin, PendingLogins};
+use crate::oidc::Provider;
+use crate::refresh::{FreshnessError, Refresher};
+use crate::reply::{self, Body};
+use crate::seal::{Sealer, constant_time_eq};
+use crate::session::{SessionId, SessionKey, Ticket};
+use crate::tickets::{Activity, Session, TicketStore};
+
+/// A session looked up from the request's cookies.
+#[derive(Debug)]
+pub struct Lookup {
+    /// The live session, if any.
+    pub session: Option<Session>,
+    /// The request carried a session cookie that is not (or no longer) valid: clear it.
+    pub stale_cookie: bool,
+}
+
+/// Handlers for the sign-in and sign-out endpoints.
+pub struct Auth {
+    provider: Arc<Provider>,
+    tickets: Arc<TicketStore>,
+    refresher: Arc<Refresher>,
+    flow_sealer: Sealer,
+    cookie: CookieConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+fn query_pairs(request: &Request<impl Sized>) -> Vec<(String, String)> {
+    request
+        .uri()
+        .query()
+        .map(|query| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The single value of a query parameter; a repeated parameter is an error (parameter
+/// pollution would let an attacker hide a second value from one of two parsers).
+fn single<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, HttpError> {
+    let mut found = pairs.iter().filter(|(key, _)| key == name);
+    let first = found.next().map(|(_, value)| value.as_str());
+    if found.next().is_some() {
+        return Err(HttpError::client(
+            StatusCode::BAD_REQUEST,
+            "repeated query parameter",
+        ));
+    }
+    Ok(first)
+}
+
+fn append_cookie(response: &mut Response<Body>, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+}
+
+impl Auth {
+    /// Handlers over the shared services.
+    pub fn new(
+        provider: Arc<Provider>,
+        tickets: Arc<TicketStore>,
+        refresher: Arc<Refresher>,
+        flow_sealer: Sealer,
+        cookie: CookieConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            provider,
+            tickets,
+            refresher,
+            flow_sealer,
+            cookie,
+            clock,
+        }
+    }
+
+    /// The session cookie settings.
+    pub fn cookie(&self) -> &CookieConfig {
+        &self.cookie
+    }
+
+    /// Finds the live session named by the request's session cookie.
+    pub async fn lookup(
+        &self,
+        headers: &HeaderMap,
+        activity: Activity,
+    ) -> Result<Lookup, HttpError> {
+        let mut stale_cookie = false;
+        for value in cookies::values(headers, &self.cookie.name) {
+            let Some(key) = SessionKey::parse(value) else {
+                stale_cookie = true;
+                continue;
+            };
+            match self.tickets.retrieve(&key, activity).await? {
+                Some(session) => {
+                    return Ok(Lookup {
+                        session: Some(session),
+                        stale_cookie: false,
+                    });
+                }
+                None => stale_cookie = true,
+            }
+        }
+        Ok(Lookup {
+            session: None,
+            stale_cookie,
+        })
+    }
+
+    fn expire_session_cookie(&self, response: &mut Response<Body>) {
+        append_cookie(
+            response,
+            &cookies::expire(&self.cookie.name, self.cookie.same_site),
+        );
+    }
+
+    /// The id `/logout?sid=` must carry for this session: derived from the session id under a
+    /// server key, so it reveals nothing and cannot be guessed from outside.
+    pub fn logout_id(&self, id: SessionId) -> String {
+        URL_SAFE_NO_PAD.encode(&self.tickets.keyer().hash("logout", &id.0)[..16])
+    }
+
+    /// `GET /api/isAuth`: `true` or `false`, never 401, never cached. Does not slide the idle
+    /// timeout.
+    pub async fn is_auth(
+        &self,
+        request: &Request<impl Sized>,
+    ) -> Result<Response<Body>, HttpError> {
+        let lookup = self.lookup(request.headers(), Activity::Peek).await?;
+        let mut response = reply::json(
+            StatusCode::OK,
+            &serde_json::Value::Bool(lookup.session.is_some()),
+        );
+        if lookup.stale_cookie {
+            self.expire_session_cookie(&mut response);
+        }
+        Ok(response)
+    }
+
+    /// `GET /login?returnUrl=/path`: starts an authorization-code flow with PKCE.
+    pub async fn login(&self, request: &Request<impl Sized>) -> Result<Response<Body>, HttpError> {
+        let pairs = query_pairs(request);
+        let return_path = single(&pairs, "returnUrl")?.unwrap_or("/").to_owned();
+        if return_path.len() > MAX_RETURN_PATH || check_local_path(&return_path).is_err() {
+            return Err(HttpError::client(
+                StatusCode::BAD_REQUEST,
+                "returnUrl must be a local path such as /orders",
+            ));
+        }
+        let now = self.clock.unix_now();
+        let login = PendingLogin::start(return_path, now);
+        let location =
+            self.provider
+                .authorization_url(&login.state, &login.nonce, &login.code_challenge())?;
+        let flow_name = self.cookie.flow_name();
+        let mut pending = PendingLogins::from_cookies(
+            &self.flow_sealer,
+            cookies::values(request.headers(), &flow_name),
+            now,
+        );
+        pending.push(login);
+        let mut response = reply::redirect(location.as_str());
+        if let Some(value) = pending.to_cookie(&self.flow_sealer) {
+            append_cookie(
+                &mut response,
+                &cookies::set(&flow_name, &value, SameSite::Lax, Some(FLOW_TTL)),
+            );
+        }
+        Ok(response)
+    }
+
+    /// The callback: checks the response against the pending login, exchanges the code,
+    /// creates the session and sets the cookie. Every failure is a plain 400 and no session.
+    pub async fn callback(
+        &self,
+        request: &Request<impl Sized>,
+    ) -> Result<Response<Body>, HttpError> {
+        let now = self.clock.unix_now();
+        let flow_name = self.cookie.flow_name();
+        let mut pending = PendingLogins::from_cookies(
+            &self.flow_sealer,
+            cookies::values(request.headers(), &flow_name),
+            now,
+        );
+        let pairs = query_pairs(request);
+        let state = single(&pairs, "state")?.ok_or_else(|| {
+            HttpError::client(StatusCode::BAD_REQUEST, "invalid login response: no state")
+        })?;
+        let login = pending.take(state).ok_or_else(|| {
+            HttpError::client(
+                StatusCode::BAD_REQUEST,
+                "login not recognised: it expired, was already used, or began in another browser",
+            )
+        })?;
+        // From here the login is consumed whatever happens: write the remaining ones back.
+        let flow_cookie = match pending.to_cookie(&self.flow_sealer) {
+            Some(value) => cookies::set(&flow_name, &value, SameSite::Lax, Some(FLOW_TTL)),
+            None => cookies::expire(&flow_name, SameSite::Lax),
+        };
+        let result = self.finish_login(request, &pairs, login).await;
+        let mut response = result.unwrap_or_else(HttpError::into_response);
+        append_cookie(&mut response, &flow_cookie);
+        Ok(response)
+    }
+
+    async fn finish_login(
+        &self,
+        request: &Request<impl Sized>,
+        pairs: &[(String, String)],
+        login: PendingLogin,
+    ) -> Result<Response<Body>, HttpError> {
+        if let Some(code) = single(pairs, "error")? {
+            return Err(HttpError::client(
+                StatusCode::BAD_REQUEST,
+                "the provider did not sign you in",
+            )
+            .with_detail(format!("provider error {code:?}")));
+        }
+        // RFC 9207: a provider that sends `iss` must send ours; one that promised it must send it.
+        match single(pairs, "iss")? {
+            Some(iss) if iss != self.provider.config().issuer => {
+                return Err(HttpError::client(
+                    StatusCode::BAD_REQUEST,
+                    "login response from an unexpected issuer",
+                ));
+            }
+            None if self.provider.sends_iss_parameter() => {
+                return Err(HttpError::client(
+                    StatusCode::BAD_REQUEST,
+                    "login response without the issuer parameter",
+                ));
+            }
+            _ => {}
+        }
+        let code = single(pairs, "code")?
+            .filter(|code| !code.is_empty())
+            .ok_or_else(|| {
+                HttpError::client(StatusCode::BAD_REQUEST, "invalid login response: no code")
+            })?;
+        let result = self
+            .provider
+            .exchange_code(code, &login.pkce_verifier, &login.nonce)
+            .await?;
+        let now = self.clock.unix_now();
+        let ticket = Ticket {
+            tokens: result.tokens,
+            subject: result.subject,
+            provider_sid: result.provider_sid,
+            claims_json: result.claims_json,
+            created_at: now,
+            expires_at: self.tickets.policy().expires_at(now),
+        };
+        // A session the browser held before this login is replaced, not left behind.
+        let previous = self.lookup(request.headers(), Activity::Peek).await?;
+        if let Some(previous) = previous.session {
+            self.tickets.remove(previous.id).await?;
+        }
+        let key = self.tickets.store(ticket).await?;
+        tracing::info!(session = %key.id(), "login completed; session created");
+        let mut response = reply::redirect(&login.return_path);
+        append_cookie(
+            &mut response,
+            &cookies::set(
+                &self.cookie.name,
+                &key.encode(),
+                self.cookie.same_site,
+                Some(self.tickets.policy().lifetime.as_secs()),
+            ),
+        );
+        Ok(response)
+    }
+
+    /// `GET /api/user` (with `X-CSRF: 1`): the user's claims, the logout URL and the time left.
+    /// Does not slide the idle timeout.
+    pub async fn user(&self, request: &Request<impl Sized>) -> Result<Response<Body>, HttpError> {
+        let lookup = self.lookup(request.headers(), Activity::Peek).await?;
+        let Some(session) = lookup.session else {
+            let mut response = HttpError::client(StatusCode::UNAUTHORIZED, "no session")
+                .json()
+                .into_response();
+            if lookup.stale_cookie {
+                self.expire_session_cookie(&mut response);
+            }
+            return Ok(response);
+        };
+        require_csrf_header(request.headers())?;
+        let Some(session) = self.refresher.fresh(session).await? else {
+            let mut response = HttpError::client(StatusCode::UNAUTHORIZED, "no session")
+                .json()
+                .into_response();
+            self.expire_session_cookie(&mut response);
+            return Ok(response);
+        };
+        let mut body = match serde_json::from_str::<serde_json::Value>(&session.ticket.claims_json)
+        {
+            Ok(serde_json::Value::Object(claims)) => claims,
+            _ => serde_json::Map::new(),
+        };
+        let deadline = self
+            .tickets
+            .policy()
+            .deadline(&session.ticket, session.last_access);
+        body.insert(
+            "logoutUrl".into(),
+            format!("/logout?sid={}", self.logout_id(session.id)).into(),
+        );
+        body.insert(
+            "sessionExpiresIn".into(),
+            deadline.saturating_sub(self.clock.unix_now()).into(),
+        );
+        Ok(reply::json(
+            StatusCode::OK,
+            &serde_json::Value::Object(body),
+        ))
+    }
+
+    /// `GET /logout?sid=…`: ends the session here and at the provider.
+    pub async fn logout(&self, request: &Request<impl Sized>) -> Result<Response<Body>, HttpError> {
+        let lookup = self.lookup(request.headers(), Activity::Peek).await?;
+        let Some(session) = lookup.session else {
+            // Nothing to end; make sure the browser forgets any stale cookie.
+            let mut response = reply::redirect("/");
+            self.expire_session_cookie(&mut response);
+            return Ok(response);
+        };
+        let pairs = query_pairs(request);
+        let given = single(&pairs, "sid")?.unwrap_or("");
+        // Constant-time: the sid is attacker-supplied and guards the session.
+        if !constant_time_eq(given.as_bytes(), self.logout_id(session.id).as_bytes()) {
+            return Err(HttpError::client(
+                StatusCode::BAD_REQUEST,
+                "logout requires the sid from /api/user",
+            ));
+        }
+        self.tickets.remove(session.id).await?;
+        tracing::info!(session = %session.id, "logout; session removed");
+        if let Some(refresh_token) = &session.ticket.tokens.refresh_token {
+            let revoke = self.provider.revoke(refresh_token);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), revoke)
+                .await
+                .is_err()
+            {
+                tracing::warn!("refresh token revocation timed out; the local logout went ahead");
+            }
+        }
+        let location = self
+            .provider
+            .end_session_url(session.ticket.tokens.id_token.as_ref())
+            .map(|url| url.to_string())
+            .unwrap_or_else(|| "/".to_owned());
+        let mut response = reply::redirect(&location);
+        self.expire_session_cookie(&mut response);
+        Ok(response)
+    }
+}
+
+/// Requires `X-CSRF: 1`: a custom header forces a CORS preflight, which cross-site pages fail.
+pub fn require_csrf_header(headers: &HeaderMap) -> Result<(), HttpError> {
+    match headers.get("x-csrf") {
+        Some(value) if value == "1" => Ok(()),
+        _ => Err(HttpError::client(StatusCode::FORBIDDEN, "missing X-CSRF: 1 header").json()),
+    }
+}

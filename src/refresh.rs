@@ -1,0 +1,183 @@
+//! On-demand refresh of a session's access token, one flight per session.
+//!
+//! With rotating refresh tokens, two parallel refreshes of one session would present the same
+//! refresh token twice, and providers answer that by revoking the whole grant. So whoever asks
+//! first refreshes; everyone else waits on the same per-session lock and then reads the ticket
+//! it stored.
+//!
+//! Outcomes: new tokens are stored (a rotated refresh token replaces the old one); a dead grant
+//! (`invalid_grant`, `unauthorized_client`, or tokens for another subject) ends the session; a
+//! provider outage keeps it, and the caller gets the old token while it is still valid.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::clock::Clock;
+use crate::oidc::{Provider, RefreshError};
+use crate::session::{SessionId, Ticket};
+use crate::store::StoreError;
+use crate::tickets::{Activity, Session, TicketStore};
+
+/// A session could not be made fresh.
+#[derive(Debug, thiserror::Error)]
+pub enum FreshnessError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The token expired and the provider could not refresh it right now.
+    #[error("refresh failed for now: {0}")]
+    ProviderUnavailable(String),
+}
+
+/// Counters of refresh outcomes since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshStats {
+    /// Refreshes that stored new tokens.
+    pub succeeded: u64,
+    /// Refreshes that ended the session.
+    pub ended: u64,
+    /// Refreshes that failed for now.
+    pub failed: u64,
+}
+
+/// Refreshes sessions on demand, one at a time per session.
+pub struct Refresher {
+    provider: Arc<Provider>,
+    tickets: Arc<TicketStore>,
+    clock: Arc<dyn Clock>,
+    in_flight: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    stats: Mutex<RefreshStats>,
+}
+
+impl std::fmt::Debug for Refresher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresher").finish_non_exhaustive()
+    }
+}
+
+impl Refresher {
+    /// A refresher over a provider and a store.
+    pub fn new(provider: Arc<Provider>, tickets: Arc<TicketStore>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            provider,
+            tickets,
+            clock,
+            in_flight: Mutex::new(HashMap::new()),
+            stats: Mutex::new(RefreshStats::default()),
+        }
+    }
+
+    /// Outcome counters.
+    pub fn stats(&self) -> RefreshStats {
+        *self
+            .stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn count(&self, update: impl FnOnce(&mut RefreshStats)) {
+        update(
+            &mut self
+                .stats
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+
+    /// Returns the session with an access token that is valid beyond the refresh skew,
+    /// refreshing it first when needed. `None` when the refresh ended the session.
+    pub async fn fresh(&self, session: Session) -> Result<Option<Session>, FreshnessError> {
+        let policy = *self.tickets.policy();
+        if !policy.needs_refresh(&session.ticket, self.clock.unix_now()) {
+            return Ok(Some(session));
+        }
+        let id = session.id;
+        let lock = {
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::clone(in_flight.entry(id).or_default())
+        };
+        let result = {
+            let _flight = lock.lock().await;
+            self.refresh_locked(id).await
+        };
+        {
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Only the map and this call hold the lock now: nobody else is waiting on it.
+            if Arc::strong_count(&lock) == 2 {
+                in_flight.remove(&id);
+            }
+        }
+        result
+    }
+
+    async fn refresh_locked(&self, id: SessionId) -> Result<Option<Session>, FreshnessError> {
+        // Re-read under the lock: whoever held it before may have refreshed already.
+        let Some(current) = self.tickets.retrieve_by_id(id, Activity::Peek).await? else {
+            return Ok(None);
+        };
+        let policy = *self.tickets.policy();
+        let now = self.clock.unix_now();
+        if !policy.needs_refresh(&current.ticket, now) {
+            return Ok(Some(current));
+        }
+        let Some(refresh_token) = current.ticket.tokens.refresh_token.clone() else {
+            // Nothing to refresh with: the token is used as long as it lasts; the API's 401
+            // then sends the SPA through login again.
+            return Ok(Some(current));
+        };
+        match self
+            .provider
+            .refresh(
+                &refresh_token,
+                &current.ticket.subject,
+                &current.ticket.tokens,
+            )
+            .await
+        {
+            Ok(refreshed) => {
+                let ticket = Ticket {
+                    tokens: refreshed.tokens,
+                    claims_json: refreshed
+                        .claims_json
+                        .unwrap_or_else(|| current.ticket.claims_json.clone()),
+                    ..(*current.ticket).clone()
+                };
+                if !self.tickets.renew(id, ticket.clone()).await? {
+                    return Ok(None);
+                }
+                self.count(|stats| stats.succeeded += 1);
+                tracing::debug!(session = %id, "access token refreshed");
+                Ok(Some(Session {
+                    ticket: Arc::new(ticket),
+                    ..current
+                }))
+            }
+            Err(RefreshError::SessionEnded(reason)) => {
+                self.count(|stats| stats.ended += 1);
+                tracing::info!(session = %id, %reason, "refresh rejected; session ended");
+                self.tickets.remove(id).await?;
+                Ok(None)
+            }
+            Err(RefreshError::Transient(reason)) => {
+                self.count(|stats| stats.failed += 1);
+                let still_valid = current
+                    .ticket
+                    .tokens
+                    .access_expires_at
+                    .is_some_and(|expiry| now < expiry);
+                tracing::warn!(session = %id, %reason, still_valid, "refresh failed; session kept");
+                if still_valid {
+                    Ok(Some(current))
+                } else {
+                    Err(FreshnessError::ProviderUnavailable(reason))
+                }
+            }
+        }
+    }
+}

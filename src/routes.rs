@@ -1,0 +1,110 @@
+//! `match (method, path)`: the only file that knows the gateway's own URL paths, plus the checks
+//! every request passes before any handler runs.
+
+use std::sync::Arc;
+
+use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode};
+
+use crate::auth::Auth;
+use crate::error::HttpError;
+use crate::oidc::Provider;
+use crate::reply::{self, Body, add_security_headers};
+
+/// Paths the gateway answers itself (the callback path is configurable and checked apart).
+const OWN_PATHS: &[&str] = &["/api/isAuth", "/api/user", "/login", "/logout", "/healthz"];
+
+/// Everything a request can reach.
+#[derive(Debug)]
+pub struct Gateway {
+    auth: Auth,
+    provider: Arc<Provider>,
+    callback_path: String,
+    max_uri_bytes: usize,
+}
+
+impl Gateway {
+    /// The router over its handlers.
+    pub fn new(
+        auth: Auth,
+        provider: Arc<Provider>,
+        callback_path: String,
+        max_uri_bytes: usize,
+    ) -> Self {
+        Self {
+            auth,
+            provider,
+            callback_path,
+            max_uri_bytes,
+        }
+    }
+
+    /// Answers one request. Never panics and never fails: errors become responses here.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
+        let mut response = match self.route(&request).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+        add_security_headers(&mut response);
+        response
+    }
+
+    async fn route<B>(&self, request: &Request<B>) -> Result<Response<Body>, HttpError> {
+        let uri_len = request
+            .uri()
+            .path_and_query()
+            .map_or(0, |path| path.as_str().len());
+        if uri_len > self.max_uri_bytes {
+            return Err(HttpError::client(
+                StatusCode::URI_TOO_LONG,
+                "request target too long",
+            ));
+        }
+        let path = request.uri().path();
+        let own = OWN_PATHS.contains(&path) || path == self.callback_path;
+        if !own {
+            return Err(HttpError::client(StatusCode::NOT_FOUND, "not found"));
+        }
+        if request.method() != Method::GET {
+            let mut response =
+                HttpError::client(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                    .into_response();
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET"));
+            return Ok(response);
+        }
+        // The gateway's own endpoints take no body. A GET with body framing is either a broken
+        // client or a request-smuggling probe: refuse it and close the connection.
+        if request.headers().contains_key(TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(CONTENT_LENGTH)
+                .is_some_and(|length| length != "0")
+        {
+            return Err(
+                HttpError::client(StatusCode::BAD_REQUEST, "unexpected request body")
+                    .close_connection(),
+            );
+        }
+        match path {
+            "/api/isAuth" => self.auth.is_auth(request).await,
+            "/api/user" => self.auth.user(request).await,
+            "/login" => self.auth.login(request).await,
+            "/logout" => self.auth.logout(request).await,
+            "/healthz" => Ok(self.health()),
+            _ => self.auth.callback(request).await,
+        }
+    }
+
+    fn health(&self) -> Response<Body> {
+        if self.provider.is_ready() {
+            reply::text(StatusCode::OK, "ok")
+        } else {
+            reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: provider discovery pending",
+            )
+        }
+    }
+}
