@@ -318,12 +318,19 @@ impl Auth {
             return Ok(response);
         };
         require_csrf_header(request.headers())?;
-        let Some(session) = self.refresher.fresh(session).await? else {
-            let mut response = HttpError::client(StatusCode::UNAUTHORIZED, "no session")
-                .json()
-                .into_response();
-            self.expire_session_cookie(&mut response);
-            return Ok(response);
+        let session = match self.refresher.fresh(session.clone()).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                let mut response = HttpError::client(StatusCode::UNAUTHORIZED, "no session")
+                    .json()
+                    .into_response();
+                self.expire_session_cookie(&mut response);
+                return Ok(response);
+            }
+            // The claims do not need a live access token: answer with what is known; the
+            // session is kept and the refresh is retried on the next use.
+            Err(FreshnessError::ProviderUnavailable(_)) => session,
+            Err(error) => return Err(error.into()),
         };
         let mut body = match serde_json::from_str::<serde_json::Value>(&session.ticket.claims_json)
         {
