@@ -27,7 +27,7 @@ use openidconnect::{
     AccessTokenHash, AdditionalProviderMetadata, AuthType, AuthorizationCode,
     ClaimsVerificationError, ClientId, ClientSecret, HttpRequest, HttpResponse, IssuerUrl,
     JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
-    RefreshToken, RequestTokenError, RevocationUrl, SignatureVerificationError, TokenResponse,
+    RefreshToken, RequestTokenError, SignatureVerificationError, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -589,8 +589,11 @@ impl Provider {
         })
     }
 
-    /// Revokes a refresh token at the provider's revocation endpoint, if it has one. Best
-    /// effort: failures are logged and otherwise ignored.
+    /// Revokes a refresh token at the provider's RFC 7009 revocation endpoint, if it has one.
+    /// Best effort: failures are logged and otherwise ignored.
+    ///
+    /// Sent by hand rather than through oauth2's revocation request, which refuses plain-http
+    /// endpoints even on loopback, where this gateway accepts them.
     pub async fn revoke(&self, refresh_token: &Secret) {
         let Some(discovered) = self.discovered() else {
             return;
@@ -603,22 +606,62 @@ impl Provider {
         else {
             return;
         };
-        let Ok(client) = self.client(&discovered) else {
+        let Some(request) = self.revocation_request(&endpoint, refresh_token) else {
             return;
         };
-        let client = client.set_revocation_url(RevocationUrl::from_url(endpoint));
-        let http = self.http_fn();
-        let token = CoreRevocableToken::from(RefreshToken::new(refresh_token.expose().to_owned()));
-        let result = match client.revoke_token(token) {
-            Ok(request) => request
-                .request_async(&http)
-                .await
-                .map_err(|error| error_chain(&error)),
-            Err(error) => Err(error.to_string()),
-        };
-        if let Err(reason) = result {
-            tracing::warn!(%reason, "refresh token revocation failed; the local logout went ahead");
+        match self.http.execute(request).await {
+            Ok(response) if response.status().is_success() => {
+                tracing::debug!("refresh token revoked at the provider");
+            }
+            Ok(response) => tracing::warn!(
+                status = response.status().as_u16(),
+                "refresh token revocation refused; the local logout went ahead"
+            ),
+            Err(error) => tracing::warn!(
+                error = %error_chain(&error),
+                "refresh token revocation failed; the local logout went ahead"
+            ),
         }
+    }
+
+    fn revocation_request(
+        &self,
+        endpoint: &Url,
+        refresh_token: &Secret,
+    ) -> Option<http::Request<Vec<u8>>> {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("token", refresh_token.expose())
+            .append_pair("token_type_hint", "refresh_token");
+        let mut request = http::Request::post(endpoint.as_str())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json");
+        match &self.config.client_secret {
+            Some(secret) => {
+                // RFC 6749 §2.3.1: form-encode both parts before base64.
+                let encode = |text: &str| -> String {
+                    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+                };
+                let credentials = format!(
+                    "{}:{}",
+                    encode(&self.config.client_id),
+                    encode(secret.expose())
+                );
+                request = request.header(
+                    http::header::AUTHORIZATION,
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(credentials)
+                    ),
+                );
+            }
+            None => {
+                form.append_pair("client_id", &self.config.client_id);
+            }
+        }
+        request.body(form.finish().into_bytes()).ok()
     }
 
     /// The provider's end-session URL for RP-initiated logout, when it has one.

@@ -1,0 +1,11 @@
+//! Integration tests: the real gateway over real TLS with a real redb file, against an
+//! in-process fake OpenID provider, with time controlled by a shared manual clock.
+
+mod conformance; // the OpenID Foundation RP test plan cases that apply to a code-flow client
+mod discovery; // provider down at start, issuer mismatch in discovery
+mod hardening; // hostile clients: limits, smuggling, slowloris
+mod login; // the whole flow: isAuth, login, user, logout, cookies, no token leaks, restart
+mod refresh; // on-demand refresh: single flight, rotation, invalid_grant, outages
+mod rejections; // callback attacks: state, flow cookie, nonce, code reuse, open redirects, iss
+mod store_crash; // SIGKILL while writing sessions loses nothing acknowledged
+mod support;

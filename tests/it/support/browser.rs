@@ -1,0 +1,205 @@
+//! A minimal browser for integration tests: a cookie jar for the gateway's origin, TLS trusting
+//! the test CA, and manual redirect following.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+
+use super::certs::TestCerts;
+
+/// One response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The `Location` header.
+    pub fn location(&self) -> String {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Every `Set-Cookie` header.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The JSON body.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+}
+
+/// A cookie-keeping client.
+pub struct Browser {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    gateway: String,
+    pub jar: BTreeMap<String, String>,
+    /// Every response the gateway sent this browser (to check that no token leaks).
+    pub seen: Vec<Reply>,
+}
+
+impl Browser {
+    pub fn new(gateway: &str, certs: &TestCerts) -> Self {
+        let mut roots = RootCertStore::empty();
+        roots.add(certs.ca_der.clone()).expect("CA");
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            gateway: gateway.to_owned(),
+            jar: BTreeMap::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn absolute(&self, url: &str) -> String {
+        if url.starts_with('/') {
+            format!("{}{url}", self.gateway)
+        } else {
+            url.to_owned()
+        }
+    }
+
+    /// Sends a request; cookies go only to the gateway, and its Set-Cookie headers are kept.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let url = self.absolute(url);
+        let to_gateway = url.starts_with(&self.gateway);
+        let mut builder = Request::builder().method(method).uri(&url);
+        if to_gateway && !self.jar.is_empty() {
+            let cookie = self
+                .jar
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            builder = builder.header("cookie", cookie);
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .expect("request");
+        let response = self.client.request(request).await.expect("send");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        let reply = Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        if to_gateway {
+            for cookie in reply.set_cookies() {
+                self.store_cookie(&cookie);
+            }
+            self.seen.push(Reply {
+                status: reply.status,
+                headers: reply.headers.clone(),
+                body: reply.body.clone(),
+            });
+        }
+        reply
+    }
+
+    fn store_cookie(&mut self, set_cookie: &str) {
+        let mut parts = set_cookie.split(';');
+        let Some((name, value)) = parts.next().and_then(|pair| pair.split_once('=')) else {
+            return;
+        };
+        let expired = parts.any(|attribute| attribute.trim() == "Max-Age=0");
+        if expired {
+            self.jar.remove(name.trim());
+        } else {
+            self.jar
+                .insert(name.trim().to_owned(), value.trim().to_owned());
+        }
+    }
+
+    /// GET with extra headers.
+    pub async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request(Method::GET, url, headers, b"").await
+    }
+
+    /// `/api/isAuth` as a boolean.
+    pub async fn is_auth(&mut self) -> bool {
+        let reply = self.get("/api/isAuth", &[]).await;
+        assert_eq!(reply.status, 200);
+        reply.json().as_bool().expect("boolean")
+    }
+
+    /// `/api/user` with the CSRF header.
+    pub async fn user(&mut self) -> Reply {
+        self.get("/api/user", &[("x-csrf", "1")]).await
+    }
+
+    /// Starts a login and returns the provider's authorize URL (not yet followed).
+    pub async fn start_login(&mut self, return_url: &str) -> String {
+        let reply = self
+            .get(&format!("/login?returnUrl={}", urlencode(return_url)), &[])
+            .await;
+        assert_eq!(reply.status, 302, "login: {}", reply.body);
+        reply.location()
+    }
+
+    /// Follows an authorize URL at the provider and returns the callback URL it redirects to.
+    pub async fn authorize(&mut self, authorize_url: &str) -> String {
+        let reply = self.get(authorize_url, &[]).await;
+        assert_eq!(reply.status, 302, "authorize: {}", reply.body);
+        reply.location()
+    }
+
+    /// The whole login: returns the gateway's answer to the callback.
+    pub async fn login(&mut self, return_url: &str) -> Reply {
+        let authorize = self.start_login(return_url).await;
+        let callback = self.authorize(&authorize).await;
+        self.get(&callback, &[]).await
+    }
+
+    /// Logs in and asserts that it worked.
+    pub async fn login_ok(&mut self) {
+        let reply = self.login("/").await;
+        assert_eq!(reply.status, 302, "callback failed: {}", reply.body);
+        assert!(self.is_auth().await, "isAuth after login");
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
