@@ -164,11 +164,11 @@ impl From<OidcError> for HttpError {
                 "the identity provider could not be reached",
                 detail,
             ),
-            OidcError::BadResponse(_) => HttpError::provider(
-                StatusCode::BAD_GATEWAY,
-                "the identity provider sent an unusable response",
-                detail,
-            ),
+            // A token response that does not parse (an ID token without sub or iat, say) fails
+            // the login like any invalid token, but it is logged as the provider's fault.
+            OidcError::BadResponse(_) => {
+                HttpError::provider(StatusCode::BAD_REQUEST, "login failed", detail)
+            }
             // A reused or forged code, or a token that fails validation: the request's fault
             // (or an attacker's), never a reason to create a session.
             OidcError::Refused { .. } | OidcError::InvalidIdToken(_) => {

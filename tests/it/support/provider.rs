@@ -44,6 +44,7 @@ enum Material {
 struct SigningKey {
     kid: Option<String>,
     material: Material,
+    published: bool,
 }
 
 impl SigningKey {
@@ -56,7 +57,11 @@ impl SigningKey {
                 EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("EC key"),
             ),
         };
-        Self { kid, material }
+        Self {
+            kid,
+            material,
+            published: true,
+        }
     }
 
     fn alg(&self) -> &'static str {
@@ -286,14 +291,15 @@ impl FakeProvider {
         });
     }
 
-    /// Signs with a new key that is *not* published until `publish_pending_keys` runs.
-    pub fn sign_with_unpublished_key(&self, alg: Alg) -> usize {
+    /// Signs with a new key that the JWKS never shows (an attacker's key).
+    pub fn sign_with_unpublished_key(&self, alg: Alg) {
         self.with(|s| {
             let kid = format!("key-{}", s.keys.len() + 1);
-            s.keys.push(SigningKey::generate(alg, Some(kid)));
+            let mut key = SigningKey::generate(alg, Some(kid));
+            key.published = false;
+            s.keys.push(key);
             s.signing = s.keys.len() - 1;
-            s.signing
-        })
+        });
     }
 
     /// Publishes a second key without a kid next to the first (and strips all kids).
@@ -461,8 +467,12 @@ async fn handle(
             )
         }
         "/jwks" => {
-            let mut keys: Vec<Value> = state.keys.iter().map(SigningKey::jwk).collect();
-            // An unpublished signing key is the last one when sign_with_unpublished_key ran.
+            let mut keys: Vec<Value> = state
+                .keys
+                .iter()
+                .filter(|key| key.published)
+                .map(SigningKey::jwk)
+                .collect();
             keys.extend(state.unusable_jwks.iter().cloned());
             json_response(200, &json!({ "keys": keys }))
         }
