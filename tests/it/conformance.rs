@@ -18,7 +18,11 @@ async fn assert_login_refused(provider: &FakeProvider, gateway: &TestGateway, ta
     provider.tamper(tamper.clone());
     let mut browser = gateway.browser();
     let reply = browser.login("/").await;
-    assert_eq!(reply.status, 400, "{tamper:?} must be refused: {}", reply.body);
+    assert_eq!(
+        reply.status, 400,
+        "{tamper:?} must be refused: {}",
+        reply.body
+    );
     assert!(!browser.is_auth().await, "{tamper:?} created a session");
 }
 
@@ -44,7 +48,12 @@ async fn rp_id_token_sig_es256() {
 #[tokio::test]
 async fn rp_id_token_iss_mismatch() {
     let (provider, gateway) = setup(&[]).await;
-    assert_login_refused(&provider, &gateway, Tamper::Issuer("https://evil.example".into())).await;
+    assert_login_refused(
+        &provider,
+        &gateway,
+        Tamper::Issuer("https://evil.example".into()),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1,1 +1,41 @@
+use std::sync::Arc;
+use std::time::Duration;
 
+use oidc_bff::clock::ManualClock;
+
+use crate::support::{FakeProvider, TestGateway};
+
+#[tokio::test]
+async fn the_gateway_starts_while_the_provider_is_down_and_recovers() {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    provider.set_down(true);
+    let gateway = TestGateway::start_unready(&provider, &[]).await;
+    let mut browser = gateway.browser();
+    let mut health = browser.get("/healthz", &[]).await;
+    for _ in 0..20 {
+        if health.status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        health = browser.get("/healthz", &[]).await;
+    }
+    assert_eq!(health.status, 503);
+    assert_eq!(browser.get("/login", &[]).await.status, 503);
+    assert!(!browser.is_auth().await, "isAuth still answers");
+
+    provider.set_down(false);
+    gateway.wait_ready().await;
+    browser.login_ok().await;
+}
+
+#[tokio::test]
+async fn a_discovery_document_for_another_issuer_is_refused() {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    provider.set_discovery_issuer("https://evil.example");
+    let gateway = TestGateway::start_unready(&provider, &[]).await;
+    let mut browser = gateway.browser();
+    // Give discovery time for a first attempt and a retry.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(browser.get("/healthz", &[]).await.status, 503);
+    assert_eq!(browser.get("/login", &[]).await.status, 503);
+}

@@ -3,13 +3,27 @@ use crate::support::{Tamper, setup};
 /// Asserts a callback was refused with a plain 400 and left no session behind.
 async fn assert_refused(browser: &mut crate::support::Browser, callback: &str) {
     let reply = browser.get(callback, &[]).await;
-    assert_eq!(reply.status, 400, "callback {callback} answered {}", reply.body);
-    assert!(reply.headers["content-type"]
-        .to_str()
-        .expect("ascii")
-        .starts_with("text/plain"));
-    assert!(!reply.set_cookies().iter().any(|c| c.starts_with("__Host-bff=") && !c.contains("Max-Age=0")));
-    assert!(!browser.is_auth().await, "no session after a refused callback");
+    assert_eq!(
+        reply.status, 400,
+        "callback {callback} answered {}",
+        reply.body
+    );
+    assert!(
+        reply.headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
+    assert!(
+        !reply
+            .set_cookies()
+            .iter()
+            .any(|c| c.starts_with("__Host-bff=") && !c.contains("Max-Age=0"))
+    );
+    assert!(
+        !browser.is_auth().await,
+        "no session after a refused callback"
+    );
 }
 
 fn with_param(url: &str, name: &str, value: &str) -> String {
@@ -19,7 +33,11 @@ fn with_param(url: &str, name: &str, value: &str) -> String {
         .into_owned()
         .filter(|(key, _)| key != name)
         .collect();
-    parsed.query_pairs_mut().clear().extend_pairs(pairs).append_pair(name, value);
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair(name, value);
     parsed.to_string()
 }
 
@@ -144,7 +162,9 @@ async fn open_redirect_return_urls_are_refused() {
         "/%0d%0aSet-Cookie:x=1",
     ] {
         let encoded: String = url::form_urlencoded::byte_serialize(bad.as_bytes()).collect();
-        let reply = browser.get(&format!("/login?returnUrl={encoded}"), &[]).await;
+        let reply = browser
+            .get(&format!("/login?returnUrl={encoded}"), &[])
+            .await;
         if bad.starts_with("/%") {
             // Percent-escapes stay escaped in a local path: harmless, and accepted.
             assert_eq!(reply.status, 302, "{bad}");
@@ -153,7 +173,9 @@ async fn open_redirect_return_urls_are_refused() {
         assert_eq!(reply.status, 400, "{bad} must be refused");
         assert!(reply.set_cookies().is_empty(), "no flow started for {bad}");
     }
-    let reply = browser.get("/login?returnUrl=%2Fa&returnUrl=//evil", &[]).await;
+    let reply = browser
+        .get("/login?returnUrl=%2Fa&returnUrl=//evil", &[])
+        .await;
     assert_eq!(reply.status, 400, "repeated returnUrl");
 }
 
@@ -161,7 +183,9 @@ async fn open_redirect_return_urls_are_refused() {
 async fn the_return_url_cannot_inject_headers() {
     let (_provider, gateway) = setup(&[]).await;
     let mut browser = gateway.browser();
-    let reply = browser.get("/login?returnUrl=/a%0d%0aX-Injected:1", &[]).await;
+    let reply = browser
+        .get("/login?returnUrl=/a%0d%0aX-Injected:1", &[])
+        .await;
     assert_eq!(reply.status, 400, "control characters are refused");
 }
 
@@ -207,7 +231,10 @@ async fn many_abandoned_logins_do_not_grow_the_cookie_header() {
         browser.start_login(&long_path).await;
     }
     let cookie_bytes: usize = browser.jar.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-    assert!(cookie_bytes < 4_096, "cookie header stays bounded: {cookie_bytes} bytes");
+    assert!(
+        cookie_bytes < 4_096,
+        "cookie header stays bounded: {cookie_bytes} bytes"
+    );
     // The newest login still completes.
     let authorize = browser.start_login("/done").await;
     let callback = browser.authorize(&authorize).await;
@@ -222,6 +249,8 @@ async fn a_login_flow_expires_after_ten_minutes() {
     let mut browser = gateway.browser();
     let authorize = browser.start_login("/").await;
     let callback = browser.authorize(&authorize).await;
-    provider.clock().advance(std::time::Duration::from_secs(601));
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(601));
     assert_refused(&mut browser, &callback).await;
 }
