@@ -499,12 +499,14 @@ impl Provider {
         response: &CoreTokenResponse,
     ) -> Result<PayloadClaims, OidcError> {
         let payload = PayloadClaims::from_verified(&id_token.to_string())?;
-        if let Some(azp) = &payload.azp {
-            if azp != &self.config.client_id {
-                return Err(OidcError::InvalidIdToken(format!(
-                    "azp {azp:?} is not this client"
-                )));
-            }
+        if let Some(azp) = payload
+            .azp
+            .as_ref()
+            .filter(|azp| **azp != self.config.client_id)
+        {
+            return Err(OidcError::InvalidIdToken(format!(
+                "azp {azp:?} is not this client"
+            )));
         }
         if let Some(expected) = &payload.at_hash {
             let verifier = self.verifier(jwks.clone());

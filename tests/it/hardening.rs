@@ -1,1 +1,234 @@
+//! Hostile clients: oversized heads, smuggling probes, slow and idle connections.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::support::{TestGateway, setup};
+
+async fn tls_connect(gateway: &TestGateway) -> TlsStream<TcpStream> {
+    let mut roots = RootCertStore::empty();
+    roots.add(gateway.certs.ca_der.clone()).expect("CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(gateway.addr).await.expect("connect");
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake")
+}
+
+/// Sends raw bytes and reads until the server closes (bounded by `limit`).
+async fn exchange(gateway: &TestGateway, request: &[u8], limit: Duration) -> (String, bool) {
+    let mut stream = tls_connect(gateway).await;
+    stream.write_all(request).await.expect("write");
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&received).into_owned(), closed)
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let (_provider, gateway) = setup(&[]).await;
+    let big = format!(
+        "GET /api/isAuth HTTP/1.1\r\nhost: localhost\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let (response, _) = exchange(&gateway, big.as_bytes(), Duration::from_secs(5)).await;
+    assert!(status_line(&response).contains("431"), "{response}");
+
+    let mut many = String::from("GET /api/isAuth HTTP/1.1\r\nhost: localhost\r\n");
+    for index in 0..150 {
+        many.push_str(&format!("x-h{index}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let (response, _) = exchange(&gateway, many.as_bytes(), Duration::from_secs(5)).await;
+    assert!(status_line(&response).contains("431"), "{response}");
+}
+
+#[tokio::test]
+async fn an_overlong_request_target_gets_414() {
+    let (_provider, gateway) = setup(&[]).await;
+    let request = format!(
+        "GET /api/isAuth?pad={} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        "a".repeat(9_000)
+    );
+    let (response, _) = exchange(&gateway, request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(status_line(&response).contains("414"), "{response}");
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_and_the_connection_closed() {
+    let (_provider, gateway) = setup(&[]).await;
+    let smuggle = b"GET /api/isAuth HTTP/1.1\r\nhost: localhost\r\ncontent-length: 5\r\n\
+transfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /api/user HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    let (response, closed) = exchange(&gateway, smuggle, Duration::from_secs(5)).await;
+    assert!(status_line(&response).contains("400"), "{response}");
+    assert!(closed, "connection closed after the framing error");
+    assert_eq!(
+        response.matches("HTTP/1.1").count(),
+        1,
+        "the smuggled second request was not answered: {response}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_request_heads_get_400() {
+    let (_provider, gateway) = setup(&[]).await;
+    let (response, closed) = exchange(
+        &gateway,
+        b"GET /api/isAuth HTTP/1.1\r\nhost localhost\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(status_line(&response).contains("400"), "{response}");
+    assert!(closed);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let (_provider, gateway) = setup(&["--header-timeout", "1s"]).await;
+    let started = std::time::Instant::now();
+    let (_, closed) = exchange(
+        &gateway,
+        b"GET /api/isAuth HTTP/1.1\r\nhost: local",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(closed, "connection closed by the header deadline");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_cut_off() {
+    let (_provider, gateway) = setup(&["--handshake-timeout", "1s"]).await;
+    let mut tcp = TcpStream::connect(gateway.addr).await.expect("connect");
+    let mut buffer = [0u8; 64];
+    let result = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buffer)).await;
+    assert!(
+        matches!(result, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the handshake deadline: {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let (_provider, gateway) = setup(&["--keepalive-timeout", "1s"]).await;
+    let mut stream = tls_connect(&gateway).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buffer = vec![0u8; 4096];
+    let n = stream.read(&mut buffer).await.expect("response");
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    let result = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "idle connection closed by the server");
+}
+
+#[tokio::test]
+async fn every_response_carries_hsts_even_errors() {
+    let (_provider, gateway) = setup(&[]).await;
+    let mut browser = gateway.browser();
+    for path in ["/nope", "/api/isAuth", "/login?returnUrl=//x"] {
+        let reply = browser.get(path, &[]).await;
+        assert!(
+            reply.headers.contains_key("strict-transport-security"),
+            "{path} ({})",
+            reply.status
+        );
+    }
+    let reply = browser
+        .request(http::Method::POST, "/api/isAuth", &[], b"")
+        .await;
+    assert_eq!(reply.status, 405);
+}
+
+#[tokio::test]
+async fn a_thousand_half_open_connections_do_not_stop_a_login() {
+    let (_provider, gateway) =
+        setup(&["--handshake-timeout", "30s", "--header-timeout", "30s"]).await;
+    let mut parked = Vec::new();
+    // Half of them never start TLS; the other half finish TLS and dribble one header line.
+    for index in 0..1_000 {
+        if index % 2 == 0 {
+            parked.push(Parked::Tcp(
+                TcpStream::connect(gateway.addr).await.expect("connect"),
+            ));
+        } else {
+            let mut stream = tls_connect(&gateway).await;
+            stream
+                .write_all(b"GET /api/isAuth HTTP/1.1\r\nhost: localhost\r\n")
+                .await
+                .expect("write");
+            parked.push(Parked::Tls(Box::new(stream)));
+        }
+    }
+    let mut browser = gateway.browser();
+    let login = tokio::time::timeout(Duration::from_secs(20), browser.login_ok()).await;
+    assert!(
+        login.is_ok(),
+        "a normal client logged in next to 1,000 slow ones"
+    );
+    assert_eq!(parked.len(), 1_000);
+}
+
+enum Parked {
+    Tcp(#[allow(dead_code)] TcpStream), // held open only
+    Tls(#[allow(dead_code)] Box<TlsStream<TcpStream>>), // held open only
+}
+
+#[tokio::test]
+async fn http2_is_offered_by_alpn() {
+    let (_provider, gateway) = setup(&[]).await;
+    let mut roots = RootCertStore::empty();
+    roots.add(gateway.certs.ca_der.clone()).expect("CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(gateway.addr).await.expect("connect");
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+}

@@ -142,3 +142,21 @@ async fn concurrent_requests_share_one_refresh() {
     );
     assert!(browser.is_auth().await);
 }
+
+#[tokio::test]
+async fn the_access_token_expiry_comes_from_expires_in() {
+    let (provider, gateway) = setup(&[]).await;
+    provider.set_token_ttl(60);
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    provider.clock().advance(Duration::from_secs(29));
+    browser.user().await;
+    assert_eq!(provider.refresh_count(), 0);
+    provider.clock().advance(Duration::from_secs(2));
+    browser.user().await;
+    assert_eq!(
+        provider.refresh_count(),
+        1,
+        "60 s token, refreshed 30 s before it ends"
+    );
+}

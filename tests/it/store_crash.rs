@@ -1,1 +1,136 @@
+//! Crash safety: the real binary is killed with SIGKILL while browsers log in; every login it
+//! acknowledged (a session cookie received) must be in the redb file afterwards.
 
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oidc_bff::cache::CachePolicy;
+use oidc_bff::clock::{ManualClock, SystemClock};
+use oidc_bff::seal::MasterKey;
+use oidc_bff::session::{SessionKey, SessionPolicy};
+use oidc_bff::store::SessionDb;
+use oidc_bff::tickets::{Activity, TicketStore};
+
+use crate::support::browser::Browser;
+use crate::support::certs::TestCerts;
+use crate::support::provider::{CLIENT_ID, CLIENT_SECRET, FakeProvider};
+
+#[tokio::test]
+async fn sigkill_during_logins_loses_no_acknowledged_session() {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    let certs = TestCerts::new();
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        probe.local_addr().expect("addr").port()
+    };
+    let base = format!("https://localhost:{port}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--public-url",
+            &base,
+            "--issuer",
+            &provider.issuer,
+            "--client-id",
+            CLIENT_ID,
+            "--tls-cert",
+            certs.cert.to_str().expect("utf-8"),
+            "--tls-key",
+            certs.key.to_str().expect("utf-8"),
+            "--data-dir",
+            data_dir.path().to_str().expect("utf-8"),
+        ])
+        .env("OIDC_BFF_CLIENT_SECRET", CLIENT_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the gateway binary");
+
+    let mut probe = Browser::new(&base, &certs);
+    let mut ready = false;
+    for _ in 0..200 {
+        let reply =
+            tokio::time::timeout(Duration::from_millis(500), probe.try_get("/healthz")).await;
+        if reply.is_ok_and(|status| status == Some(200)) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the gateway binary became ready");
+
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let acknowledged = Arc::clone(&acknowledged);
+        let base = base.clone();
+        let ca = certs.ca_der.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let mut browser = Browser::with_ca(&base, ca.clone());
+                let Some(cookie) = browser.try_login().await else {
+                    return;
+                };
+                acknowledged.lock().expect("acks").push(cookie);
+            }
+        }));
+    }
+    // Let logins run, then kill mid-load once enough have been acknowledged.
+    for _ in 0..200 {
+        if acknowledged.lock().expect("acks").len() >= 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reaped");
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let acknowledged = acknowledged.lock().expect("acks").clone();
+    assert!(
+        acknowledged.len() >= 40,
+        "load ran: {} logins",
+        acknowledged.len()
+    );
+
+    let master = MasterKey::load(&data_dir.path().join("ticket.key")).expect("key");
+    let db = SessionDb::open(&data_dir.path().join("sessions.redb"), 1 << 20)
+        .expect("the file reopens after SIGKILL");
+    let store = TicketStore::new(
+        Arc::new(db),
+        CachePolicy {
+            capacity: NonZeroUsize::new(16).expect("non-zero"),
+            sliding: Duration::from_secs(15),
+            absolute: Duration::from_secs(100),
+        },
+        master.ticket_sealer(),
+        master.keyer(),
+        SessionPolicy {
+            idle_timeout: Duration::from_secs(8 * 3_600),
+            lifetime: Duration::from_secs(7 * 86_400),
+            refresh_skew: Duration::from_secs(30),
+        },
+        Arc::new(SystemClock),
+    );
+    let mut missing = BTreeMap::new();
+    for cookie in &acknowledged {
+        let key = SessionKey::parse(cookie).expect("cookie is a key");
+        let found = store
+            .retrieve(&key, Activity::Peek)
+            .await
+            .expect("retrieve");
+        if found.is_none() {
+            missing.insert(key.id().to_string(), ());
+        }
+    }
+    assert!(missing.is_empty(), "sessions lost: {missing:?}");
+}

@@ -59,8 +59,13 @@ pub struct Browser {
 
 impl Browser {
     pub fn new(gateway: &str, certs: &TestCerts) -> Self {
+        Self::with_ca(gateway, certs.ca_der.clone())
+    }
+
+    /// A browser trusting `ca`.
+    pub fn with_ca(gateway: &str, ca: rustls_pki_types::CertificateDer<'static>) -> Self {
         let mut roots = RootCertStore::empty();
-        roots.add(certs.ca_der.clone()).expect("CA");
+        roots.add(ca).expect("CA");
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -149,6 +154,68 @@ impl Browser {
             self.jar
                 .insert(name.trim().to_owned(), value.trim().to_owned());
         }
+    }
+
+    /// GET that reports a failed connection as `None` instead of panicking.
+    pub async fn try_get(&mut self, url: &str) -> Option<u16> {
+        let request = Request::builder()
+            .uri(self.absolute(url))
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let response = self.client.request(request).await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    /// The whole login without panics: the session cookie when the gateway acknowledged it.
+    pub async fn try_login(&mut self) -> Option<String> {
+        let login = self.try_request("/login").await?;
+        let authorize = self.try_request(&login).await?;
+        self.try_request(&authorize).await?;
+        self.jar.get("__Host-bff").cloned()
+    }
+
+    /// GET following nothing; returns the Location, keeping cookies. `None` on any failure.
+    async fn try_request(&mut self, url: &str) -> Option<String> {
+        let url = self.absolute(url);
+        let to_gateway = url.starts_with(&self.gateway);
+        let mut builder = Request::builder().uri(&url);
+        if to_gateway && !self.jar.is_empty() {
+            let cookie = self
+                .jar
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            builder = builder.header("cookie", cookie);
+        }
+        let response = self
+            .client
+            .request(builder.body(Full::new(Bytes::new())).ok()?)
+            .await
+            .ok()?;
+        if response.status() != 302 {
+            return None;
+        }
+        if to_gateway {
+            let cookies: Vec<String> = response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_owned))
+                .collect();
+            for cookie in cookies {
+                self.store_cookie(&cookie);
+            }
+        }
+        let location = response
+            .headers()
+            .get("location")?
+            .to_str()
+            .ok()?
+            .to_owned();
+        // The body is empty; finishing it keeps the connection reusable.
+        let _ = response.into_body().collect().await;
+        Some(location)
     }
 
     /// GET with extra headers.

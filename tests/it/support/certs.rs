@@ -10,7 +10,6 @@ pub struct TestCerts {
     _dir: tempfile::TempDir,
     pub cert: PathBuf,
     pub key: PathBuf,
-    pub ca_pem: PathBuf,
     pub ca_der: CertificateDer<'static>,
 }
 
@@ -31,16 +30,13 @@ impl TestCerts {
             .expect("leaf cert");
         let cert = dir.path().join("server.pem");
         let key = dir.path().join("server.key");
-        let ca_pem = dir.path().join("ca.pem");
         std::fs::write(&cert, leaf.pem()).expect("write cert");
         std::fs::write(&key, leaf_key.serialize_pem()).expect("write key");
-        std::fs::write(&ca_pem, ca_cert.pem()).expect("write CA");
         Self {
             ca_der: ca_cert.der().clone(),
             _dir: dir,
             cert,
             key,
-            ca_pem,
         }
     }
 }

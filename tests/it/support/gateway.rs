@@ -2,7 +2,7 @@
 //! file in a temp dir, and the shared manual clock.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,13 +79,7 @@ impl TestGateway {
             .expect("bind gateway");
         let addr = listener.local_addr().expect("addr");
         let base = format!("https://localhost:{}", addr.port());
-        let config = config(
-            &issuer,
-            &base,
-            &certs,
-            &data_dir.path().to_path_buf(),
-            &extra,
-        );
+        let config = config(&issuer, &base, &certs, data_dir.path(), &extra);
         let (stop, stopped) = oneshot::channel::<()>();
         let deps = oidc_bff::Deps {
             clock: clock.clone(),
@@ -147,18 +141,13 @@ impl TestGateway {
         restarted.wait_ready().await;
         *self = restarted;
     }
-
-    /// Path of the session database.
-    pub fn database(&self) -> PathBuf {
-        self.data_dir.path().join("sessions.redb")
-    }
 }
 
 fn config(
     issuer: &str,
     base: &str,
     certs: &TestCerts,
-    data_dir: &PathBuf,
+    data_dir: &Path,
     extra: &[String],
 ) -> Config {
     let mut argv: Vec<String> = [

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -180,7 +179,6 @@ struct State {
 
 /// The running provider.
 pub struct FakeProvider {
-    pub addr: SocketAddr,
     pub issuer: String,
     state: Arc<Mutex<State>>,
     clock: Arc<ManualClock>,
@@ -229,7 +227,7 @@ impl FakeProvider {
                             let clock = Arc::clone(&clock);
                             let issuer = issuer.clone();
                             async move {
-                                Ok::<_, Infallible>(handle(request, &state, &*clock, &issuer).await)
+                                Ok::<_, Infallible>(handle(request, &state, &clock, &issuer).await)
                             }
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -240,7 +238,6 @@ impl FakeProvider {
             }
         });
         Self {
-            addr,
             issuer,
             state,
             clock,
@@ -344,11 +341,6 @@ impl FakeProvider {
         });
     }
 
-    /// The grant types the token endpoint has seen, in order.
-    pub fn token_grants(&self) -> Vec<String> {
-        self.with(|s| s.token_grants.clone())
-    }
-
     /// How many refresh grants the token endpoint has seen.
     pub fn refresh_count(&self) -> usize {
         self.with(|s| {
@@ -367,11 +359,6 @@ impl FakeProvider {
     /// Every access, refresh and ID token issued so far.
     pub fn issued_secrets(&self) -> Vec<String> {
         self.with(|s| s.issued_secrets.clone())
-    }
-
-    /// The most recent access token.
-    pub fn last_access_token(&self) -> Option<String> {
-        self.with(|s| s.issued_access_tokens.last().cloned())
     }
 
     /// The query parameters of every authorize request.
