@@ -150,36 +150,52 @@ pub struct ServeArgs {
     pub ticket_key_file: Option<PathBuf>,
 
     /// A session not used for this long ends (API calls count as use; isAuth does not).
-    #[arg(long, env = "OIDC_BFF_IDLE_TIMEOUT", default_value = "8h", value_parser = parse_duration)]
+    #[arg(long, env = "OIDC_BFF_IDLE_TIMEOUT", default_value = "8h", value_parser = parse_duration,
+          value_name = "DURATION")]
     pub idle_timeout: Duration,
 
     /// A session ends this long after login, however active.
-    #[arg(long, env = "OIDC_BFF_SESSION_LIFETIME", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = "OIDC_BFF_SESSION_LIFETIME", default_value = "7d", value_parser = parse_duration,
+          value_name = "DURATION")]
     pub session_lifetime: Duration,
 
     /// An access token expiring within this is refreshed before it is used.
-    #[arg(long, env = "OIDC_BFF_REFRESH_SKEW", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "OIDC_BFF_REFRESH_SKEW", default_value = "30s", value_parser = parse_duration,
+          value_name = "DURATION")]
     pub refresh_skew: Duration,
 
     /// Sessions kept decrypted in the in-memory LRU cache.
-    #[arg(long, env = "OIDC_BFF_CACHE_CAPACITY", default_value = "10000")]
+    #[arg(
+        long,
+        env = "OIDC_BFF_CACHE_CAPACITY",
+        default_value = "10000",
+        value_name = "N"
+    )]
     pub cache_capacity: NonZeroUsize,
 
     /// A cached session not used for this long is dropped from the cache.
-    #[arg(long, env = "OIDC_BFF_CACHE_SLIDING", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "OIDC_BFF_CACHE_SLIDING", default_value = "15s", value_parser = parse_duration,
+          value_name = "DURATION")]
     pub cache_sliding: Duration,
 
     /// A cached session is re-read from disk at least this often.
-    #[arg(long, env = "OIDC_BFF_CACHE_ABSOLUTE", default_value = "100s", value_parser = parse_duration)]
+    #[arg(long, env = "OIDC_BFF_CACHE_ABSOLUTE", default_value = "100s", value_parser = parse_duration,
+          value_name = "DURATION")]
     pub cache_absolute: Duration,
 
     /// Page cache of the session database, e.g. 64MiB.
-    #[arg(long, env = "OIDC_BFF_DB_CACHE", default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, env = "OIDC_BFF_DB_CACHE", default_value = "64MiB", value_parser = parse_size,
+          value_name = "SIZE")]
     pub db_cache: usize,
 
     /// Name of the session cookie. Keep the __Host- prefix: it stops subdomains from
     /// overwriting the cookie.
-    #[arg(long, env = "OIDC_BFF_COOKIE_NAME", default_value = "__Host-bff")]
+    #[arg(
+        long,
+        env = "OIDC_BFF_COOKIE_NAME",
+        default_value = "__Host-bff",
+        value_name = "NAME"
+    )]
     pub cookie_name: String,
 
     /// SameSite attribute of the session cookie.
@@ -187,40 +203,61 @@ pub struct ServeArgs {
         long,
         env = "OIDC_BFF_COOKIE_SAME_SITE",
         value_enum,
-        default_value = "strict"
+        default_value = "strict",
+        value_name = "MODE"
     )]
     pub cookie_same_site: SameSite,
 
     /// Most connections served at once; more wait in the kernel's backlog.
-    #[arg(long, env = "OIDC_BFF_MAX_CONNECTIONS", default_value = "10000")]
+    #[arg(
+        long,
+        env = "OIDC_BFF_MAX_CONNECTIONS",
+        default_value = "10000",
+        value_name = "N"
+    )]
     pub max_connections: NonZeroUsize,
 
     /// Time allowed for a TLS handshake.
-    #[arg(long, env = "OIDC_BFF_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "OIDC_BFF_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration,
+          value_name = "DURATION")]
     pub handshake_timeout: Duration,
 
     /// Time allowed to receive a request's headers (HTTP/1.1).
-    #[arg(long, env = "OIDC_BFF_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "OIDC_BFF_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration,
+          value_name = "DURATION")]
     pub header_timeout: Duration,
 
     /// An idle keep-alive connection is closed after this long.
-    #[arg(long, env = "OIDC_BFF_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "OIDC_BFF_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration,
+          value_name = "DURATION")]
     pub keepalive_timeout: Duration,
 
     /// Most header bytes in one request (larger gets 431), e.g. 16KiB.
-    #[arg(long, env = "OIDC_BFF_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = parse_size)]
+    #[arg(long, env = "OIDC_BFF_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = parse_size,
+          value_name = "SIZE")]
     pub max_header_bytes: usize,
 
     /// Most header fields in one request (more gets 431).
-    #[arg(long, env = "OIDC_BFF_MAX_HEADERS", default_value = "100")]
+    #[arg(
+        long,
+        env = "OIDC_BFF_MAX_HEADERS",
+        default_value = "100",
+        value_name = "N"
+    )]
     pub max_headers: usize,
 
     /// Longest request target accepted (longer gets 414).
-    #[arg(long, env = "OIDC_BFF_MAX_URI_BYTES", default_value = "8KiB", value_parser = parse_size)]
+    #[arg(long, env = "OIDC_BFF_MAX_URI_BYTES", default_value = "8KiB", value_parser = parse_size,
+          value_name = "SIZE")]
     pub max_uri_bytes: usize,
 
     /// Most concurrent HTTP/2 streams per connection.
-    #[arg(long, env = "OIDC_BFF_MAX_H2_STREAMS", default_value = "100")]
+    #[arg(
+        long,
+        env = "OIDC_BFF_MAX_H2_STREAMS",
+        default_value = "100",
+        value_name = "N"
+    )]
     pub max_h2_streams: u32,
 }
 

@@ -150,25 +150,28 @@ impl SessionDb {
     pub fn insert(&self, id: SessionId, sealed: &[u8], meta: Meta) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
-            let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
-            let mut metas = txn.open_table(META).map_err(db_error)?;
-            let mut by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
-            let mut by_sid = txn.open_table(BY_SID).map_err(db_error)?;
-            let mut by_sub = txn.open_table(BY_SUB).map_err(db_error)?;
-            if let Some(old) = metas.get(id.0).map_err(db_error)? {
-                let old = Meta::decode(old.value()).ok_or(StoreError::MalformedMeta(id))?;
-                drop_indexes(&mut by_deadline, &mut by_sid, &mut by_sub, id, &old)?;
+            let mut tables = Tables::open(&txn)?;
+            let old = tables
+                .metas
+                .get(id.0)
+                .map_err(db_error)?
+                .map(|row| Meta::decode(row.value()));
+            if let Some(old) = old {
+                let old = old.ok_or(StoreError::MalformedMeta(id))?;
+                tables.drop_indexes(id, &old)?;
             }
-            sessions.insert(id.0, sealed).map_err(db_error)?;
-            metas
-                .insert(id.0, meta.encode().as_slice())
-                .map_err(db_error)?;
-            by_deadline
-                .insert((meta.deadline, id.0), ())
-                .map_err(db_error)?;
-            by_sub.insert((meta.subject, id.0), ()).map_err(db_error)?;
-            if let Some(sid) = meta.provider_sid {
-                by_sid.insert((sid, id.0), ()).map_err(db_error)?;
+            tables.put(id, sealed, &meta)?;
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    /// Stores many new sessions in one durable transaction (bulk import and benchmarks).
+    pub fn insert_batch(&self, rows: &[(SessionId, Vec<u8>, Meta)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut tables = Tables::open(&txn)?;
+            for (id, sealed, meta) in rows {
+                tables.put(*id, sealed, meta)?;
             }
         }
         txn.commit().map_err(db_error)
@@ -264,21 +267,18 @@ impl SessionDb {
         let txn = self.db.begin_write().map_err(db_error)?;
         let mut removed = 0;
         {
-            let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
-            let mut metas = txn.open_table(META).map_err(db_error)?;
-            let mut by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
-            let mut by_sid = txn.open_table(BY_SID).map_err(db_error)?;
-            let mut by_sub = txn.open_table(BY_SUB).map_err(db_error)?;
+            let mut tables = Tables::open(&txn)?;
             for &id in ids {
-                let old = metas
+                let old = tables
+                    .metas
                     .remove(id.0)
                     .map_err(db_error)?
                     .map(|row| Meta::decode(row.value()));
                 if let Some(old) = old {
                     let old = old.ok_or(StoreError::MalformedMeta(id))?;
-                    drop_indexes(&mut by_deadline, &mut by_sid, &mut by_sub, id, &old)?;
+                    tables.drop_indexes(id, &old)?;
                 }
-                if sessions.remove(id.0).map_err(db_error)?.is_some() {
+                if tables.sessions.remove(id.0).map_err(db_error)?.is_some() {
                     removed += 1;
                 }
             }
@@ -332,6 +332,29 @@ impl SessionDb {
         Ok(ids)
     }
 
+    /// Rewrites the file to return free pages to the operating system (needs exclusive
+    /// access: no other transaction may be open). Returns whether anything was compacted.
+    pub fn compact(&mut self) -> Result<bool, StoreError> {
+        let mut compacted = false;
+        while self.db.compact().map_err(db_error)? {
+            compacted = true;
+        }
+        Ok(compacted)
+    }
+
+    /// Space accounting of the file: (allocated pages × page size, bytes of stored leaves,
+    /// fragmented bytes).
+    pub fn space(&self) -> Result<(u64, u64, u64), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let stats = txn.stats().map_err(db_error)?;
+        txn.abort().map_err(db_error)?;
+        Ok((
+            stats.allocated_pages() * stats.page_size() as u64,
+            stats.stored_bytes(),
+            stats.fragmented_bytes(),
+        ))
+    }
+
     /// How many sessions are stored.
     pub fn count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
@@ -340,21 +363,55 @@ impl SessionDb {
     }
 }
 
-fn drop_indexes(
-    by_deadline: &mut redb::Table<(u64, [u8; 32]), ()>,
-    by_sid: &mut redb::Table<([u8; 32], [u8; 32]), ()>,
-    by_sub: &mut redb::Table<([u8; 32], [u8; 32]), ()>,
-    id: SessionId,
-    meta: &Meta,
-) -> Result<(), StoreError> {
-    by_deadline
-        .remove((meta.deadline, id.0))
-        .map_err(db_error)?;
-    by_sub.remove((meta.subject, id.0)).map_err(db_error)?;
-    if let Some(sid) = meta.provider_sid {
-        by_sid.remove((sid, id.0)).map_err(db_error)?;
+/// The tables of one write transaction, opened together.
+struct Tables<'txn> {
+    sessions: redb::Table<'txn, [u8; 32], &'static [u8]>,
+    metas: redb::Table<'txn, [u8; 32], &'static [u8]>,
+    by_deadline: redb::Table<'txn, (u64, [u8; 32]), ()>,
+    by_sid: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+    by_sub: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            sessions: txn.open_table(SESSIONS).map_err(db_error)?,
+            metas: txn.open_table(META).map_err(db_error)?,
+            by_deadline: txn.open_table(BY_DEADLINE).map_err(db_error)?,
+            by_sid: txn.open_table(BY_SID).map_err(db_error)?,
+            by_sub: txn.open_table(BY_SUB).map_err(db_error)?,
+        })
     }
-    Ok(())
+
+    /// Writes a session row, its metadata and its index entries.
+    fn put(&mut self, id: SessionId, sealed: &[u8], meta: &Meta) -> Result<(), StoreError> {
+        self.sessions.insert(id.0, sealed).map_err(db_error)?;
+        self.metas
+            .insert(id.0, meta.encode().as_slice())
+            .map_err(db_error)?;
+        self.by_deadline
+            .insert((meta.deadline, id.0), ())
+            .map_err(db_error)?;
+        self.by_sub
+            .insert((meta.subject, id.0), ())
+            .map_err(db_error)?;
+        if let Some(sid) = meta.provider_sid {
+            self.by_sid.insert((sid, id.0), ()).map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the index entries that `meta` describes.
+    fn drop_indexes(&mut self, id: SessionId, meta: &Meta) -> Result<(), StoreError> {
+        self.by_deadline
+            .remove((meta.deadline, id.0))
+            .map_err(db_error)?;
+        self.by_sub.remove((meta.subject, id.0)).map_err(db_error)?;
+        if let Some(sid) = meta.provider_sid {
+            self.by_sid.remove((sid, id.0)).map_err(db_error)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -190,6 +190,22 @@ impl TicketStore {
         Ok(key)
     }
 
+    /// Stores many new sessions in one durable transaction and returns their keys (bulk import
+    /// and benchmarks; a login uses [`TicketStore::store`]). The cache is not filled.
+    pub async fn store_batch(&self, tickets: Vec<Ticket>) -> Result<Vec<SessionKey>, StoreError> {
+        let now = self.clock.unix_now();
+        let mut keys = Vec::with_capacity(tickets.len());
+        let mut rows = Vec::with_capacity(tickets.len());
+        for ticket in &tickets {
+            let key = SessionKey::generate();
+            let id = key.id();
+            rows.push((id, self.seal(id, ticket), self.meta(ticket, now)));
+            keys.push(key);
+        }
+        self.blocking(move |db| db.insert_batch(&rows)).await?;
+        Ok(keys)
+    }
+
     /// The live session for a cookie key, or `None` for unknown, expired or unreadable ones.
     /// An expired session found here is removed.
     pub async fn retrieve(
@@ -212,7 +228,10 @@ impl TicketStore {
         let cached = match self.cache.get(id, now_time) {
             Some(cached) => cached,
             None => {
-                let Some(record) = self.blocking(move |db| db.get(id)).await? else {
+                // Read inline rather than on the blocking pool: redb readers never wait for
+                // writers (MVCC), so this is a lookup of a few KiB, mostly from the page cache,
+                // and two thread hand-offs would cost five times the read itself.
+                let Some(record) = self.db.get(id)? else {
                     return Ok(None);
                 };
                 let Some(ticket) = self.open(id, &record.sealed) else {

@@ -1,0 +1,321 @@
+//! Ticket store benchmark at production scale (default 1,000,000 sessions; set
+//! `BENCH_SESSIONS` to change it).
+//!
+//! Measures, on realistic tickets (JWT access and ID tokens of ~1 KiB each, a refresh token,
+//! ten claims): retrieve with a cache hit, retrieve from redb with a cold cache, a login's
+//! durable store, the file size against the sealed ticket bytes, and the process RSS with every
+//! session stored and the cache full at its default capacity.
+//!
+//! Run: `cargo bench --bench store`. Targets: hit ≤ 1 µs, cold ≤ 10 µs, file ≤ 1.5× sealed
+//! bytes, RSS ≤ 128 MiB.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oidc_bff::cache::CachePolicy;
+use oidc_bff::clock::SystemClock;
+use oidc_bff::seal::{MasterKey, Sealer, random_bytes};
+use oidc_bff::session::{Secret, SessionKey, SessionPolicy, Ticket, Tokens};
+use oidc_bff::store::SessionDb;
+use oidc_bff::tickets::{Activity, TicketStore};
+
+const DEFAULT_CACHE: usize = 10_000;
+const BATCH: usize = 10_000;
+
+/// A JWS-shaped token of about `chars` characters: a real RS256 header, a payload of random
+/// bytes (real payloads are JSON, which only helps) and a 256-byte signature.
+fn fake_jwt(chars: usize) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"key-1","typ":"JWT"}"#);
+    let mut payload = vec![0u8; chars.saturating_sub(56 + 342 + 2) * 3 / 4];
+    aws_lc_rs::rand::fill(&mut payload).expect("random");
+    let mut signature = [0u8; 256];
+    aws_lc_rs::rand::fill(&mut signature).expect("random");
+    format!(
+        "{header}.{}.{}",
+        URL_SAFE_NO_PAD.encode(payload),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+fn ticket(index: usize, now: u64) -> Ticket {
+    let claims = serde_json::json!({
+        "sub": format!("user-{index}"),
+        "name": "Alice Example",
+        "given_name": "Alice",
+        "family_name": "Example",
+        "preferred_username": format!("alice{index}"),
+        "email": format!("alice{index}@example.com"),
+        "email_verified": true,
+        "locale": "en-GB",
+        "zoneinfo": "Europe/London",
+        "roles": ["reader", "writer"],
+    });
+    Ticket {
+        tokens: Tokens {
+            access_token: Secret::new(fake_jwt(1_024)),
+            access_expires_at: Some(now + 300),
+            refresh_token: Some(Secret::new(URL_SAFE_NO_PAD.encode(random_bytes::<32>()))),
+            id_token: Some(Secret::new(fake_jwt(1_024))),
+        },
+        subject: format!("user-{index}"),
+        provider_sid: Some(format!("sid-{index}")),
+        claims_json: claims.to_string(),
+        created_at: now,
+        expires_at: now + 7 * 86_400,
+    }
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index]
+}
+
+fn open_store(dir: &std::path::Path, master: &MasterKey) -> (Arc<SessionDb>, TicketStore) {
+    let db = Arc::new(SessionDb::open(&dir.join("sessions.redb"), 64 << 20).expect("open"));
+    let store = TicketStore::new(
+        Arc::clone(&db),
+        CachePolicy {
+            capacity: NonZeroUsize::new(DEFAULT_CACHE).expect("non-zero"),
+            sliding: Duration::from_secs(3_600),
+            absolute: Duration::from_secs(3_600),
+        },
+        master.ticket_sealer(),
+        master.keyer(),
+        SessionPolicy {
+            idle_timeout: Duration::from_secs(8 * 3_600),
+            lifetime: Duration::from_secs(7 * 86_400),
+            refresh_skew: Duration::from_secs(30),
+        },
+        Arc::new(SystemClock),
+    );
+    (db, store)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn main() {
+    match std::env::var("BENCH_PHASE").as_deref() {
+        Ok("measure") => measure(),
+        _ => load(),
+    }
+}
+
+/// Phase 1: fills the file, then measures in a fresh child process, so that the RSS reported
+/// is that of a gateway serving an existing file, not of the bulk loader.
+fn load() {
+    let sessions: usize = std::env::var("BENCH_SESSIONS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let master = MasterKey::load_or_create(&dir.path().join("ticket.key")).expect("key");
+    let (_db, store) = open_store(dir.path(), &master);
+    let runtime = runtime();
+    let now = unix_now();
+
+    println!("loading {sessions} sessions in batches of {BATCH} ...");
+    let sample = ticket(0, now);
+    let record = 1 + postcard::to_stdvec(&sample).expect("encode").len() + Sealer::OVERHEAD;
+    println!(
+        "  access token {} chars, ID token {} chars",
+        sample.tokens.access_token.expose().len(),
+        sample
+            .tokens
+            .id_token
+            .as_ref()
+            .map_or(0, |t| t.expose().len())
+    );
+    // Keep only the keys the measurements use.
+    let cold_count = 20_000.min(sessions);
+    let step = (sessions / cold_count).max(1);
+    let mut cold_keys: Vec<String> = Vec::with_capacity(cold_count);
+    let mut hot: Vec<String> = Vec::with_capacity(DEFAULT_CACHE);
+    let started = Instant::now();
+    let mut sealed_bytes = 0usize;
+    for start in (0..sessions).step_by(BATCH) {
+        let end = (start + BATCH).min(sessions);
+        let tickets: Vec<Ticket> = (start..end).map(|index| ticket(index, now)).collect();
+        sealed_bytes += tickets
+            .iter()
+            .map(|t| 1 + postcard::to_stdvec(t).expect("encode").len() + Sealer::OVERHEAD)
+            .sum::<usize>();
+        let keys = runtime
+            .block_on(store.store_batch(tickets))
+            .expect("store batch");
+        for (offset, key) in keys.into_iter().enumerate() {
+            let index = start + offset;
+            if index < DEFAULT_CACHE {
+                hot.push(key.encode());
+            }
+            if index % step == 0 && cold_keys.len() < cold_count {
+                cold_keys.push(key.encode());
+            }
+        }
+    }
+    println!(
+        "  loaded in {:.1} s; one sealed record ≈ {record} B",
+        started.elapsed().as_secs_f64()
+    );
+    drop(store);
+    let mut db = Arc::into_inner(_db).expect("sole owner");
+    let (allocated, stored, fragmented) = db.space().expect("stats");
+    println!(
+        "  before compaction: file {:.0} MiB, allocated {:.0} MiB, stored {:.0} MiB, fragmented {:.0} MiB",
+        std::fs::metadata(dir.path().join("sessions.redb"))
+            .expect("file")
+            .len() as f64
+            / 1048576.0,
+        allocated as f64 / 1048576.0,
+        stored as f64 / 1048576.0,
+        fragmented as f64 / 1048576.0
+    );
+    let started = Instant::now();
+    db.compact().expect("compact");
+    println!("  compacted in {:.1} s", started.elapsed().as_secs_f64());
+    drop(db);
+    std::fs::write(dir.path().join("cold.keys"), cold_keys.join("\n")).expect("keys");
+    std::fs::write(dir.path().join("hot.keys"), hot.join("\n")).expect("keys");
+    let file = std::fs::metadata(dir.path().join("sessions.redb"))
+        .expect("file")
+        .len() as f64;
+
+    let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env("BENCH_PHASE", "measure")
+        .env("BENCH_DIR", dir.path())
+        .status()
+        .expect("measure phase");
+    assert!(status.success(), "measure phase failed");
+    println!(
+        "| file size / sealed ticket bytes ({sessions} sessions) | {:.0} MiB / {:.0} MiB = {:.2}× | ≤ 1.5× |",
+        file / 1048576.0,
+        sealed_bytes as f64 / 1048576.0,
+        file / sealed_bytes as f64
+    );
+}
+
+fn read_keys(path: std::path::PathBuf) -> Vec<SessionKey> {
+    std::fs::read_to_string(path)
+        .expect("keys")
+        .lines()
+        .map(|line| SessionKey::parse(line).expect("key"))
+        .collect()
+}
+
+/// Phase 2: a fresh process opens the file and measures what a serving gateway does.
+fn measure() {
+    let dir = std::path::PathBuf::from(std::env::var("BENCH_DIR").expect("BENCH_DIR"));
+    let master = MasterKey::load(&dir.join("ticket.key")).expect("key");
+    let cold_keys = read_keys(dir.join("cold.keys"));
+    let hot = read_keys(dir.join("hot.keys"));
+    let (db, store) = open_store(&dir, &master);
+    let runtime = runtime();
+    let now = unix_now();
+    println!("  RSS after opening: {:.0} MiB", rss_mib());
+
+    // Cold retrieves: keys spread over the whole file, cache empty. First the database read
+    // alone, then the whole async retrieve (read on the blocking pool, open, decode, cache).
+    let started = Instant::now();
+    for key in &cold_keys {
+        assert!(db.get(key.id()).expect("get").is_some());
+    }
+    let raw_read = started.elapsed() / cold_keys.len() as u32;
+    let started = Instant::now();
+    runtime.block_on(async {
+        for key in &cold_keys {
+            let session = store.retrieve(key, Activity::Peek).await.expect("retrieve");
+            assert!(session.is_some());
+        }
+    });
+    let cold = started.elapsed() / cold_keys.len() as u32;
+    println!("  RSS after cold reads: {:.0} MiB", rss_mib());
+    // Fill the cache to its default capacity, then time hits on those keys.
+    runtime.block_on(async {
+        for key in &hot {
+            store.retrieve(key, Activity::Peek).await.expect("warm");
+        }
+    });
+    println!("  RSS after filling the cache: {:.0} MiB", rss_mib());
+    let stats_before = store.cache_stats();
+    let hit_rounds = 1_000_000;
+    let started = Instant::now();
+    runtime.block_on(async {
+        for round in 0..hit_rounds {
+            let key = &hot[round % hot.len()];
+            let session = store.retrieve(key, Activity::Peek).await.expect("retrieve");
+            assert!(session.is_some());
+        }
+    });
+    let hit = started.elapsed() / hit_rounds as u32;
+    let stats = store.cache_stats();
+    assert_eq!(
+        stats.hits - stats_before.hits,
+        hit_rounds as u64,
+        "all were cache hits"
+    );
+
+    // Logins: one durable commit each.
+    let logins = 500;
+    let mut latencies = Vec::with_capacity(logins);
+    runtime.block_on(async {
+        for index in 0..logins {
+            let ticket = ticket(2_000_000 + index, now);
+            let started = Instant::now();
+            store.store(ticket).await.expect("store");
+            latencies.push(started.elapsed());
+        }
+    });
+    latencies.sort();
+
+    let rss = rss_mib();
+    println!();
+    println!("| measurement | result | target |");
+    println!("|---|---|---|");
+    println!(
+        "| retrieve, cache hit | {:.2} µs | ≤ 1 µs |",
+        hit.as_secs_f64() * 1e6
+    );
+    println!(
+        "| retrieve, cold cache (redb) | {:.2} µs | ≤ 10 µs |",
+        cold.as_secs_f64() * 1e6
+    );
+    println!(
+        "| of which the redb read alone | {:.2} µs | — |",
+        raw_read.as_secs_f64() * 1e6
+    );
+    println!(
+        "| store (login, durable commit) p50 / p99 | {:.2} / {:.2} ms | — |",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!("| RSS, all stored, cache full ({DEFAULT_CACHE}) | {rss:.0} MiB | ≤ 128 MiB |");
+}
