@@ -17,10 +17,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use oidc_bff::cache::CachePolicy;
 use oidc_bff::clock::SystemClock;
-use oidc_bff::seal::{MasterKey, Sealer, random_bytes};
+use oidc_bff::config::StorageConfig;
+use oidc_bff::seal::{Sealer, random_bytes};
 use oidc_bff::session::{Secret, SessionKey, SessionPolicy, Ticket, Tokens};
-use oidc_bff::store::SessionDb;
-use oidc_bff::tickets::{Activity, TicketStore};
+use oidc_bff::tickets::{Activity, TicketStore, open_data_dir};
 
 const DEFAULT_CACHE: usize = 10_000;
 const BATCH: usize = 10_000;
@@ -88,25 +88,25 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[index]
 }
 
-fn open_store(dir: &std::path::Path, master: &MasterKey) -> (Arc<SessionDb>, TicketStore) {
-    let db = Arc::new(SessionDb::open(&dir.join("sessions.redb"), 64 << 20).expect("open"));
-    let store = TicketStore::new(
-        Arc::clone(&db),
-        CachePolicy {
-            capacity: NonZeroUsize::new(DEFAULT_CACHE).expect("non-zero"),
-            sliding: Duration::from_secs(3_600),
-            absolute: Duration::from_secs(3_600),
-        },
-        master.ticket_sealer(),
-        master.keyer(),
-        SessionPolicy {
-            idle_timeout: Duration::from_secs(8 * 3_600),
-            lifetime: Duration::from_secs(7 * 86_400),
-            refresh_skew: Duration::from_secs(30),
-        },
-        Arc::new(SystemClock),
-    );
-    (db, store)
+fn open_store(dir: &std::path::Path) -> TicketStore {
+    let storage = StorageConfig {
+        data_dir: dir.to_owned(),
+        ticket_key_file: dir.join("ticket.key"),
+        db_cache_bytes: 64 << 20,
+    };
+    let cache = CachePolicy {
+        capacity: NonZeroUsize::new(DEFAULT_CACHE).expect("non-zero"),
+        sliding: Duration::from_secs(3_600),
+        absolute: Duration::from_secs(3_600),
+    };
+    let policy = SessionPolicy {
+        idle_timeout: Duration::from_secs(8 * 3_600),
+        lifetime: Duration::from_secs(7 * 86_400),
+        refresh_skew: Duration::from_secs(30),
+    };
+    open_data_dir(&storage, cache, policy, Arc::new(SystemClock))
+        .expect("open")
+        .0
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -138,8 +138,7 @@ fn load() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let master = MasterKey::load_or_create(&dir.path().join("ticket.key")).expect("key");
-    let (_db, store) = open_store(dir.path(), &master);
+    let store = open_store(dir.path());
     let runtime = runtime();
     let now = unix_now();
 
@@ -186,8 +185,7 @@ fn load() {
         "  loaded in {:.1} s; one sealed record ≈ {record} B",
         started.elapsed().as_secs_f64()
     );
-    drop(store);
-    let mut db = Arc::into_inner(_db).expect("sole owner");
+    let mut db = store.into_db().expect("sole owner of the database");
     let (allocated, stored, fragmented) = db.space().expect("stats");
     println!(
         "  before compaction: file {:.0} MiB, allocated {:.0} MiB, stored {:.0} MiB, fragmented {:.0} MiB",
@@ -234,10 +232,10 @@ fn read_keys(path: std::path::PathBuf) -> Vec<SessionKey> {
 /// Phase 2: a fresh process opens the file and measures what a serving gateway does.
 fn measure() {
     let dir = std::path::PathBuf::from(std::env::var("BENCH_DIR").expect("BENCH_DIR"));
-    let master = MasterKey::load(&dir.join("ticket.key")).expect("key");
     let cold_keys = read_keys(dir.join("cold.keys"));
     let hot = read_keys(dir.join("hot.keys"));
-    let (db, store) = open_store(&dir, &master);
+    let store = open_store(&dir);
+    let db = store.database();
     let runtime = runtime();
     let now = unix_now();
     println!("  RSS after opening: {:.0} MiB", rss_mib());

@@ -24,7 +24,6 @@ pub mod tickets;
 pub mod tls;
 
 use std::future::Future;
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +36,8 @@ use crate::http_client::HttpClient;
 use crate::oidc::Provider;
 use crate::refresh::Refresher;
 use crate::routes::Gateway;
-use crate::seal::{KeyFileError, MasterKey};
-use crate::store::{SessionDb, StoreError};
-use crate::tickets::TicketStore;
+use crate::store::StoreError;
+use crate::tickets::OpenStoreError;
 use crate::tls::{CertificateSource, TlsError};
 
 /// Timeout for each call to the provider.
@@ -61,19 +59,10 @@ impl std::fmt::Debug for Deps {
 /// The gateway could not start (or stop cleanly).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The data directory could not be created.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The ticket key could not be loaded or created.
+    /// The data directory, key file or database could not be opened.
     #[error(transparent)]
-    Key(#[from] KeyFileError),
-    /// The session database could not be opened or written.
+    Open(#[from] OpenStoreError),
+    /// The session database could not be written at shutdown.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// TLS could not be set up.
@@ -89,30 +78,14 @@ pub async fn run(
     deps: Deps,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let storage = &config.storage;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&storage.data_dir)
-        .map_err(|source| RunError::DataDir {
-            path: storage.data_dir.clone(),
-            source,
-        })?;
-    let master = MasterKey::load_or_create(&storage.ticket_key_file)?;
-    let db_path = storage.database_path();
-    let db_cache = storage.db_cache_bytes;
-    let db = tokio::task::spawn_blocking(move || SessionDb::open(&db_path, db_cache))
-        .await
-        .map_err(|_| StoreError::TaskFailed)??;
-    let db = Arc::new(db);
-    let tickets = Arc::new(TicketStore::new(
-        Arc::clone(&db),
-        config.cache,
-        master.ticket_sealer(),
-        master.keyer(),
-        config.session,
-        Arc::clone(&deps.clock),
-    ));
+    let storage = config.storage.clone();
+    let (cache, session, clock) = (config.cache, config.session, Arc::clone(&deps.clock));
+    let (tickets, master) = tokio::task::spawn_blocking(move || {
+        tickets::open_data_dir(&storage, cache, session, clock)
+    })
+    .await
+    .map_err(|_| StoreError::TaskFailed)??;
+    let tickets = Arc::new(tickets);
 
     let (server_tls, source) = tls::server_config(&config.tls)?;
     if source == CertificateSource::SelfSigned {
@@ -169,7 +142,7 @@ pub async fn run(
         listen = %config.listen,
         public_url = %config.public_origin,
         issuer = %config.oidc.issuer,
-        data_dir = %storage.data_dir.display(),
+        data_dir = %config.storage.data_dir.display(),
         "oidc-bff serving"
     );
     server::serve(

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use crate::cache::{CachePolicy, CacheStats, Cached, TicketCache};
 use crate::clock::{Clock, unix_seconds};
-use crate::seal::{Keyer, Sealer};
+use crate::config::StorageConfig;
+use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
 use crate::session::{SessionId, SessionKey, SessionPolicy, Ticket};
 use crate::store::{Meta, SessionDb, StoreError, Touch};
 
@@ -45,6 +46,57 @@ pub struct Session {
     pub ticket: Arc<Ticket>,
     /// Its last recorded access.
     pub last_access: u64,
+}
+
+/// The data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoreError {
+    /// The directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ticket key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens the store of a data directory: creates the directory (mode 0700) and the key file when
+/// missing, opens `sessions.redb`. Blocking; returns the store and the master key (whose other
+/// derived keys the caller may need).
+pub fn open_data_dir(
+    storage: &StorageConfig,
+    cache: CachePolicy,
+    policy: SessionPolicy,
+    clock: Arc<dyn Clock>,
+) -> Result<(TicketStore, MasterKey), OpenStoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&storage.data_dir)
+        .map_err(|source| OpenStoreError::DataDir {
+            path: storage.data_dir.clone(),
+            source,
+        })?;
+    let master = MasterKey::load_or_create(&storage.ticket_key_file)?;
+    let db = SessionDb::open(&storage.database_path(), storage.db_cache_bytes)?;
+    let store = TicketStore::new(
+        Arc::new(db),
+        cache,
+        master.ticket_sealer(),
+        master.keyer(),
+        policy,
+        clock,
+    );
+    Ok((store, master))
 }
 
 /// The ticket store.
@@ -90,6 +142,16 @@ impl TicketStore {
             touch_interval,
             pending: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The database underneath (for tools that read it directly).
+    pub fn database(&self) -> Arc<SessionDb> {
+        Arc::clone(&self.db)
+    }
+
+    /// Gives back the database when nothing else holds it (to compact it, say).
+    pub fn into_db(self) -> Option<SessionDb> {
+        Arc::into_inner(self.db)
     }
 
     /// The session policy in force.
@@ -390,6 +452,10 @@ mod tests {
         }
     }
 
+    async fn peek(store: &TicketStore, key: &SessionKey) -> Option<Session> {
+        store.retrieve(key, Activity::Peek).await.expect("retrieve")
+    }
+
     #[tokio::test]
     async fn stored_tickets_come_back_and_keys_are_never_reused() {
         let fixture = Fixture::new();
@@ -420,13 +486,7 @@ mod tests {
             store.store(fixture.ticket("a1")).await.expect("store")
         };
         let wrong = fixture.store(2);
-        assert!(
-            wrong
-                .retrieve(&key, Activity::Peek)
-                .await
-                .expect("retrieve")
-                .is_none()
-        );
+        assert!(peek(&wrong, &key).await.is_none());
         drop(wrong);
         let right = fixture.store(1);
         let session = right
@@ -450,13 +510,7 @@ mod tests {
             .insert(id, &record.sealed, record.meta)
             .expect("rewrite");
         store.cache.invalidate(id);
-        assert!(
-            store
-                .retrieve(&key, Activity::Peek)
-                .await
-                .expect("retrieve")
-                .is_none()
-        );
+        assert!(peek(&store, &key).await.is_none());
         // A valid record copied under another session's id is refused too.
         let other = store.store(fixture.ticket("a2")).await.expect("store");
         let copied = store.db.get(other.id()).expect("get").expect("present");
@@ -464,13 +518,7 @@ mod tests {
             .db
             .insert(id, &copied.sealed, copied.meta)
             .expect("copy");
-        assert!(
-            store
-                .retrieve(&key, Activity::Peek)
-                .await
-                .expect("retrieve")
-                .is_none()
-        );
+        assert!(peek(&store, &key).await.is_none());
     }
 
     #[tokio::test]
@@ -496,26 +544,14 @@ mod tests {
 
         assert!(store.remove(id).await.expect("remove"));
         assert!(!store.remove(id).await.expect("removing twice is fine"));
-        assert!(
-            store
-                .retrieve(&key, Activity::Peek)
-                .await
-                .expect("retrieve")
-                .is_none()
-        );
+        assert!(peek(&store, &key).await.is_none());
         assert!(
             !store
                 .renew(id, fixture.ticket("late"))
                 .await
                 .expect("renew")
         );
-        assert!(
-            store
-                .retrieve(&key, Activity::Peek)
-                .await
-                .expect("retrieve")
-                .is_none()
-        );
+        assert!(peek(&store, &key).await.is_none());
     }
 
     #[tokio::test]
@@ -535,13 +571,7 @@ mod tests {
             );
             store.flush_touches().await.expect("flush");
         }
-        assert!(
-            store
-                .retrieve(&peeked, Activity::Peek)
-                .await
-                .expect("retrieve")
-                .is_none()
-        );
+        assert!(peek(&store, &peeked).await.is_none());
         // The slid deadline was written to the file: a fresh process sees it too.
         let record = store.db.get(used.id()).expect("get").expect("present");
         assert_eq!(record.meta.last_access, fixture.clock.unix_now());

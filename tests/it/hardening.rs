@@ -12,7 +12,8 @@ use tokio_rustls::client::TlsStream;
 
 use crate::support::{TestGateway, setup};
 
-async fn tls_connect(gateway: &TestGateway) -> TlsStream<TcpStream> {
+/// A raw TLS connection to the gateway offering the given ALPN protocols.
+async fn tls_connect_alpn(gateway: &TestGateway, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
     let mut roots = RootCertStore::empty();
     roots.add(gateway.certs.ca_der.clone()).expect("CA");
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -22,12 +23,16 @@ async fn tls_connect(gateway: &TestGateway) -> TlsStream<TcpStream> {
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     let tcp = TcpStream::connect(gateway.addr).await.expect("connect");
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
         .expect("handshake")
+}
+
+async fn tls_connect(gateway: &TestGateway) -> TlsStream<TcpStream> {
+    tls_connect_alpn(gateway, &[b"http/1.1"]).await
 }
 
 /// Sends raw bytes and reads until the server closes (bounded by `limit`).
@@ -215,20 +220,6 @@ enum Parked {
 #[tokio::test]
 async fn http2_is_offered_by_alpn() {
     let (_provider, gateway) = setup(&[]).await;
-    let mut roots = RootCertStore::empty();
-    roots.add(gateway.certs.ca_der.clone()).expect("CA");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(gateway.addr).await.expect("connect");
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("handshake");
+    let stream = tls_connect_alpn(&gateway, &[b"h2", b"http/1.1"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 }

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use oidc_bff::cache::CachePolicy;
 use oidc_bff::clock::{ManualClock, SystemClock};
-use oidc_bff::seal::MasterKey;
+use oidc_bff::config::StorageConfig;
 use oidc_bff::session::{SessionKey, SessionPolicy};
-use oidc_bff::store::SessionDb;
-use oidc_bff::tickets::{Activity, TicketStore};
+use oidc_bff::tickets::{Activity, open_data_dir};
 
 use crate::support::browser::Browser;
 use crate::support::certs::TestCerts;
@@ -102,25 +101,23 @@ async fn sigkill_during_logins_loses_no_acknowledged_session() {
         acknowledged.len()
     );
 
-    let master = MasterKey::load(&data_dir.path().join("ticket.key")).expect("key");
-    let db = SessionDb::open(&data_dir.path().join("sessions.redb"), 1 << 20)
+    let storage = StorageConfig {
+        data_dir: data_dir.path().to_owned(),
+        ticket_key_file: data_dir.path().join("ticket.key"),
+        db_cache_bytes: 1 << 20,
+    };
+    let cache = CachePolicy {
+        capacity: NonZeroUsize::new(16).expect("non-zero"),
+        sliding: Duration::from_secs(15),
+        absolute: Duration::from_secs(100),
+    };
+    let policy = SessionPolicy {
+        idle_timeout: Duration::from_secs(8 * 3_600),
+        lifetime: Duration::from_secs(7 * 86_400),
+        refresh_skew: Duration::from_secs(30),
+    };
+    let (store, _) = open_data_dir(&storage, cache, policy, Arc::new(SystemClock))
         .expect("the file reopens after SIGKILL");
-    let store = TicketStore::new(
-        Arc::new(db),
-        CachePolicy {
-            capacity: NonZeroUsize::new(16).expect("non-zero"),
-            sliding: Duration::from_secs(15),
-            absolute: Duration::from_secs(100),
-        },
-        master.ticket_sealer(),
-        master.keyer(),
-        SessionPolicy {
-            idle_timeout: Duration::from_secs(8 * 3_600),
-            lifetime: Duration::from_secs(7 * 86_400),
-            refresh_skew: Duration::from_secs(30),
-        },
-        Arc::new(SystemClock),
-    );
     let mut missing = BTreeMap::new();
     for cookie in &acknowledged {
         let key = SessionKey::parse(cookie).expect("cookie is a key");

@@ -106,13 +106,7 @@ impl Browser {
         let url = self.absolute(url);
         let to_gateway = url.starts_with(&self.gateway);
         let mut builder = Request::builder().method(method).uri(&url);
-        if to_gateway && !self.jar.is_empty() {
-            let cookie = self
-                .jar
-                .iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect::<Vec<_>>()
-                .join("; ");
+        if let Some(cookie) = self.cookie_header(to_gateway) {
             builder = builder.header("cookie", cookie);
         }
         for (name, value) in headers {
@@ -140,6 +134,20 @@ impl Browser {
             });
         }
         reply
+    }
+
+    /// The Cookie header for a request: the jar's cookies, for the gateway only.
+    fn cookie_header(&self, to_gateway: bool) -> Option<String> {
+        if !to_gateway || self.jar.is_empty() {
+            return None;
+        }
+        Some(
+            self.jar
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     }
 
     fn store_cookie(&mut self, set_cookie: &str) {
@@ -179,13 +187,7 @@ impl Browser {
         let url = self.absolute(url);
         let to_gateway = url.starts_with(&self.gateway);
         let mut builder = Request::builder().uri(&url);
-        if to_gateway && !self.jar.is_empty() {
-            let cookie = self
-                .jar
-                .iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect::<Vec<_>>()
-                .join("; ");
+        if let Some(cookie) = self.cookie_header(to_gateway) {
             builder = builder.header("cookie", cookie);
         }
         let response = self
