@@ -25,12 +25,9 @@ use oidc_bff::tickets::{Activity, TicketStore, open_data_dir};
 const DEFAULT_CACHE: usize = 10_000;
 const BATCH: usize = 10_000;
 
-/// A JWS-shaped token of about `chars` characters: a real RS256 header, a payload of random
-/// bytes (real payloads are JSON, which only helps) and a 256-byte signature.
-fn fake_jwt(chars: usize) -> String {
+/// A JWS-shaped token: a real RS256 header, the payload given, a 256-byte signature.
+fn jws(payload: &[u8]) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"key-1","typ":"JWT"}"#);
-    let mut payload = vec![0u8; chars.saturating_sub(56 + 342 + 2) * 3 / 4];
-    aws_lc_rs::rand::fill(&mut payload).expect("random");
     let mut signature = [0u8; 256];
     aws_lc_rs::rand::fill(&mut signature).expect("random");
     format!(
@@ -40,8 +37,18 @@ fn fake_jwt(chars: usize) -> String {
     )
 }
 
+/// A realistic ticket: a ~1 KiB JWT access token (random payload: real ones are JSON, which
+/// only helps), a ~1 KiB ID token carrying ten user claims, an opaque refresh token.
 fn ticket(index: usize, now: u64) -> Ticket {
-    let claims = serde_json::json!({
+    let id_claims = serde_json::json!({
+        "iss": "https://login.example.com/realms/production",
+        "aud": "spa-gateway-client",
+        "exp": now + 300,
+        "iat": now,
+        "auth_time": now,
+        "nonce": URL_SAFE_NO_PAD.encode(random_bytes::<32>()),
+        "at_hash": URL_SAFE_NO_PAD.encode(random_bytes::<16>()),
+        "sid": format!("{}-{index}", URL_SAFE_NO_PAD.encode(random_bytes::<16>())),
         "sub": format!("user-{index}"),
         "name": "Alice Example",
         "given_name": "Alice",
@@ -53,16 +60,17 @@ fn ticket(index: usize, now: u64) -> Ticket {
         "zoneinfo": "Europe/London",
         "roles": ["reader", "writer"],
     });
+    let mut access_payload = vec![0u8; 470];
+    aws_lc_rs::rand::fill(&mut access_payload).expect("random");
     Ticket {
         tokens: Tokens {
-            access_token: Secret::new(fake_jwt(1_024)),
+            access_token: Secret::new(jws(&access_payload)),
             access_expires_at: Some(now + 300),
             refresh_token: Some(Secret::new(URL_SAFE_NO_PAD.encode(random_bytes::<32>()))),
-            id_token: Some(Secret::new(fake_jwt(1_024))),
+            id_token: Some(Secret::new(jws(id_claims.to_string().as_bytes()))),
         },
         subject: format!("user-{index}"),
         provider_sid: Some(format!("sid-{index}")),
-        claims_json: claims.to_string(),
         created_at: now,
         expires_at: now + 7 * 86_400,
     }

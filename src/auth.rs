@@ -22,7 +22,7 @@ use crate::config::{CookieConfig, SameSite, check_local_path};
 use crate::cookies;
 use crate::error::HttpError;
 use crate::flow::{FLOW_TTL, MAX_RETURN_PATH, PendingLogin, PendingLogins};
-use crate::oidc::Provider;
+use crate::oidc::{Provider, user_claims};
 use crate::refresh::{FreshnessError, Refresher};
 use crate::reply::{self, Body};
 use crate::seal::{Sealer, constant_time_eq};
@@ -151,7 +151,7 @@ impl Auth {
     /// The id `/logout?sid=` must carry for this session: derived from the session id under a
     /// server key, so it reveals nothing and cannot be guessed from outside.
     pub fn logout_id(&self, id: SessionId) -> String {
-        URL_SAFE_NO_PAD.encode(&self.tickets.keyer().hash("logout", &id.0)[..16])
+        URL_SAFE_NO_PAD.encode(&self.tickets.keyer().hash("logout", &id.to_bytes())[..16])
     }
 
     /// `GET /api/isAuth`: `true` or `false`, never 401, never cached. Does not slide the idle
@@ -280,7 +280,6 @@ impl Auth {
             tokens: result.tokens,
             subject: result.subject,
             provider_sid: result.provider_sid,
-            claims_json: result.claims_json,
             created_at: now,
             expires_at: self.tickets.policy().expires_at(now),
         };
@@ -332,11 +331,16 @@ impl Auth {
             Err(FreshnessError::ProviderUnavailable(_)) => session,
             Err(error) => return Err(error.into()),
         };
-        let mut body = match serde_json::from_str::<serde_json::Value>(&session.ticket.claims_json)
-        {
-            Ok(serde_json::Value::Object(claims)) => claims,
-            _ => serde_json::Map::new(),
-        };
+        // The claims come from the newest validated ID token the session holds.
+        let mut body = session
+            .ticket
+            .tokens
+            .id_token
+            .as_ref()
+            .map(|id_token| user_claims(id_token.expose()))
+            .unwrap_or_default();
+        body.entry("sub")
+            .or_insert_with(|| session.ticket.subject.clone().into());
         let deadline = self
             .tickets
             .policy()

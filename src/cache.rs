@@ -175,7 +175,6 @@ mod tests {
                 },
                 subject: subject.into(),
                 provider_sid: None,
-                claims_json: "{}".into(),
                 created_at: 0,
                 expires_at: 0,
             }),
@@ -198,7 +197,10 @@ mod tests {
     #[test]
     fn entries_slide_on_hits_but_not_past_the_absolute_limit() {
         let cache = cache(4);
-        let id = SessionId([1; 32]);
+        let id = SessionId {
+            created_ms: 1,
+            hash: [1; 32],
+        };
         cache.insert(id, cached("a"), at(0));
         for second in (10..=90).step_by(10) {
             assert!(cache.get(id, at(second)).is_some(), "hit at {second}s");
@@ -212,7 +214,20 @@ mod tests {
     #[test]
     fn least_recently_used_entry_is_evicted_at_capacity() {
         let cache = cache(2);
-        let (a, b, c) = (SessionId([1; 32]), SessionId([2; 32]), SessionId([3; 32]));
+        let (a, b, c) = (
+            SessionId {
+                created_ms: 1,
+                hash: [1; 32],
+            },
+            SessionId {
+                created_ms: 2,
+                hash: [2; 32],
+            },
+            SessionId {
+                created_ms: 3,
+                hash: [3; 32],
+            },
+        );
         cache.insert(a, cached("a"), at(0));
         cache.insert(b, cached("b"), at(0));
         assert!(cache.get(a, at(1)).is_some());
@@ -225,7 +240,10 @@ mod tests {
     #[test]
     fn invalidation_removes_the_entry() {
         let cache = cache(2);
-        let a = SessionId([1; 32]);
+        let a = SessionId {
+            created_ms: 1,
+            hash: [1; 32],
+        };
         cache.insert(a, cached("a"), at(0));
         cache.invalidate(a);
         assert!(cache.get(a, at(0)).is_none());

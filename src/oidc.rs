@@ -153,17 +153,13 @@ pub struct LoginResult {
     pub subject: String,
     /// The provider's session id, when the ID token carried one.
     pub provider_sid: Option<String>,
-    /// User claims as a JSON object.
-    pub claims_json: String,
 }
 
 /// Tokens from a successful refresh.
 #[derive(Debug)]
 pub struct Refreshed {
-    /// The new tokens (the old refresh token is kept when none was rotated in).
+    /// The new tokens (the old refresh token and ID token are kept when none came back).
     pub tokens: Tokens,
-    /// New user claims when a new ID token came back.
-    pub claims_json: Option<String>,
 }
 
 struct Discovered {
@@ -487,7 +483,6 @@ impl Provider {
             },
             subject: claims.subject,
             provider_sid: claims.sid,
-            claims_json: claims.user_claims,
         })
     }
 
@@ -555,7 +550,6 @@ impl Provider {
                 }
                 other => RefreshError::Transient(other.to_string()),
             })?;
-        let mut claims_json = None;
         let mut id_token_text = previous.id_token.clone();
         if let Some(id_token) = response.id_token() {
             let jwks = self
@@ -573,7 +567,6 @@ impl Provider {
                     "the refreshed ID token names another subject".into(),
                 ));
             }
-            claims_json = Some(claims.user_claims);
             id_token_text = Some(Secret::new(id_token.to_string()));
         }
         let now = self.clock.unix_now();
@@ -587,7 +580,6 @@ impl Provider {
                     .or_else(|| previous.refresh_token.clone()),
                 id_token: id_token_text,
             },
-            claims_json,
         })
     }
 
@@ -762,7 +754,6 @@ struct PayloadClaims {
     sid: Option<String>,
     azp: Option<String>,
     at_hash: Option<String>,
-    user_claims: String,
 }
 
 impl PayloadClaims {
@@ -778,21 +769,32 @@ impl PayloadClaims {
         let subject = text("sub")
             .filter(|sub| !sub.is_empty())
             .ok_or_else(|| OidcError::InvalidIdToken("missing sub".into()))?;
-        let mut user = serde_json::Map::new();
-        user.insert("sub".into(), serde_json::Value::String(subject.clone()));
-        for (name, value) in &payload {
-            if !PROTOCOL_CLAIMS.contains(&name.as_str()) {
-                user.insert(name.clone(), value.clone());
-            }
-        }
         Ok(Self {
             sid: text("sid"),
             azp: text("azp"),
             at_hash: text("at_hash"),
-            user_claims: serde_json::Value::Object(user).to_string(),
             subject,
         })
     }
+}
+
+/// The user claims of an ID token that was validated when it was stored: everything but the
+/// protocol claims (`iss`, `aud`, `nonce`, hashes, times…), with `sub` first. Empty when the
+/// token does not decode.
+pub fn user_claims(id_token: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut user = serde_json::Map::new();
+    let Some(payload) = jwt_payload(id_token) else {
+        return user;
+    };
+    if let Some(sub) = payload.get("sub") {
+        user.insert("sub".into(), sub.clone());
+    }
+    for (name, value) in payload {
+        if !PROTOCOL_CLAIMS.contains(&name.as_str()) {
+            user.insert(name, value);
+        }
+    }
+    user
 }
 
 /// Renders an error and its sources on one line.
@@ -824,13 +826,12 @@ mod tests {
 
     #[test]
     fn user_claims_leave_protocol_claims_out() {
-        let claims = PayloadClaims::from_verified(&jwt(
-            r#"{"sub":"u1","iss":"x","nonce":"n","sid":"s1","name":"Ann","roles":["a"]}"#,
-        ))
-        .expect("claims");
+        let token =
+            jwt(r#"{"sub":"u1","iss":"x","nonce":"n","sid":"s1","name":"Ann","roles":["a"]}"#);
+        let claims = PayloadClaims::from_verified(&token).expect("claims");
         assert_eq!(claims.subject, "u1");
         assert_eq!(claims.sid.as_deref(), Some("s1"));
-        let user: serde_json::Value = serde_json::from_str(&claims.user_claims).expect("json");
+        let user = serde_json::Value::Object(user_claims(&token));
         assert_eq!(
             user,
             serde_json::json!({"sub":"u1","name":"Ann","roles":["a"]})

@@ -143,9 +143,6 @@ impl Refresher {
             Ok(refreshed) => {
                 let ticket = Ticket {
                     tokens: refreshed.tokens,
-                    claims_json: refreshed
-                        .claims_json
-                        .unwrap_or_else(|| current.ticket.claims_json.clone()),
                     ..(*current.ticket).clone()
                 };
                 if !self.tickets.renew(id, ticket.clone()).await? {

@@ -89,12 +89,19 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The random value in the browser's session cookie: 256 bits, shown as 43 base64url characters.
+/// The value in the browser's session cookie: its creation time in milliseconds and 256
+/// random bits, shown as 54 base64url characters.
 ///
-/// It is the only thing the browser holds. The server stores only its SHA-256 ([`SessionId`]),
-/// so a copy of the database yields no usable cookie.
+/// It is the only thing the browser holds. The server stores only the creation time and the
+/// SHA-256 of the random part ([`SessionId`]), so a copy of the database yields no usable
+/// cookie. The time prefix makes new sessions sort after old ones in the database, so they are
+/// appended and pages stay full instead of being split at random places; it tells the holder
+/// only when they logged in.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SessionKey([u8; 32]);
+pub struct SessionKey {
+    created_ms: u64,
+    random: [u8; 32],
+}
 
 impl fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -104,44 +111,77 @@ impl fmt::Debug for SessionKey {
 
 impl SessionKey {
     /// Length of the cookie form.
-    pub const ENCODED_LEN: usize = 43;
+    pub const ENCODED_LEN: usize = 54;
 
-    /// A fresh random key; a new one for every login, so a key planted before login is useless.
-    pub fn generate() -> Self {
-        Self(random_bytes())
+    /// A fresh random key for a session created at `created_ms` (milliseconds since the epoch);
+    /// a new one for every login, so a key planted before login is useless.
+    pub fn generate(created_ms: u64) -> Self {
+        Self {
+            created_ms,
+            random: random_bytes(),
+        }
     }
 
-    /// Parses a cookie value. Anything but exactly 43 base64url characters is not a key.
+    /// Parses a cookie value. Anything but exactly 54 base64url characters is not a key.
     pub fn parse(text: &str) -> Option<Self> {
         if text.len() != Self::ENCODED_LEN {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        Some(Self(bytes.try_into().ok()?))
+        let bytes: [u8; 40] = URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()?;
+        let mut created = [0u8; 8];
+        created.copy_from_slice(&bytes[..8]);
+        let mut random = [0u8; 32];
+        random.copy_from_slice(&bytes[8..]);
+        Some(Self {
+            created_ms: u64::from_be_bytes(created),
+            random,
+        })
     }
 
     /// The cookie form.
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
+        let mut bytes = [0u8; 40];
+        bytes[..8].copy_from_slice(&self.created_ms.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.random);
+        URL_SAFE_NO_PAD.encode(bytes)
     }
 
     /// The id the session is stored under.
     pub fn id(&self) -> SessionId {
-        let hash = digest::digest(&digest::SHA256, &self.0);
+        let hash = digest::digest(&digest::SHA256, &self.random);
         let mut id = [0u8; 32];
         id.copy_from_slice(hash.as_ref());
-        SessionId(id)
+        SessionId {
+            created_ms: self.created_ms,
+            hash: id,
+        }
     }
 }
 
-/// SHA-256 of a [`SessionKey`]: the primary key of the sessions table. Its `Debug` and `Display`
-/// show an 8-hex-digit prefix, enough to correlate log lines and useless for anything else.
+/// Where a session is stored: its creation time and the SHA-256 of its key's random part. Its
+/// `Debug` and `Display` show an 8-hex-digit prefix of the hash, enough to correlate log lines
+/// and useless for anything else.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub [u8; 32]);
+pub struct SessionId {
+    /// Creation time, milliseconds since the epoch.
+    pub created_ms: u64,
+    /// SHA-256 of the key's random part.
+    pub hash: [u8; 32],
+}
+
+impl SessionId {
+    /// The 40-byte form: creation time (big-endian) then hash.
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut bytes = [0u8; 40];
+        bytes[..8].copy_from_slice(&self.created_ms.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.hash);
+        bytes
+    }
+}
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in &self.0[..4] {
+        for byte in &self.hash[..4] {
             write!(f, "{byte:02x}")?;
         }
         Ok(())
@@ -176,8 +216,6 @@ pub struct Ticket {
     pub subject: String,
     /// The provider's session id (`sid`), used by back-channel logout.
     pub provider_sid: Option<String>,
-    /// User claims as a JSON object (from the ID token), without any token.
-    pub claims_json: String,
     /// When the session was created.
     pub created_at: u64,
     /// The absolute end of the session, whatever its activity.
@@ -237,7 +275,6 @@ mod tests {
             },
             subject: "alice".into(),
             provider_sid: None,
-            claims_json: "{}".into(),
             created_at: 0,
             expires_at,
         }
@@ -283,19 +320,28 @@ mod tests {
 
     #[test]
     fn session_key_round_trips_and_rejects_malformed_values() {
-        let key = SessionKey::generate();
+        let key = SessionKey::generate(1_700_000_000_000);
         let text = key.encode();
         assert_eq!(text.len(), SessionKey::ENCODED_LEN);
         assert_eq!(SessionKey::parse(&text), Some(key.clone()));
         assert_eq!(SessionKey::parse(&text[1..]), None);
         assert_eq!(SessionKey::parse(&format!("{text}A")), None);
-        assert_eq!(SessionKey::parse(&"!".repeat(43)), None);
-        assert_ne!(SessionKey::generate(), key);
+        assert_eq!(SessionKey::parse(&"!".repeat(54)), None);
+        assert_ne!(SessionKey::generate(1_700_000_000_000), key);
+        assert_eq!(key.id().created_ms, 1_700_000_000_000);
+    }
+
+    #[test]
+    fn later_sessions_sort_after_earlier_ones() {
+        let early = SessionKey::generate(1_000).id();
+        let late = SessionKey::generate(2_000).id();
+        assert!(early < late);
+        assert!(early.to_bytes() < late.to_bytes());
     }
 
     #[test]
     fn secrets_and_keys_are_redacted_in_debug_output() {
-        let key = SessionKey::generate();
+        let key = SessionKey::generate(5);
         assert!(!format!("{key:?}").contains(&key.encode()));
         let ticket = ticket(10, None);
         let printed = format!("{ticket:?}");

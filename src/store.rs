@@ -1,16 +1,16 @@
-//! The redb file: sessions, their activity, and the indexes sweeps and logout need.
+//! The redb file: sessions with their activity, and the indexes that sweeps and logout need.
 //!
 //! This layer stores opaque sealed tickets and fixed-size metadata; it neither encrypts nor
-//! decides expiry (see `tickets.rs` and `session.rs`). Every method blocks on disk I/O, so async
-//! callers run it through `spawn_blocking`. Write transactions stay short: one session, or one
-//! batch of touches.
+//! decides expiry (see `tickets.rs` and `session.rs`). Every method blocks on disk I/O: writes
+//! run on the blocking pool; single-row reads are short enough to run inline, since redb readers
+//! never wait for the writer. Write transactions stay short: one session, or one batch.
 //!
-//! Tables (the layout is documented in docs/design.md):
-//! - `sessions`:    session id → sealed ticket record
-//! - `meta`:        session id → last access, deadline, keyed hashes of `sub` and `sid`
-//! - `by_deadline`: (deadline, session id) → ()   — sweeps read only what is due
-//! - `by_sid`:      (hash of provider sid, session id) → ()
-//! - `by_sub`:      (hash of subject, session id) → ()
+//! Tables (the layout is documented in docs/design.md). A session id is (created ms, hash), so
+//! new sessions are appended at the end of `sessions` and its pages stay full.
+//! - `sessions`:    (created ms, hash) → metadata (81 bytes) ‖ sealed ticket record
+//! - `by_deadline`: (deadline, created ms, hash) → ()   — sweeps read only what is due
+//! - `by_sid`:      (keyed hash of provider sid, created ms, hash) → ()
+//! - `by_sub`:      (keyed hash of subject, created ms, hash) → ()
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -21,11 +21,21 @@ use redb::{
 
 use crate::session::SessionId;
 
-const SESSIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("sessions");
-const META: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("meta");
-const BY_DEADLINE: TableDefinition<(u64, [u8; 32]), ()> = TableDefinition::new("by_deadline");
-const BY_SID: TableDefinition<([u8; 32], [u8; 32]), ()> = TableDefinition::new("by_sid");
-const BY_SUB: TableDefinition<([u8; 32], [u8; 32]), ()> = TableDefinition::new("by_sub");
+type IdKey = (u64, [u8; 32]);
+type IndexKey = ([u8; 32], u64, [u8; 32]);
+
+const SESSIONS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("sessions");
+const BY_DEADLINE: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_deadline");
+const BY_SID: TableDefinition<IndexKey, ()> = TableDefinition::new("by_sid");
+const BY_SUB: TableDefinition<IndexKey, ()> = TableDefinition::new("by_sub");
+
+fn key(id: SessionId) -> IdKey {
+    (id.created_ms, id.hash)
+}
+
+fn id_of(created_ms: u64, hash: [u8; 32]) -> SessionId {
+    SessionId { created_ms, hash }
+}
 
 /// A storage failure. Carries redb's description, never record contents.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +43,9 @@ pub enum StoreError {
     /// redb reported an error.
     #[error("session database: {0}")]
     Database(#[from] redb::Error),
-    /// A metadata row has the wrong length: the file was written by something else.
-    #[error("session database: malformed metadata row for session {0}")]
-    MalformedMeta(SessionId),
+    /// A row is shorter than its metadata: the file was written by something else.
+    #[error("session database: malformed row for session {0}")]
+    MalformedRow(SessionId),
     /// The blocking task running a database operation panicked or was cancelled.
     #[error("session database: the database task did not complete")]
     TaskFailed,
@@ -45,8 +55,8 @@ fn db_error(error: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(error.into())
 }
 
-/// Per-session metadata kept outside the sealed ticket, so that touches and sweeps never need
-/// the ticket key and never rewrite the ticket.
+/// Per-session metadata stored in front of the sealed ticket, readable without the ticket key,
+/// so that touches and sweeps never need to decrypt anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
     /// Last time the session was used (seconds since the epoch), at touch granularity.
@@ -60,7 +70,8 @@ pub struct Meta {
 }
 
 impl Meta {
-    const LEN: usize = 8 + 8 + 32 + 1 + 32;
+    /// Encoded length.
+    pub const LEN: usize = 8 + 8 + 32 + 1 + 32;
 
     fn encode(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
@@ -75,9 +86,7 @@ impl Meta {
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != Self::LEN {
-            return None;
-        }
+        let bytes = bytes.get(..Self::LEN)?;
         let u64_at = |at: usize| {
             let mut word = [0u8; 8];
             word.copy_from_slice(&bytes[at..at + 8]);
@@ -95,6 +104,18 @@ impl Meta {
             provider_sid: (bytes[48] == 1).then(|| hash_at(49)),
         })
     }
+}
+
+fn row(meta: &Meta, sealed: &[u8]) -> Vec<u8> {
+    let mut row = Vec::with_capacity(Meta::LEN + sealed.len());
+    row.extend_from_slice(&meta.encode());
+    row.extend_from_slice(sealed);
+    row
+}
+
+fn split_row(id: SessionId, row: &[u8]) -> Result<(Meta, &[u8]), StoreError> {
+    let meta = Meta::decode(row).ok_or(StoreError::MalformedRow(id))?;
+    Ok((meta, &row[Meta::LEN..]))
 }
 
 /// One stored session: its sealed ticket record and its metadata.
@@ -134,13 +155,7 @@ impl SessionDb {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|error| db_error(redb::StorageError::Io(error)))?;
         let txn = db.begin_write().map_err(db_error)?;
-        {
-            txn.open_table(SESSIONS).map_err(db_error)?;
-            txn.open_table(META).map_err(db_error)?;
-            txn.open_table(BY_DEADLINE).map_err(db_error)?;
-            txn.open_table(BY_SID).map_err(db_error)?;
-            txn.open_table(BY_SUB).map_err(db_error)?;
-        }
+        Tables::open(&txn)?;
         txn.commit().map_err(db_error)?;
         Ok(Self { db })
     }
@@ -151,15 +166,7 @@ impl SessionDb {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
             let mut tables = Tables::open(&txn)?;
-            let old = tables
-                .metas
-                .get(id.0)
-                .map_err(db_error)?
-                .map(|row| Meta::decode(row.value()));
-            if let Some(old) = old {
-                let old = old.ok_or(StoreError::MalformedMeta(id))?;
-                tables.drop_indexes(id, &old)?;
-            }
+            tables.delete(id)?;
             tables.put(id, sealed, &meta)?;
         }
         txn.commit().map_err(db_error)
@@ -177,21 +184,16 @@ impl SessionDb {
         txn.commit().map_err(db_error)
     }
 
-    /// Reads one session.
+    /// Reads one session: a single B-tree lookup.
     pub fn get(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let sessions = txn.open_table(SESSIONS).map_err(db_error)?;
-        let metas = txn.open_table(META).map_err(db_error)?;
-        let Some(sealed) = sessions.get(id.0).map_err(db_error)? else {
+        let Some(value) = sessions.get(key(id)).map_err(db_error)? else {
             return Ok(None);
         };
-        let meta = metas
-            .get(id.0)
-            .map_err(db_error)?
-            .and_then(|row| Meta::decode(row.value()))
-            .ok_or(StoreError::MalformedMeta(id))?;
+        let (meta, sealed) = split_row(id, value.value())?;
         Ok(Some(Record {
-            sealed: sealed.value().to_vec(),
+            sealed: sealed.to_vec(),
             meta,
         }))
     }
@@ -202,11 +204,16 @@ impl SessionDb {
         let txn = self.db.begin_write().map_err(db_error)?;
         let replaced = {
             let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
-            let exists = sessions.get(id.0).map_err(db_error)?.is_some();
-            if exists {
-                sessions.insert(id.0, sealed).map_err(db_error)?;
+            let meta = match sessions.get(key(id)).map_err(db_error)? {
+                Some(value) => Some(split_row(id, value.value())?.0),
+                None => None,
+            };
+            if let Some(meta) = meta {
+                sessions
+                    .insert(key(id), row(&meta, sealed).as_slice())
+                    .map_err(db_error)?;
             }
-            exists
+            meta.is_some()
         };
         txn.commit().map_err(db_error)?;
         Ok(replaced)
@@ -222,33 +229,35 @@ impl SessionDb {
         let mut txn = self.db.begin_write().map_err(db_error)?;
         txn.set_durability(Durability::None).map_err(db_error)?;
         {
-            let mut metas = txn.open_table(META).map_err(db_error)?;
+            let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
             let mut by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
             for touch in touches {
-                let Some(old) = metas
-                    .get(touch.id.0)
-                    .map_err(db_error)?
-                    .map(|row| Meta::decode(row.value()))
-                else {
+                let id = touch.id;
+                let updated = match sessions.get(key(id)).map_err(db_error)? {
+                    Some(value) => {
+                        let (old, sealed) = split_row(id, value.value())?;
+                        (touch.last_access > old.last_access).then(|| {
+                            let new = Meta {
+                                last_access: touch.last_access,
+                                deadline: touch.deadline,
+                                ..old
+                            };
+                            (old, row(&new, sealed))
+                        })
+                    }
+                    None => None,
+                };
+                let Some((old, new_row)) = updated else {
                     continue;
                 };
-                let old = old.ok_or(StoreError::MalformedMeta(touch.id))?;
-                if touch.last_access <= old.last_access {
-                    continue;
-                }
-                let new = Meta {
-                    last_access: touch.last_access,
-                    deadline: touch.deadline,
-                    ..old
-                };
                 by_deadline
-                    .remove((old.deadline, touch.id.0))
+                    .remove((old.deadline, id.created_ms, id.hash))
                     .map_err(db_error)?;
                 by_deadline
-                    .insert((new.deadline, touch.id.0), ())
+                    .insert((touch.deadline, id.created_ms, id.hash), ())
                     .map_err(db_error)?;
-                metas
-                    .insert(touch.id.0, new.encode().as_slice())
+                sessions
+                    .insert(key(id), new_row.as_slice())
                     .map_err(db_error)?;
             }
         }
@@ -269,16 +278,7 @@ impl SessionDb {
         {
             let mut tables = Tables::open(&txn)?;
             for &id in ids {
-                let old = tables
-                    .metas
-                    .remove(id.0)
-                    .map_err(db_error)?
-                    .map(|row| Meta::decode(row.value()));
-                if let Some(old) = old {
-                    let old = old.ok_or(StoreError::MalformedMeta(id))?;
-                    tables.drop_indexes(id, &old)?;
-                }
-                if tables.sessions.remove(id.0).map_err(db_error)?.is_some() {
+                if tables.delete(id)? {
                     removed += 1;
                 }
             }
@@ -294,12 +294,13 @@ impl SessionDb {
         let by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
         let mut due = Vec::new();
         for entry in by_deadline
-            .range((0, [0u8; 32])..=(now, [0xff; 32]))
+            .range((0, 0, [0u8; 32])..=(now, u64::MAX, [0xff; 32]))
             .map_err(db_error)?
             .take(limit)
         {
-            let (key, _) = entry.map_err(db_error)?;
-            due.push(SessionId(key.value().1));
+            let (entry, _) = entry.map_err(db_error)?;
+            let (_, created_ms, hash) = entry.value();
+            due.push(id_of(created_ms, hash));
         }
         Ok(due)
     }
@@ -316,18 +317,19 @@ impl SessionDb {
 
     fn index_lookup(
         &self,
-        table: TableDefinition<([u8; 32], [u8; 32]), ()>,
+        table: TableDefinition<IndexKey, ()>,
         hash: [u8; 32],
     ) -> Result<Vec<SessionId>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let index = txn.open_table(table).map_err(db_error)?;
         let mut ids = Vec::new();
         for entry in index
-            .range((hash, [0u8; 32])..=(hash, [0xff; 32]))
+            .range((hash, 0, [0u8; 32])..=(hash, u64::MAX, [0xff; 32]))
             .map_err(db_error)?
         {
-            let (key, _) = entry.map_err(db_error)?;
-            ids.push(SessionId(key.value().1));
+            let (entry, _) = entry.map_err(db_error)?;
+            let (_, created_ms, session) = entry.value();
+            ids.push(id_of(created_ms, session));
         }
         Ok(ids)
     }
@@ -365,58 +367,72 @@ impl SessionDb {
 
 /// The tables of one write transaction, opened together.
 struct Tables<'txn> {
-    sessions: redb::Table<'txn, [u8; 32], &'static [u8]>,
-    metas: redb::Table<'txn, [u8; 32], &'static [u8]>,
-    by_deadline: redb::Table<'txn, (u64, [u8; 32]), ()>,
-    by_sid: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
-    by_sub: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+    sessions: redb::Table<'txn, IdKey, &'static [u8]>,
+    by_deadline: redb::Table<'txn, (u64, u64, [u8; 32]), ()>,
+    by_sid: redb::Table<'txn, IndexKey, ()>,
+    by_sub: redb::Table<'txn, IndexKey, ()>,
 }
 
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             sessions: txn.open_table(SESSIONS).map_err(db_error)?,
-            metas: txn.open_table(META).map_err(db_error)?,
             by_deadline: txn.open_table(BY_DEADLINE).map_err(db_error)?,
             by_sid: txn.open_table(BY_SID).map_err(db_error)?,
             by_sub: txn.open_table(BY_SUB).map_err(db_error)?,
         })
     }
 
-    /// Writes a session row, its metadata and its index entries.
+    /// Writes a session row and its index entries.
     fn put(&mut self, id: SessionId, sealed: &[u8], meta: &Meta) -> Result<(), StoreError> {
-        self.sessions.insert(id.0, sealed).map_err(db_error)?;
-        self.metas
-            .insert(id.0, meta.encode().as_slice())
+        self.sessions
+            .insert(key(id), row(meta, sealed).as_slice())
             .map_err(db_error)?;
         self.by_deadline
-            .insert((meta.deadline, id.0), ())
+            .insert((meta.deadline, id.created_ms, id.hash), ())
             .map_err(db_error)?;
         self.by_sub
-            .insert((meta.subject, id.0), ())
+            .insert((meta.subject, id.created_ms, id.hash), ())
             .map_err(db_error)?;
         if let Some(sid) = meta.provider_sid {
-            self.by_sid.insert((sid, id.0), ()).map_err(db_error)?;
+            self.by_sid
+                .insert((sid, id.created_ms, id.hash), ())
+                .map_err(db_error)?;
         }
         Ok(())
     }
 
-    /// Removes the index entries that `meta` describes.
-    fn drop_indexes(&mut self, id: SessionId, meta: &Meta) -> Result<(), StoreError> {
+    /// Removes a session row and the index entries its metadata names; false when absent.
+    fn delete(&mut self, id: SessionId) -> Result<bool, StoreError> {
+        let meta = match self.sessions.remove(key(id)).map_err(db_error)? {
+            Some(value) => split_row(id, value.value())?.0,
+            None => return Ok(false),
+        };
         self.by_deadline
-            .remove((meta.deadline, id.0))
+            .remove((meta.deadline, id.created_ms, id.hash))
             .map_err(db_error)?;
-        self.by_sub.remove((meta.subject, id.0)).map_err(db_error)?;
+        self.by_sub
+            .remove((meta.subject, id.created_ms, id.hash))
+            .map_err(db_error)?;
         if let Some(sid) = meta.provider_sid {
-            self.by_sid.remove((sid, id.0)).map_err(db_error)?;
+            self.by_sid
+                .remove((sid, id.created_ms, id.hash))
+                .map_err(db_error)?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sid(n: u8) -> SessionId {
+        SessionId {
+            created_ms: u64::from(n),
+            hash: [n; 32],
+        }
+    }
 
     fn meta(last_access: u64, deadline: u64, subject: u8, sid: Option<u8>) -> Meta {
         Meta {
@@ -436,8 +452,8 @@ mod tests {
     #[test]
     fn insert_get_remove_keeps_indexes_in_step() {
         let (_dir, db) = open();
-        let a = SessionId([1; 32]);
-        let b = SessionId([2; 32]);
+        let a = sid(1);
+        let b = sid(2);
         db.insert(a, b"sealed-a", meta(10, 100, 7, Some(9)))
             .expect("insert");
         db.insert(b, b"sealed-b", meta(10, 200, 7, None))
@@ -462,7 +478,7 @@ mod tests {
     #[test]
     fn touches_move_the_deadline_index_and_never_go_back() {
         let (_dir, db) = open();
-        let a = SessionId([1; 32]);
+        let a = sid(1);
         db.insert(a, b"x", meta(10, 100, 1, None)).expect("insert");
         db.touch(&[Touch {
             id: a,
@@ -477,7 +493,7 @@ mod tests {
         }])
         .expect("stale touch");
         db.touch(&[Touch {
-            id: SessionId([9; 32]),
+            id: sid(9),
             last_access: 1,
             deadline: 1,
         }])
@@ -491,7 +507,7 @@ mod tests {
     #[test]
     fn replace_ticket_does_not_resurrect_a_removed_session() {
         let (_dir, db) = open();
-        let a = SessionId([1; 32]);
+        let a = sid(1);
         assert!(!db.replace_ticket(a, b"new").expect("replace"));
         assert_eq!(db.get(a).expect("get"), None);
         db.insert(a, b"old", meta(1, 2, 3, None)).expect("insert");
@@ -506,7 +522,7 @@ mod tests {
     fn data_survives_reopening_the_file() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("sessions.redb");
-        let a = SessionId([5; 32]);
+        let a = sid(5);
         {
             let db = SessionDb::open(&path, 1 << 20).expect("open");
             db.insert(a, b"kept", meta(1, 2, 3, Some(4)))

@@ -234,7 +234,7 @@ impl TicketStore {
 
     /// Stores a new session durably and returns its cookie key (always a fresh one).
     pub async fn store(&self, ticket: Ticket) -> Result<SessionKey, StoreError> {
-        let key = SessionKey::generate();
+        let key = SessionKey::generate(unix_millis(self.clock.now()));
         let id = key.id();
         let now = self.clock.unix_now();
         let record = self.seal(id, &ticket);
@@ -258,8 +258,9 @@ impl TicketStore {
         let now = self.clock.unix_now();
         let mut keys = Vec::with_capacity(tickets.len());
         let mut rows = Vec::with_capacity(tickets.len());
+        let created_ms = unix_millis(self.clock.now());
         for ticket in &tickets {
-            let key = SessionKey::generate();
+            let key = SessionKey::generate(created_ms);
             let id = key.id();
             rows.push((id, self.seal(id, ticket), self.meta(ticket, now)));
             keys.push(key);
@@ -381,11 +382,17 @@ impl TicketStore {
     }
 }
 
-fn aad(format: u8, id: SessionId) -> [u8; 33] {
-    let mut aad = [0u8; 33];
+fn aad(format: u8, id: SessionId) -> [u8; 41] {
+    let mut aad = [0u8; 41];
     aad[0] = format;
-    aad[1..].copy_from_slice(&id.0);
+    aad[1..].copy_from_slice(&id.to_bytes());
     aad
+}
+
+fn unix_millis(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -445,7 +452,6 @@ mod tests {
                 },
                 subject: "alice".into(),
                 provider_sid: Some("sid-1".into()),
-                claims_json: r#"{"name":"Alice"}"#.into(),
                 created_at: now,
                 expires_at: now + 86_400,
             }
@@ -471,7 +477,7 @@ mod tests {
         assert_eq!(session.ticket.tokens.access_token.expose(), "a1");
         assert!(
             store
-                .retrieve(&SessionKey::generate(), Activity::Peek)
+                .retrieve(&SessionKey::generate(0), Activity::Peek)
                 .await
                 .expect("retrieve")
                 .is_none()

@@ -102,7 +102,7 @@ async fn cookies_carry_the_attributes_a_bff_needs() {
         .split(';')
         .next()
         .expect("value");
-    assert_eq!(value.len(), 43, "256 bits in base64url");
+    assert_eq!(value.len(), 54, "creation time and 256 random bits in base64url");
     assert!(
         callback
             .set_cookies()
@@ -119,7 +119,7 @@ async fn cookie_name_and_same_site_can_be_changed() {
     let mut browser = gateway.browser();
     browser.login_ok().await;
     let session = browser.jar.get("__Host-app").expect("renamed cookie");
-    assert_eq!(session.len(), 43);
+    assert_eq!(session.len(), 54);
     let callback_cookies: Vec<String> = browser.seen.iter().flat_map(|r| r.set_cookies()).collect();
     assert!(
         callback_cookies
