@@ -236,11 +236,14 @@ impl Sealer {
         let (nonce, body) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError)?;
         let mut buffer = body.to_vec();
-        let plaintext = self
+        let plaintext_len = self
             .key
             .open_in_place(nonce, Aad::from(aad), &mut buffer)
-            .map_err(|_| OpenError)?;
-        Ok(plaintext.to_vec())
+            .map_err(|_| OpenError)?
+            .len();
+        // The plaintext is the front of the buffer; drop the tag instead of copying.
+        buffer.truncate(plaintext_len);
+        Ok(buffer)
     }
 }
 

@@ -25,10 +25,19 @@ use crate::seal::random_bytes;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
-#[derive(Serialize, Deserialize)]
-enum StoredSecret {
+/// How a [`Secret`] is written: as text, or as the three decoded parts of a JWS. The parts are
+/// byte strings, which postcard reads without copying (a `Vec<u8>` would go byte by byte).
+#[derive(Serialize)]
+enum StoredSecretRef<'a> {
+    Text(&'a str),
+    Jws(&'a [u8], &'a [u8], &'a [u8]),
+}
+
+/// The reading side of [`StoredSecretRef`]: same variants, same order.
+#[derive(Deserialize)]
+enum StoredSecret<'a> {
     Text(String),
-    Jws(Vec<u8>, Vec<u8>, Vec<u8>),
+    Jws(&'a [u8], &'a [u8], &'a [u8]),
 }
 
 fn jws_parts(token: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
@@ -50,9 +59,9 @@ impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match jws_parts(&self.0) {
             Some((header, payload, signature)) => {
-                StoredSecret::Jws(header, payload, signature).serialize(serializer)
+                StoredSecretRef::Jws(&header, &payload, &signature).serialize(serializer)
             }
-            None => StoredSecret::Text(self.0.clone()).serialize(serializer),
+            None => StoredSecretRef::Text(&self.0).serialize(serializer),
         }
     }
 }
@@ -61,12 +70,17 @@ impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(match StoredSecret::deserialize(deserializer)? {
             StoredSecret::Text(text) => Secret(text),
-            StoredSecret::Jws(header, payload, signature) => Secret(format!(
-                "{}.{}.{}",
-                URL_SAFE_NO_PAD.encode(header),
-                URL_SAFE_NO_PAD.encode(payload),
-                URL_SAFE_NO_PAD.encode(signature)
-            )),
+            StoredSecret::Jws(header, payload, signature) => {
+                let mut text = String::with_capacity(
+                    (header.len() + payload.len() + signature.len()) * 4 / 3 + 6,
+                );
+                URL_SAFE_NO_PAD.encode_string(header, &mut text);
+                text.push('.');
+                URL_SAFE_NO_PAD.encode_string(payload, &mut text);
+                text.push('.');
+                URL_SAFE_NO_PAD.encode_string(signature, &mut text);
+                Secret(text)
+            }
         })
     }
 }

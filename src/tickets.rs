@@ -265,6 +265,8 @@ impl TicketStore {
             rows.push((id, self.seal(id, ticket), self.meta(ticket, now)));
             keys.push(key);
         }
+        // Sorted, the rows append to the B-tree instead of splitting pages at random.
+        rows.sort_by_key(|(id, _, _)| *id);
         self.blocking(move |db| db.insert_batch(&rows)).await?;
         Ok(keys)
     }

@@ -102,7 +102,11 @@ async fn cookies_carry_the_attributes_a_bff_needs() {
         .split(';')
         .next()
         .expect("value");
-    assert_eq!(value.len(), 54, "creation time and 256 random bits in base64url");
+    assert_eq!(
+        value.len(),
+        54,
+        "creation time and 256 random bits in base64url"
+    );
     assert!(
         callback
             .set_cookies()
