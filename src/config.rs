@@ -485,6 +485,16 @@ impl ServeArgs {
             errors.push("--max-header-bytes: must be at least 1KiB".into());
         }
 
+        for (flag, path) in [
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--ca-file", &self.ca_file),
+        ] {
+            if let Some(path) = path.as_ref().filter(|path| !path.is_file()) {
+                errors.push(format!("{flag}: {} is not a readable file", path.display()));
+            }
+        }
+
         let data_dir = self
             .data_dir
             .clone()

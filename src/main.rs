@@ -4,12 +4,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use oidc_bff::RunError;
 use oidc_bff::clock::SystemClock;
 use oidc_bff::config::{Cli, Command, EXIT_CONFIG, ProcessEnvironment};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are not errors; everything else is a configuration error.
+            let code = if error.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -55,15 +64,17 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
         match oidc_bff::run(config, listener, deps, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!(
-                    "oidc-bff: error: {}",
-                    anyhow::Error::from(error)
-                        .chain()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(": ")
-                );
-                ExitCode::FAILURE
+                // Unreadable certificates and key files are the operator's configuration too.
+                let code = match &error {
+                    RunError::Tls(_) | RunError::Open(_) => ExitCode::from(EXIT_CONFIG),
+                    RunError::Store(_) => ExitCode::FAILURE,
+                };
+                let chain: Vec<String> = anyhow::Error::from(error)
+                    .chain()
+                    .map(ToString::to_string)
+                    .collect();
+                eprintln!("oidc-bff: error: {}", chain.join(": "));
+                code
             }
         }
     })

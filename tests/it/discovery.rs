@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use oidc_bff::clock::ManualClock;
 
-use crate::support::{FakeProvider, TestGateway};
+use crate::support::certs::TestCerts;
+use crate::support::{Browser, FakeProvider, TestGateway};
 
 #[tokio::test]
 async fn the_gateway_starts_while_the_provider_is_down_and_recovers() {
@@ -38,4 +39,28 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(browser.get("/healthz", &[]).await.status, 503);
     assert_eq!(browser.get("/login", &[]).await.status, 503);
+}
+
+#[tokio::test]
+async fn an_https_provider_is_trusted_through_ca_file_and_only_then() {
+    let provider_certs = TestCerts::new();
+    let provider =
+        FakeProvider::start_tls(Arc::new(ManualClock::starting_now()), &provider_certs).await;
+    assert!(provider.issuer.starts_with("https://"));
+    let ca = provider_certs.ca_pem.to_str().expect("utf-8");
+    let gateway = TestGateway::start(&provider, &["--ca-file", ca]).await;
+    let mut browser = Browser::with_cas(
+        &gateway.base,
+        vec![gateway.certs.ca_der.clone(), provider_certs.ca_der.clone()],
+    );
+    browser.login_ok().await;
+
+    let untrusting = TestGateway::start_unready(&provider, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut browser = untrusting.browser();
+    assert_eq!(
+        browser.get("/healthz", &[]).await.status,
+        503,
+        "a provider certificate from an unknown CA is not trusted"
+    );
 }

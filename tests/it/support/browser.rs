@@ -64,8 +64,15 @@ impl Browser {
 
     /// A browser trusting `ca`.
     pub fn with_ca(gateway: &str, ca: rustls_pki_types::CertificateDer<'static>) -> Self {
+        Self::with_cas(gateway, vec![ca])
+    }
+
+    /// A browser trusting several CAs (the gateway's and an https provider's).
+    pub fn with_cas(gateway: &str, cas: Vec<rustls_pki_types::CertificateDer<'static>>) -> Self {
         let mut roots = RootCertStore::empty();
-        roots.add(ca).expect("CA");
+        for ca in cas {
+            roots.add(ca).expect("CA");
+        }
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))

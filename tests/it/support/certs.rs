@@ -10,6 +10,8 @@ pub struct TestCerts {
     _dir: tempfile::TempDir,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The CA certificate as a PEM file (for `--ca-file`).
+    pub ca_pem: PathBuf,
     pub ca_der: CertificateDer<'static>,
 }
 
@@ -32,11 +34,14 @@ impl TestCerts {
         let key = dir.path().join("server.key");
         std::fs::write(&cert, leaf.pem()).expect("write cert");
         std::fs::write(&key, leaf_key.serialize_pem()).expect("write key");
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, ca_cert.pem()).expect("write CA");
         Self {
             ca_der: ca_cert.der().clone(),
             _dir: dir,
             cert,
             key,
+            ca_pem,
         }
     }
 }

@@ -22,6 +22,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oidc_bff::clock::{Clock, ManualClock};
+use rustls_pki_types::pem::PemObject;
+
+use super::certs::TestCerts;
 use serde_json::{Value, json};
 
 pub const CLIENT_ID: &str = "bff-client";
@@ -199,11 +202,41 @@ impl FakeProvider {
 
     /// Starts a provider signing with one key of `alg`.
     pub async fn start_with(clock: Arc<ManualClock>, alg: Alg) -> Self {
+        Self::launch(clock, alg, None).await
+    }
+
+    /// Starts a provider serving https with the test certificate (issuer `https://127.0.0.1:…`).
+    pub async fn start_tls(clock: Arc<ManualClock>, certs: &TestCerts) -> Self {
+        let chain =
+            vec![rustls_pki_types::CertificateDer::from_pem_file(&certs.cert).expect("cert")];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&certs.key).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        Self::launch(
+            clock,
+            Alg::Rs256,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn launch(
+        clock: Arc<ManualClock>,
+        alg: Alg,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind provider");
         let addr = listener.local_addr().expect("addr");
-        let issuer = format!("http://127.0.0.1:{}", addr.port());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let issuer = format!("{scheme}://127.0.0.1:{}", addr.port());
         let state = Arc::new(Mutex::new(State {
             keys: vec![SigningKey::generate(alg, Some("key-1".into()))],
             token_ttl: 300,
@@ -221,18 +254,16 @@ impl FakeProvider {
                     let state = Arc::clone(&state);
                     let clock = Arc::clone(&clock);
                     let issuer = issuer.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        let service = service_fn(move |request: Request<Incoming>| {
-                            let state = Arc::clone(&state);
-                            let clock = Arc::clone(&clock);
-                            let issuer = issuer.clone();
-                            async move {
-                                Ok::<_, Infallible>(handle(request, &state, &clock, &issuer).await)
+                        match tls {
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(tcp).await {
+                                    serve_connection(stream, state, clock, issuer).await;
+                                }
                             }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tcp), service)
-                            .await;
+                            None => serve_connection(tcp, state, clock, issuer).await,
+                        }
                     });
                 }
             }
@@ -375,6 +406,25 @@ impl FakeProvider {
     pub fn shared_clock(&self) -> Arc<ManualClock> {
         Arc::clone(&self.clock)
     }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<Mutex<State>>,
+    clock: Arc<ManualClock>,
+    issuer: String,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let state = Arc::clone(&state);
+        let clock = Arc::clone(&clock);
+        let issuer = issuer.clone();
+        async move { Ok::<_, Infallible>(handle(request, &state, &clock, &issuer).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -1,0 +1,116 @@
+//! The binary's command line: bad configuration fails fast, with one clear line and exit 64.
+
+use std::process::Command;
+
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
+        .args(args)
+        .env_remove("OIDC_BFF_CLIENT_SECRET")
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const BASE: [&str; 5] = [
+    "serve",
+    "--issuer",
+    "https://id.example.com",
+    "--client-id",
+    "spa",
+];
+
+fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args: Vec<&str> = BASE.to_vec();
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn a_bad_value_names_its_flag_and_exits_64() {
+    let (code, _, stderr) = run(&with(&["--idle-timeout", "8x"]));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--idle-timeout"), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}
+
+#[test]
+fn every_problem_is_listed_one_per_line() {
+    let (code, _, stderr) = run(&[
+        "serve",
+        "--issuer",
+        "http://203.0.113.7",
+        "--client-id",
+        "spa",
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+        "--callback-path",
+        "//evil",
+    ]);
+    assert_eq!(code, 64, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    for flag in ["--issuer", "--tls-cert", "--tls-key", "--callback-path"] {
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.starts_with("oidc-bff: error: ") && line.contains(flag)),
+            "{flag} missing in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_required_flag_exits_64() {
+    let (code, _, stderr) = run(&["serve", "--client-id", "spa"]);
+    assert_eq!(code, 64);
+    assert!(stderr.contains("--issuer"), "{stderr}");
+}
+
+#[test]
+fn help_documents_every_flag_with_its_variable_and_version_works() {
+    let (code, stdout, _) = run(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--listen",
+        "--public-url",
+        "--callback-path",
+        "--issuer",
+        "--client-id",
+        "--client-secret-file",
+        "--scopes",
+        "--auth-param",
+        "--tls-cert",
+        "--tls-key",
+        "--ca-file",
+        "--data-dir",
+        "--ticket-key-file",
+        "--idle-timeout",
+        "--session-lifetime",
+        "--cache-capacity",
+        "--cache-sliding",
+        "--cache-absolute",
+        "--db-cache",
+        "--cookie-name",
+        "--cookie-same-site",
+    ] {
+        assert!(stdout.contains(flag), "{flag} not in --help");
+    }
+    assert!(stdout.contains("OIDC_BFF_IDLE_TIMEOUT"));
+    let (code, stdout, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("oidc-bff "), "{stdout}");
+}
+
+#[test]
+fn there_is_no_client_secret_flag() {
+    let (code, _, stderr) = run(&with(&["--client-secret", "s3cret"]));
+    assert_eq!(
+        code, 64,
+        "secrets are not taken on the command line: {stderr}"
+    );
+}
