@@ -20,30 +20,28 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// A JSON response that must not be cached (`Cache-Control: no-store`).
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(value.to_string()));
+/// A response with a body of `content_type` that must not be cached.
+fn uncached(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
+/// A JSON response that must not be cached (`Cache-Control: no-store`).
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    uncached(status, "application/json", value.to_string())
+}
+
 /// A short plain-text response that must not be cached.
 pub fn text(status: StatusCode, message: &'static str) -> Response<Body> {
-    let mut response = Response::new(full(format!("{message}\n")));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    uncached(status, "text/plain; charset=utf-8", format!("{message}\n"))
 }
 
 /// A 302 redirect that must not be cached.
