@@ -100,7 +100,12 @@ fn open_store(dir: &std::path::Path) -> TicketStore {
     let storage = StorageConfig {
         data_dir: dir.to_owned(),
         ticket_key_file: dir.join("ticket.key"),
-        db_cache_bytes: 64 << 20,
+        // The gateway's default page cache; BENCH_DB_CACHE_MIB tries another.
+        db_cache_bytes: std::env::var("BENCH_DB_CACHE_MIB")
+            .ok()
+            .and_then(|value| value.parse::<usize>().ok())
+            .unwrap_or(64)
+            << 20,
     };
     let cache = CachePolicy {
         capacity: NonZeroUsize::new(DEFAULT_CACHE).expect("non-zero"),

@@ -251,6 +251,23 @@ pub struct ServeArgs {
           value_name = "SIZE")]
     pub max_uri_bytes: usize,
 
+    /// Route API calls under PREFIX to the upstream URL(s) with the session's access token as
+    /// bearer, e.g. `/api/OtherApi1=http://127.0.0.1:7002` (repeatable; several URLs are
+    /// balanced round-robin; in the environment, separate routes with spaces).
+    #[arg(long = "route", env = "OIDC_BFF_ROUTES", value_name = "PREFIX=URL[,URL…]",
+          value_parser = crate::proxy::parse_route, value_delimiter = ' ')]
+    pub routes: Vec<crate::proxy::RouteSpec>,
+
+    /// Time an upstream has to start answering (502 when unreachable, 504 when too slow).
+    #[arg(long, env = "OIDC_BFF_UPSTREAM_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub upstream_timeout: Duration,
+
+    /// Largest request body forwarded upstream (larger gets 413).
+    #[arg(long, env = "OIDC_BFF_MAX_REQUEST_BODY", default_value = "10MiB",
+          value_parser = parse_size, value_name = "SIZE")]
+    pub max_request_body: usize,
+
     /// Most concurrent HTTP/2 streams per connection.
     #[arg(
         long,
@@ -282,6 +299,8 @@ pub struct Config {
     pub cookie: CookieConfig,
     /// Limits against hostile clients.
     pub limits: ServerLimits,
+    /// Reverse-proxy routes and limits.
+    pub proxy: crate::proxy::ProxyConfig,
 }
 
 /// Provider settings.
@@ -565,6 +584,11 @@ impl ServeArgs {
                 max_headers: self.max_headers,
                 max_uri_bytes: self.max_uri_bytes,
                 max_h2_streams: self.max_h2_streams,
+            },
+            proxy: crate::proxy::ProxyConfig {
+                routes: self.routes,
+                upstream_timeout: self.upstream_timeout,
+                max_request_body: self.max_request_body,
             },
         })
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod flow;
 pub mod http_client;
 pub mod oidc;
+pub mod proxy;
 pub mod refresh;
 pub mod reply;
 pub mod routes;
@@ -34,6 +35,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::http_client::HttpClient;
 use crate::oidc::Provider;
+use crate::proxy::Proxy;
 use crate::refresh::Refresher;
 use crate::routes::Gateway;
 use crate::store::StoreError;
@@ -95,6 +97,7 @@ pub async fn run(
         );
     }
     let client_tls = tls::client_config(config.oidc.ca_file.as_deref())?;
+    let proxy = Proxy::new(&config.proxy, client_tls.clone());
     let http = HttpClient::new(client_tls, PROVIDER_TIMEOUT);
     let provider = Arc::new(Provider::new(
         config.oidc.clone(),
@@ -113,7 +116,7 @@ pub async fn run(
     let auth = Auth::new(
         Arc::clone(&provider),
         Arc::clone(&tickets),
-        refresher,
+        Arc::clone(&refresher),
         master.flow_sealer(),
         config.cookie.clone(),
         Arc::clone(&deps.clock),
@@ -121,6 +124,8 @@ pub async fn run(
     let gateway = Arc::new(Gateway::new(
         auth,
         Arc::clone(&provider),
+        refresher,
+        proxy,
         config.oidc.callback_path.clone(),
         config.limits.max_uri_bytes,
     ));

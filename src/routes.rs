@@ -1,14 +1,18 @@
 //! `match (method, path)`: the only file that knows the gateway's own URL paths, plus the checks
 //! every request passes before any handler runs.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 
 use crate::auth::Auth;
 use crate::error::HttpError;
 use crate::oidc::Provider;
+use crate::proxy::{Proxy, normalized_path};
+use crate::refresh::Refresher;
 use crate::reply::{self, Body, add_security_headers};
 
 /// Paths the gateway answers itself (the callback path is configurable and checked apart).
@@ -19,6 +23,8 @@ const OWN_PATHS: &[&str] = &["/api/isAuth", "/api/user", "/login", "/logout", "/
 pub struct Gateway {
     auth: Auth,
     provider: Arc<Provider>,
+    refresher: Arc<Refresher>,
+    proxy: Proxy,
     callback_path: String,
     max_uri_bytes: usize,
 }
@@ -28,20 +34,24 @@ impl Gateway {
     pub fn new(
         auth: Auth,
         provider: Arc<Provider>,
+        refresher: Arc<Refresher>,
+        proxy: Proxy,
         callback_path: String,
         max_uri_bytes: usize,
     ) -> Self {
         Self {
             auth,
             provider,
+            refresher,
+            proxy,
             callback_path,
             max_uri_bytes,
         }
     }
 
     /// Answers one request. Never panics and never fails: errors become responses here.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
-        let mut response = match self.route(&request).await {
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let mut response = match self.route(request, peer).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
@@ -49,7 +59,11 @@ impl Gateway {
         response
     }
 
-    async fn route<B>(&self, request: &Request<B>) -> Result<Response<Body>, HttpError> {
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, HttpError> {
         let uri_len = request
             .uri()
             .path_and_query()
@@ -63,6 +77,16 @@ impl Gateway {
         let path = request.uri().path();
         let own = OWN_PATHS.contains(&path) || path == self.callback_path;
         if !own {
+            // Path tricks are refused before any route is chosen, so none can escape its route.
+            if normalized_path(path).is_none() {
+                return Err(HttpError::client(StatusCode::BAD_REQUEST, "invalid path").json());
+            }
+            if self.proxy.serves(path) {
+                return self
+                    .proxy
+                    .forward(request, peer, &self.auth, &self.refresher)
+                    .await;
+            }
             return Err(HttpError::client(StatusCode::NOT_FOUND, "not found"));
         }
         if request.method() != Method::GET {
@@ -87,6 +111,7 @@ impl Gateway {
                     .close_connection(),
             );
         }
+        let request = &request;
         match path {
             "/api/isAuth" => self.auth.is_auth(request).await,
             "/api/user" => self.auth.user(request).await,

@@ -90,7 +90,7 @@ pub async fn serve(
             });
             let service = service_fn(move |request: hyper::Request<Incoming>| {
                 let gateway = Arc::clone(&gateway);
-                async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
+                async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
             });
             let connection = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(connection);

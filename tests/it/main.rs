@@ -6,6 +6,7 @@ mod conformance; // the OpenID Foundation RP test plan cases that apply to a cod
 mod discovery; // provider down at start, issuer mismatch in discovery
 mod hardening; // hostile clients: limits, smuggling, slowloris
 mod login; // the whole flow: isAuth, login, user, logout, cookies, no token leaks, restart
+mod proxy; // token relay: bearer, header hygiene, 401/403 first, 502/504, path tricks
 mod refresh; // on-demand refresh: single flight, rotation, invalid_grant, outages
 mod rejections; // callback attacks: state, flow cookie, nonce, code reuse, open redirects, iss
 mod store_crash; // SIGKILL while writing sessions loses nothing acknowledged

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod certs;
 pub mod gateway;
 pub mod provider;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use oidc_bff::clock::ManualClock;
 pub use browser::Browser;
 pub use gateway::TestGateway;
 pub use provider::{Alg, FakeProvider, RefreshFailure, Tamper};
+pub use upstream::Upstream;
 
 /// A provider and a gateway sharing one manual clock.
 pub async fn setup(extra: &[&str]) -> (FakeProvider, TestGateway) {

@@ -392,6 +392,16 @@ impl FakeProvider {
         self.with(|s| s.issued_secrets.clone())
     }
 
+    /// The most recent access token issued.
+    pub fn last_access_token(&self) -> String {
+        self.with(|s| {
+            s.issued_access_tokens
+                .last()
+                .cloned()
+                .expect("a token was issued")
+        })
+    }
+
     /// The query parameters of every authorize request.
     pub fn authorize_requests(&self) -> Vec<HashMap<String, String>> {
         self.with(|s| s.authorize_params.clone())

@@ -1,0 +1,504 @@
+//! The token-relay reverse proxy: picks the route for a request path, checks the session and the
+//! CSRF header, puts the session's access token in `Authorization: Bearer`, cleans the headers
+//! both ways, and streams the bodies to and from the upstream over hyper-util's pooled client.
+//!
+//! Attacks each rule stops:
+//! - path tricks (`%2e%2e`, `%2f`, `//`, `/./`, backslashes) that would escape a route or reach
+//!   another upstream path: refused before matching;
+//! - token or session leaks: the browser's `Authorization` is replaced, the gateway's own cookies
+//!   are removed from what goes upstream, and an upstream's `Set-Cookie` for them is dropped;
+//! - spoofed client addresses: `X-Forwarded-*` are set by the gateway, never passed through;
+//! - request smuggling and connection-level confusion: hop-by-hop headers are removed;
+//! - CSRF: a route that needs a session also needs `X-CSRF: 1`, checked before any byte goes
+//!   upstream.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use url::Url;
+
+use crate::auth::{Auth, require_csrf_header};
+use crate::error::HttpError;
+use crate::refresh::Refresher;
+use crate::reply::{Body, BoxError};
+use crate::tickets::Activity;
+
+/// One `--route PREFIX=URL[,URL…]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Path prefix, matched on whole segments and removed before forwarding.
+    pub prefix: String,
+    /// Destinations of the route's cluster.
+    pub destinations: Vec<Url>,
+}
+
+/// Parses `PREFIX=URL[,URL…]`.
+pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
+    let (prefix, urls) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} must look like /prefix=http://host:port[,http://…]"))?;
+    let prefix = prefix.trim_end_matches('/');
+    if !prefix.starts_with('/') || normalized_path(prefix).is_none() {
+        return Err(format!(
+            "{prefix:?}: the prefix must be a plain path such as /api/orders"
+        ));
+    }
+    let mut destinations = Vec::new();
+    for url in urls.split(',') {
+        let parsed = Url::parse(url.trim()).map_err(|error| format!("{url:?}: {error}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(format!(
+                "{url:?}: destinations must be http:// or https:// URLs"
+            ));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(format!("{url:?}: a destination has no query or fragment"));
+        }
+        destinations.push(parsed);
+    }
+    Ok(RouteSpec {
+        prefix: prefix.to_owned(),
+        destinations,
+    })
+}
+
+/// Checks a request path for tricks that could escape a route. Returns the path when it is
+/// plain: no dot segments, no empty segments, no backslashes, no encoded `.`, `/` or `\`.
+pub fn normalized_path(path: &str) -> Option<&str> {
+    if !path.starts_with('/') || path.contains('\\') {
+        return None;
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|code| lower.contains(code))
+    {
+        return None;
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (index, segment) in segments.iter().enumerate() {
+        // An empty last segment is a trailing slash, which is allowed.
+        if (segment.is_empty() && index != last) || *segment == "." || *segment == ".." {
+            return None;
+        }
+    }
+    Some(path)
+}
+
+struct Route {
+    prefix: String,
+    destinations: Vec<Url>,
+    next: AtomicUsize,
+}
+
+impl Route {
+    /// The rest of `path` after this route's prefix, when the prefix matches whole segments.
+    fn strip<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let rest = path.strip_prefix(&self.prefix)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    }
+
+    fn destination(&self) -> &Url {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.destinations.len();
+        &self.destinations[index]
+    }
+}
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Routes, in flag order.
+    pub routes: Vec<RouteSpec>,
+    /// Time allowed for the upstream to answer (headers).
+    pub upstream_timeout: Duration,
+    /// Largest request body forwarded.
+    pub max_request_body: usize,
+}
+
+/// The proxy.
+pub struct Proxy {
+    routes: Vec<Route>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    upstream_timeout: Duration,
+    max_request_body: usize,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+}
+
+impl Proxy {
+    /// A proxy over `tls` for https upstreams.
+    pub fn new(config: &ProxyConfig, tls: rustls::ClientConfig) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let mut routes: Vec<Route> = config
+            .routes
+            .iter()
+            .map(|spec| Route {
+                prefix: spec.prefix.clone(),
+                destinations: spec.destinations.clone(),
+                next: AtomicUsize::new(0),
+            })
+            .collect();
+        // Longest prefix first, so /api/a/b wins over /api/a.
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+        Self {
+            routes,
+            client,
+            upstream_timeout: config.upstream_timeout,
+            max_request_body: config.max_request_body,
+        }
+    }
+
+    /// Whether some route serves `path` (after the path checks).
+    pub fn serves(&self, path: &str) -> bool {
+        self.routes.iter().any(|route| route.strip(path).is_some())
+    }
+
+    /// Forwards one request that [`Proxy::serves`].
+    pub async fn forward(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        auth: &Auth,
+        refresher: &Refresher,
+    ) -> Result<Response<Body>, HttpError> {
+        let path = request.uri().path().to_owned();
+        let (route, rest) = self
+            .routes
+            .iter()
+            .find_map(|route| route.strip(&path).map(|rest| (route, rest)))
+            .ok_or_else(|| HttpError::client(StatusCode::NOT_FOUND, "not found").json())?;
+
+        // Session and CSRF checks come before any byte goes upstream.
+        let lookup = auth.lookup(request.headers(), Activity::Use).await?;
+        let Some(session) = lookup.session else {
+            return Err(HttpError::client(StatusCode::UNAUTHORIZED, "no session").json());
+        };
+        require_csrf_header(request.headers())?;
+        let session = match refresher.fresh(session).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                return Err(HttpError::client(StatusCode::UNAUTHORIZED, "session ended").json());
+            }
+            // The token expired and the provider cannot refresh it now: 503, session kept.
+            Err(error) => return Err(error.into()),
+        };
+        if request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<usize>().ok())
+            .is_some_and(|length| length > self.max_request_body)
+        {
+            return Err(
+                HttpError::client(StatusCode::PAYLOAD_TOO_LARGE, "request body too large").json(),
+            );
+        }
+
+        let destination = route.destination();
+        let upstream_uri = upstream_uri(destination, rest, request.uri())?;
+        let (mut parts, body) = request.into_parts();
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        });
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        headers.remove(header::HOST);
+        headers.remove(header::AUTHORIZATION);
+        headers.remove("forwarded");
+        headers.remove("x-forwarded-for");
+        headers.remove("x-forwarded-host");
+        headers.remove("x-forwarded-proto");
+        remove_gateway_cookies(headers, auth);
+        let bearer = HeaderValue::from_str(&format!(
+            "Bearer {}",
+            session.ticket.tokens.access_token.expose()
+        ))
+        .map_err(|_| HttpError::internal("access token is not a valid header value".into()))?;
+        headers.insert(header::AUTHORIZATION, bearer);
+        if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.insert("x-forwarded-for", value);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        if let Some(host) = original_host {
+            headers.insert("x-forwarded-host", host);
+        }
+        parts.uri = upstream_uri;
+        parts.version = http::Version::HTTP_11;
+
+        let limited: Body = Limited::new(body, self.max_request_body)
+            .map_err(|error| -> BoxError { error })
+            .boxed();
+        let upstream_request = Request::from_parts(parts, limited);
+        let host = destination.host_str().unwrap_or("?").to_owned();
+        let response = match tokio::time::timeout(
+            self.upstream_timeout,
+            self.client.request(upstream_request),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(HttpError::provider(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer in time",
+                    format!(
+                        "upstream {host} timed out after {:?}",
+                        self.upstream_timeout
+                    ),
+                )
+                .json());
+            }
+            Ok(Err(error)) => {
+                return Err(HttpError::provider(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream could not be reached",
+                    format!("upstream {host}: {}", crate::oidc::error_chain(&error)),
+                )
+                .json());
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        drop_gateway_set_cookies(&mut parts.headers, auth);
+        let body: Body = body
+            .map_err(|error| -> BoxError { Box::new(error) })
+            .boxed();
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// The destination's base path joined with what is left after the route prefix, plus the query.
+fn upstream_uri(destination: &Url, rest: &str, original: &Uri) -> Result<Uri, HttpError> {
+    let base = destination.path().trim_end_matches('/');
+    let mut path = format!("{base}{rest}");
+    if path.is_empty() {
+        path.push('/');
+    }
+    let mut text = format!(
+        "{}://{}{}",
+        destination.scheme(),
+        destination
+            .host_str()
+            .map(|host| match destination.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            })
+            .unwrap_or_default(),
+        path
+    );
+    if let Some(query) = original.query() {
+        text.push('?');
+        text.push_str(query);
+    }
+    text.parse()
+        .map_err(|_| HttpError::client(StatusCode::BAD_REQUEST, "invalid request target").json())
+}
+
+/// Removes the gateway's own cookies from the `Cookie` header, keeping the others.
+fn remove_gateway_cookies(headers: &mut HeaderMap, auth: &Auth) {
+    let own = [auth.cookie().name.clone(), auth.cookie().flow_name()];
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|line| line.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            !pair.is_empty() && !own.iter().any(|own| own == name)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if let Some(value) = (!kept.is_empty())
+        .then(|| HeaderValue::from_str(&kept.join("; ")).ok())
+        .flatten()
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Drops an upstream's `Set-Cookie` for the gateway's own cookie names (an upstream must not be
+/// able to replace or delete the session).
+fn drop_gateway_set_cookies(headers: &mut HeaderMap, auth: &Auth) {
+    let own = [auth.cookie().name.clone(), auth.cookie().flow_name()];
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|value| {
+            let name = value
+                .to_str()
+                .ok()
+                .and_then(|text| text.split('=').next())
+                .map(str::trim)
+                .unwrap_or_default();
+            !own.iter().any(|own| own == name)
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_and_reject_bad_values() {
+        let spec = parse_route("/api/OtherApi1=http://127.0.0.1:7002,http://127.0.0.1:7003/v1")
+            .expect("route");
+        assert_eq!(spec.prefix, "/api/OtherApi1");
+        assert_eq!(spec.destinations.len(), 2);
+        assert_eq!(
+            parse_route("/api/x/=http://h").expect("route").prefix,
+            "/api/x"
+        );
+        for bad in [
+            "api=http://h",
+            "/api",
+            "/api=ftp://h",
+            "/api=http://h?x=1",
+            "/a/../b=http://h",
+            "/api=not a url",
+        ] {
+            assert!(parse_route(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments_only() {
+        let route = Route {
+            prefix: "/api/OtherApi1".into(),
+            destinations: vec![Url::parse("http://h").expect("url")],
+            next: AtomicUsize::new(0),
+        };
+        assert_eq!(route.strip("/api/OtherApi1/products"), Some("/products"));
+        assert_eq!(route.strip("/api/OtherApi1"), Some(""));
+        assert_eq!(route.strip("/api/OtherApi10"), None);
+        assert_eq!(route.strip("/api/OtherApi"), None);
+    }
+
+    #[test]
+    fn the_destination_base_path_is_kept_and_the_query_passed() {
+        let original: Uri = "/api/a/products?x=1".parse().expect("uri");
+        let join = |destination: &str, rest: &str| {
+            upstream_uri(&Url::parse(destination).expect("url"), rest, &original)
+                .expect("uri")
+                .to_string()
+        };
+        assert_eq!(
+            join("http://h:7002", "/products"),
+            "http://h:7002/products?x=1"
+        );
+        assert_eq!(
+            join("http://h:7002/v1", "/products"),
+            "http://h:7002/v1/products?x=1"
+        );
+        assert_eq!(
+            join("http://h:7002/v1/", "/products"),
+            "http://h:7002/v1/products?x=1"
+        );
+        assert_eq!(join("http://h:7002", ""), "http://h:7002/?x=1");
+    }
+
+    #[test]
+    fn path_tricks_are_refused() {
+        for good in ["/api/a/products", "/api/a/", "/api/a/x.y", "/api/a/%20b"] {
+            assert!(normalized_path(good).is_some(), "{good}");
+        }
+        for bad in [
+            "/api/a/../b",
+            "/api/a/./b",
+            "/api/a//b",
+            "/api/a/%2e%2e/b",
+            "/api/a/%2E%2E/b",
+            "/api/a%2fb",
+            "/api/a\\\\b",
+            "/api/a/%5c",
+            "/api/a/..",
+        ] {
+            assert!(normalized_path(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("proxy-foo", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+}

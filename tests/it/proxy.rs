@@ -1,0 +1,295 @@
+//! The token-relay proxy: bearer injection, header hygiene, the checks before anything goes
+//! upstream, failures, and path tricks.
+
+use std::time::Duration;
+
+use http::Method;
+
+use crate::support::{Browser, FakeProvider, TestGateway, Upstream, setup};
+
+const CSRF: (&str, &str) = ("x-csrf", "1");
+
+async fn proxied(extra: &[&str]) -> (FakeProvider, TestGateway, Upstream, Browser) {
+    let upstream = Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let mut args = vec!["--route", route.as_str()];
+    args.extend_from_slice(extra);
+    let (provider, gateway) = setup(&args).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    (provider, gateway, upstream, browser)
+}
+
+#[tokio::test]
+async fn the_bearer_is_the_sessions_access_token_and_the_path_is_rewritten() {
+    let (provider, _gateway, upstream, mut browser) = proxied(&[]).await;
+    let reply = browser.get("/api/OtherApi1/products?x=1", &[CSRF]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/products?x=1");
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {}", provider.last_access_token()).as_str()
+    );
+    assert_eq!(
+        reply.headers["x-upstream"], "echo",
+        "upstream headers reach the browser"
+    );
+    assert!(
+        !reply.headers.contains_key("keep-alive"),
+        "hop-by-hop headers are removed"
+    );
+    assert!(reply.headers.contains_key("strict-transport-security"));
+    for secret in provider.issued_secrets() {
+        assert!(!reply.body.contains(&secret));
+    }
+}
+
+#[tokio::test]
+async fn no_session_is_401_and_no_csrf_header_is_403_before_the_upstream_sees_anything() {
+    let (_provider, gateway, upstream, mut browser) = proxied(&[]).await;
+    let mut anonymous = gateway.browser();
+    let reply = anonymous.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["error"], "no session");
+    let reply = browser.get("/api/OtherApi1/products", &[]).await;
+    assert_eq!(reply.status, 403);
+    let reply = browser
+        .request(Method::POST, "/api/OtherApi1/orders", &[], b"{}")
+        .await;
+    assert_eq!(reply.status, 403);
+    assert!(upstream.seen().is_empty(), "nothing went upstream");
+}
+
+#[tokio::test]
+async fn gateway_cookies_and_spoofed_headers_never_reach_the_upstream() {
+    let (provider, _gateway, upstream, mut browser) = proxied(&[]).await;
+    browser.jar.insert("theme".into(), "dark".into());
+    let reply = browser
+        .get(
+            "/api/OtherApi1/products",
+            &[
+                CSRF,
+                ("authorization", "Bearer forged"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-host", "evil.example"),
+                ("forwarded", "for=203.0.113.9"),
+                ("proxy-authorization", "Basic x"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let headers = &upstream.seen()[0].headers;
+    assert_eq!(
+        headers["cookie"], "theme=dark",
+        "only the SPA's own cookies go upstream"
+    );
+    assert_eq!(
+        headers["authorization"],
+        format!("Bearer {}", provider.last_access_token()).as_str()
+    );
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert!(
+        headers["x-forwarded-host"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("localhost:")
+    );
+    assert!(!headers.contains_key("forwarded"));
+    assert!(!headers.contains_key("proxy-authorization"));
+    assert!(
+        headers["host"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("127.0.0.1:")
+    );
+}
+
+#[tokio::test]
+async fn prefixes_match_whole_segments_and_the_destination_base_path_is_kept() {
+    let upstream = Upstream::start().await;
+    let route = format!("/api/OtherApi1={}/v1", upstream.url);
+    let (_provider, gateway) = setup(&["--route", &route]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    assert_eq!(
+        browser
+            .get("/api/OtherApi10/products", &[CSRF])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        browser.get("/api/OtherApi1/products", &[CSRF]).await.status,
+        200
+    );
+    assert_eq!(upstream.seen()[0].target, "/v1/products");
+}
+
+#[tokio::test]
+async fn path_tricks_do_not_reach_any_route() {
+    let (_provider, _gateway, upstream, mut browser) = proxied(&[]).await;
+    for path in [
+        "/api/OtherApi1/../admin",
+        "/api/OtherApi1/./products",
+        "/api/OtherApi1//products",
+        "/api/OtherApi1/%2e%2e/admin",
+        "/api/OtherApi1/%2E%2e/admin",
+        "/api/OtherApi1%2fproducts",
+        "/api/OtherApi1/%5c..%5cadmin",
+    ] {
+        let reply = browser.get(path, &[CSRF]).await;
+        assert_eq!(reply.status, 400, "{path}");
+    }
+    assert!(upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        listener.local_addr().expect("addr").port()
+    };
+    let slow = Upstream::start().await;
+    slow.set_delay(Duration::from_secs(3));
+    let dead_route = format!("/api/dead=http://127.0.0.1:{dead}");
+    let slow_route = format!("/api/slow={}", slow.url);
+    let (_provider, gateway) = setup(&[
+        "--route",
+        &dead_route,
+        "--route",
+        &slow_route,
+        "--upstream-timeout",
+        "1s",
+    ])
+    .await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    let reply = browser.get("/api/dead/x", &[CSRF]).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.json()["error"], "the upstream could not be reached");
+    let reply = browser.get("/api/slow/x", &[CSRF]).await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.json()["error"], "the upstream did not answer in time");
+}
+
+#[tokio::test]
+async fn an_upstream_401_passes_through_for_the_spa_to_log_in_again() {
+    let (_provider, _gateway, upstream, mut browser) = proxied(&[]).await;
+    upstream.set_status(401);
+    let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.headers["x-upstream"], "echo");
+    assert!(
+        browser.is_auth().await,
+        "an upstream 401 does not end the session"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_set_the_gateway_cookies() {
+    let (_provider, _gateway, upstream, mut browser) = proxied(&[]).await;
+    upstream.set_cookies(&[
+        "__Host-bff=stolen; Path=/",
+        "__Host-bff-flow=x; Path=/",
+        "pref=1; Path=/",
+    ]);
+    let before = browser.jar["__Host-bff"].clone();
+    let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(reply.set_cookies(), ["pref=1; Path=/"]);
+    assert_eq!(browser.jar["__Host-bff"], before);
+    assert!(browser.is_auth().await);
+}
+
+#[tokio::test]
+async fn concurrent_proxied_calls_share_one_refresh() {
+    let (provider, gateway, upstream, browser) = proxied(&[]).await;
+    provider.rotate_refresh_tokens(true);
+    provider.clock().advance(Duration::from_secs(301));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let mut clone = gateway.browser();
+        clone.jar = browser.jar.clone();
+        tasks.push(tokio::spawn(async move {
+            clone.get("/api/OtherApi1/products", &[CSRF]).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), 200);
+    }
+    assert_eq!(provider.refresh_count(), 1);
+    let fresh = format!("Bearer {}", provider.last_access_token());
+    assert!(
+        upstream
+            .seen()
+            .iter()
+            .all(|seen| seen.headers["authorization"] == fresh.as_str()),
+        "every call carried the refreshed token"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_grant_at_refresh_is_401_and_ends_the_session() {
+    let (provider, _gateway, upstream, mut browser) = proxied(&[]).await;
+    provider.fail_next_refresh(crate::support::RefreshFailure::InvalidGrant);
+    provider.clock().advance(Duration::from_secs(301));
+    let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(reply.status, 401);
+    assert!(upstream.seen().is_empty());
+    assert!(!browser.is_auth().await);
+}
+
+#[tokio::test]
+async fn proxied_calls_slide_the_idle_timeout() {
+    let (provider, _gateway, _upstream, mut browser) = proxied(&["--idle-timeout", "30m"]).await;
+    for _ in 0..4 {
+        provider.clock().advance(Duration::from_secs(20 * 60));
+        assert_eq!(
+            browser.get("/api/OtherApi1/products", &[CSRF]).await.status,
+            200
+        );
+    }
+    assert!(
+        browser.is_auth().await,
+        "80 minutes of use with a 30-minute idle timeout"
+    );
+}
+
+#[tokio::test]
+async fn bodies_stream_through_and_oversized_ones_are_refused() {
+    let (_provider, _gateway, upstream, mut browser) =
+        proxied(&["--max-request-body", "32MiB"]).await;
+    let body = vec![b'x'; 24 << 20];
+    let reply = browser
+        .request(Method::POST, "/api/OtherApi1/upload", &[CSRF], &body)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(upstream.seen()[0].method, "POST");
+    assert_eq!(upstream.seen()[0].body_bytes, 24 << 20);
+    let too_big = vec![b'x'; 33 << 20];
+    let reply = browser
+        .request(Method::POST, "/api/OtherApi1/upload", &[CSRF], &too_big)
+        .await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(
+        upstream.seen().len(),
+        1,
+        "the oversized body never went upstream"
+    );
+}
+
+#[tokio::test]
+async fn several_destinations_take_turns() {
+    let first = Upstream::start().await;
+    let second = Upstream::start().await;
+    let route = format!("/api/OtherApi1={},{}", first.url, second.url);
+    let (_provider, gateway) = setup(&["--route", &route]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    for _ in 0..4 {
+        assert_eq!(browser.get("/api/OtherApi1/x", &[CSRF]).await.status, 200);
+    }
+    assert_eq!((first.seen().len(), second.seen().len()), (2, 2));
+}
