@@ -258,6 +258,11 @@ pub struct ServeArgs {
           value_parser = crate::proxy::parse_route, value_delimiter = ' ')]
     pub routes: Vec<crate::proxy::RouteSpec>,
 
+    /// Serve the built single-page app from DIR (e.g. Angular's dist/app/browser); unknown
+    /// non-API paths get its index.html.
+    #[arg(long, env = "OIDC_BFF_STATIC_DIR", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
+
     /// Time an upstream has to start answering (502 when unreachable, 504 when too slow).
     #[arg(long, env = "OIDC_BFF_UPSTREAM_TIMEOUT", default_value = "30s",
           value_parser = parse_duration, value_name = "DURATION")]
@@ -301,6 +306,8 @@ pub struct Config {
     pub limits: ServerLimits,
     /// Reverse-proxy routes and limits.
     pub proxy: crate::proxy::ProxyConfig,
+    /// The built SPA to serve, if any.
+    pub static_dir: Option<PathBuf>,
 }
 
 /// Provider settings.
@@ -504,6 +511,13 @@ impl ServeArgs {
             errors.push("--max-header-bytes: must be at least 1KiB".into());
         }
 
+        if let Some(dir) = self
+            .static_dir
+            .as_ref()
+            .filter(|dir| !dir.join("index.html").is_file())
+        {
+            errors.push(format!("--static-dir: {} has no index.html", dir.display()));
+        }
         for (flag, path) in [
             ("--tls-cert", &self.tls_cert),
             ("--tls-key", &self.tls_key),
@@ -543,7 +557,7 @@ impl ServeArgs {
 
         Ok(Config {
             listen: self.listen,
-            public_origin,
+            public_origin: public_origin.clone(),
             oidc: OidcConfig {
                 issuer: self.issuer,
                 client_id: self.client_id,
@@ -586,10 +600,12 @@ impl ServeArgs {
                 max_h2_streams: self.max_h2_streams,
             },
             proxy: crate::proxy::ProxyConfig {
+                public_origin,
                 routes: self.routes,
                 upstream_timeout: self.upstream_timeout,
                 max_request_body: self.max_request_body,
             },
+            static_dir: self.static_dir,
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod routes;
 pub mod seal;
 pub mod server;
 pub mod session;
+pub mod spa;
 pub mod store;
 pub mod tickets;
 pub mod tls;
@@ -70,6 +71,9 @@ pub enum RunError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The SPA directory could not be used.
+    #[error(transparent)]
+    Spa(#[from] spa::SpaError),
 }
 
 /// Runs the gateway on `listener` until `shutdown` completes, then drains connections, writes
@@ -98,6 +102,11 @@ pub async fn run(
     }
     let client_tls = tls::client_config(config.oidc.ca_file.as_deref())?;
     let proxy = Proxy::new(&config.proxy, client_tls.clone());
+    let spa = config
+        .static_dir
+        .as_deref()
+        .map(spa::Spa::new)
+        .transpose()?;
     let http = HttpClient::new(client_tls, PROVIDER_TIMEOUT);
     let provider = Arc::new(Provider::new(
         config.oidc.clone(),
@@ -126,6 +135,7 @@ pub async fn run(
         Arc::clone(&provider),
         refresher,
         proxy,
+        spa,
         config.oidc.callback_path.clone(),
         config.limits.max_uri_bytes,
     ));

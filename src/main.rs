@@ -66,7 +66,9 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
             Err(error) => {
                 // Unreadable certificates and key files are the operator's configuration too.
                 let code = match &error {
-                    RunError::Tls(_) | RunError::Open(_) => ExitCode::from(EXIT_CONFIG),
+                    RunError::Tls(_) | RunError::Open(_) | RunError::Spa(_) => {
+                        ExitCode::from(EXIT_CONFIG)
+                    }
                     RunError::Store(_) => ExitCode::FAILURE,
                 };
                 let chain: Vec<String> = anyhow::Error::from(error)

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use url::Url;
 
 use crate::auth::{Auth, require_csrf_header};
@@ -123,6 +123,8 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// Largest request body forwarded.
     pub max_request_body: usize,
+    /// The gateway's public origin: the only `Origin` accepted for upgrade requests.
+    pub public_origin: String,
 }
 
 /// The proxy.
@@ -131,6 +133,7 @@ pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     upstream_timeout: Duration,
     max_request_body: usize,
+    public_origin: String,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -203,6 +206,7 @@ impl Proxy {
             client,
             upstream_timeout: config.upstream_timeout,
             max_request_body: config.max_request_body,
+            public_origin: config.public_origin.clone(),
         }
     }
 
@@ -214,7 +218,7 @@ impl Proxy {
     /// Forwards one request that [`Proxy::serves`].
     pub async fn forward(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
         auth: &Auth,
         refresher: &Refresher,
@@ -231,7 +235,21 @@ impl Proxy {
         let Some(session) = lookup.session else {
             return Err(HttpError::client(StatusCode::UNAUTHORIZED, "no session").json());
         };
-        require_csrf_header(request.headers())?;
+        let upgrade = upgrade_protocol(request.headers());
+        if upgrade.is_some() {
+            // A browser cannot add a header to a WebSocket handshake, but it always sends the
+            // page's Origin: a cross-site page cannot open a socket with the user's session.
+            let origin = request.headers().get(header::ORIGIN);
+            if origin.is_none_or(|origin| origin.as_bytes() != self.public_origin.as_bytes()) {
+                return Err(HttpError::client(
+                    StatusCode::FORBIDDEN,
+                    "upgrade requests must come from the application's origin",
+                )
+                .json());
+            }
+        } else {
+            require_csrf_header(request.headers())?;
+        }
         let session = match refresher.fresh(session).await {
             Ok(Some(session)) => session,
             Ok(None) => {
@@ -254,6 +272,7 @@ impl Proxy {
 
         let destination = route.destination();
         let upstream_uri = upstream_uri(destination, rest, request.uri())?;
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -282,6 +301,10 @@ impl Proxy {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         if let Some(host) = original_host {
             headers.insert("x-forwarded-host", host);
+        }
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
         }
         parts.uri = upstream_uri;
         parts.version = http::Version::HTTP_11;
@@ -318,6 +341,27 @@ impl Proxy {
             }
             Ok(Ok(response)) => response,
         };
+        let mut response = response;
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, response.status())
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, host.clone()));
+            let (mut parts, _) = response.into_parts();
+            let protocol = parts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut parts.headers);
+            drop_gateway_set_cookies(&mut parts.headers, auth);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = protocol {
+                parts.headers.insert(header::UPGRADE, protocol);
+            }
+            return Ok(Response::from_parts(
+                parts,
+                crate::reply::full(bytes::Bytes::new()),
+            ));
+        }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         drop_gateway_set_cookies(&mut parts.headers, auth);
@@ -325,6 +369,38 @@ impl Proxy {
             .map_err(|error| -> BoxError { Box::new(error) })
             .boxed();
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// The protocol a request asks to switch to (`Upgrade` with `Connection: upgrade`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between the browser's and the upstream's upgraded connections until
+/// either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    host: String,
+) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(upstream = %host, %error, "upgraded connection ended");
+            }
+        }
+        Err(error) => tracing::debug!(upstream = %host, %error, "upgrade did not complete"),
     }
 }
 

@@ -14,6 +14,7 @@ use crate::oidc::Provider;
 use crate::proxy::{Proxy, normalized_path};
 use crate::refresh::Refresher;
 use crate::reply::{self, Body, add_security_headers};
+use crate::spa::Spa;
 
 /// Paths the gateway answers itself (the callback path is configurable and checked apart).
 const OWN_PATHS: &[&str] = &["/api/isAuth", "/api/user", "/login", "/logout", "/healthz"];
@@ -25,6 +26,7 @@ pub struct Gateway {
     provider: Arc<Provider>,
     refresher: Arc<Refresher>,
     proxy: Proxy,
+    spa: Option<Spa>,
     callback_path: String,
     max_uri_bytes: usize,
 }
@@ -36,6 +38,7 @@ impl Gateway {
         provider: Arc<Provider>,
         refresher: Arc<Refresher>,
         proxy: Proxy,
+        spa: Option<Spa>,
         callback_path: String,
         max_uri_bytes: usize,
     ) -> Self {
@@ -44,6 +47,7 @@ impl Gateway {
             provider,
             refresher,
             proxy,
+            spa,
             callback_path,
             max_uri_bytes,
         }
@@ -86,6 +90,9 @@ impl Gateway {
                     .proxy
                     .forward(request, peer, &self.auth, &self.refresher)
                     .await;
+            }
+            if let Some(spa) = &self.spa {
+                return spa.serve(request.method(), path, request.headers()).await;
             }
             return Err(HttpError::client(StatusCode::NOT_FOUND, "not found"));
         }

@@ -1,39 +1,13 @@
 //! Hostile clients: oversized heads, smuggling probes, slow and idle connections.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::RootCertStore;
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::support::raw::{tls_connect, tls_connect_alpn};
 use crate::support::{TestGateway, setup};
-
-/// A raw TLS connection to the gateway offering the given ALPN protocols.
-async fn tls_connect_alpn(gateway: &TestGateway, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let mut roots = RootCertStore::empty();
-    roots.add(gateway.certs.ca_der.clone()).expect("CA");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    let tcp = TcpStream::connect(gateway.addr).await.expect("connect");
-    TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("handshake")
-}
-
-async fn tls_connect(gateway: &TestGateway) -> TlsStream<TcpStream> {
-    tls_connect_alpn(gateway, &[b"http/1.1"]).await
-}
 
 /// Sends raw bytes and reads until the server closes (bounded by `limit`).
 async fn exchange(gateway: &TestGateway, request: &[u8], limit: Duration) -> (String, bool) {

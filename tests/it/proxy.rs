@@ -293,3 +293,64 @@ async fn several_destinations_take_turns() {
     }
     assert_eq!((first.seen().len(), second.seen().len()), (2, 2));
 }
+
+#[tokio::test]
+async fn upgrades_are_tunnelled_for_the_apps_own_origin_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_provider, gateway, upstream, browser) = proxied(&[]).await;
+    let cookie = format!("__Host-bff={}", browser.jar["__Host-bff"]);
+    let handshake = |origin: &str| {
+        format!(
+            "GET /api/OtherApi1/socket HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\n\
+             upgrade: echo\r\norigin: {origin}\r\ncookie: {cookie}\r\n\r\n"
+        )
+    };
+
+    let mut refused = crate::support::raw::tls_connect(&gateway).await;
+    refused
+        .write_all(handshake("https://evil.example").as_bytes())
+        .await
+        .expect("write");
+    let mut buffer = vec![0u8; 4096];
+    let n = refused.read(&mut buffer).await.expect("read");
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 403"));
+    assert!(
+        upstream.seen().is_empty(),
+        "a cross-site handshake never went upstream"
+    );
+
+    let mut stream = crate::support::raw::tls_connect(&gateway).await;
+    stream
+        .write_all(handshake(&gateway.base).as_bytes())
+        .await
+        .expect("write");
+    let n = stream.read(&mut buffer).await.expect("read");
+    let head = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    stream
+        .write_all(b"ping over the tunnel")
+        .await
+        .expect("write");
+    let mut echoed = vec![0u8; 20];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echoed, b"ping over the tunnel");
+    let seen = upstream.seen();
+    assert!(
+        seen[0].headers["authorization"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Bearer ")
+    );
+    assert!(
+        !seen[0].headers.contains_key("cookie"),
+        "the session cookie stayed at the gateway"
+    );
+}

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod certs;
 pub mod gateway;
 pub mod provider;
+pub mod raw;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -71,7 +71,7 @@ impl Upstream {
                             async move { Ok::<_, Infallible>(answer(request, &seen, &behaviour).await) }
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tcp), service)
+                            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                             .await;
                     });
                 }
@@ -108,10 +108,36 @@ impl Upstream {
 }
 
 async fn answer(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     seen: &Mutex<Vec<Seen>>,
     behaviour: &Mutex<Behaviour>,
 ) -> Response<Full<Bytes>> {
+    // `Upgrade: echo`: switch protocols, then send every byte back (a stand-in for WebSocket).
+    if request
+        .headers()
+        .get("upgrade")
+        .is_some_and(|value| value == "echo")
+    {
+        let upgrade = hyper::upgrade::on(&mut request);
+        seen.lock().expect("seen").push(Seen {
+            method: request.method().to_string(),
+            target: request.uri().to_string(),
+            headers: request.headers().clone(),
+            body_bytes: 0,
+        });
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            }
+        });
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(Full::new(Bytes::new()))
+            .expect("101");
+    }
     let (parts, mut body) = request.into_parts();
     // Count the body frame by frame, never holding it whole.
     let mut body_bytes = 0;

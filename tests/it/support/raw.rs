@@ -1,0 +1,34 @@
+//! Raw TLS connections to the gateway, for tests that write HTTP by hand.
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::TestGateway;
+
+/// A raw TLS connection to the gateway offering the given ALPN protocols.
+pub async fn tls_connect_alpn(gateway: &TestGateway, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let mut roots = RootCertStore::empty();
+    roots.add(gateway.certs.ca_der.clone()).expect("CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    let tcp = TcpStream::connect(gateway.addr).await.expect("connect");
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake")
+}
+
+pub async fn tls_connect(gateway: &TestGateway) -> TlsStream<TcpStream> {
+    tls_connect_alpn(gateway, &[b"http/1.1"]).await
+}
