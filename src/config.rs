@@ -258,6 +258,11 @@ pub struct ServeArgs {
           value_parser = crate::proxy::parse_route, value_delimiter = ' ')]
     pub routes: Vec<crate::proxy::RouteSpec>,
 
+    /// A YARP configuration file: an ASP.NET appsettings.json with a ReverseProxy section, or
+    /// the section alone (Routes, Clusters, Transforms, LoadBalancingPolicy, …).
+    #[arg(long, env = "OIDC_BFF_PROXY_CONFIG", value_name = "FILE")]
+    pub proxy_config: Option<PathBuf>,
+
     /// Serve the built single-page app from DIR (e.g. Angular's dist/app/browser); unknown
     /// non-API paths get its index.html.
     #[arg(long, env = "OIDC_BFF_STATIC_DIR", value_name = "DIR")]
@@ -511,6 +516,18 @@ impl ServeArgs {
             errors.push("--max-header-bytes: must be at least 1KiB".into());
         }
 
+        let file_routes = match &self.proxy_config {
+            Some(path) => match crate::proxy::yarp::load(path) {
+                Ok(routes) => routes,
+                Err(problems) => {
+                    for problem in problems {
+                        errors.push(format!("--proxy-config {}: {problem}", path.display()));
+                    }
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
         if let Some(dir) = self
             .static_dir
             .as_ref()
@@ -601,7 +618,11 @@ impl ServeArgs {
             },
             proxy: crate::proxy::ProxyConfig {
                 public_origin,
-                routes: self.routes,
+                routes: std::sync::Arc::new(crate::proxy::ProxyConfig::assemble(
+                    &self.routes,
+                    file_routes,
+                )),
+                file: self.proxy_config,
                 upstream_timeout: self.upstream_timeout,
                 max_request_body: self.max_request_body,
             },

@@ -85,7 +85,7 @@ impl Gateway {
             if normalized_path(path).is_none() {
                 return Err(HttpError::client(StatusCode::BAD_REQUEST, "invalid path").json());
             }
-            if self.proxy.serves(path) {
+            if self.proxy.serves(&request) {
                 return self
                     .proxy
                     .forward(request, peer, &self.auth, &self.refresher)

@@ -114,3 +114,20 @@ fn there_is_no_client_secret_flag() {
         "secrets are not taken on the command line: {stderr}"
     );
 }
+
+#[test]
+fn a_bad_yarp_file_names_the_route_and_field() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("appsettings.json");
+    std::fs::write(
+        &path,
+        r#"{"ReverseProxy": {"Routes": {"route1": {"ClusterId": "missing", "Match": {"Path": "/a/{**x}"}}}}}"#,
+    )
+    .expect("write");
+    let (code, _, stderr) = run(&with(&["--proxy-config", path.to_str().expect("utf-8")]));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("ReverseProxy.Routes.route1.ClusterId"),
+        "{stderr}"
+    );
+}

@@ -12,3 +12,4 @@ mod rejections; // callback attacks: state, flow cookie, nonce, code reuse, open
 mod spa; // the built SPA: files, client routes, caching, precompression, traversal
 mod store_crash; // SIGKILL while writing sessions loses nothing acknowledged
 mod support;
+mod yarp; // --proxy-config: the seed's YARP section, transforms, anonymous routes, health

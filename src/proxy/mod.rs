@@ -12,8 +12,11 @@
 //! - CSRF: a route that needs a session also needs `X-CSRF: 1`, checked before any byte goes
 //!   upstream.
 
+mod route;
+pub mod yarp;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -31,6 +34,11 @@ use crate::error::HttpError;
 use crate::refresh::Refresher;
 use crate::reply::{Body, BoxError};
 use crate::tickets::Activity;
+
+pub use route::{
+    Cluster, Destination, HostPattern, Policy, RouteDef, RouteValues, Template, Transform, When,
+    sort_routes,
+};
 
 /// One `--route PREFIX=URL[,URL…]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,31 +103,40 @@ pub fn normalized_path(path: &str) -> Option<&str> {
     Some(path)
 }
 
-struct Route {
-    prefix: String,
-    destinations: Vec<Url>,
-    next: AtomicUsize,
-}
-
-impl Route {
-    /// The rest of `path` after this route's prefix, when the prefix matches whole segments.
-    fn strip<'a>(&self, path: &'a str) -> Option<&'a str> {
-        let rest = path.strip_prefix(&self.prefix)?;
-        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
-    }
-
-    fn destination(&self) -> &Url {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.destinations.len();
-        &self.destinations[index]
+/// Turns a `--route` flag into a route: everything below the prefix, prefix removed, a
+/// round-robin cluster, session required.
+pub fn route_from_flag(spec: &RouteSpec) -> RouteDef {
+    let destinations = spec
+        .destinations
+        .iter()
+        .enumerate()
+        .map(|(index, url)| Destination::new(format!("{index:04}"), url.clone()))
+        .collect();
+    RouteDef {
+        id: spec.prefix.clone(),
+        template: Template::prefix(&spec.prefix),
+        methods: None,
+        hosts: None,
+        order: 0,
+        anonymous: false,
+        transforms: vec![Transform::PathRemovePrefix(spec.prefix.clone())],
+        cluster: Arc::new(Cluster::new(
+            spec.prefix.clone(),
+            destinations,
+            Policy::RoundRobin,
+            None,
+        )),
     }
 }
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Routes, in flag order.
-    pub routes: Vec<RouteSpec>,
-    /// Time allowed for the upstream to answer (headers).
+    /// Every route, from `--route` flags and the `--proxy-config` file, in matching order.
+    pub routes: Arc<Vec<RouteDef>>,
+    /// The YARP file the routes came from, if any.
+    pub file: Option<std::path::PathBuf>,
+    /// Time allowed for the upstream to answer (headers), unless a cluster says otherwise.
     pub upstream_timeout: Duration,
     /// Largest request body forwarded.
     pub max_request_body: usize,
@@ -127,9 +144,19 @@ pub struct ProxyConfig {
     pub public_origin: String,
 }
 
+impl ProxyConfig {
+    /// Combines flag routes with the routes of a YARP file and orders them for matching.
+    pub fn assemble(flags: &[RouteSpec], file_routes: Vec<RouteDef>) -> Vec<RouteDef> {
+        let mut routes: Vec<RouteDef> = flags.iter().map(route_from_flag).collect();
+        routes.extend(file_routes);
+        sort_routes(&mut routes);
+        routes
+    }
+}
+
 /// The proxy.
 pub struct Proxy {
-    routes: Vec<Route>,
+    routes: Arc<Vec<RouteDef>>,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     upstream_timeout: Duration,
     max_request_body: usize,
@@ -190,19 +217,8 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        let mut routes: Vec<Route> = config
-            .routes
-            .iter()
-            .map(|spec| Route {
-                prefix: spec.prefix.clone(),
-                destinations: spec.destinations.clone(),
-                next: AtomicUsize::new(0),
-            })
-            .collect();
-        // Longest prefix first, so /api/a/b wins over /api/a.
-        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Self {
-            routes,
+            routes: Arc::clone(&config.routes),
             client,
             upstream_timeout: config.upstream_timeout,
             max_request_body: config.max_request_body,
@@ -210,9 +226,29 @@ impl Proxy {
         }
     }
 
-    /// Whether some route serves `path` (after the path checks).
-    pub fn serves(&self, path: &str) -> bool {
-        self.routes.iter().any(|route| route.strip(path).is_some())
+    /// The first route that takes this request, with its route values.
+    fn route_for(&self, request: &Request<Incoming>) -> Option<(&RouteDef, RouteValues)> {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .or_else(|| {
+                request
+                    .uri()
+                    .authority()
+                    .map(|authority| authority.as_str())
+            });
+        let path = request.uri().path();
+        self.routes.iter().find_map(|route| {
+            route
+                .matches(request.method(), host, path)
+                .map(|values| (route, values))
+        })
+    }
+
+    /// Whether some route takes this request (after the path checks).
+    pub fn serves(&self, request: &Request<Incoming>) -> bool {
+        self.route_for(request).is_some()
     }
 
     /// Forwards one request that [`Proxy::serves`].
@@ -223,40 +259,47 @@ impl Proxy {
         auth: &Auth,
         refresher: &Refresher,
     ) -> Result<Response<Body>, HttpError> {
-        let path = request.uri().path().to_owned();
-        let (route, rest) = self
-            .routes
-            .iter()
-            .find_map(|route| route.strip(&path).map(|rest| (route, rest)))
+        let (route, values) = self
+            .route_for(&request)
             .ok_or_else(|| HttpError::client(StatusCode::NOT_FOUND, "not found").json())?;
+        let upgrade = upgrade_protocol(request.headers());
 
         // Session and CSRF checks come before any byte goes upstream.
-        let lookup = auth.lookup(request.headers(), Activity::Use).await?;
-        let Some(session) = lookup.session else {
-            return Err(HttpError::client(StatusCode::UNAUTHORIZED, "no session").json());
-        };
-        let upgrade = upgrade_protocol(request.headers());
-        if upgrade.is_some() {
-            // A browser cannot add a header to a WebSocket handshake, but it always sends the
-            // page's Origin: a cross-site page cannot open a socket with the user's session.
-            let origin = request.headers().get(header::ORIGIN);
-            if origin.is_none_or(|origin| origin.as_bytes() != self.public_origin.as_bytes()) {
-                return Err(HttpError::client(
-                    StatusCode::FORBIDDEN,
-                    "upgrade requests must come from the application's origin",
-                )
-                .json());
-            }
+        let bearer = if route.anonymous {
+            None
         } else {
-            require_csrf_header(request.headers())?;
-        }
-        let session = match refresher.fresh(session).await {
-            Ok(Some(session)) => session,
-            Ok(None) => {
-                return Err(HttpError::client(StatusCode::UNAUTHORIZED, "session ended").json());
+            let lookup = auth.lookup(request.headers(), Activity::Use).await?;
+            let Some(session) = lookup.session else {
+                return Err(HttpError::client(StatusCode::UNAUTHORIZED, "no session").json());
+            };
+            if upgrade.is_some() {
+                // A browser cannot add a header to a WebSocket handshake, but it always sends
+                // the page's Origin: a cross-site page cannot open a socket with the session.
+                let origin = request.headers().get(header::ORIGIN);
+                if origin.is_none_or(|origin| origin.as_bytes() != self.public_origin.as_bytes()) {
+                    return Err(HttpError::client(
+                        StatusCode::FORBIDDEN,
+                        "upgrade requests must come from the application's origin",
+                    )
+                    .json());
+                }
+            } else {
+                require_csrf_header(request.headers())?;
             }
-            // The token expired and the provider cannot refresh it now: 503, session kept.
-            Err(error) => return Err(error.into()),
+            let session = match refresher.fresh(session).await {
+                Ok(Some(session)) => session,
+                Ok(None) => {
+                    return Err(HttpError::client(StatusCode::UNAUTHORIZED, "session ended").json());
+                }
+                // The token expired and the provider cannot refresh it now: 503, session kept.
+                Err(error) => return Err(error.into()),
+            };
+            let bearer = HeaderValue::from_str(&format!(
+                "Bearer {}",
+                session.ticket.tokens.access_token.expose()
+            ))
+            .map_err(|_| HttpError::internal("access token is not a valid header value".into()))?;
+            Some(bearer)
         };
         if request
             .headers()
@@ -270,8 +313,10 @@ impl Proxy {
             );
         }
 
-        let destination = route.destination();
-        let upstream_uri = upstream_uri(destination, rest, request.uri())?;
+        let cluster = &route.cluster;
+        let (destination, _in_flight) = cluster.pick();
+        let path = Transform::rewrite_path(&route.transforms, request.uri().path(), &values);
+        let upstream_uri = upstream_uri(&destination.url, &path, request.uri())?;
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -289,17 +334,36 @@ impl Proxy {
         headers.remove("x-forwarded-host");
         headers.remove("x-forwarded-proto");
         remove_gateway_cookies(headers, auth);
-        let bearer = HeaderValue::from_str(&format!(
-            "Bearer {}",
-            session.ticket.tokens.access_token.expose()
-        ))
-        .map_err(|_| HttpError::internal("access token is not a valid header value".into()))?;
-        headers.insert(header::AUTHORIZATION, bearer);
+        // Configured header transforms first, so that what the gateway guarantees (bearer,
+        // forwarding headers) always has the last word.
+        let mut keep_original_host = false;
+        for transform in &route.transforms {
+            match transform {
+                Transform::RequestHeaderSet(name, value) => {
+                    headers.insert(name.clone(), value.clone());
+                }
+                Transform::RequestHeaderAppend(name, value) => {
+                    headers.append(name.clone(), value.clone());
+                }
+                Transform::RequestHeaderRemove(name) => {
+                    headers.remove(name);
+                }
+                Transform::RequestHeaderOriginalHost(keep) => keep_original_host = *keep,
+                _ => {}
+            }
+        }
+        headers.remove(header::AUTHORIZATION);
+        if let Some(bearer) = bearer {
+            headers.insert(header::AUTHORIZATION, bearer);
+        }
         if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.insert("x-forwarded-for", value);
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         if let Some(host) = original_host {
+            if keep_original_host {
+                headers.insert(header::HOST, host.clone());
+            }
             headers.insert("x-forwarded-host", host);
         }
         if let Some(protocol) = &upgrade {
@@ -313,35 +377,39 @@ impl Proxy {
             .map_err(|error| -> BoxError { error })
             .boxed();
         let upstream_request = Request::from_parts(parts, limited);
-        let host = destination.host_str().unwrap_or("?").to_owned();
-        let response = match tokio::time::timeout(
-            self.upstream_timeout,
-            self.client.request(upstream_request),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(HttpError::provider(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the upstream did not answer in time",
-                    format!(
-                        "upstream {host} timed out after {:?}",
-                        self.upstream_timeout
-                    ),
-                )
-                .json());
-            }
-            Ok(Err(error)) => {
-                return Err(HttpError::provider(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream could not be reached",
-                    format!("upstream {host}: {}", crate::oidc::error_chain(&error)),
-                )
-                .json());
-            }
-            Ok(Ok(response)) => response,
-        };
-        let mut response = response;
+        let host = destination.url.host_str().unwrap_or("?").to_owned();
+        let timeout = cluster.timeout.unwrap_or(self.upstream_timeout);
+        let mut response =
+            match tokio::time::timeout(timeout, self.client.request(upstream_request)).await {
+                Err(_) => {
+                    cluster.mark_failed(destination);
+                    return Err(HttpError::provider(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the upstream did not answer in time",
+                        format!(
+                            "route {} upstream {host} ({}) timed out after {timeout:?}",
+                            route.id, destination.name
+                        ),
+                    )
+                    .json());
+                }
+                Ok(Err(error)) => {
+                    cluster.mark_failed(destination);
+                    return Err(HttpError::provider(
+                        StatusCode::BAD_GATEWAY,
+                        "the upstream could not be reached",
+                        format!(
+                            "route {} upstream {host} ({}): {}",
+                            route.id,
+                            destination.name,
+                            crate::oidc::error_chain(&error)
+                        ),
+                    )
+                    .json());
+                }
+                Ok(Ok(response)) => response,
+            };
+        let status = response.status().as_u16();
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, response.status())
         {
@@ -351,6 +419,7 @@ impl Proxy {
             let protocol = parts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut parts.headers);
             drop_gateway_set_cookies(&mut parts.headers, auth);
+            Transform::rewrite_response(&route.transforms, status, &mut parts.headers);
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -364,6 +433,7 @@ impl Proxy {
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        Transform::rewrite_response(&route.transforms, status, &mut parts.headers);
         drop_gateway_set_cookies(&mut parts.headers, auth);
         let body: Body = body
             .map_err(|error| -> BoxError { Box::new(error) })
@@ -506,16 +576,20 @@ mod tests {
     }
 
     #[test]
-    fn prefixes_match_whole_segments_only() {
-        let route = Route {
-            prefix: "/api/OtherApi1".into(),
-            destinations: vec![Url::parse("http://h").expect("url")],
-            next: AtomicUsize::new(0),
+    fn flag_routes_match_whole_segments_and_drop_the_prefix() {
+        let route = route_from_flag(&parse_route("/api/OtherApi1=http://h").expect("route"));
+        let rewrite = |path: &str| {
+            route
+                .matches(&http::Method::GET, None, path)
+                .map(|values| Transform::rewrite_path(&route.transforms, path, &values))
         };
-        assert_eq!(route.strip("/api/OtherApi1/products"), Some("/products"));
-        assert_eq!(route.strip("/api/OtherApi1"), Some(""));
-        assert_eq!(route.strip("/api/OtherApi10"), None);
-        assert_eq!(route.strip("/api/OtherApi"), None);
+        assert_eq!(
+            rewrite("/api/OtherApi1/products").as_deref(),
+            Some("/products")
+        );
+        assert_eq!(rewrite("/api/OtherApi1").as_deref(), Some(""));
+        assert_eq!(rewrite("/api/OtherApi10"), None);
+        assert_eq!(rewrite("/api/OtherApi"), None);
     }
 
     #[test]

@@ -1,0 +1,165 @@
+//! `--proxy-config`: an ASP.NET team's YARP section drives the proxy.
+
+use std::path::PathBuf;
+
+use crate::support::{Upstream, setup};
+
+const CSRF: (&str, &str) = ("x-csrf", "1");
+
+fn write_config(json: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("appsettings.json");
+    std::fs::write(&path, json).expect("write");
+    (dir, path)
+}
+
+#[tokio::test]
+async fn the_seeds_appsettings_section_routes_with_the_bearer() {
+    let upstream = Upstream::start().await;
+    // ../shared/seed.txt's section, in a whole appsettings file, pointed at the test upstream.
+    let json = format!(
+        r#"{{
+  "Logging": {{ "LogLevel": {{ "Default": "Information" }} }},
+  "AllowedHosts": "*",
+  "ReverseProxy": {{
+    "Routes": {{
+      "route1" : {{
+        "ClusterId": "cluster1",
+        "Match": {{ "Path": "/sender/{{**catch-all}}" }},
+        "Transforms": [ {{ "PathRemovePrefix": "/sender" }} ]
+      }}
+    }},
+    "Clusters": {{
+      "cluster1": {{
+        "Destinations": {{ "destination1": {{ "Address": "{}" }} }}
+      }}
+    }}
+  }}
+}}"#,
+        upstream.url
+    );
+    let (_dir, path) = write_config(&json);
+    let (provider, gateway) = setup(&["--proxy-config", path.to_str().expect("utf-8")]).await;
+    let mut browser = gateway.browser();
+    assert_eq!(browser.get("/sender/products", &[CSRF]).await.status, 401);
+    browser.login_ok().await;
+    let reply = browser.get("/sender/products?page=2", &[CSRF]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = upstream.seen();
+    assert_eq!(seen[0].target, "/products?page=2");
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {}", provider.last_access_token()).as_str()
+    );
+}
+
+#[tokio::test]
+async fn anonymous_routes_methods_and_transforms_apply() {
+    let public = Upstream::start().await;
+    let private = Upstream::start().await;
+    let json = format!(
+        r#"{{"ReverseProxy": {{
+  "Routes": {{
+    "health": {{
+      "ClusterId": "public", "AuthorizationPolicy": "anonymous",
+      "Match": {{ "Path": "/public/{{**rest}}", "Methods": ["GET"] }},
+      "Transforms": [
+        {{ "PathPattern": "/status/{{**rest}}" }},
+        {{ "RequestHeader": "X-Tenant", "Set": "acme" }},
+        {{ "RequestHeaderRemove": "X-Debug" }},
+        {{ "ResponseHeader": "X-Served-By", "Set": "gateway", "When": "Always" }},
+        {{ "ResponseHeaderRemove": "X-Upstream" }}
+      ]
+    }},
+    "orders": {{
+      "ClusterId": "private", "Order": 1,
+      "Match": {{ "Path": "/orders/{{id:int}}" }},
+      "Transforms": [ {{ "RequestHeaderOriginalHost": "true" }} ]
+    }}
+  }},
+  "Clusters": {{
+    "public": {{ "Destinations": {{ "a": {{ "Address": "{}" }} }} }},
+    "private": {{ "Destinations": {{ "a": {{ "Address": "{}/v1" }} }} }}
+  }}
+}}}}"#,
+        public.url, private.url
+    );
+    let (_dir, path) = write_config(&json);
+    let (_provider, gateway) = setup(&["--proxy-config", path.to_str().expect("utf-8")]).await;
+    let mut anonymous = gateway.browser();
+    let reply = anonymous
+        .get(
+            "/public/ping",
+            &[("x-debug", "1"), ("authorization", "Bearer x")],
+        )
+        .await;
+    assert_eq!(
+        reply.status, 200,
+        "anonymous: no session, no CSRF header needed"
+    );
+    assert_eq!(reply.headers["x-served-by"], "gateway");
+    assert!(!reply.headers.contains_key("x-upstream"));
+    let seen = &public.seen()[0];
+    assert_eq!(seen.target, "/status/ping");
+    assert_eq!(seen.headers["x-tenant"], "acme");
+    assert!(!seen.headers.contains_key("x-debug"));
+    assert!(
+        !seen.headers.contains_key("authorization"),
+        "anonymous routes carry no token"
+    );
+    let post = anonymous
+        .request(http::Method::POST, "/public/ping", &[], b"")
+        .await;
+    assert_eq!(post.status, 404, "Methods limits the route");
+
+    assert_eq!(anonymous.get("/orders/42", &[CSRF]).await.status, 401);
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    assert_eq!(
+        browser.get("/orders/abc", &[CSRF]).await.status,
+        404,
+        "int constraint"
+    );
+    assert_eq!(browser.get("/orders/42", &[CSRF]).await.status, 200);
+    let seen = &private.seen()[0];
+    assert_eq!(seen.target, "/v1/orders/42");
+    assert!(
+        seen.headers["host"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("localhost:")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_destination_is_skipped_for_a_while() {
+    let healthy = Upstream::start().await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        listener.local_addr().expect("addr").port()
+    };
+    let json = format!(
+        r#"{{"Routes": {{ "r": {{ "ClusterId": "c", "Match": {{ "Path": "/api/{{**rest}}" }} }} }},
+  "Clusters": {{ "c": {{ "LoadBalancingPolicy": "FirstAlphabetical", "Destinations": {{
+    "a-primary": {{ "Address": "http://127.0.0.1:{dead}" }},
+    "b-standby": {{ "Address": "{}" }} }} }} }} }}"#,
+        healthy.url
+    );
+    let (_dir, path) = write_config(&json);
+    let (_provider, gateway) = setup(&["--proxy-config", path.to_str().expect("utf-8")]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    assert_eq!(
+        browser.get("/api/x", &[CSRF]).await.status,
+        502,
+        "primary is down"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            browser.get("/api/x", &[CSRF]).await.status,
+            200,
+            "standby takes over"
+        );
+    }
+    assert_eq!(healthy.seen().len(), 3);
+}
