@@ -263,6 +263,16 @@ pub struct ServeArgs {
     #[arg(long, env = "OIDC_BFF_PROXY_CONFIG", value_name = "FILE")]
     pub proxy_config: Option<PathBuf>,
 
+    /// Development: send every path that is not the gateway's own or a route to this dev server
+    /// (e.g. http://127.0.0.1:4200 for `ng serve`), without tokens. Instead of --static-dir.
+    #[arg(
+        long,
+        env = "OIDC_BFF_FRONTEND_URL",
+        value_name = "URL",
+        conflicts_with = "static_dir"
+    )]
+    pub frontend_url: Option<Url>,
+
     /// Serve the built single-page app from DIR (e.g. Angular's dist/app/browser); unknown
     /// non-API paths get its index.html.
     #[arg(long, env = "OIDC_BFF_STATIC_DIR", value_name = "DIR")]
@@ -516,7 +526,7 @@ impl ServeArgs {
             errors.push("--max-header-bytes: must be at least 1KiB".into());
         }
 
-        let file_routes = match &self.proxy_config {
+        let mut file_routes = match &self.proxy_config {
             Some(path) => match crate::proxy::yarp::load(path) {
                 Ok(routes) => routes,
                 Err(problems) => {
@@ -528,6 +538,13 @@ impl ServeArgs {
             },
             None => Vec::new(),
         };
+        if let Some(url) = &self.frontend_url {
+            if matches!(url.scheme(), "http" | "https") && url.host().is_some() {
+                file_routes.push(crate::proxy::frontend_route(url.clone()));
+            } else {
+                errors.push(format!("--frontend-url: {url} is not an http(s) URL"));
+            }
+        }
         if let Some(dir) = self
             .static_dir
             .as_ref()

@@ -129,6 +129,26 @@ pub fn route_from_flag(spec: &RouteSpec) -> RouteDef {
     }
 }
 
+/// The development route of `--frontend-url`: every path no other route takes goes to the dev
+/// server (e.g. `ng serve`), anonymous, without any token.
+pub fn frontend_route(url: Url) -> RouteDef {
+    RouteDef {
+        id: "frontend".into(),
+        template: Template::prefix("/"),
+        methods: None,
+        hosts: None,
+        order: i32::MAX,
+        anonymous: true,
+        transforms: Vec::new(),
+        cluster: Arc::new(Cluster::new(
+            "frontend".into(),
+            vec![Destination::new("dev-server".into(), url)],
+            Policy::FirstAlphabetical,
+            None,
+        )),
+    }
+}
+
 /// Proxy settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {

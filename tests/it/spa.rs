@@ -100,3 +100,24 @@ async fn nothing_outside_the_app_or_hidden_is_served() {
         .await;
     assert_eq!(post.status, 404);
 }
+
+#[tokio::test]
+async fn a_dev_server_gets_the_app_paths_without_tokens() {
+    let dev = crate::support::Upstream::start().await;
+    let (_provider, gateway) = setup(&["--frontend-url", &dev.url]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    browser.jar.insert("theme".into(), "dark".into());
+    let reply = browser.get("/orders/42", &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        browser.get("/api/isAuth", &[]).await.body,
+        "true",
+        "own paths still win"
+    );
+    let seen = dev.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/orders/42");
+    assert!(!seen[0].headers.contains_key("authorization"));
+    assert_eq!(seen[0].headers["cookie"], "theme=dark");
+}
