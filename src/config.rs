@@ -164,6 +164,30 @@ pub struct ServeArgs {
           value_name = "DURATION")]
     pub refresh_skew: Duration,
 
+    /// Time between background refresh sweeps (±10 % jitter).
+    #[arg(long, env = "OIDC_BFF_REFRESH_INTERVAL", default_value = "60s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub refresh_interval: Duration,
+
+    /// The refresh sweep renews access tokens that expire within this.
+    #[arg(long, env = "OIDC_BFF_REFRESH_AHEAD", default_value = "2m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub refresh_ahead: Duration,
+
+    /// Most refreshes the sweep runs at once.
+    #[arg(
+        long,
+        env = "OIDC_BFF_REFRESH_CONCURRENCY",
+        default_value = "8",
+        value_name = "N"
+    )]
+    pub refresh_concurrency: NonZeroUsize,
+
+    /// Time between eviction sweeps, which remove idle and expired sessions.
+    #[arg(long, env = "OIDC_BFF_SWEEP_INTERVAL", default_value = "5m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub sweep_interval: Duration,
+
     /// Sessions kept decrypted in the in-memory LRU cache.
     #[arg(
         long,
@@ -323,6 +347,8 @@ pub struct Config {
     pub proxy: crate::proxy::ProxyConfig,
     /// The built SPA to serve, if any.
     pub static_dir: Option<PathBuf>,
+    /// Background sweeps.
+    pub sweeps: crate::sweeper::SweepConfig,
 }
 
 /// Provider settings.
@@ -517,6 +543,8 @@ impl ServeArgs {
             ("--handshake-timeout", self.handshake_timeout),
             ("--header-timeout", self.header_timeout),
             ("--keepalive-timeout", self.keepalive_timeout),
+            ("--refresh-interval", self.refresh_interval),
+            ("--sweep-interval", self.sweep_interval),
         ] {
             if value.is_zero() {
                 errors.push(format!("{flag}: must be longer than zero"));
@@ -644,6 +672,12 @@ impl ServeArgs {
                 max_request_body: self.max_request_body,
             },
             static_dir: self.static_dir,
+            sweeps: crate::sweeper::SweepConfig {
+                refresh_interval: self.refresh_interval,
+                refresh_ahead: self.refresh_ahead,
+                refresh_concurrency: self.refresh_concurrency.get(),
+                sweep_interval: self.sweep_interval,
+            },
         })
     }
 }

@@ -22,6 +22,7 @@ pub mod server;
 pub mod session;
 pub mod spa;
 pub mod store;
+pub mod sweeper;
 pub mod tickets;
 pub mod tls;
 
@@ -122,6 +123,7 @@ pub async fn run(
         Arc::clone(&tickets),
         Arc::clone(&deps.clock),
     ));
+    let refresher_for_sweeps = Arc::clone(&refresher);
     let auth = Auth::new(
         Arc::clone(&provider),
         Arc::clone(&tickets),
@@ -153,6 +155,14 @@ pub async fn run(
         }
     });
 
+    let refresh_sweeps = tokio::spawn(sweeper::refresh_loop(
+        Arc::clone(&tickets),
+        Arc::clone(&refresher_for_sweeps),
+        Arc::clone(&deps.clock),
+        config.sweeps,
+    ));
+    let eviction_sweeps = tokio::spawn(sweeper::eviction_loop(Arc::clone(&tickets), config.sweeps));
+
     tracing::info!(
         listen = %config.listen,
         public_url = %config.public_origin,
@@ -171,6 +181,8 @@ pub async fn run(
 
     discovery.abort();
     flusher.abort();
+    refresh_sweeps.abort();
+    eviction_sweeps.abort();
     let flushed = tickets.flush_touches().await?;
     tracing::info!(flushed, "stopped; pending last-access times written");
     Ok(())

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::oidc::{Provider, RefreshError};
@@ -87,11 +88,47 @@ impl Refresher {
     /// Returns the session with an access token that is valid beyond the refresh skew,
     /// refreshing it first when needed. `None` when the refresh ended the session.
     pub async fn fresh(&self, session: Session) -> Result<Option<Session>, FreshnessError> {
-        let policy = *self.tickets.policy();
-        if !policy.needs_refresh(&session.ticket, self.clock.unix_now()) {
+        let window = self.tickets.policy().refresh_skew;
+        if !self
+            .tickets
+            .policy()
+            .expires_within(&session.ticket, self.clock.unix_now(), window)
+        {
             return Ok(Some(session));
         }
-        let id = session.id;
+        match self.refresh_single_flight(session.id, window).await? {
+            Outcome::Current(session) | Outcome::Refreshed(session) => Ok(Some(session)),
+            Outcome::Ended => Ok(None),
+            Outcome::Failed { session, reason } => {
+                let still_valid = session
+                    .ticket
+                    .tokens
+                    .access_expires_at
+                    .is_some_and(|expiry| self.clock.unix_now() < expiry);
+                if still_valid {
+                    Ok(Some(session))
+                } else {
+                    Err(FreshnessError::ProviderUnavailable(reason))
+                }
+            }
+        }
+    }
+
+    /// Refreshes a session whose access token expires within `window` (the background sweep),
+    /// sharing the single flight with on-demand refreshes.
+    pub async fn refresh_ahead(
+        &self,
+        id: SessionId,
+        window: Duration,
+    ) -> Result<Outcome, StoreError> {
+        self.refresh_single_flight(id, window).await
+    }
+
+    async fn refresh_single_flight(
+        &self,
+        id: SessionId,
+        window: Duration,
+    ) -> Result<Outcome, StoreError> {
         let lock = {
             let mut in_flight = self
                 .in_flight
@@ -101,7 +138,7 @@ impl Refresher {
         };
         let result = {
             let _flight = lock.lock().await;
-            self.refresh_locked(id).await
+            self.refresh_locked(id, window).await
         };
         {
             let mut in_flight = self
@@ -116,20 +153,20 @@ impl Refresher {
         result
     }
 
-    async fn refresh_locked(&self, id: SessionId) -> Result<Option<Session>, FreshnessError> {
+    async fn refresh_locked(&self, id: SessionId, window: Duration) -> Result<Outcome, StoreError> {
         // Re-read under the lock: whoever held it before may have refreshed already.
         let Some(current) = self.tickets.retrieve_by_id(id, Activity::Peek).await? else {
-            return Ok(None);
+            return Ok(Outcome::Ended);
         };
         let policy = *self.tickets.policy();
         let now = self.clock.unix_now();
-        if !policy.needs_refresh(&current.ticket, now) {
-            return Ok(Some(current));
+        if !policy.expires_within(&current.ticket, now, window) {
+            return Ok(Outcome::Current(current));
         }
         let Some(refresh_token) = current.ticket.tokens.refresh_token.clone() else {
             // Nothing to refresh with: the token is used as long as it lasts; the API's 401
             // then sends the SPA through login again.
-            return Ok(Some(current));
+            return Ok(Outcome::Current(current));
         };
         match self
             .provider
@@ -146,11 +183,11 @@ impl Refresher {
                     ..(*current.ticket).clone()
                 };
                 if !self.tickets.renew(id, ticket.clone()).await? {
-                    return Ok(None);
+                    return Ok(Outcome::Ended);
                 }
                 self.count(|stats| stats.succeeded += 1);
                 tracing::debug!(session = %id, "access token refreshed");
-                Ok(Some(Session {
+                Ok(Outcome::Refreshed(Session {
                     ticket: Arc::new(ticket),
                     ..current
                 }))
@@ -159,22 +196,34 @@ impl Refresher {
                 self.count(|stats| stats.ended += 1);
                 tracing::info!(session = %id, %reason, "refresh rejected; session ended");
                 self.tickets.remove(id).await?;
-                Ok(None)
+                Ok(Outcome::Ended)
             }
             Err(RefreshError::Transient(reason)) => {
                 self.count(|stats| stats.failed += 1);
-                let still_valid = current
-                    .ticket
-                    .tokens
-                    .access_expires_at
-                    .is_some_and(|expiry| now < expiry);
-                tracing::warn!(session = %id, %reason, still_valid, "refresh failed; session kept");
-                if still_valid {
-                    Ok(Some(current))
-                } else {
-                    Err(FreshnessError::ProviderUnavailable(reason))
-                }
+                tracing::warn!(session = %id, %reason, "refresh failed; session kept");
+                Ok(Outcome::Failed {
+                    session: current,
+                    reason,
+                })
             }
         }
     }
+}
+
+/// What an attempt to make a session fresh came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The token did not need a refresh (or cannot be refreshed): the session as it is.
+    Current(Session),
+    /// New tokens were stored.
+    Refreshed(Session),
+    /// The session is gone: removed meanwhile, or the provider said the grant is dead.
+    Ended,
+    /// The provider could not refresh now; the session is kept.
+    Failed {
+        /// The session, unchanged.
+        session: Session,
+        /// Why, for the log.
+        reason: String,
+    },
 }

@@ -268,10 +268,15 @@ impl SessionPolicy {
 
     /// Whether the access token must be refreshed before it is used at `now`.
     pub fn needs_refresh(&self, ticket: &Ticket, now: u64) -> bool {
-        match ticket.tokens.access_expires_at {
-            Some(expiry) => now.saturating_add(self.refresh_skew.as_secs()) >= expiry,
-            None => false,
-        }
+        self.expires_within(ticket, now, self.refresh_skew)
+    }
+
+    /// Whether the access token expires within `window` of `now` (unknown expiry: never).
+    pub fn expires_within(&self, ticket: &Ticket, now: u64, window: Duration) -> bool {
+        ticket
+            .tokens
+            .access_expires_at
+            .is_some_and(|expiry| now.saturating_add(window.as_secs()) >= expiry)
     }
 }
 

@@ -11,6 +11,7 @@
 //! - `by_deadline`: (deadline, created ms, hash) → ()   — sweeps read only what is due
 //! - `by_sid`:      (keyed hash of provider sid, created ms, hash) → ()
 //! - `by_sub`:      (keyed hash of subject, created ms, hash) → ()
+//! - `by_refresh`:  (access-token expiry, created ms, hash) → ()  — refreshable sessions only
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -28,6 +29,7 @@ const SESSIONS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("sessions")
 const BY_DEADLINE: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_deadline");
 const BY_SID: TableDefinition<IndexKey, ()> = TableDefinition::new("by_sid");
 const BY_SUB: TableDefinition<IndexKey, ()> = TableDefinition::new("by_sub");
+const BY_REFRESH: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_refresh");
 
 fn key(id: SessionId) -> IdKey {
     (id.created_ms, id.hash)
@@ -67,11 +69,17 @@ pub struct Meta {
     pub subject: [u8; 32],
     /// Keyed hash of the provider's session id, when it sent one.
     pub provider_sid: Option<[u8; 32]>,
+    /// When the access token expires, for sessions that have a refresh token (the refresh
+    /// sweep's index).
+    pub refresh_at: Option<u64>,
 }
 
 impl Meta {
     /// Encoded length.
-    pub const LEN: usize = 8 + 8 + 32 + 1 + 32;
+    pub const LEN: usize = 8 + 8 + 32 + 1 + 32 + 8;
+
+    const HAS_SID: u8 = 1;
+    const HAS_REFRESH: u8 = 2;
 
     fn encode(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
@@ -79,8 +87,12 @@ impl Meta {
         out[8..16].copy_from_slice(&self.deadline.to_be_bytes());
         out[16..48].copy_from_slice(&self.subject);
         if let Some(sid) = self.provider_sid {
-            out[48] = 1;
+            out[48] |= Self::HAS_SID;
             out[49..81].copy_from_slice(&sid);
+        }
+        if let Some(refresh_at) = self.refresh_at {
+            out[48] |= Self::HAS_REFRESH;
+            out[81..89].copy_from_slice(&refresh_at.to_be_bytes());
         }
         out
     }
@@ -101,7 +113,8 @@ impl Meta {
             last_access: u64_at(0),
             deadline: u64_at(8),
             subject: hash_at(16),
-            provider_sid: (bytes[48] == 1).then(|| hash_at(49)),
+            provider_sid: (bytes[48] & Self::HAS_SID != 0).then(|| hash_at(49)),
+            refresh_at: (bytes[48] & Self::HAS_REFRESH != 0).then(|| u64_at(81)),
         })
     }
 }
@@ -125,6 +138,15 @@ pub struct Record {
     pub sealed: Vec<u8>,
     /// Activity and index data.
     pub meta: Meta,
+}
+
+/// A session's place in the deadline index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuePosition {
+    /// Its deadline.
+    pub deadline: u64,
+    /// The session.
+    pub id: SessionId,
 }
 
 /// A last-access update for one session.
@@ -198,22 +220,42 @@ impl SessionDb {
         }))
     }
 
-    /// Replaces the sealed ticket of an existing session (after a refresh), durably. Returns
-    /// false when the session no longer exists (it was removed meanwhile: do not resurrect it).
-    pub fn replace_ticket(&self, id: SessionId, sealed: &[u8]) -> Result<bool, StoreError> {
+    /// Replaces the sealed ticket of an existing session (after a refresh), durably, with its
+    /// new access-token expiry. Returns false when the session no longer exists (it was removed
+    /// meanwhile: do not resurrect it).
+    pub fn replace_ticket(
+        &self,
+        id: SessionId,
+        sealed: &[u8],
+        refresh_at: Option<u64>,
+    ) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         let replaced = {
-            let mut sessions = txn.open_table(SESSIONS).map_err(db_error)?;
-            let meta = match sessions.get(key(id)).map_err(db_error)? {
+            let mut tables = Tables::open(&txn)?;
+            let old = match tables.sessions.get(key(id)).map_err(db_error)? {
                 Some(value) => Some(split_row(id, value.value())?.0),
                 None => None,
             };
-            if let Some(meta) = meta {
-                sessions
+            if let Some(old) = old {
+                if let Some(at) = old.refresh_at {
+                    tables
+                        .by_refresh
+                        .remove((at, id.created_ms, id.hash))
+                        .map_err(db_error)?;
+                }
+                let meta = Meta { refresh_at, ..old };
+                if let Some(at) = refresh_at {
+                    tables
+                        .by_refresh
+                        .insert((at, id.created_ms, id.hash), ())
+                        .map_err(db_error)?;
+                }
+                tables
+                    .sessions
                     .insert(key(id), row(&meta, sealed).as_slice())
                     .map_err(db_error)?;
             }
-            meta.is_some()
+            old.is_some()
         };
         txn.commit().map_err(db_error)?;
         Ok(replaced)
@@ -287,14 +329,50 @@ impl SessionDb {
         Ok(removed)
     }
 
-    /// Up to `limit` sessions whose deadline is at or before `now`, oldest first. Reads only
-    /// the due part of the deadline index.
-    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+    /// Up to `limit` sessions whose deadline is at or before `now`, earliest first, starting
+    /// after `after` (a position a previous call returned). Reads only the due part of the
+    /// deadline index.
+    pub fn due(
+        &self,
+        now: u64,
+        after: Option<DuePosition>,
+        limit: usize,
+    ) -> Result<Vec<DuePosition>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let by_deadline = txn.open_table(BY_DEADLINE).map_err(db_error)?;
+        let start = after.map_or((0, 0, [0u8; 32]), |position| {
+            (position.deadline, position.id.created_ms, position.id.hash)
+        });
         let mut due = Vec::new();
         for entry in by_deadline
-            .range((0, 0, [0u8; 32])..=(now, u64::MAX, [0xff; 32]))
+            .range(start..=(now, u64::MAX, [0xff; 32]))
+            .map_err(db_error)?
+        {
+            let (entry, _) = entry.map_err(db_error)?;
+            let (deadline, created_ms, hash) = entry.value();
+            let position = DuePosition {
+                deadline,
+                id: id_of(created_ms, hash),
+            };
+            if Some(position) == after {
+                continue;
+            }
+            due.push(position);
+            if due.len() == limit {
+                break;
+            }
+        }
+        Ok(due)
+    }
+
+    /// Up to `limit` refreshable sessions whose access token expires at or before `until`,
+    /// soonest first.
+    pub fn refresh_due(&self, until: u64, limit: usize) -> Result<Vec<SessionId>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let by_refresh = txn.open_table(BY_REFRESH).map_err(db_error)?;
+        let mut due = Vec::new();
+        for entry in by_refresh
+            .range((0, 0, [0u8; 32])..=(until, u64::MAX, [0xff; 32]))
             .map_err(db_error)?
             .take(limit)
         {
@@ -371,6 +449,7 @@ struct Tables<'txn> {
     by_deadline: redb::Table<'txn, (u64, u64, [u8; 32]), ()>,
     by_sid: redb::Table<'txn, IndexKey, ()>,
     by_sub: redb::Table<'txn, IndexKey, ()>,
+    by_refresh: redb::Table<'txn, (u64, u64, [u8; 32]), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -380,6 +459,7 @@ impl<'txn> Tables<'txn> {
             by_deadline: txn.open_table(BY_DEADLINE).map_err(db_error)?,
             by_sid: txn.open_table(BY_SID).map_err(db_error)?,
             by_sub: txn.open_table(BY_SUB).map_err(db_error)?,
+            by_refresh: txn.open_table(BY_REFRESH).map_err(db_error)?,
         })
     }
 
@@ -397,6 +477,11 @@ impl<'txn> Tables<'txn> {
         if let Some(sid) = meta.provider_sid {
             self.by_sid
                 .insert((sid, id.created_ms, id.hash), ())
+                .map_err(db_error)?;
+        }
+        if let Some(at) = meta.refresh_at {
+            self.by_refresh
+                .insert((at, id.created_ms, id.hash), ())
                 .map_err(db_error)?;
         }
         Ok(())
@@ -417,6 +502,11 @@ impl<'txn> Tables<'txn> {
         if let Some(sid) = meta.provider_sid {
             self.by_sid
                 .remove((sid, id.created_ms, id.hash))
+                .map_err(db_error)?;
+        }
+        if let Some(at) = meta.refresh_at {
+            self.by_refresh
+                .remove((at, id.created_ms, id.hash))
                 .map_err(db_error)?;
         }
         Ok(true)
@@ -440,6 +530,7 @@ mod tests {
             deadline,
             subject: [subject; 32],
             provider_sid: sid.map(|s| [s; 32]),
+            refresh_at: Some(deadline / 2),
         }
     }
 
@@ -464,14 +555,28 @@ mod tests {
         );
         assert_eq!(db.by_subject([7; 32]).expect("sub"), vec![a, b]);
         assert_eq!(db.by_provider_sid([9; 32]).expect("sid"), vec![a]);
-        assert_eq!(db.due(150, 10).expect("due"), vec![a]);
+        assert_eq!(
+            db.due(150, None, 10)
+                .expect("due")
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>(),
+            vec![a]
+        );
 
         assert!(db.remove(a).expect("remove"));
         assert!(!db.remove(a).expect("second remove is not an error"));
         assert_eq!(db.get(a).expect("get"), None);
         assert_eq!(db.by_subject([7; 32]).expect("sub"), vec![b]);
         assert!(db.by_provider_sid([9; 32]).expect("sid").is_empty());
-        assert!(db.due(150, 10).expect("due").is_empty());
+        assert!(
+            db.due(150, None, 10)
+                .expect("due")
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>()
+                .is_empty()
+        );
         assert_eq!(db.count().expect("count"), 1);
     }
 
@@ -500,18 +605,32 @@ mod tests {
         .expect("missing session is skipped");
         let record = db.get(a).expect("get").expect("present");
         assert_eq!((record.meta.last_access, record.meta.deadline), (50, 140));
-        assert!(db.due(139, 10).expect("due").is_empty());
-        assert_eq!(db.due(140, 10).expect("due"), vec![a]);
+        assert!(
+            db.due(139, None, 10)
+                .expect("due")
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>()
+                .is_empty()
+        );
+        assert_eq!(
+            db.due(140, None, 10)
+                .expect("due")
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>(),
+            vec![a]
+        );
     }
 
     #[test]
     fn replace_ticket_does_not_resurrect_a_removed_session() {
         let (_dir, db) = open();
         let a = sid(1);
-        assert!(!db.replace_ticket(a, b"new").expect("replace"));
+        assert!(!db.replace_ticket(a, b"new", Some(7)).expect("replace"));
         assert_eq!(db.get(a).expect("get"), None);
         db.insert(a, b"old", meta(1, 2, 3, None)).expect("insert");
-        assert!(db.replace_ticket(a, b"new").expect("replace"));
+        assert!(db.replace_ticket(a, b"new", Some(7)).expect("replace"));
         assert_eq!(
             db.get(a).expect("get").map(|r| r.sealed),
             Some(b"new".to_vec())

@@ -229,6 +229,7 @@ impl TicketStore {
                 .provider_sid
                 .as_ref()
                 .map(|sid| self.keyer.hash("sid", sid.as_bytes())),
+            refresh_at: refresh_at(ticket),
         }
     }
 
@@ -335,8 +336,9 @@ impl TicketStore {
     /// cache. Returns false when the session was removed meanwhile; it is not recreated.
     pub async fn renew(&self, id: SessionId, ticket: Ticket) -> Result<bool, StoreError> {
         let record = self.seal(id, &ticket);
+        let refresh_at = refresh_at(&ticket);
         let replaced = self
-            .blocking(move |db| db.replace_ticket(id, &record))
+            .blocking(move |db| db.replace_ticket(id, &record, refresh_at))
             .await?;
         if replaced {
             let last_access = self
@@ -378,10 +380,65 @@ impl TicketStore {
         Ok(count)
     }
 
+    /// Removes every session past its deadline, in batches of `batch` (one transaction each),
+    /// reading only the due part of the deadline index; returns how many were removed.
+    pub async fn evict_expired(&self, batch: usize) -> Result<usize, StoreError> {
+        // Pending touches first: a session used since the last flush has a stale deadline on
+        // disk and must not be taken for idle.
+        self.flush_touches().await?;
+        let now = self.clock.unix_now();
+        let mut removed = 0;
+        let mut after = None;
+        loop {
+            let due = self.blocking(move |db| db.due(now, after, batch)).await?;
+            let Some(last) = due.last().copied() else {
+                break;
+            };
+            // Deletes happen behind the cursor, so the next page starts after this one.
+            after = Some(last);
+            let ids: Vec<SessionId> = {
+                let pending = self.pending();
+                due.iter()
+                    .map(|position| position.id)
+                    .filter(|id| !pending.contains_key(id))
+                    .collect()
+            };
+            for id in &ids {
+                self.cache.invalidate(*id);
+            }
+            if !ids.is_empty() {
+                removed += self.blocking(move |db| db.remove_many(&ids)).await?;
+            }
+            if due.len() < batch {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Up to `limit` refreshable sessions whose access token expires within `ahead`.
+    pub async fn refresh_candidates(
+        &self,
+        ahead: Duration,
+        limit: usize,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let until = self.clock.unix_now().saturating_add(ahead.as_secs());
+        self.blocking(move |db| db.refresh_due(until, limit)).await
+    }
+
     /// Number of sessions in the file.
     pub async fn count(&self) -> Result<u64, StoreError> {
         self.blocking(|db| db.count()).await
     }
+}
+
+/// The refresh index entry of a ticket: its access-token expiry, when it can be refreshed.
+fn refresh_at(ticket: &Ticket) -> Option<u64> {
+    ticket
+        .tokens
+        .refresh_token
+        .as_ref()
+        .and(ticket.tokens.access_expires_at)
 }
 
 fn aad(format: u8, id: SessionId) -> [u8; 41] {
@@ -622,5 +679,77 @@ mod tests {
             store.retrieve(&key, Activity::Use).await.expect("retrieve");
         }
         assert_eq!(store.flush_touches().await.expect("flush"), 1);
+    }
+
+    #[tokio::test]
+    async fn eviction_removes_idle_and_expired_sessions_but_not_recently_used_ones() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let idle = store.store(fixture.ticket("idle")).await.expect("store");
+        let used = store.store(fixture.ticket("used")).await.expect("store");
+        fixture.clock.advance(Duration::from_secs(3_000));
+        // Used just now: the touch is still pending in memory when the sweep starts.
+        assert!(
+            store
+                .retrieve(&used, Activity::Use)
+                .await
+                .expect("retrieve")
+                .is_some()
+        );
+        fixture.clock.advance(Duration::from_secs(700));
+        assert_eq!(store.evict_expired(1).await.expect("evict"), 1);
+        assert_eq!(store.count().await.expect("count"), 1);
+        assert!(peek(&store, &idle).await.is_none());
+        assert!(peek(&store, &used).await.is_some());
+        // Past the absolute lifetime, use does not help.
+        for _ in 0..30 {
+            fixture.clock.advance(Duration::from_secs(3_000));
+            let _ = store
+                .retrieve(&used, Activity::Use)
+                .await
+                .expect("retrieve");
+        }
+        assert_eq!(
+            store.evict_expired(100).await.expect("evict"),
+            0,
+            "removed on lookup"
+        );
+        assert_eq!(store.count().await.expect("count"), 0);
+    }
+
+    #[tokio::test]
+    async fn eviction_works_through_many_batches() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let tickets: Vec<Ticket> = (0..25).map(|_| fixture.ticket("t")).collect();
+        store.store_batch(tickets).await.expect("batch");
+        fixture.clock.advance(Duration::from_secs(3_601));
+        assert_eq!(store.evict_expired(4).await.expect("evict"), 25);
+        assert_eq!(store.count().await.expect("count"), 0);
+    }
+
+    #[tokio::test]
+    async fn refresh_candidates_follow_the_access_token_expiry() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let key = store.store(fixture.ticket("a")).await.expect("store");
+        let soon = store
+            .refresh_candidates(Duration::from_secs(120), 10)
+            .await
+            .expect("candidates");
+        assert!(soon.is_empty(), "expires in 300 s");
+        let later = store
+            .refresh_candidates(Duration::from_secs(300), 10)
+            .await
+            .expect("candidates");
+        assert_eq!(later, vec![key.id()]);
+        let mut renewed = fixture.ticket("b");
+        renewed.tokens.access_expires_at = Some(fixture.clock.unix_now() + 3_600);
+        assert!(store.renew(key.id(), renewed).await.expect("renew"));
+        let after = store
+            .refresh_candidates(Duration::from_secs(300), 10)
+            .await
+            .expect("candidates");
+        assert!(after.is_empty(), "the index moved with the renewed expiry");
     }
 }

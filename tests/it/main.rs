@@ -5,6 +5,7 @@ mod cli; // the binary's flags: bad values fail fast with exit 64 and the flag n
 mod conformance; // the OpenID Foundation RP test plan cases that apply to a code-flow client
 mod discovery; // provider down at start, issuer mismatch in discovery
 mod hardening; // hostile clients: limits, smuggling, slowloris
+mod lifecycle; // background refresh sweep: ahead of need, rotation, dead grants, outages
 mod login; // the whole flow: isAuth, login, user, logout, cookies, no token leaks, restart
 mod proxy; // token relay: bearer, header hygiene, 401/403 first, 502/504, path tricks
 mod refresh; // on-demand refresh: single flight, rotation, invalid_grant, outages

@@ -180,10 +180,19 @@ struct State {
     sid_counter: u64,
 }
 
+/// Token-endpoint load, measured outside the state lock.
+#[derive(Default)]
+struct Gauges {
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
 /// The running provider.
 pub struct FakeProvider {
     pub issuer: String,
     state: Arc<Mutex<State>>,
+    gauges: Arc<Gauges>,
     clock: Arc<ManualClock>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -242,8 +251,10 @@ impl FakeProvider {
             token_ttl: 300,
             ..State::default()
         }));
+        let gauges: Arc<Gauges> = Arc::default();
         let task = tokio::spawn({
             let state = Arc::clone(&state);
+            let gauges = Arc::clone(&gauges);
             let clock = Arc::clone(&clock);
             let issuer = issuer.clone();
             async move {
@@ -252,6 +263,7 @@ impl FakeProvider {
                         return;
                     };
                     let state = Arc::clone(&state);
+                    let gauges = Arc::clone(&gauges);
                     let clock = Arc::clone(&clock);
                     let issuer = issuer.clone();
                     let tls = tls.clone();
@@ -259,10 +271,10 @@ impl FakeProvider {
                         match tls {
                             Some(acceptor) => {
                                 if let Ok(stream) = acceptor.accept(tcp).await {
-                                    serve_connection(stream, state, clock, issuer).await;
+                                    serve_connection(stream, state, gauges, clock, issuer).await;
                                 }
                             }
-                            None => serve_connection(tcp, state, clock, issuer).await,
+                            None => serve_connection(tcp, state, gauges, clock, issuer).await,
                         }
                     });
                 }
@@ -271,6 +283,7 @@ impl FakeProvider {
         Self {
             issuer,
             state,
+            gauges,
             clock,
             task,
         }
@@ -392,6 +405,28 @@ impl FakeProvider {
         self.with(|s| s.issued_secrets.clone())
     }
 
+    /// Slows every token request down (so that concurrency can be observed).
+    pub fn set_token_delay(&self, delay: std::time::Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.gauges
+            .delay_ms
+            .store(millis, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The most token requests that were in flight at once.
+    pub fn max_concurrent_token_requests(&self) -> usize {
+        self.gauges
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Forgets the concurrency seen so far.
+    pub fn reset_max_concurrency(&self) {
+        self.gauges
+            .max_in_flight
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The most recent access token issued.
     pub fn last_access_token(&self) -> String {
         self.with(|s| {
@@ -421,6 +456,7 @@ impl FakeProvider {
 async fn serve_connection<I>(
     io: I,
     state: Arc<Mutex<State>>,
+    gauges: Arc<Gauges>,
     clock: Arc<ManualClock>,
     issuer: String,
 ) where
@@ -428,9 +464,26 @@ async fn serve_connection<I>(
 {
     let service = service_fn(move |request: Request<Incoming>| {
         let state = Arc::clone(&state);
+        let gauges = Arc::clone(&gauges);
         let clock = Arc::clone(&clock);
         let issuer = issuer.clone();
-        async move { Ok::<_, Infallible>(handle(request, &state, &clock, &issuer).await) }
+        async move {
+            use std::sync::atomic::Ordering;
+            let is_token = request.uri().path() == "/token";
+            if is_token {
+                let now = gauges.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                gauges.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                let delay = gauges.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
+            }
+            let response = handle(request, &state, &clock, &issuer).await;
+            if is_token {
+                gauges.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), service)
