@@ -108,6 +108,11 @@ impl Auth {
         }
     }
 
+    /// The ticket store.
+    pub fn tickets(&self) -> &TicketStore {
+        &self.tickets
+    }
+
     /// The session cookie settings.
     pub fn cookie(&self) -> &CookieConfig {
         &self.cookie
@@ -397,6 +402,46 @@ impl Auth {
         self.expire_session_cookie(&mut response);
         Ok(response)
     }
+}
+
+/// `POST /backchannel-logout` (form field `logout_token`): ends the sessions the provider names.
+/// 200 on success; 400 with `Cache-Control: no-store` for anything else (spec §2.8).
+pub async fn backchannel_logout(
+    verifier: &crate::logout::LogoutVerifier,
+    tickets: &TicketStore,
+    form: &[u8],
+) -> Result<Response<Body>, HttpError> {
+    let invalid = |detail: String| {
+        HttpError::client(StatusCode::BAD_REQUEST, "invalid_request")
+            .json()
+            .with_detail(detail)
+    };
+    let tokens: Vec<String> = url::form_urlencoded::parse(form)
+        .filter(|(key, _)| key == "logout_token")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    let [token] = tokens.as_slice() else {
+        return Err(invalid(
+            "exactly one logout_token form field is required".into(),
+        ));
+    };
+    let target = verifier
+        .verify(token)
+        .await
+        .map_err(|error| invalid(error.to_string()))?;
+    let removed = match (&target.sid, &target.sub) {
+        (Some(sid), _) => tickets.remove_by_provider_sid(sid).await?,
+        (None, Some(sub)) => tickets.remove_by_subject(sub).await?,
+        (None, None) => 0,
+    };
+    tracing::info!(
+        removed,
+        by_sid = target.sid.is_some(),
+        "back-channel logout"
+    );
+    let mut response = reply::text(StatusCode::OK, "");
+    *response.body_mut() = reply::full(bytes::Bytes::new());
+    Ok(response)
 }
 
 /// Requires `X-CSRF: 1`: a custom header forces a CORS preflight, which cross-site pages fail.

@@ -699,7 +699,12 @@ const RESERVED_AUTH_PARAMS: &[&str] = &[
 fn is_reserved_path(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/login" | "/logout" | "/healthz" | "/api/isAuth" | "/api/user"
+        "/" | "/login"
+            | "/logout"
+            | "/healthz"
+            | "/api/isAuth"
+            | "/api/user"
+            | "/backchannel-logout"
     )
 }
 

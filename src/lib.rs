@@ -12,6 +12,7 @@ pub mod cookies;
 pub mod error;
 pub mod flow;
 pub mod http_client;
+pub mod logout;
 pub mod oidc;
 pub mod proxy;
 pub mod refresh;
@@ -132,15 +133,16 @@ pub async fn run(
         config.cookie.clone(),
         Arc::clone(&deps.clock),
     );
-    let gateway = Arc::new(Gateway::new(
+    let gateway = Arc::new(Gateway {
         auth,
-        Arc::clone(&provider),
+        logout: logout::LogoutVerifier::new(Arc::clone(&provider), Arc::clone(&deps.clock)),
+        provider: Arc::clone(&provider),
         refresher,
         proxy,
         spa,
-        config.oidc.callback_path.clone(),
-        config.limits.max_uri_bytes,
-    ));
+        callback_path: config.oidc.callback_path.clone(),
+        max_uri_bytes: config.limits.max_uri_bytes,
+    });
     let flusher = tokio::spawn({
         let tickets = Arc::clone(&tickets);
         async move {

@@ -69,7 +69,7 @@ pub type Metadata = ProviderMetadata<
 
 /// Signature algorithms accepted for ID tokens: asymmetric only. HMAC would let anyone who
 /// knows a "key" from the public JWKS forge tokens; `none` is not a signature.
-const ACCEPTED_ALGS: [CoreJwsSigningAlgorithm; 9] = [
+pub(crate) const ACCEPTED_ALGS: [CoreJwsSigningAlgorithm; 9] = [
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
@@ -656,6 +656,28 @@ impl Provider {
             }
         }
         request.body(form.finish().into_bytes()).ok()
+    }
+
+    /// The provider's current signing keys, once discovered.
+    pub fn signing_keys(&self) -> Option<CoreJsonWebKeySet> {
+        let discovered = self.discovered()?;
+        let keys = discovered
+            .jwks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        Some(keys)
+    }
+
+    /// Fetches the signing keys again (after a rotation), sharing one fetch between callers.
+    pub async fn refetch_signing_keys(&self) -> Result<CoreJsonWebKeySet, OidcError> {
+        let discovered = self.ready()?;
+        let seen = discovered
+            .jwks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        self.refetch_jwks(&discovered, &seen).await
     }
 
     /// The provider's end-session URL for RP-initiated logout, when it has one.

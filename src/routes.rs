@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::auth::Auth;
@@ -17,42 +18,43 @@ use crate::reply::{self, Body, add_security_headers};
 use crate::spa::Spa;
 
 /// Paths the gateway answers itself (the callback path is configurable and checked apart).
-const OWN_PATHS: &[&str] = &["/api/isAuth", "/api/user", "/login", "/logout", "/healthz"];
+const OWN_PATHS: &[&str] = &[
+    "/api/isAuth",
+    "/api/user",
+    "/login",
+    "/logout",
+    "/healthz",
+    BACKCHANNEL_LOGOUT,
+];
+
+/// Where the provider posts logout tokens (register public URL + this path).
+pub const BACKCHANNEL_LOGOUT: &str = "/backchannel-logout";
+
+/// Largest logout-token form accepted.
+const MAX_LOGOUT_FORM: usize = 64 * 1024;
 
 /// Everything a request can reach.
 #[derive(Debug)]
 pub struct Gateway {
-    auth: Auth,
-    provider: Arc<Provider>,
-    refresher: Arc<Refresher>,
-    proxy: Proxy,
-    spa: Option<Spa>,
-    callback_path: String,
-    max_uri_bytes: usize,
+    /// Sign-in and sign-out handlers.
+    pub(crate) auth: Auth,
+    /// The provider client (for readiness).
+    pub(crate) provider: Arc<Provider>,
+    /// On-demand refresh for proxied calls.
+    pub(crate) refresher: Arc<Refresher>,
+    /// The token-relay proxy.
+    pub(crate) proxy: Proxy,
+    /// The SPA's files, when served.
+    pub(crate) spa: Option<Spa>,
+    /// Back-channel logout token checks.
+    pub(crate) logout: crate::logout::LogoutVerifier,
+    /// The configured callback path.
+    pub(crate) callback_path: String,
+    /// Longest request target.
+    pub(crate) max_uri_bytes: usize,
 }
 
 impl Gateway {
-    /// The router over its handlers.
-    pub fn new(
-        auth: Auth,
-        provider: Arc<Provider>,
-        refresher: Arc<Refresher>,
-        proxy: Proxy,
-        spa: Option<Spa>,
-        callback_path: String,
-        max_uri_bytes: usize,
-    ) -> Self {
-        Self {
-            auth,
-            provider,
-            refresher,
-            proxy,
-            spa,
-            callback_path,
-            max_uri_bytes,
-        }
-    }
-
     /// Answers one request. Never panics and never fails: errors become responses here.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let mut response = match self.route(request, peer).await {
@@ -96,6 +98,9 @@ impl Gateway {
             }
             return Err(HttpError::client(StatusCode::NOT_FOUND, "not found"));
         }
+        if path == BACKCHANNEL_LOGOUT {
+            return self.backchannel_logout(request).await;
+        }
         if request.method() != Method::GET {
             let mut response =
                 HttpError::client(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -127,6 +132,31 @@ impl Gateway {
             "/healthz" => Ok(self.health()),
             _ => self.auth.callback(request).await,
         }
+    }
+
+    async fn backchannel_logout(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, HttpError> {
+        if request.method() != Method::POST {
+            let mut response =
+                HttpError::client(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                    .into_response();
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return Ok(response);
+        }
+        let form = Limited::new(request.into_body(), MAX_LOGOUT_FORM)
+            .collect()
+            .await
+            .map_err(|_| {
+                HttpError::client(StatusCode::BAD_REQUEST, "invalid_request")
+                    .json()
+                    .with_detail("logout form too large or broken off")
+            })?
+            .to_bytes();
+        crate::auth::backchannel_logout(&self.logout, self.auth.tickets(), &form).await
     }
 
     fn health(&self) -> Response<Body> {

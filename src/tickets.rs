@@ -380,6 +380,35 @@ impl TicketStore {
         Ok(count)
     }
 
+    /// Removes every session of a provider session id (back-channel logout by `sid`); returns
+    /// how many.
+    pub async fn remove_by_provider_sid(&self, sid: &str) -> Result<usize, StoreError> {
+        let hash = self.keyer.hash("sid", sid.as_bytes());
+        let ids = self.blocking(move |db| db.by_provider_sid(hash)).await?;
+        self.remove_all(ids).await
+    }
+
+    /// Removes every session of a subject (back-channel logout by `sub`); returns how many.
+    pub async fn remove_by_subject(&self, subject: &str) -> Result<usize, StoreError> {
+        let hash = self.keyer.hash("sub", subject.as_bytes());
+        let ids = self.blocking(move |db| db.by_subject(hash)).await?;
+        self.remove_all(ids).await
+    }
+
+    async fn remove_all(&self, ids: Vec<SessionId>) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut pending = self.pending();
+            for id in &ids {
+                self.cache.invalidate(*id);
+                pending.remove(id);
+            }
+        }
+        self.blocking(move |db| db.remove_many(&ids)).await
+    }
+
     /// Removes every session past its deadline, in batches of `batch` (one transaction each),
     /// reading only the due part of the deadline index; returns how many were removed.
     pub async fn evict_expired(&self, batch: usize) -> Result<usize, StoreError> {

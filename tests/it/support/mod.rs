@@ -14,7 +14,7 @@ use oidc_bff::clock::ManualClock;
 
 pub use browser::Browser;
 pub use gateway::TestGateway;
-pub use provider::{Alg, FakeProvider, RefreshFailure, Tamper};
+pub use provider::{Alg, FakeProvider, LogoutSpec, RefreshFailure, Tamper};
 pub use upstream::Upstream;
 
 /// A provider and a gateway sharing one manual clock.

@@ -139,6 +139,36 @@ pub enum Tamper {
     IssuedInFuture,
 }
 
+/// A back-channel logout token to sign, and how to spoil it.
+#[derive(Clone, Debug)]
+pub struct LogoutSpec {
+    pub sid: Option<String>,
+    pub sub: Option<String>,
+    pub aud: Value,
+    pub iss: Option<String>,
+    pub jti: String,
+    pub with_events: bool,
+    pub with_nonce: bool,
+    pub bad_signature: bool,
+    pub iat_offset: i64,
+}
+
+impl Default for LogoutSpec {
+    fn default() -> Self {
+        Self {
+            sid: None,
+            sub: Some(USER_SUB.into()),
+            aud: json!(CLIENT_ID),
+            iss: None,
+            jti: random_token("jti-"),
+            with_events: true,
+            with_nonce: false,
+            bad_signature: false,
+            iat_offset: 0,
+        }
+    }
+}
+
 /// What the token endpoint does with the next refresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefreshFailure {
@@ -425,6 +455,52 @@ impl FakeProvider {
         self.gauges
             .max_in_flight
             .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The provider session id of the most recent login.
+    pub fn last_sid(&self) -> String {
+        self.with(|s| format!("sid-{}", s.sid_counter))
+    }
+
+    /// A logout token signed with the current signing key.
+    pub fn logout_token(&self, spec: &LogoutSpec) -> String {
+        let now = i64::try_from(self.clock.unix_now()).expect("time") + spec.iat_offset;
+        let mut claims = json!({
+            "iss": spec.iss.clone().unwrap_or_else(|| self.issuer.clone()),
+            "aud": spec.aud,
+            "iat": now,
+            "exp": now + 120,
+            "jti": spec.jti,
+        });
+        if spec.with_events {
+            claims["events"] = json!({"http://schemas.openid.net/event/backchannel-logout": {}});
+        }
+        if spec.with_nonce {
+            claims["nonce"] = json!("n-0S6_WzA2Mj");
+        }
+        if let Some(sid) = &spec.sid {
+            claims["sid"] = json!(sid);
+        }
+        if let Some(sub) = &spec.sub {
+            claims["sub"] = json!(sub);
+        }
+        self.with(|s| {
+            let key = &s.keys[s.signing];
+            let mut header = json!({"alg": key.alg(), "typ": "logout+jwt"});
+            if let Some(kid) = &key.kid {
+                header["kid"] = json!(kid);
+            }
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let mut signature = key.sign(input.as_bytes());
+            if spec.bad_signature {
+                signature[0] ^= 0x55;
+            }
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+        })
     }
 
     /// The most recent access token issued.
