@@ -41,6 +41,93 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(Box<ServeArgs>),
+    /// Inspect and revoke sessions (through the running server's admin socket, or the file
+    /// directly when the server is stopped). Never prints tokens.
+    Sessions(SessionsArgs),
+}
+
+/// Flags of `oidc-bff sessions`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SessionsAction,
+
+    /// The gateway's data directory [default: $STATE_DIRECTORY when set, else ./oidc-bff-data].
+    #[arg(long, env = "OIDC_BFF_DATA_DIR", value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// The running gateway's admin socket [default: <data dir>/admin.sock].
+    #[arg(
+        long,
+        env = "OIDC_BFF_ADMIN_SOCKET",
+        value_name = "PATH",
+        global = true
+    )]
+    pub admin_socket: Option<PathBuf>,
+
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Session commands.
+#[derive(Debug, Subcommand)]
+pub enum SessionsAction {
+    /// List sessions, oldest first.
+    List {
+        /// How many at most.
+        #[arg(long, default_value = "100")]
+        limit: usize,
+    },
+    /// Show one session (its claims and times; never its tokens).
+    Show {
+        /// The session id, as `list --json` prints it.
+        id: String,
+    },
+    /// End sessions: one by id, or all of a subject, of a provider sid, or every one.
+    Revoke {
+        /// The session id, as `list --json` prints it.
+        #[arg(required_unless_present_any = ["sub", "sid", "all"], conflicts_with_all = ["sub", "sid", "all"])]
+        id: Option<String>,
+        /// Every session of this subject.
+        #[arg(long, conflicts_with_all = ["sid", "all"])]
+        sub: Option<String>,
+        /// Every session of this provider session id.
+        #[arg(long, conflicts_with = "all")]
+        sid: Option<String>,
+        /// Every session.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Number of sessions, the oldest one, and the database file size.
+    Stats,
+}
+
+impl SessionsAction {
+    /// The admin request this action sends.
+    pub fn request(&self) -> crate::admin::AdminRequest {
+        use crate::admin::{AdminRequest, RevokeTarget};
+        match self {
+            SessionsAction::List { limit } => AdminRequest::List { limit: *limit },
+            SessionsAction::Show { id } => AdminRequest::Show { id: id.clone() },
+            SessionsAction::Revoke { id, sub, sid, all } => AdminRequest::Revoke {
+                target: match (id, sub, sid, all) {
+                    (Some(id), _, _, _) => RevokeTarget::Id(id.clone()),
+                    (_, Some(sub), _, _) => RevokeTarget::Sub(sub.clone()),
+                    (_, _, Some(sid), _) => RevokeTarget::Sid(sid.clone()),
+                    _ => RevokeTarget::All,
+                },
+            },
+            SessionsAction::Stats => AdminRequest::Stats,
+        }
+    }
+}
+
+/// The data directory: the flag, else systemd's `$STATE_DIRECTORY`, else `./oidc-bff-data`.
+pub fn data_dir(flag: Option<PathBuf>, env: &dyn Environment) -> PathBuf {
+    flag.or_else(|| env.var("STATE_DIRECTORY").map(|dirs| first_path(&dirs)))
+        .unwrap_or_else(|| PathBuf::from("oidc-bff-data"))
 }
 
 /// SameSite attribute of the session cookie.
@@ -144,6 +231,11 @@ pub struct ServeArgs {
     /// else ./oidc-bff-data].
     #[arg(long, env = "OIDC_BFF_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Unix socket for `oidc-bff sessions` while the server runs (mode 0600)
+    /// [default: <data dir>/admin.sock].
+    #[arg(long, env = "OIDC_BFF_ADMIN_SOCKET", value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
 
     /// Ticket encryption key file [default: <data dir>/ticket.key, generated on first start].
     #[arg(long, env = "OIDC_BFF_TICKET_KEY_FILE", value_name = "PATH")]
@@ -349,6 +441,8 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     /// Background sweeps.
     pub sweeps: crate::sweeper::SweepConfig,
+    /// The admin socket for `oidc-bff sessions`.
+    pub admin_socket: PathBuf,
 }
 
 /// Provider settings.
@@ -590,11 +684,11 @@ impl ServeArgs {
             }
         }
 
-        let data_dir = self
-            .data_dir
+        let data_dir = data_dir(self.data_dir.clone(), env);
+        let admin_socket = self
+            .admin_socket
             .clone()
-            .or_else(|| env.var("STATE_DIRECTORY").map(|dirs| first_path(&dirs)))
-            .unwrap_or_else(|| PathBuf::from("oidc-bff-data"));
+            .unwrap_or_else(|| data_dir.join("admin.sock"));
         let ticket_key_file = self
             .ticket_key_file
             .clone()
@@ -637,6 +731,7 @@ impl ServeArgs {
                 ticket_key_file,
                 db_cache_bytes: self.db_cache,
             },
+            admin_socket,
             session: SessionPolicy {
                 idle_timeout: self.idle_timeout,
                 lifetime: self.session_lifetime,
@@ -897,7 +992,9 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv)?;
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else {
+            panic!("serve expected");
+        };
         Ok(*serve)
     }
 
@@ -979,7 +1076,9 @@ mod tests {
         ] {
             let mut argv = base.to_vec();
             argv.push(issuer);
-            let Command::Serve(serve) = Cli::try_parse_from(argv).expect("parse").command;
+            let Command::Serve(serve) = Cli::try_parse_from(argv).expect("parse").command else {
+                panic!("serve expected");
+            };
             assert_eq!(serve.resolve(&no_env()).is_ok(), ok, "{issuer}");
         }
     }

@@ -4,6 +4,7 @@
 //! This file is wiring only: it lists the modules and assembles them in [`run`]. Dependencies
 //! point inward: `routes → auth → refresh → oidc / tickets → cache / store`.
 
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod clock;
@@ -164,6 +165,15 @@ pub async fn run(
         config.sweeps,
     ));
     let eviction_sweeps = tokio::spawn(sweeper::eviction_loop(Arc::clone(&tickets), config.sweeps));
+    let admin_socket = tokio::spawn({
+        let (path, tickets) = (config.admin_socket.clone(), Arc::clone(&tickets));
+        let database = config.storage.database_path();
+        async move {
+            if let Err(error) = admin::serve_socket(path.clone(), tickets, database).await {
+                tracing::error!(socket = %path.display(), %error, "admin socket stopped");
+            }
+        }
+    });
 
     tracing::info!(
         listen = %config.listen,
@@ -185,6 +195,8 @@ pub async fn run(
     flusher.abort();
     refresh_sweeps.abort();
     eviction_sweeps.abort();
+    admin_socket.abort();
+    let _ = std::fs::remove_file(&config.admin_socket);
     let flushed = tickets.flush_touches().await?;
     tracing::info!(flushed, "stopped; pending last-access times written");
     Ok(())

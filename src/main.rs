@@ -27,7 +27,82 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Sessions(args) => sessions(args),
     }
+}
+
+fn sessions(args: oidc_bff::config::SessionsArgs) -> ExitCode {
+    let request = args.action.request();
+    let data_dir = oidc_bff::config::data_dir(args.data_dir, &ProcessEnvironment);
+    let socket = args
+        .admin_socket
+        .unwrap_or_else(|| data_dir.join("admin.sock"));
+    let answer = match oidc_bff::admin::ask_server(&socket, &request) {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => local_sessions(&data_dir, request.clone()),
+        Err(error) => Err(error),
+    };
+    match answer {
+        Ok(value) if args.json => {
+            println!("{value}");
+            ExitCode::SUCCESS
+        }
+        Ok(value) => {
+            print!("{}", oidc_bff::admin::render(&request, &value));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("oidc-bff: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a session command on the file itself, when no server is running.
+fn local_sessions(
+    data_dir: &std::path::Path,
+    request: oidc_bff::admin::AdminRequest,
+) -> Result<serde_json::Value, String> {
+    let storage = oidc_bff::config::StorageConfig {
+        data_dir: data_dir.to_owned(),
+        ticket_key_file: data_dir.join("ticket.key"),
+        db_cache_bytes: 16 << 20,
+    };
+    let database = storage.database_path();
+    if !database.is_file() {
+        return Err(format!("no session database at {}", database.display()));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())?;
+    runtime.block_on(async {
+        // Expiry is not judged here: the policy only matters to lookups, which these commands
+        // do not make.
+        let policy = oidc_bff::session::SessionPolicy {
+            idle_timeout: std::time::Duration::from_secs(u64::from(u32::MAX)),
+            lifetime: std::time::Duration::from_secs(u64::from(u32::MAX)),
+            refresh_skew: std::time::Duration::ZERO,
+        };
+        let cache = oidc_bff::cache::CachePolicy {
+            capacity: std::num::NonZeroUsize::MIN,
+            sliding: std::time::Duration::ZERO,
+            absolute: std::time::Duration::ZERO,
+        };
+        let (tickets, _) = oidc_bff::tickets::open_data_dir(
+            &storage,
+            cache,
+            policy,
+            std::sync::Arc::new(SystemClock),
+        )
+        .map_err(|error| {
+            format!(
+                "{} (is the server running with another --admin-socket?)",
+                anyhow::Error::from(error)
+            )
+        })?;
+        oidc_bff::admin::execute(&tickets, &database, request).await
+    })
 }
 
 fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {

@@ -365,6 +365,39 @@ impl SessionDb {
         Ok(due)
     }
 
+    /// Up to `limit` sessions in creation order, starting after `after`: id, metadata and the
+    /// sealed record (for the admin listing).
+    pub fn list(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Vec<(SessionId, Record)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+        let start = after.map_or((0, [0u8; 32]), key);
+        let mut rows = Vec::new();
+        for entry in sessions.range(start..).map_err(db_error)? {
+            let (entry_key, value) = entry.map_err(db_error)?;
+            let (created_ms, hash) = entry_key.value();
+            let id = id_of(created_ms, hash);
+            if Some(id) == after {
+                continue;
+            }
+            let (meta, sealed) = split_row(id, value.value())?;
+            rows.push((
+                id,
+                Record {
+                    sealed: sealed.to_vec(),
+                    meta,
+                },
+            ));
+            if rows.len() == limit {
+                break;
+            }
+        }
+        Ok(rows)
+    }
+
     /// Up to `limit` refreshable sessions whose access token expires at or before `until`,
     /// soonest first.
     pub fn refresh_due(&self, until: u64, limit: usize) -> Result<Vec<SessionId>, StoreError> {

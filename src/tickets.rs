@@ -455,6 +455,28 @@ impl TicketStore {
         self.blocking(move |db| db.refresh_due(until, limit)).await
     }
 
+    /// Up to `limit` sessions in creation order after `after`, opened (for the admin commands).
+    /// Records that do not open are listed without a ticket.
+    pub async fn list(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<Vec<(SessionId, Meta, Option<Ticket>)>, StoreError> {
+        let rows = self.blocking(move |db| db.list(after, limit)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, record)| {
+                let ticket = self.open(id, &record.sealed);
+                (id, record.meta, ticket)
+            })
+            .collect())
+    }
+
+    /// Removes these sessions (admin revocation); returns how many existed.
+    pub async fn remove_ids(&self, ids: Vec<SessionId>) -> Result<usize, StoreError> {
+        self.remove_all(ids).await
+    }
+
     /// Number of sessions in the file.
     pub async fn count(&self) -> Result<u64, StoreError> {
         self.blocking(|db| db.count()).await

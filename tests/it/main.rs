@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway over real TLS with a real redb file, against an
 //! in-process fake OpenID provider, with time controlled by a shared manual clock.
 
+mod admin; // oidc-bff sessions: over the admin socket, and on the file when stopped
 mod backchannel; // back-channel logout by sid and sub, and every refused token
 mod cli; // the binary's flags: bad values fail fast with exit 64 and the flag named
 mod conformance; // the OpenID Foundation RP test plan cases that apply to a code-flow client

@@ -172,6 +172,8 @@ fn config(
     .map(|s| s.to_string())
     .collect();
     argv.extend(extra.iter().cloned());
-    let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags").command;
+    let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags").command else {
+        panic!("serve expected");
+    };
     args.resolve(&TestEnvironment).expect("config")
 }

@@ -1,0 +1,316 @@
+//! Session administration for operators: `oidc-bff sessions list|show|revoke|stats`.
+//!
+//! redb allows one process per file, so while the server runs the command talks to it over a
+//! Unix socket in the data directory (mode 0600; the peer must be the socket's owner or root);
+//! when the server is stopped, the command opens the file itself. Both paths run the same
+//! [`execute`]. Nothing here ever prints a token: listings show ids, subjects, names and times.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use crate::session::SessionId;
+use crate::tickets::TicketStore;
+
+/// Largest request line accepted on the socket.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// A command, as sent over the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum AdminRequest {
+    /// The first `limit` sessions, oldest first.
+    List {
+        /// How many.
+        limit: usize,
+    },
+    /// One session.
+    Show {
+        /// Its id (80 hex digits, as `list` prints it).
+        id: String,
+    },
+    /// End sessions.
+    Revoke {
+        /// Which.
+        target: RevokeTarget,
+    },
+    /// Count, oldest session, file size.
+    Stats,
+}
+
+/// Which sessions a revocation ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokeTarget {
+    /// One session by id.
+    Id(String),
+    /// Every session of a subject.
+    Sub(String),
+    /// Every session of a provider session id.
+    Sid(String),
+    /// Every session.
+    All,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn parse_id(text: &str) -> Result<SessionId, String> {
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|at| {
+            text.get(at..at + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| format!("{text:?} is not a session id (80 hex digits)"))?;
+    let bytes: [u8; 40] = bytes
+        .try_into()
+        .map_err(|_| format!("{text:?} is not a session id (80 hex digits)"))?;
+    let mut created = [0u8; 8];
+    created.copy_from_slice(&bytes[..8]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[8..]);
+    Ok(SessionId {
+        created_ms: u64::from_be_bytes(created),
+        hash,
+    })
+}
+
+/// Runs a command against a store; the answer is JSON, errors are plain text.
+pub async fn execute(
+    tickets: &TicketStore,
+    database: &Path,
+    request: AdminRequest,
+) -> Result<Value, String> {
+    let failed = |error: crate::store::StoreError| crate::oidc::error_chain(&error);
+    match request {
+        AdminRequest::List { limit } => {
+            let rows = tickets.list(None, limit).await.map_err(failed)?;
+            Ok(Value::Array(
+                rows.into_iter()
+                    .map(|(id, meta, ticket)| summary(id, &meta, ticket.as_ref()))
+                    .collect(),
+            ))
+        }
+        AdminRequest::Show { id } => {
+            let id = parse_id(&id)?;
+            let rows = tickets
+                .list(
+                    Some(SessionId {
+                        created_ms: id.created_ms,
+                        hash: [0; 32],
+                    }),
+                    64,
+                )
+                .await
+                .map_err(failed)?;
+            let (id, meta, ticket) = rows
+                .into_iter()
+                .find(|(found, _, _)| *found == id)
+                .ok_or_else(|| "no such session".to_owned())?;
+            let mut value = summary(id, &meta, ticket.as_ref());
+            if let Some(id_token) = ticket.as_ref().and_then(|t| t.tokens.id_token.as_ref()) {
+                value["claims"] = Value::Object(crate::oidc::user_claims(id_token.expose()));
+            }
+            Ok(value)
+        }
+        AdminRequest::Revoke { target } => {
+            let removed = match target {
+                RevokeTarget::Id(id) => tickets.remove_ids(vec![parse_id(&id)?]).await,
+                RevokeTarget::Sub(sub) => tickets.remove_by_subject(&sub).await,
+                RevokeTarget::Sid(sid) => tickets.remove_by_provider_sid(&sid).await,
+                RevokeTarget::All => {
+                    let mut removed = 0;
+                    loop {
+                        let page = tickets.list(None, 1_000).await.map_err(failed)?;
+                        if page.is_empty() {
+                            break Ok(removed);
+                        }
+                        let ids = page.into_iter().map(|(id, _, _)| id).collect();
+                        removed += tickets.remove_ids(ids).await.map_err(failed)?;
+                    }
+                }
+            }
+            .map_err(failed)?;
+            Ok(json!({ "revoked": removed }))
+        }
+        AdminRequest::Stats => {
+            let count = tickets.count().await.map_err(failed)?;
+            let oldest = tickets
+                .list(None, 1)
+                .await
+                .map_err(failed)?
+                .first()
+                .map(|(id, _, _)| id.created_ms / 1_000);
+            let file_bytes = std::fs::metadata(database).map(|m| m.len()).unwrap_or(0);
+            Ok(json!({ "sessions": count, "oldestCreated": oldest, "fileBytes": file_bytes }))
+        }
+    }
+}
+
+fn summary(
+    id: SessionId,
+    meta: &crate::store::Meta,
+    ticket: Option<&crate::session::Ticket>,
+) -> Value {
+    let claims = ticket
+        .and_then(|ticket| ticket.tokens.id_token.as_ref())
+        .map(|token| crate::oidc::user_claims(token.expose()))
+        .unwrap_or_default();
+    json!({
+        "id": hex(&id.to_bytes()),
+        "subject": ticket.map(|t| t.subject.clone()),
+        "name": claims.get("name").cloned(),
+        "providerSid": ticket.and_then(|t| t.provider_sid.clone()),
+        "created": id.created_ms / 1_000,
+        "lastAccess": meta.last_access,
+        "expires": meta.deadline,
+        "accessTokenExpires": ticket.and_then(|t| t.tokens.access_expires_at),
+        "refreshable": ticket.is_some_and(|t| t.tokens.refresh_token.is_some()),
+        "readable": ticket.is_some(),
+    })
+}
+
+/// Serves admin commands on a Unix socket until the task is dropped.
+pub async fn serve_socket(
+    path: PathBuf,
+    tickets: Arc<TicketStore>,
+    database: PathBuf,
+) -> std::io::Result<()> {
+    // The data directory is this process's (redb allows no other): a socket file left by a
+    // previous run is stale.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let owner = std::fs::metadata(&path)?.uid();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let peer = stream.peer_cred().map(|cred| cred.uid()).ok();
+        if !peer.is_some_and(|uid| uid == owner || uid == 0) {
+            tracing::warn!(
+                ?peer,
+                "admin socket: refused a connection from another user"
+            );
+            continue;
+        }
+        let tickets = Arc::clone(&tickets);
+        let database = database.clone();
+        tokio::spawn(async move {
+            let (reader, mut writer) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(
+                reader,
+                MAX_REQUEST as u64,
+            ));
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = match serde_json::from_str::<AdminRequest>(&line) {
+                Ok(request) => {
+                    tracing::info!(?request, "admin command");
+                    match execute(&tickets, &database, request).await {
+                        Ok(value) => json!({ "ok": value }),
+                        Err(error) => json!({ "error": error }),
+                    }
+                }
+                Err(error) => json!({ "error": format!("bad request: {error}") }),
+            };
+            let _ = writer.write_all(format!("{answer}\n").as_bytes()).await;
+        });
+    }
+}
+
+/// Sends one command to a running server. `Ok(None)` when no server listens there.
+pub fn ask_server(socket: &Path, request: &AdminRequest) -> Result<Option<Value>, String> {
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(error) => return Err(format!("admin socket {}: {error}", socket.display())),
+    };
+    let line = serde_json::to_string(request).map_err(|error| error.to_string())?;
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(|error| format!("admin socket: {error}"))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|error| format!("admin socket: {error}"))?;
+    let answer: Value =
+        serde_json::from_str(&answer).map_err(|_| "admin socket: no answer".to_owned())?;
+    match (answer.get("ok"), answer.get("error")) {
+        (Some(ok), _) => Ok(Some(ok.clone())),
+        (None, Some(error)) => Err(error.as_str().unwrap_or("error").to_owned()),
+        _ => Err("admin socket: malformed answer".into()),
+    }
+}
+
+/// Renders an answer for people.
+pub fn render(request: &AdminRequest, value: &Value) -> String {
+    match request {
+        AdminRequest::List { .. } => {
+            let mut out = String::from(
+                "ID (prefix)  SUBJECT                  CREATED     LAST USE    EXPIRES\n",
+            );
+            for row in value.as_array().into_iter().flatten() {
+                let id = row["id"].as_str().unwrap_or_default();
+                out.push_str(&format!(
+                    "{:<12} {:<24} {:<11} {:<11} {}\n",
+                    id.get(16..24).unwrap_or(id),
+                    row["subject"].as_str().unwrap_or("(unreadable)"),
+                    row["created"],
+                    row["lastAccess"],
+                    row["expires"],
+                ));
+            }
+            out
+        }
+        AdminRequest::Revoke { .. } => format!("revoked {} session(s)\n", value["revoked"]),
+        _ => format!(
+            "{}\n",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_round_trip_through_hex() {
+        let id = SessionId {
+            created_ms: 1_700_000_000_123,
+            hash: [0xab; 32],
+        };
+        assert_eq!(parse_id(&hex(&id.to_bytes())), Ok(id));
+        assert!(parse_id("zz").is_err());
+        assert!(parse_id(&"a".repeat(79)).is_err());
+    }
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        let request = AdminRequest::Revoke {
+            target: RevokeTarget::Sub("alice".into()),
+        };
+        let text = serde_json::to_string(&request).expect("json");
+        assert_eq!(text, r#"{"command":"revoke","target":{"sub":"alice"}}"#);
+        assert_eq!(
+            serde_json::from_str::<AdminRequest>(&text).expect("parse"),
+            request
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! `oidc-bff sessions …`: through the admin socket while the server runs, on the file when it
+//! is stopped; never a token in the output.
+
+use std::process::Command;
+
+use crate::support::setup;
+
+fn sessions(data_dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
+        .arg("sessions")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+#[tokio::test]
+async fn sessions_are_listed_shown_and_revoked_while_the_server_runs() {
+    let (provider, gateway) = setup(&[]).await;
+    let mut first = gateway.browser();
+    first.login_ok().await;
+    let mut second = gateway.browser();
+    second.login_ok().await;
+    let dir = gateway.data_dir.path().to_owned();
+    let socket = dir.join("admin.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket).expect("socket").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || sessions(&dir, &["list", "--json"])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0, "{err}");
+    let list = json(&out);
+    assert_eq!(list.as_array().expect("array").len(), 2);
+    assert_eq!(list[0]["subject"], "alice");
+    assert_eq!(list[0]["name"], "Alice Example");
+    for secret in provider.issued_secrets() {
+        assert!(!out.contains(&secret), "a token was printed");
+    }
+    let id = list[0]["id"].as_str().expect("id").to_owned();
+
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || sessions(&dir, &["show", &id])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["claims"]["email"], "alice@example.com");
+    for secret in provider.issued_secrets() {
+        assert!(!out.contains(&secret), "a token was printed");
+    }
+
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || sessions(&dir, &["stats", "--json"])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["sessions"], 2);
+
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || sessions(&dir, &["revoke", "--sub", "alice"])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "revoked 2 session(s)");
+    assert!(!first.is_auth().await, "revoked through the running server");
+    assert!(!second.is_auth().await);
+}
+
+#[tokio::test]
+async fn with_the_server_stopped_the_file_is_used_directly() {
+    let (_provider, mut gateway) = setup(&[]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    gateway.stop().await;
+    let dir = gateway.data_dir.path().to_owned();
+    assert!(
+        !dir.join("admin.sock").exists(),
+        "the socket is removed at shutdown"
+    );
+    let (code, out, err) = sessions(&dir, &["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["sessions"], 1);
+    let (code, out, _) = sessions(&dir, &["revoke", "--all", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["revoked"], 1);
+    let (_, out, _) = sessions(&dir, &["stats", "--json"]);
+    assert_eq!(json(&out)["sessions"], 0);
+    let (code, _, err) = sessions(&dir.join("missing"), &["stats"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no session database"), "{err}");
+}
