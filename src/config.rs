@@ -21,10 +21,20 @@ use crate::session::{Secret, SessionPolicy};
 pub const EXIT_CONFIG: u8 = 64;
 
 /// The `oidc-bff` command line.
+/// The version `--version` prints: the package version and the commit it was built from
+/// (`OIDC_BFF_COMMIT` at build time; the packaging script sets it from git).
+pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("OIDC_BFF_COMMIT").unwrap_or("unknown")
+    )
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "oidc-bff",
-    version,
+    version = VERSION.as_str(),
     about = "Backend-for-Frontend security gateway: OpenID Connect login, server-side sessions, \
              token relay",
     long_about = "oidc-bff keeps every OAuth token server-side. The browser holds only an \

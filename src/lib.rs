@@ -14,6 +14,7 @@ pub mod error;
 pub mod flow;
 pub mod http_client;
 pub mod logout;
+pub mod notify;
 pub mod oidc;
 pub mod proxy;
 pub mod refresh;
@@ -175,6 +176,15 @@ pub async fn run(
         }
     });
 
+    let watchdog = notify::watchdog_interval().map(|interval| {
+        tokio::spawn(async move {
+            loop {
+                notify::notify("WATCHDOG=1");
+                tokio::time::sleep(interval).await;
+            }
+        })
+    });
+    notify::notify("READY=1");
     tracing::info!(
         listen = %config.listen,
         public_url = %config.public_origin,
@@ -182,6 +192,11 @@ pub async fn run(
         data_dir = %config.storage.data_dir.display(),
         "oidc-bff serving"
     );
+    // Tell systemd as soon as the stop begins, before in-flight requests drain.
+    let shutdown = async move {
+        shutdown.await;
+        notify::notify("STOPPING=1");
+    };
     server::serve(
         listener,
         Arc::new(server_tls),
@@ -191,6 +206,9 @@ pub async fn run(
     )
     .await;
 
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     discovery.abort();
     flusher.abort();
     refresh_sweeps.abort();

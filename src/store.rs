@@ -149,6 +149,16 @@ pub struct DuePosition {
     pub id: SessionId,
 }
 
+/// Whether a write transaction is on disk when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Synced before returning (logins, logouts, refreshes).
+    Durable,
+    /// Not synced; a later durable commit (or [`SessionDb::sync`]) makes it so. For sweeps,
+    /// whose work a crash merely postpones.
+    Lazy,
+}
+
 /// A last-access update for one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Touch {
@@ -309,13 +319,16 @@ impl SessionDb {
     /// Removes a session and its index entries, durably. A missing session is not an error
     /// (the seed's RemoveAsync threw); returns whether anything was removed.
     pub fn remove(&self, id: SessionId) -> Result<bool, StoreError> {
-        let removed = self.remove_many(&[id])?;
+        let removed = self.remove_many(&[id], Commit::Durable)?;
         Ok(removed == 1)
     }
 
-    /// Removes several sessions in one durable transaction; returns how many existed.
-    pub fn remove_many(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(db_error)?;
+    /// Removes several sessions in one transaction; returns how many existed.
+    pub fn remove_many(&self, ids: &[SessionId], commit: Commit) -> Result<usize, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_error)?;
+        if commit == Commit::Lazy {
+            txn.set_durability(Durability::None).map_err(db_error)?;
+        }
         let mut removed = 0;
         {
             let mut tables = Tables::open(&txn)?;
@@ -327,6 +340,12 @@ impl SessionDb {
         }
         txn.commit().map_err(db_error)?;
         Ok(removed)
+    }
+
+    /// Makes every earlier lazy commit durable (an empty durable commit).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.commit().map_err(db_error)
     }
 
     /// Up to `limit` sessions whose deadline is at or before `now`, earliest first, starting

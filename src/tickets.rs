@@ -21,7 +21,7 @@ use crate::clock::{Clock, unix_seconds};
 use crate::config::StorageConfig;
 use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
 use crate::session::{SessionId, SessionKey, SessionPolicy, Ticket};
-use crate::store::{Meta, SessionDb, StoreError, Touch};
+use crate::store::{Commit, Meta, SessionDb, StoreError, Touch};
 
 /// Version byte in front of every stored record. Bump it (and keep a decoder for the old one)
 /// when the ticket layout changes, so old sessions keep working across an upgrade.
@@ -406,7 +406,8 @@ impl TicketStore {
                 pending.remove(id);
             }
         }
-        self.blocking(move |db| db.remove_many(&ids)).await
+        self.blocking(move |db| db.remove_many(&ids, Commit::Durable))
+            .await
     }
 
     /// Removes every session past its deadline, in batches of `batch` (one transaction each),
@@ -436,11 +437,18 @@ impl TicketStore {
                 self.cache.invalidate(*id);
             }
             if !ids.is_empty() {
-                removed += self.blocking(move |db| db.remove_many(&ids)).await?;
+                // Lazy commits, one sync at the end: a crash mid-sweep only leaves some expired
+                // sessions for the next sweep, and the sweep writes far less.
+                removed += self
+                    .blocking(move |db| db.remove_many(&ids, Commit::Lazy))
+                    .await?;
             }
             if due.len() < batch {
                 break;
             }
+        }
+        if removed > 0 {
+            self.blocking(|db| db.sync()).await?;
         }
         Ok(removed)
     }

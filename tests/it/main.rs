@@ -12,6 +12,7 @@ mod login; // the whole flow: isAuth, login, user, logout, cookies, no token lea
 mod proxy; // token relay: bearer, header hygiene, 401/403 first, 502/504, path tricks
 mod refresh; // on-demand refresh: single flight, rotation, invalid_grant, outages
 mod rejections; // callback attacks: state, flow cookie, nonce, code reuse, open redirects, iss
+mod signals; // SIGTERM: sd_notify READY/WATCHDOG/STOPPING, clean exit, sessions kept
 mod spa; // the built SPA: files, client routes, caching, precompression, traversal
 mod store_crash; // SIGKILL while writing sessions loses nothing acknowledged
 mod support;

@@ -1,0 +1,134 @@
+//! The binary under a service manager: `READY=1`, watchdog pings and `STOPPING=1` over
+//! `$NOTIFY_SOCKET`, and SIGTERM drains and exits 0 without losing a session.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oidc_bff::clock::ManualClock;
+
+use crate::support::browser::Browser;
+use crate::support::certs::TestCerts;
+use crate::support::provider::{CLIENT_ID, CLIENT_SECRET, FakeProvider};
+
+struct Child {
+    process: tokio::process::Child,
+    notifications: tokio::net::UnixDatagram,
+}
+
+async fn spawn(
+    provider: &FakeProvider,
+    certs: &TestCerts,
+    data: &std::path::Path,
+    port: u16,
+) -> Child {
+    let socket = data.with_extension("notify");
+    let _ = std::fs::remove_file(&socket);
+    let notifications = tokio::net::UnixDatagram::bind(&socket).expect("notify socket");
+    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--public-url",
+            &format!("https://localhost:{port}"),
+            "--issuer",
+            &provider.issuer,
+            "--client-id",
+            CLIENT_ID,
+            "--tls-cert",
+            certs.cert.to_str().expect("utf-8"),
+            "--tls-key",
+            certs.key.to_str().expect("utf-8"),
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ])
+        .env("OIDC_BFF_CLIENT_SECRET", CLIENT_SECRET)
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "200000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the binary");
+    Child {
+        process,
+        notifications,
+    }
+}
+
+impl Child {
+    /// Waits (bounded) for a notification containing `state`.
+    async fn expect(&self, state: &str) {
+        let mut buffer = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let received =
+                tokio::time::timeout_at(deadline, self.notifications.recv(&mut buffer)).await;
+            let length = received
+                .unwrap_or_else(|_| panic!("no {state} within 10 s"))
+                .expect("recv");
+            if String::from_utf8_lossy(&buffer[..length]).contains(state) {
+                return;
+            }
+        }
+    }
+
+    fn terminate(&self) {
+        let pid = self.process.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+#[tokio::test]
+async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    let certs = TestCerts::new();
+    let data = tempfile::tempdir().expect("dir");
+    let data_dir = data.path().join("data");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        probe.local_addr().expect("addr").port()
+    };
+    let mut child = spawn(&provider, &certs, &data_dir, port).await;
+    child.expect("READY=1").await;
+    child.expect("WATCHDOG=1").await;
+
+    let base = format!("https://localhost:{port}");
+    let mut browser = Browser::new(&base, &certs);
+    for _ in 0..100 {
+        if browser.try_get("/healthz").await == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.login_ok().await;
+
+    child.terminate();
+    child.expect("STOPPING=1").await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.process.wait())
+        .await
+        .expect("exited in time")
+        .expect("status");
+    assert_eq!(status.code(), Some(0), "a clean stop exits 0");
+
+    let restarted = spawn(&provider, &certs, &data_dir, port).await;
+    restarted.expect("READY=1").await;
+    let mut after = Browser::new(&base, &certs);
+    after.jar = browser.jar.clone();
+    for _ in 0..100 {
+        if after.try_get("/healthz").await == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        after.is_auth().await,
+        "the session acknowledged before SIGTERM survived"
+    );
+}
