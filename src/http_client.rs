@@ -58,20 +58,36 @@ pub struct HttpClient {
     timeout: Duration,
 }
 
+/// A pooled keep-alive client for http and https (trusting what `tls` trusts, ALPN h2 and
+/// http/1.1), dropping connections idle for `idle`. Shared by the provider client and the proxy.
+pub fn pooled<B>(
+    tls: rustls::ClientConfig,
+    idle: Duration,
+) -> Client<HttpsConnector<HttpConnector>, B>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
 impl HttpClient {
     /// A client trusting what `tls` trusts; `timeout` bounds each whole request.
     pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Self {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Self { client, timeout }
+        Self {
+            client: pooled(tls, Duration::from_secs(60)),
+            timeout,
+        }
     }
 
     /// Sends a request with a small body and collects the response (capped at 1 MiB).

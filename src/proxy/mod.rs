@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use url::Url;
 
 use crate::auth::{Auth, require_csrf_header};
@@ -227,16 +227,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 impl Proxy {
     /// A proxy over `tls` for https upstreams.
     pub fn new(config: &ProxyConfig, tls: rustls::ClientConfig) -> Self {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let client = crate::http_client::pooled(tls, Duration::from_secs(90));
         Self {
             routes: Arc::clone(&config.routes),
             client,

@@ -1,7 +1,6 @@
 //! The binary under a service manager: `READY=1`, watchdog pings and `STOPPING=1` over
 //! `$NOTIFY_SOCKET`, and SIGTERM drains and exits 0 without losing a session.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,8 @@ use oidc_bff::clock::ManualClock;
 
 use crate::support::browser::Browser;
 use crate::support::certs::TestCerts;
-use crate::support::provider::{CLIENT_ID, CLIENT_SECRET, FakeProvider};
+use crate::support::process::{free_port, gateway_command};
+use crate::support::provider::FakeProvider;
 
 struct Child {
     process: tokio::process::Child,
@@ -25,31 +25,9 @@ async fn spawn(
     let socket = data.with_extension("notify");
     let _ = std::fs::remove_file(&socket);
     let notifications = tokio::net::UnixDatagram::bind(&socket).expect("notify socket");
-    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--public-url",
-            &format!("https://localhost:{port}"),
-            "--issuer",
-            &provider.issuer,
-            "--client-id",
-            CLIENT_ID,
-            "--tls-cert",
-            certs.cert.to_str().expect("utf-8"),
-            "--tls-key",
-            certs.key.to_str().expect("utf-8"),
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ])
-        .env("OIDC_BFF_CLIENT_SECRET", CLIENT_SECRET)
+    let process = gateway_command(provider, certs, data, port)
         .env("NOTIFY_SOCKET", &socket)
         .env("WATCHDOG_USEC", "200000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the binary");
     Child {
@@ -91,10 +69,7 @@ async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
     let certs = TestCerts::new();
     let data = tempfile::tempdir().expect("dir");
     let data_dir = data.path().join("data");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let mut child = spawn(&provider, &certs, &data_dir, port).await;
     child.expect("READY=1").await;
     child.expect("WATCHDOG=1").await;

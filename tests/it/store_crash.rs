@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,41 +14,17 @@ use oidc_bff::tickets::{Activity, open_data_dir};
 
 use crate::support::browser::Browser;
 use crate::support::certs::TestCerts;
-use crate::support::provider::{CLIENT_ID, CLIENT_SECRET, FakeProvider};
+use crate::support::process::{free_port, gateway_command};
+use crate::support::provider::FakeProvider;
 
 #[tokio::test]
 async fn sigkill_during_logins_loses_no_acknowledged_session() {
     let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
     let certs = TestCerts::new();
     let data_dir = tempfile::tempdir().expect("data dir");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let base = format!("https://localhost:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--public-url",
-            &base,
-            "--issuer",
-            &provider.issuer,
-            "--client-id",
-            CLIENT_ID,
-            "--tls-cert",
-            certs.cert.to_str().expect("utf-8"),
-            "--tls-key",
-            certs.key.to_str().expect("utf-8"),
-            "--data-dir",
-            data_dir.path().to_str().expect("utf-8"),
-        ])
-        .env("OIDC_BFF_CLIENT_SECRET", CLIENT_SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+    let mut child = gateway_command(&provider, &certs, data_dir.path(), port)
         .spawn()
         .expect("start the gateway binary");
 

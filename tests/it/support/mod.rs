@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod certs;
 pub mod gateway;
+pub mod process;
 pub mod provider;
 pub mod raw;
 pub mod upstream;

@@ -1,0 +1,49 @@
+//! The real `oidc-bff` binary as a child process, for tests of what only a process shows
+//! (signals, sd_notify, SIGKILL).
+
+use std::path::Path;
+use std::process::Stdio;
+
+use super::certs::TestCerts;
+use super::provider::{CLIENT_ID, CLIENT_SECRET, FakeProvider};
+
+/// `oidc-bff serve` for `provider` on 127.0.0.1:`port` with the test certificate and `data_dir`;
+/// quiet, killed when dropped. Callers add environment and spawn it.
+pub fn gateway_command(
+    provider: &FakeProvider,
+    certs: &TestCerts,
+    data_dir: &Path,
+    port: u16,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--public-url",
+            &format!("https://localhost:{port}"),
+            "--issuer",
+            &provider.issuer,
+            "--client-id",
+            CLIENT_ID,
+            "--tls-cert",
+            certs.cert.to_str().expect("utf-8"),
+            "--tls-key",
+            certs.key.to_str().expect("utf-8"),
+            "--data-dir",
+            data_dir.to_str().expect("utf-8"),
+        ])
+        .env("OIDC_BFF_CLIENT_SECRET", CLIENT_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+    probe.local_addr().expect("addr").port()
+}
