@@ -44,6 +44,35 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log line format: text for people (journald adds the time), json for log pipelines.
+    #[arg(
+        long,
+        env = "OIDC_BFF_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG wins when set.
+    #[arg(
+        long,
+        env = "OIDC_BFF_LOG_LEVEL",
+        default_value = "info",
+        global = true,
+        value_name = "LEVEL"
+    )]
+    pub log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.

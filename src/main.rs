@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use oidc_bff::RunError;
 use oidc_bff::clock::SystemClock;
-use oidc_bff::config::{Cli, Command, EXIT_CONFIG, ProcessEnvironment};
+use oidc_bff::config::{Cli, Command, EXIT_CONFIG, LogFormat, ProcessEnvironment};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -19,12 +19,16 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Sessions(args) => sessions(args),

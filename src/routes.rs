@@ -27,6 +27,17 @@ const OWN_PATHS: &[&str] = &[
     BACKCHANNEL_LOGOUT,
 ];
 
+/// What a handler tells the access log beyond method, path and status.
+#[derive(Debug, Clone, Default)]
+pub struct AccessInfo {
+    /// The proxy route that took the request.
+    pub route: Option<String>,
+    /// The destination it went to.
+    pub upstream: Option<String>,
+    /// A short hash of the session (8 hex digits), never the key.
+    pub session: Option<String>,
+}
+
 /// Where the provider posts logout tokens (register public URL + this path).
 pub const BACKCHANNEL_LOGOUT: &str = "/backchannel-logout";
 
@@ -57,11 +68,29 @@ pub struct Gateway {
 impl Gateway {
     /// Answers one request. Never panics and never fails: errors become responses here.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let method = request.method().clone();
+        // The path only: queries carry codes and states, which never go to a log.
+        let path = request.uri().path().to_owned();
         let mut response = match self.route(request, peer).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
         add_security_headers(&mut response);
+        let info = response
+            .extensions_mut()
+            .remove::<AccessInfo>()
+            .unwrap_or_default();
+        tracing::info!(
+            target: "oidc_bff::access",
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            route = info.route.as_deref().unwrap_or("-"),
+            upstream = info.upstream.as_deref().unwrap_or("-"),
+            session = info.session.as_deref().unwrap_or("-"),
+        );
         response
     }
 

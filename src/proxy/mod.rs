@@ -276,6 +276,7 @@ impl Proxy {
         let upgrade = upgrade_protocol(request.headers());
 
         // Session and CSRF checks come before any byte goes upstream.
+        let mut session_tag = None;
         let bearer = if route.anonymous {
             None
         } else {
@@ -305,6 +306,7 @@ impl Proxy {
                 // The token expired and the provider cannot refresh it now: 503, session kept.
                 Err(error) => return Err(error.into()),
             };
+            session_tag = Some(session.id.to_string());
             let bearer = HeaderValue::from_str(&format!(
                 "Bearer {}",
                 session.ticket.tokens.access_token.expose()
@@ -449,6 +451,11 @@ impl Proxy {
         let body: Body = body
             .map_err(|error| -> BoxError { Box::new(error) })
             .boxed();
+        parts.extensions.insert(crate::routes::AccessInfo {
+            route: Some(route.id.clone()),
+            upstream: Some(destination.name.clone()),
+            session: session_tag,
+        });
         Ok(Response::from_parts(parts, body))
     }
 }

@@ -107,3 +107,76 @@ async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
         "the session acknowledged before SIGTERM survived"
     );
 }
+
+#[tokio::test]
+async fn json_logs_parse_and_carry_one_access_line_per_request_without_secrets() {
+    use tokio::io::AsyncReadExt;
+
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    let certs = TestCerts::new();
+    let data = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut child = gateway_command(&provider, &certs, data.path(), port)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let base = format!("https://localhost:{port}");
+    let mut browser = Browser::new(&base, &certs);
+    for _ in 0..100 {
+        if browser.try_get("/healthz").await == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.login_ok().await;
+    let callback = browser
+        .get("/signin-oidc?code=SECRET-CODE-123&state=STATE-456", &[])
+        .await;
+    assert_eq!(callback.status, 400);
+    let pid = child.id().expect("running");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("read logs");
+    child.wait().await.expect("exit");
+
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|line| line["target"] == "oidc_bff::access")
+        .collect();
+    assert!(
+        access
+            .iter()
+            .any(|line| line["path"] == "/api/isAuth" && line["status"] == 200),
+        "{stderr}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|line| line["path"] == "/signin-oidc" && line["status"] == 400)
+    );
+    for secret in provider.issued_secrets() {
+        assert!(!stderr.contains(&secret), "a token reached the log");
+    }
+    for secret in [
+        "SECRET-CODE-123",
+        "STATE-456",
+        browser.jar["__Host-bff"].as_str(),
+    ] {
+        assert!(!stderr.contains(secret), "{secret} reached the log");
+    }
+}
