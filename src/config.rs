@@ -687,7 +687,7 @@ impl ServeArgs {
             errors.push("--max-header-bytes: must be at least 1KiB".into());
         }
 
-        let mut file_routes = match &self.proxy_config {
+        let file_routes = match &self.proxy_config {
             Some(path) => match crate::proxy::yarp::load(path) {
                 Ok(routes) => routes,
                 Err(problems) => {
@@ -699,12 +699,12 @@ impl ServeArgs {
             },
             None => Vec::new(),
         };
-        if let Some(url) = &self.frontend_url {
-            if matches!(url.scheme(), "http" | "https") && url.host().is_some() {
-                file_routes.push(crate::proxy::frontend_route(url.clone()));
-            } else {
-                errors.push(format!("--frontend-url: {url} is not an http(s) URL"));
-            }
+        if let Some(url) = self
+            .frontend_url
+            .as_ref()
+            .filter(|url| !matches!(url.scheme(), "http" | "https") || url.host().is_none())
+        {
+            errors.push(format!("--frontend-url: {url} is not an http(s) URL"));
         }
         if let Some(dir) = self
             .static_dir
@@ -800,8 +800,11 @@ impl ServeArgs {
                 routes: std::sync::Arc::new(crate::proxy::ProxyConfig::assemble(
                     &self.routes,
                     file_routes,
+                    self.frontend_url.as_ref(),
                 )),
                 file: self.proxy_config,
+                flag_routes: self.routes,
+                frontend: self.frontend_url,
                 upstream_timeout: self.upstream_timeout,
                 max_request_body: self.max_request_body,
             },

@@ -55,6 +55,9 @@ const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Deps {
     /// The wall clock.
     pub clock: Arc<dyn Clock>,
+    /// Changes when the operator asks for a reload (SIGHUP): the certificate files and the
+    /// proxy configuration file are read again; a bad new file is logged and the old kept.
+    pub reload: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -97,7 +100,9 @@ pub async fn run(
     .map_err(|_| StoreError::TaskFailed)??;
     let tickets = Arc::new(tickets);
 
-    let (server_tls, source) = tls::server_config(&config.tls)?;
+    let (certified, source) = tls::certified_key(&config.tls)?;
+    let certificates = Arc::new(tls::ReloadableCert::new(certified));
+    let server_tls = tls::server_config(Arc::clone(&certificates))?;
     if source == CertificateSource::SelfSigned {
         tracing::warn!(
             "no --tls-cert/--tls-key given: serving a self-signed certificate for localhost; \
@@ -176,6 +181,15 @@ pub async fn run(
         }
     });
 
+    let reloads = deps.reload.clone().map(|mut reload| {
+        let (gateway, certificates) = (Arc::clone(&gateway), Arc::clone(&certificates));
+        let (tls_config, proxy_config) = (config.tls.clone(), config.proxy.clone());
+        tokio::spawn(async move {
+            while reload.changed().await.is_ok() {
+                reload_files(&tls_config, &proxy_config, &certificates, &gateway.proxy);
+            }
+        })
+    });
     let watchdog = notify::watchdog_interval().map(|interval| {
         tokio::spawn(async move {
             loop {
@@ -209,6 +223,9 @@ pub async fn run(
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     discovery.abort();
     flusher.abort();
     refresh_sweeps.abort();
@@ -218,4 +235,39 @@ pub async fn run(
     let flushed = tickets.flush_touches().await?;
     tracing::info!(flushed, "stopped; pending last-access times written");
     Ok(())
+}
+
+/// Reads the certificate and the proxy configuration again; keeps the old ones on any error.
+fn reload_files(
+    tls_config: &config::TlsConfig,
+    proxy_config: &proxy::ProxyConfig,
+    certificates: &tls::ReloadableCert,
+    proxy: &Proxy,
+) {
+    if matches!(tls_config, config::TlsConfig::Files { .. }) {
+        match tls::certified_key(tls_config) {
+            Ok((key, _)) => {
+                certificates.replace(key);
+                tracing::info!("reload: TLS certificate replaced for new connections");
+            }
+            Err(error) => tracing::error!(
+                error = %oidc::error_chain(&error),
+                "reload: new TLS certificate refused; the old one stays"
+            ),
+        }
+    }
+    if let Some(file) = &proxy_config.file {
+        match proxy_config.reload() {
+            Ok(routes) => {
+                let count = routes.len();
+                proxy.replace_routes(routes);
+                tracing::info!(routes = count, file = %file.display(), "reload: proxy routes replaced");
+            }
+            Err(problems) => tracing::error!(
+                file = %file.display(),
+                problems = %problems.join("; "),
+                "reload: proxy configuration refused; the old routes stay"
+            ),
+        }
+    }
 }

@@ -137,8 +137,20 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let (reload, reloads) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the certificate and the proxy configuration");
+                reload.send_modify(|count| *count += 1);
+            }
+        });
         let deps = oidc_bff::Deps {
             clock: std::sync::Arc::new(SystemClock),
+            reload: Some(reloads),
         };
         match oidc_bff::run(config, listener, deps, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -51,9 +53,43 @@ pub enum CertificateSource {
     SelfSigned,
 }
 
-/// Builds the server configuration: TLS 1.2 and 1.3 only (rustls offers nothing older), ALPN
-/// `h2` then `http/1.1`.
-pub fn server_config(tls: &TlsConfig) -> Result<(ServerConfig, CertificateSource), TlsError> {
+/// The server certificate in use, swappable at runtime (SIGHUP) without dropping connections:
+/// each new handshake reads the current one.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    /// Starts with `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> Self {
+        Self {
+            current: std::sync::RwLock::new(key),
+        }
+    }
+
+    /// Serves `key` to every later handshake.
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = key;
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        ))
+    }
+}
+
+/// Loads (or generates) the server certificate and key, checking that they belong together.
+pub fn certified_key(tls: &TlsConfig) -> Result<(Arc<CertifiedKey>, CertificateSource), TlsError> {
     let (chain, key, source) = match tls {
         TlsConfig::Files { cert, key } => (
             load_certificates(cert)?,
@@ -65,12 +101,19 @@ pub fn server_config(tls: &TlsConfig) -> Result<(ServerConfig, CertificateSource
             (chain, key, CertificateSource::SelfSigned)
         }
     };
+    let certified = CertifiedKey::from_der(chain, key, &provider())?;
+    Ok((Arc::new(certified), source))
+}
+
+/// Builds the server configuration: TLS 1.2 and 1.3 only (rustls offers nothing older), ALPN
+/// `h2` then `http/1.1`, the certificate from `certificates`.
+pub fn server_config(certificates: Arc<ReloadableCert>) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(certificates);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((config, source))
+    Ok(config)
 }
 
 /// A fresh self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
@@ -138,8 +181,9 @@ mod tests {
 
     #[test]
     fn self_signed_server_config_offers_h2_and_http11() {
-        let (config, source) = server_config(&TlsConfig::SelfSigned).expect("config");
+        let (key, source) = certified_key(&TlsConfig::SelfSigned).expect("key");
         assert_eq!(source, CertificateSource::SelfSigned);
+        let config = server_config(Arc::new(ReloadableCert::new(key))).expect("config");
         assert_eq!(
             config.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]

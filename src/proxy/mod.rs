@@ -156,6 +156,10 @@ pub struct ProxyConfig {
     pub routes: Arc<Vec<RouteDef>>,
     /// The YARP file the routes came from, if any.
     pub file: Option<std::path::PathBuf>,
+    /// The `--route` flags.
+    pub flag_routes: Vec<RouteSpec>,
+    /// The `--frontend-url` dev server.
+    pub frontend: Option<Url>,
     /// Time allowed for the upstream to answer (headers), unless a cluster says otherwise.
     pub upstream_timeout: Duration,
     /// Largest request body forwarded.
@@ -165,18 +169,37 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// Combines flag routes with the routes of a YARP file and orders them for matching.
-    pub fn assemble(flags: &[RouteSpec], file_routes: Vec<RouteDef>) -> Vec<RouteDef> {
+    /// Combines flag routes, the routes of a YARP file and the dev-server route, ordered for
+    /// matching.
+    pub fn assemble(
+        flags: &[RouteSpec],
+        file_routes: Vec<RouteDef>,
+        frontend: Option<&Url>,
+    ) -> Vec<RouteDef> {
         let mut routes: Vec<RouteDef> = flags.iter().map(route_from_flag).collect();
         routes.extend(file_routes);
+        routes.extend(frontend.cloned().map(frontend_route));
         sort_routes(&mut routes);
         routes
+    }
+
+    /// Reads the YARP file again and assembles the routes anew (SIGHUP).
+    pub fn reload(&self) -> Result<Vec<RouteDef>, Vec<String>> {
+        let file_routes = match &self.file {
+            Some(path) => yarp::load(path)?,
+            None => Vec::new(),
+        };
+        Ok(Self::assemble(
+            &self.flag_routes,
+            file_routes,
+            self.frontend.as_ref(),
+        ))
     }
 }
 
 /// The proxy.
 pub struct Proxy {
-    routes: Arc<Vec<RouteDef>>,
+    routes: std::sync::RwLock<Arc<Vec<RouteDef>>>,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     upstream_timeout: Duration,
     max_request_body: usize,
@@ -186,7 +209,7 @@ pub struct Proxy {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("routes", &self.routes.len())
+            .field("routes", &self.routes().len())
             .finish_non_exhaustive()
     }
 }
@@ -229,7 +252,7 @@ impl Proxy {
     pub fn new(config: &ProxyConfig, tls: rustls::ClientConfig) -> Self {
         let client = crate::http_client::pooled(tls, Duration::from_secs(90));
         Self {
-            routes: Arc::clone(&config.routes),
+            routes: std::sync::RwLock::new(Arc::clone(&config.routes)),
             client,
             upstream_timeout: config.upstream_timeout,
             max_request_body: config.max_request_body,
@@ -237,8 +260,30 @@ impl Proxy {
         }
     }
 
-    /// The first route that takes this request, with its route values.
-    fn route_for(&self, request: &Request<Incoming>) -> Option<(&RouteDef, RouteValues)> {
+    /// The routes in force (a snapshot: a reload does not disturb requests under way).
+    fn routes(&self) -> Arc<Vec<RouteDef>> {
+        Arc::clone(
+            &self
+                .routes
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Replaces the routes (SIGHUP reload of the proxy configuration).
+    pub fn replace_routes(&self, routes: Vec<RouteDef>) {
+        *self
+            .routes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(routes);
+    }
+
+    /// The index of the first route that takes this request, with its route values.
+    fn route_for(
+        &self,
+        routes: &[RouteDef],
+        request: &Request<Incoming>,
+    ) -> Option<(usize, RouteValues)> {
         let host = request
             .headers()
             .get(header::HOST)
@@ -250,16 +295,16 @@ impl Proxy {
                     .map(|authority| authority.as_str())
             });
         let path = request.uri().path();
-        self.routes.iter().find_map(|route| {
+        routes.iter().enumerate().find_map(|(index, route)| {
             route
                 .matches(request.method(), host, path)
-                .map(|values| (route, values))
+                .map(|values| (index, values))
         })
     }
 
     /// Whether some route takes this request (after the path checks).
     pub fn serves(&self, request: &Request<Incoming>) -> bool {
-        self.route_for(request).is_some()
+        self.route_for(&self.routes(), request).is_some()
     }
 
     /// Forwards one request that [`Proxy::serves`].
@@ -270,9 +315,11 @@ impl Proxy {
         auth: &Auth,
         refresher: &Refresher,
     ) -> Result<Response<Body>, HttpError> {
-        let (route, values) = self
-            .route_for(&request)
+        let routes = self.routes();
+        let (index, values) = self
+            .route_for(&routes, &request)
             .ok_or_else(|| HttpError::client(StatusCode::NOT_FOUND, "not found").json())?;
+        let route = &routes[index];
         let upgrade = upgrade_protocol(request.headers());
 
         // Session and CSRF checks come before any byte goes upstream.

@@ -180,3 +180,110 @@ async fn json_logs_parse_and_carry_one_access_line_per_request_without_secrets()
         assert!(!stderr.contains(secret), "{secret} reached the log");
     }
 }
+
+/// The leaf certificate a fresh TLS connection is served.
+async fn served_certificate(port: u16, cas: &[&TestCerts]) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certs in cas {
+        roots.add(certs.ca_der.clone()).expect("CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    stream.get_ref().1.peer_certificates().expect("certificate")[0].to_vec()
+}
+
+fn leaf(certs: &TestCerts) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(&certs.cert)
+        .expect("pem")
+        .to_vec()
+}
+
+fn hangup(child: &tokio::process::Child) {
+    let pid = child.id().expect("running");
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files_are_bad() {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    let first = TestCerts::new();
+    let second = TestCerts::new();
+    let upstream = crate::support::Upstream::start().await;
+    let data = tempfile::tempdir().expect("dir");
+    let routes = data.path().join("proxy.json");
+    let route = |prefix: &str| {
+        format!(
+            r#"{{"Routes": {{"r": {{"ClusterId": "c", "AuthorizationPolicy": "anonymous",
+                 "Match": {{"Path": "/{prefix}/{{**rest}}"}}}}}},
+                "Clusters": {{"c": {{"Destinations": {{"d": {{"Address": "{}"}}}}}}}}}}"#,
+            upstream.url
+        )
+    };
+    std::fs::write(&routes, route("old")).expect("write");
+    // The gateway reads `first`'s files, which the test then overwrites with `second`'s.
+    let (first_leaf, second_leaf) = (leaf(&first), leaf(&second));
+    let port = free_port();
+    let mut command = gateway_command(&provider, &first, &data.path().join("data"), port);
+    command.args(["--proxy-config", routes.to_str().expect("utf-8")]);
+    let child = command.spawn().expect("start");
+    let base = format!("https://localhost:{port}");
+    let mut browser = Browser::with_cas(&base, vec![first.ca_der.clone(), second.ca_der.clone()]);
+    for _ in 0..100 {
+        if browser.try_get("/healthz").await == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        served_certificate(port, &[&first, &second]).await,
+        first_leaf
+    );
+    assert_eq!(browser.get("/old/x", &[]).await.status, 200);
+
+    std::fs::copy(&second.cert, &first.cert).expect("copy");
+    std::fs::copy(&second.key, &first.key).expect("copy");
+    std::fs::write(&routes, route("new")).expect("write");
+    hangup(&child);
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if served_certificate(port, &[&first, &second]).await == second_leaf {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "new connections get the new certificate");
+    let mut fresh = Browser::with_cas(&base, vec![first.ca_der.clone(), second.ca_der.clone()]);
+    assert_eq!(fresh.get("/new/x", &[]).await.status, 200);
+    assert_eq!(fresh.get("/old/x", &[]).await.status, 404);
+
+    // Broken files: logged, and the running configuration stays.
+    std::fs::write(&first.cert, "not a certificate").expect("write");
+    std::fs::write(&routes, "{ not json").expect("write");
+    hangup(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served_certificate(port, &[&first, &second]).await,
+        second_leaf
+    );
+    assert_eq!(fresh.get("/new/x", &[]).await.status, 200);
+}

@@ -83,6 +83,7 @@ impl TestGateway {
         let (stop, stopped) = oneshot::channel::<()>();
         let deps = oidc_bff::Deps {
             clock: clock.clone(),
+            reload: None,
         };
         let task = tokio::spawn(oidc_bff::run(config, listener, deps, async move {
             let _ = stopped.await;
