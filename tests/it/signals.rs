@@ -8,7 +8,7 @@ use oidc_bff::clock::ManualClock;
 
 use crate::support::browser::Browser;
 use crate::support::certs::TestCerts;
-use crate::support::process::{free_port, gateway_command};
+use crate::support::process::{free_port, gateway_command, send_signal};
 use crate::support::provider::FakeProvider;
 
 struct Child {
@@ -54,12 +54,7 @@ impl Child {
     }
 
     fn terminate(&self) {
-        let pid = self.process.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(&self.process, "TERM");
     }
 }
 
@@ -76,12 +71,7 @@ async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
 
     let base = format!("https://localhost:{port}");
     let mut browser = Browser::new(&base, &certs);
-    for _ in 0..100 {
-        if browser.try_get("/healthz").await == Some(200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser.wait_healthy().await;
     browser.login_ok().await;
 
     child.terminate();
@@ -96,12 +86,7 @@ async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
     restarted.expect("READY=1").await;
     let mut after = Browser::new(&base, &certs);
     after.jar = browser.jar.clone();
-    for _ in 0..100 {
-        if after.try_get("/healthz").await == Some(200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    after.wait_healthy().await;
     assert!(
         after.is_auth().await,
         "the session acknowledged before SIGTERM survived"
@@ -124,22 +109,13 @@ async fn json_logs_parse_and_carry_one_access_line_per_request_without_secrets()
         .expect("start the binary");
     let base = format!("https://localhost:{port}");
     let mut browser = Browser::new(&base, &certs);
-    for _ in 0..100 {
-        if browser.try_get("/healthz").await == Some(200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser.wait_healthy().await;
     browser.login_ok().await;
     let callback = browser
         .get("/signin-oidc?code=SECRET-CODE-123&state=STATE-456", &[])
         .await;
     assert_eq!(callback.status, 400);
-    let pid = child.id().expect("running");
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
+    send_signal(&child, "TERM");
     let mut stderr = String::new();
     child
         .stderr
@@ -214,14 +190,6 @@ fn leaf(certs: &TestCerts) -> Vec<u8> {
         .to_vec()
 }
 
-fn hangup(child: &tokio::process::Child) {
-    let pid = child.id().expect("running");
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill");
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files_are_bad() {
     let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
@@ -247,12 +215,7 @@ async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files
     let child = command.spawn().expect("start");
     let base = format!("https://localhost:{port}");
     let mut browser = Browser::with_cas(&base, vec![first.ca_der.clone(), second.ca_der.clone()]);
-    for _ in 0..100 {
-        if browser.try_get("/healthz").await == Some(200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    browser.wait_healthy().await;
     assert_eq!(
         served_certificate(port, &[&first, &second]).await,
         first_leaf
@@ -262,7 +225,7 @@ async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files
     std::fs::copy(&second.cert, &first.cert).expect("copy");
     std::fs::copy(&second.key, &first.key).expect("copy");
     std::fs::write(&routes, route("new")).expect("write");
-    hangup(&child);
+    send_signal(&child, "HUP");
     let mut reloaded = false;
     for _ in 0..100 {
         if served_certificate(port, &[&first, &second]).await == second_leaf {
@@ -279,7 +242,7 @@ async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files
     // Broken files: logged, and the running configuration stays.
     std::fs::write(&first.cert, "not a certificate").expect("write");
     std::fs::write(&routes, "{ not json").expect("write");
-    hangup(&child);
+    send_signal(&child, "HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         served_certificate(port, &[&first, &second]).await,

@@ -28,18 +28,7 @@ async fn sigkill_during_logins_loses_no_acknowledged_session() {
         .spawn()
         .expect("start the gateway binary");
 
-    let mut probe = Browser::new(&base, &certs);
-    let mut ready = false;
-    for _ in 0..200 {
-        let reply =
-            tokio::time::timeout(Duration::from_millis(500), probe.try_get("/healthz")).await;
-        if reply.is_ok_and(|status| status == Some(200)) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the gateway binary became ready");
+    Browser::new(&base, &certs).wait_healthy().await;
 
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut workers = Vec::new();

@@ -181,6 +181,17 @@ impl Browser {
         Some(response.status().as_u16())
     }
 
+    /// Polls `/healthz` until it answers 200 (at most 5 s); for gateways started as processes.
+    pub async fn wait_healthy(&mut self) {
+        for _ in 0..100 {
+            if self.try_get("/healthz").await == Some(200) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the gateway did not become healthy");
+    }
+
     /// The whole login without panics: the session cookie when the gateway acknowledged it.
     pub async fn try_login(&mut self) -> Option<String> {
         let login = self.try_request("/login").await?;

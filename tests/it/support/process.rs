@@ -47,3 +47,13 @@ pub fn free_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
     probe.local_addr().expect("addr").port()
 }
+
+/// Sends a signal (`"TERM"`, `"HUP"`, …) to a child process.
+pub fn send_signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("running");
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
