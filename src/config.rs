@@ -83,6 +83,10 @@ pub enum Command {
     /// Inspect and revoke sessions (through the running server's admin socket, or the file
     /// directly when the server is stopped). Never prints tokens.
     Sessions(SessionsArgs),
+    /// Check a configuration without serving: every flag, the files they name (certificate,
+    /// key, CA file, YARP file, SPA directory) and that the provider's discovery answers.
+    /// Takes the same flags as `serve`; exits 0 when all is well.
+    CheckConfig(Box<ServeArgs>),
 }
 
 /// Flags of `oidc-bff sessions`.

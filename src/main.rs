@@ -32,6 +32,64 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Sessions(args) => sessions(args),
+        Command::CheckConfig(args) => check_config(*args),
+    }
+}
+
+/// Exit code when the configuration is fine but the provider cannot be reached
+/// (EX_UNAVAILABLE from sysexits.h).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn check_config(args: oidc_bff::config::ServeArgs) -> ExitCode {
+    let config = match args.resolve(&ProcessEnvironment) {
+        Ok(config) => config,
+        Err(errors) => {
+            for problem in &errors.0 {
+                eprintln!("oidc-bff: error: {problem}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!("flags: ok");
+    match oidc_bff::tls::certified_key(&config.tls) {
+        Ok(_) => println!("TLS certificate and key: ok"),
+        Err(error) => {
+            eprintln!("oidc-bff: error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let client_tls = match oidc_bff::tls::client_config(config.oidc.ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("oidc-bff: error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!("proxy routes: {} loaded", config.proxy.routes.len());
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("oidc-bff: error: cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    let issuer = config.oidc.issuer.clone();
+    let discovered = runtime.block_on(async move {
+        let http =
+            oidc_bff::http_client::HttpClient::new(client_tls, std::time::Duration::from_secs(10));
+        let provider =
+            oidc_bff::oidc::Provider::new(config.oidc, http, std::sync::Arc::new(SystemClock));
+        provider.discover().await
+    });
+    match discovered {
+        Ok(()) => {
+            println!("provider {issuer}: discovery and signing keys ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("oidc-bff: error: provider {issuer}: {error}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
     }
 }
 

@@ -131,3 +131,52 @@ fn a_bad_yarp_file_names_the_route_and_field() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn check_config_validates_files_and_reaches_the_provider() {
+    let provider = crate::support::FakeProvider::start(std::sync::Arc::new(
+        oidc_bff::clock::ManualClock::starting_now(),
+    ))
+    .await;
+    let certs = crate::support::certs::TestCerts::new();
+    let issuer = provider.issuer.clone();
+    let cert = certs.cert.to_str().expect("utf-8").to_owned();
+    let key = certs.key.to_str().expect("utf-8").to_owned();
+    let args = |issuer: &str| -> Vec<String> {
+        [
+            "check-config",
+            "--issuer",
+            issuer,
+            "--client-id",
+            "spa",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect()
+    };
+    let good = args(&issuer);
+    let (code, out, err) = tokio::task::spawn_blocking(move || run(&good))
+        .await
+        .expect("task");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("discovery and signing keys ok"), "{out}");
+
+    let port = crate::support::process::free_port();
+    let unreachable = args(&format!("http://127.0.0.1:{port}"));
+    let (code, _, err) = tokio::task::spawn_blocking(move || run(&unreachable))
+        .await
+        .expect("task");
+    assert_eq!(code, 69, "an unreachable provider is EX_UNAVAILABLE: {err}");
+
+    let mut mismatched = args(&issuer);
+    mismatched[6] = certs.ca_pem.to_str().expect("utf-8").to_owned(); // the CA as the server cert
+    mismatched[8] = key.clone();
+    let (code, _, err) = tokio::task::spawn_blocking(move || run(&mismatched))
+        .await
+        .expect("task");
+    assert_eq!(code, 64, "a certificate that does not match its key: {err}");
+}
