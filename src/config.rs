@@ -87,6 +87,14 @@ pub enum Command {
     /// key, CA file, YARP file, SPA directory) and that the provider's discovery answers.
     /// Takes the same flags as `serve`; exits 0 when all is well.
     CheckConfig(Box<ServeArgs>),
+    /// Print the manual page (roff) to standard output, for packaging.
+    Manpage,
+    /// Print a shell completion script to standard output, for packaging.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Flags of `oidc-bff sessions`.

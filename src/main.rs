@@ -33,6 +33,21 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Sessions(args) => sessions(args),
         Command::CheckConfig(args) => check_config(*args),
+        Command::Manpage => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("oidc-bff: error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "oidc-bff", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -180,3 +180,23 @@ async fn check_config_validates_files_and_reaches_the_provider() {
         .expect("task");
     assert_eq!(code, 64, "a certificate that does not match its key: {err}");
 }
+
+#[test]
+fn the_manual_page_and_completions_are_generated_from_the_flags() {
+    let (code, page, _) = run(&["manpage"]);
+    assert_eq!(code, 0);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH"),
+        "roff output"
+    );
+    assert!(page.contains("oidc-bff"));
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, _) = run(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}");
+        assert!(script.contains("oidc-bff"), "{shell}");
+        assert!(
+            script.contains("idle-timeout"),
+            "{shell} completes serve's flags"
+        );
+    }
+}
