@@ -100,11 +100,6 @@ impl HttpError {
         self
     }
 
-    /// The status this error answers with.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     /// Logs the error at the level its blame calls for and builds the response.
     pub fn into_response(self) -> Response<Body> {
         let detail = self.detail.as_deref().unwrap_or("");

@@ -51,19 +51,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Checks the serve flags; on failure prints one line per problem and gives exit code 64.
+fn resolve(args: oidc_bff::config::ServeArgs) -> Result<oidc_bff::config::Config, ExitCode> {
+    args.resolve(&ProcessEnvironment).map_err(|errors| {
+        for problem in &errors.0 {
+            eprintln!("oidc-bff: error: {problem}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 /// Exit code when the configuration is fine but the provider cannot be reached
 /// (EX_UNAVAILABLE from sysexits.h).
 const EXIT_UNAVAILABLE: u8 = 69;
 
 fn check_config(args: oidc_bff::config::ServeArgs) -> ExitCode {
-    let config = match args.resolve(&ProcessEnvironment) {
+    let config = match resolve(args) {
         Ok(config) => config,
-        Err(errors) => {
-            for problem in &errors.0 {
-                eprintln!("oidc-bff: error: {problem}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     println!("flags: ok");
     match oidc_bff::tls::certified_key(&config.tls) {
@@ -183,14 +188,9 @@ fn local_sessions(
 }
 
 fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
-    let config = match args.resolve(&ProcessEnvironment) {
+    let config = match resolve(args) {
         Ok(config) => config,
-        Err(errors) => {
-            for problem in &errors.0 {
-                eprintln!("oidc-bff: error: {problem}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -30,24 +30,12 @@ pub enum FreshnessError {
     ProviderUnavailable(String),
 }
 
-/// Counters of refresh outcomes since start.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RefreshStats {
-    /// Refreshes that stored new tokens.
-    pub succeeded: u64,
-    /// Refreshes that ended the session.
-    pub ended: u64,
-    /// Refreshes that failed for now.
-    pub failed: u64,
-}
-
 /// Refreshes sessions on demand, one at a time per session.
 pub struct Refresher {
     provider: Arc<Provider>,
     tickets: Arc<TicketStore>,
     clock: Arc<dyn Clock>,
     in_flight: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
-    stats: Mutex<RefreshStats>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -64,25 +52,7 @@ impl Refresher {
             tickets,
             clock,
             in_flight: Mutex::new(HashMap::new()),
-            stats: Mutex::new(RefreshStats::default()),
         }
-    }
-
-    /// Outcome counters.
-    pub fn stats(&self) -> RefreshStats {
-        *self
-            .stats
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn count(&self, update: impl FnOnce(&mut RefreshStats)) {
-        update(
-            &mut self
-                .stats
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
     }
 
     /// Returns the session with an access token that is valid beyond the refresh skew,
@@ -185,7 +155,6 @@ impl Refresher {
                 if !self.tickets.renew(id, ticket.clone()).await? {
                     return Ok(Outcome::Ended);
                 }
-                self.count(|stats| stats.succeeded += 1);
                 tracing::debug!(session = %id, "access token refreshed");
                 Ok(Outcome::Refreshed(Session {
                     ticket: Arc::new(ticket),
@@ -193,13 +162,11 @@ impl Refresher {
                 }))
             }
             Err(RefreshError::SessionEnded(reason)) => {
-                self.count(|stats| stats.ended += 1);
                 tracing::info!(session = %id, %reason, "refresh rejected; session ended");
                 self.tickets.remove(id).await?;
                 Ok(Outcome::Ended)
             }
             Err(RefreshError::Transient(reason)) => {
-                self.count(|stats| stats.failed += 1);
                 tracing::warn!(session = %id, %reason, "refresh failed; session kept");
                 Ok(Outcome::Failed {
                     session: current,

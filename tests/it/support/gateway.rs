@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::browser::Browser;
 use super::certs::TestCerts;
-use super::provider::{CLIENT_ID, CLIENT_SECRET, FakeProvider};
+use super::provider::{CLIENT_SECRET, FakeProvider};
 
 struct TestEnvironment;
 
@@ -151,27 +151,9 @@ fn config(
     data_dir: &Path,
     extra: &[String],
 ) -> Config {
-    let mut argv: Vec<String> = [
-        "oidc-bff",
-        "serve",
-        "--issuer",
-        issuer,
-        "--client-id",
-        CLIENT_ID,
-        "--public-url",
-        base,
-        "--tls-cert",
-        certs.cert.to_str().expect("utf-8"),
-        "--tls-key",
-        certs.key.to_str().expect("utf-8"),
-        "--data-dir",
-        data_dir.to_str().expect("utf-8"),
-        "--db-cache",
-        "4MiB",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut argv: Vec<String> = vec!["oidc-bff".into(), "serve".into()];
+    argv.extend(super::process::serve_args(issuer, base, certs, data_dir));
+    argv.extend(["--db-cache".into(), "4MiB".into()]);
     argv.extend(extra.iter().cloned());
     let Command::Serve(args) = Cli::try_parse_from(argv).expect("flags").command else {
         panic!("serve expected");

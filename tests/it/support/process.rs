@@ -7,6 +7,28 @@ use std::process::Stdio;
 use super::certs::TestCerts;
 use super::provider::{CLIENT_ID, CLIENT_SECRET, FakeProvider};
 
+/// The `serve` flags every test gateway shares: the provider, the client, the public origin,
+/// the test certificate and the data directory.
+pub fn serve_args(issuer: &str, base: &str, certs: &TestCerts, data_dir: &Path) -> Vec<String> {
+    [
+        "--issuer",
+        issuer,
+        "--client-id",
+        CLIENT_ID,
+        "--public-url",
+        base,
+        "--tls-cert",
+        certs.cert.to_str().expect("utf-8"),
+        "--tls-key",
+        certs.key.to_str().expect("utf-8"),
+        "--data-dir",
+        data_dir.to_str().expect("utf-8"),
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect()
+}
+
 /// `oidc-bff serve` for `provider` on 127.0.0.1:`port` with the test certificate and `data_dir`;
 /// quiet, killed when dropped. Callers add environment and spawn it.
 pub fn gateway_command(
@@ -17,23 +39,13 @@ pub fn gateway_command(
 ) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"));
     command
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--public-url",
-            &format!("https://localhost:{port}"),
-            "--issuer",
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(serve_args(
             &provider.issuer,
-            "--client-id",
-            CLIENT_ID,
-            "--tls-cert",
-            certs.cert.to_str().expect("utf-8"),
-            "--tls-key",
-            certs.key.to_str().expect("utf-8"),
-            "--data-dir",
-            data_dir.to_str().expect("utf-8"),
-        ])
+            &format!("https://localhost:{port}"),
+            certs,
+            data_dir,
+        ))
         .env("OIDC_BFF_CLIENT_SECRET", CLIENT_SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
