@@ -1,6 +1,7 @@
 //! The `oidc-bff` binary: flags → config, logging, runtime, signals, exit codes. Everything else
 //! lives in the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,12 +23,17 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cli.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into journald or a log file; journald
+    // stamps each line itself, so the time is left out there.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (cli.log_format, journald) {
+        (LogFormat::Text, false) => logs.init(),
+        (LogFormat::Text, true) => logs.without_time().init(),
+        (LogFormat::Json, _) => logs.json().flatten_event(true).init(),
     }
     match cli.command {
         Command::Serve(args) => serve(*args),
