@@ -1,0 +1,64 @@
+// The one-command demo (run through examples/demo.sh): the example provider, the products API
+// and oidc-bff serving the Angular app, all on loopback. Prints where to go and how to sign in;
+// Ctrl-C stops everything it started.
+//
+// Ports: OIDC_BFF_DEMO_PORT (gateway, 8443), OIDC_BFF_DEMO_PROVIDER_PORT (9443),
+// OIDC_BFF_DEMO_API_PORT (7002). OIDC_BFF_BIN: the binary (default target/release/oidc-bff).
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { repo, startStack } from './stack.mjs';
+
+const port = (name, fallback) => Number(process.env[name] ?? fallback);
+const dir = mkdtempSync(join(tmpdir(), 'oidc-bff-demo-'));
+const quiet = new Set(['/healthz']);
+
+let stack;
+try {
+  stack = await startStack({
+    dir,
+    gatewayBin: process.env.OIDC_BFF_BIN ?? join(repo, 'target', 'release', 'oidc-bff'),
+    ports: {
+      gateway: port('OIDC_BFF_DEMO_PORT', 8443),
+      provider: port('OIDC_BFF_DEMO_PROVIDER_PORT', 9443),
+      api: port('OIDC_BFF_DEMO_API_PORT', 7002),
+    },
+    accessTokenTtl: 60,
+    password: 'wonderland',
+    echo: (name, line) => {
+      if (![...quiet].some((path) => line.includes(path))) console.log(`${name.padEnd(12)} | ${line}`);
+    },
+  });
+} catch (error) {
+  console.error(`demo: ${error.message}`);
+  console.error(`demo: logs are in ${join(dir, 'logs')}`);
+  process.exit(1);
+}
+
+console.log(`
+  oidc-bff demo is running.
+
+  Open       ${stack.urls.gateway}/
+  Sign in as ${stack.user} / ${stack.password}
+
+  The provider is ${stack.urls.provider}, the products API ${stack.urls.api}.
+  Certificates come from a throwaway CA (${stack.certs.ca}); your browser will warn
+  about them once per site (localhost and 127.0.0.1) unless you import that CA.
+  Access tokens live 60 s: watch the gateway refresh them in the log below.
+
+  Ctrl-C stops everything.
+`);
+
+let stopping = false;
+const stop = async () => {
+  if (stopping) return;
+  stopping = true;
+  console.log('\ndemo: stopping');
+  await stack.stop();
+  rmSync(dir, { recursive: true, force: true });
+  process.exit(0);
+};
+process.on('SIGINT', stop);
+process.on('SIGTERM', stop);

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The demo in one command: builds oidc-bff (release) and the Angular app, then starts a real
+# OpenID provider, a products API and oidc-bff in front of the app, and prints the URL and the
+# test user. Ctrl-C stops everything. Needs the Rust toolchain, Node.js 20.19+ with npm, openssl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "demo: cargo is missing (https://rustup.rs)" >&2; exit 2; }
+bash examples/prepare.sh
+echo "demo: cargo build --release --locked"
+cargo build --release --locked --quiet
+exec node examples/demo.mjs
