@@ -5,7 +5,9 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-/// Sends one notification; returns whether it was delivered.
+/// Sends one notification; returns whether it was delivered. Never blocks: this runs on the
+/// async workers, and a manager that stops reading (a full socket queue) must not stall the
+/// gateway. A dropped `WATCHDOG=1` is sent again at the next ping.
 pub fn notify(state: &str) -> bool {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
         return false;
@@ -13,6 +15,9 @@ pub fn notify(state: &str) -> bool {
     let Ok(datagram) = UnixDatagram::unbound() else {
         return false;
     };
+    if datagram.set_nonblocking(true).is_err() {
+        return false;
+    }
     let bytes = socket.as_encoded_bytes();
     let sent = if let Some(name) = bytes.strip_prefix(b"@") {
         // An abstract socket name (Linux).
