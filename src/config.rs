@@ -288,6 +288,11 @@ pub struct ServeArgs {
     #[arg(long, env = "OIDC_BFF_ADMIN_SOCKET", value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, its own listener; bind it to
+    /// a loopback or internal address) [default: off].
+    #[arg(long, env = "OIDC_BFF_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Ticket encryption key file [default: <data dir>/ticket.key, generated on first start].
     #[arg(long, env = "OIDC_BFF_TICKET_KEY_FILE", value_name = "PATH")]
     pub ticket_key_file: Option<PathBuf>,
@@ -399,6 +404,12 @@ pub struct ServeArgs {
           value_name = "DURATION")]
     pub keepalive_timeout: Duration,
 
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish before the remaining
+    /// connections are closed (0s: close at once).
+    #[arg(long, env = "OIDC_BFF_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+
     /// Most header bytes in one request (larger gets 431), e.g. 16KiB.
     #[arg(long, env = "OIDC_BFF_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = parse_size,
           value_name = "SIZE")]
@@ -494,6 +505,8 @@ pub struct Config {
     pub sweeps: crate::sweeper::SweepConfig,
     /// The admin socket for `oidc-bff sessions`.
     pub admin_socket: PathBuf,
+    /// Where the metrics endpoint listens, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Provider settings.
@@ -578,6 +591,8 @@ pub struct ServerLimits {
     pub header_timeout: Duration,
     /// Idle keep-alive deadline.
     pub keepalive_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
     /// Header bytes per request.
     pub max_header_bytes: usize,
     /// Header fields per request.
@@ -783,6 +798,7 @@ impl ServeArgs {
                 db_cache_bytes: self.db_cache,
             },
             admin_socket,
+            metrics_listen: self.metrics_listen,
             session: SessionPolicy {
                 idle_timeout: self.idle_timeout,
                 lifetime: self.session_lifetime,
@@ -802,6 +818,7 @@ impl ServeArgs {
                 handshake_timeout: self.handshake_timeout,
                 header_timeout: self.header_timeout,
                 keepalive_timeout: self.keepalive_timeout,
+                shutdown_timeout: self.shutdown_timeout,
                 max_header_bytes: self.max_header_bytes,
                 max_headers: self.max_headers,
                 max_uri_bytes: self.max_uri_bytes,

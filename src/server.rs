@@ -25,10 +25,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ServerLimits;
 use crate::routes::Gateway;
 
-/// How long in-flight requests get to finish after shutdown is requested.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Serves until `shutdown` completes, then drains open connections.
+/// Serves until `shutdown` completes, then drains open connections for at most
+/// `limits.shutdown_timeout`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -125,7 +123,7 @@ pub async fn serve(
     let _ = stop.send(true);
     // Every connection holds a permit until it ends: all permits back means all closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all))
+    if tokio::time::timeout(limits.shutdown_timeout, permits.acquire_many(all))
         .await
         .is_err()
     {
