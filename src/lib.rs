@@ -14,6 +14,7 @@ pub mod error;
 pub mod flow;
 pub mod http_client;
 pub mod logout;
+pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod proxy;
@@ -51,13 +52,14 @@ use crate::tls::{CertificateSource, TlsError};
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the gateway is given from outside, so tests can substitute it.
-#[derive(Clone)]
 pub struct Deps {
     /// The wall clock.
     pub clock: Arc<dyn Clock>,
     /// Changes when the operator asks for a reload (SIGHUP): the certificate files and the
     /// proxy configuration file are read again; a bad new file is logged and the old kept.
     pub reload: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Where to serve Prometheus metrics (`--metrics-listen`, bound by the caller), if anywhere.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Deps {
@@ -126,10 +128,12 @@ pub async fn run(
         let provider = Arc::clone(&provider);
         async move { provider.discover_until_ready().await }
     });
+    let metrics = Arc::new(metrics::Metrics::new());
     let refresher = Arc::new(Refresher::new(
         Arc::clone(&provider),
         Arc::clone(&tickets),
         Arc::clone(&deps.clock),
+        Arc::clone(&metrics),
     ));
     let refresher_for_sweeps = Arc::clone(&refresher);
     let auth = Auth::new(
@@ -149,6 +153,7 @@ pub async fn run(
         spa,
         callback_path: config.oidc.callback_path.clone(),
         max_uri_bytes: config.limits.max_uri_bytes,
+        metrics: Arc::clone(&metrics),
     });
     let flusher = tokio::spawn({
         let tickets = Arc::clone(&tickets);
@@ -169,8 +174,23 @@ pub async fn run(
         Arc::clone(&refresher_for_sweeps),
         Arc::clone(&deps.clock),
         config.sweeps,
+        Arc::clone(&metrics),
     ));
-    let eviction_sweeps = tokio::spawn(sweeper::eviction_loop(Arc::clone(&tickets), config.sweeps));
+    let eviction_sweeps = tokio::spawn(sweeper::eviction_loop(
+        Arc::clone(&tickets),
+        config.sweeps,
+        Arc::clone(&metrics),
+    ));
+    let metrics_endpoint = deps.metrics_listener.map(|listener| {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "metrics at http://{address}/metrics");
+        }
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&tickets),
+        ))
+    });
     let admin_socket = tokio::spawn({
         let (path, tickets) = (config.admin_socket.clone(), Arc::clone(&tickets));
         let database = config.storage.database_path();
@@ -225,6 +245,9 @@ pub async fn run(
     }
     if let Some(reloads) = reloads {
         reloads.abort();
+    }
+    if let Some(metrics_endpoint) = metrics_endpoint {
+        metrics_endpoint.abort();
     }
     discovery.abort();
     flusher.abort();

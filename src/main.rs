@@ -216,6 +216,16 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let metrics_listener = match config.metrics_listen {
+            None => None,
+            Some(address) => match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    eprintln!("oidc-bff: error: --metrics-listen {address}: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         let (reload, reloads) = tokio::sync::watch::channel(0u64);
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -230,6 +240,7 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
         let deps = oidc_bff::Deps {
             clock: std::sync::Arc::new(SystemClock),
             reload: Some(reloads),
+            metrics_listener,
         };
         match oidc_bff::run(config, listener, deps, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::metrics::{Metrics, RefreshOutcome, RefreshTrigger};
 use crate::oidc::{Provider, RefreshError};
 use crate::session::{SessionId, Ticket};
 use crate::store::StoreError;
@@ -36,6 +37,7 @@ pub struct Refresher {
     tickets: Arc<TicketStore>,
     clock: Arc<dyn Clock>,
     in_flight: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -45,13 +47,19 @@ impl std::fmt::Debug for Refresher {
 }
 
 impl Refresher {
-    /// A refresher over a provider and a store.
-    pub fn new(provider: Arc<Provider>, tickets: Arc<TicketStore>, clock: Arc<dyn Clock>) -> Self {
+    /// A refresher over a provider and a store, counting its grants in `metrics`.
+    pub fn new(
+        provider: Arc<Provider>,
+        tickets: Arc<TicketStore>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             provider,
             tickets,
             clock,
             in_flight: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -66,7 +74,10 @@ impl Refresher {
         {
             return Ok(Some(session));
         }
-        match self.refresh_single_flight(session.id, window).await? {
+        match self
+            .refresh_single_flight(session.id, window, RefreshTrigger::OnDemand)
+            .await?
+        {
             Outcome::Current(session) | Outcome::Refreshed(session) => Ok(Some(session)),
             Outcome::Ended => Ok(None),
             Outcome::Failed { session, reason } => {
@@ -91,13 +102,15 @@ impl Refresher {
         id: SessionId,
         window: Duration,
     ) -> Result<Outcome, StoreError> {
-        self.refresh_single_flight(id, window).await
+        self.refresh_single_flight(id, window, RefreshTrigger::Sweep)
+            .await
     }
 
     async fn refresh_single_flight(
         &self,
         id: SessionId,
         window: Duration,
+        trigger: RefreshTrigger,
     ) -> Result<Outcome, StoreError> {
         let lock = {
             let mut in_flight = self
@@ -108,7 +121,7 @@ impl Refresher {
         };
         let result = {
             let _flight = lock.lock().await;
-            self.refresh_locked(id, window).await
+            self.refresh_locked(id, window, trigger).await
         };
         {
             let mut in_flight = self
@@ -123,7 +136,12 @@ impl Refresher {
         result
     }
 
-    async fn refresh_locked(&self, id: SessionId, window: Duration) -> Result<Outcome, StoreError> {
+    async fn refresh_locked(
+        &self,
+        id: SessionId,
+        window: Duration,
+        trigger: RefreshTrigger,
+    ) -> Result<Outcome, StoreError> {
         // Re-read under the lock: whoever held it before may have refreshed already.
         let Some(current) = self.tickets.retrieve_by_id(id, Activity::Peek).await? else {
             return Ok(Outcome::Ended);
@@ -148,6 +166,7 @@ impl Refresher {
             .await
         {
             Ok(refreshed) => {
+                self.metrics.refresh(trigger, RefreshOutcome::Refreshed);
                 let ticket = Ticket {
                     tokens: refreshed.tokens,
                     ..(*current.ticket).clone()
@@ -162,11 +181,13 @@ impl Refresher {
                 }))
             }
             Err(RefreshError::SessionEnded(reason)) => {
+                self.metrics.refresh(trigger, RefreshOutcome::Ended);
                 tracing::info!(session = %id, %reason, "refresh rejected; session ended");
                 self.tickets.remove(id).await?;
                 Ok(Outcome::Ended)
             }
             Err(RefreshError::Transient(reason)) => {
+                self.metrics.refresh(trigger, RefreshOutcome::Failed);
                 tracing::warn!(session = %id, %reason, "refresh failed; session kept");
                 Ok(Outcome::Failed {
                     session: current,

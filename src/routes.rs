@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{ALLOW, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
@@ -11,6 +12,7 @@ use hyper::body::Incoming;
 
 use crate::auth::Auth;
 use crate::error::HttpError;
+use crate::metrics::{Metrics, UpstreamError};
 use crate::oidc::Provider;
 use crate::proxy::{Proxy, normalized_path};
 use crate::refresh::Refresher;
@@ -63,6 +65,16 @@ pub struct Gateway {
     pub(crate) callback_path: String,
     /// Longest request target.
     pub(crate) max_uri_bytes: usize,
+    /// Request, login and upstream counters.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// What a request was for, for the metrics.
+enum Endpoint {
+    /// One of the gateway's own endpoints, the SPA (`static`) or nothing (`other`).
+    Own(&'static str),
+    /// A proxy route, by id.
+    Route(String),
 }
 
 impl Gateway {
@@ -72,32 +84,102 @@ impl Gateway {
         let method = request.method().clone();
         // The path only: queries carry codes and states, which never go to a log.
         let path = request.uri().path().to_owned();
-        let mut response = match self.route(request, peer).await {
-            Ok(response) => response,
-            Err(error) => error.into_response(),
+        let endpoint = self.endpoint(&request);
+        let (mut response, gateway_error) = match self.route(request, peer, &endpoint).await {
+            Ok(response) => (response, false),
+            Err(error) => (error.into_response(), true),
         };
         add_security_headers(&mut response);
         let info = response
             .extensions_mut()
             .remove::<AccessInfo>()
             .unwrap_or_default();
+        let status = response.status();
+        let elapsed = started.elapsed();
         tracing::info!(
             target: "oidc_bff::access",
             method = %method,
             path = %path,
-            status = response.status().as_u16(),
-            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            status = status.as_u16(),
+            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             route = info.route.as_deref().unwrap_or("-"),
             upstream = info.upstream.as_deref().unwrap_or("-"),
             session = info.session.as_deref().unwrap_or("-"),
         );
+        self.count(&endpoint, status, elapsed, gateway_error);
         response
+    }
+
+    /// What a request is for, as the metrics name it (bounded: own endpoints, route ids).
+    fn endpoint(&self, request: &Request<Incoming>) -> Endpoint {
+        let path = request.uri().path();
+        let own = match path {
+            "/api/isAuth" => Some("isAuth"),
+            "/api/user" => Some("user"),
+            "/login" => Some("login"),
+            "/logout" => Some("logout"),
+            "/healthz" => Some("healthz"),
+            BACKCHANNEL_LOGOUT => Some("backchannel-logout"),
+            _ if path == self.callback_path => Some("callback"),
+            _ => None,
+        };
+        if let Some(name) = own {
+            return Endpoint::Own(name);
+        }
+        if normalized_path(path).is_some()
+            && let Some(route) = self.proxy.route_id(request)
+        {
+            return Endpoint::Route(route);
+        }
+        Endpoint::Own(if self.spa.is_some() {
+            "static"
+        } else {
+            "other"
+        })
+    }
+
+    fn count(
+        &self,
+        endpoint: &Endpoint,
+        status: StatusCode,
+        elapsed: Duration,
+        gateway_error: bool,
+    ) {
+        let metrics = &self.metrics;
+        match endpoint {
+            Endpoint::Own(name) => {
+                metrics.request(name, status, elapsed);
+                match *name {
+                    // The callback answers 302 with a session, or 400 and none.
+                    "callback" => metrics.login(status.is_redirection()),
+                    "backchannel-logout" => metrics.backchannel_logout(status == StatusCode::OK),
+                    _ => {}
+                }
+            }
+            Endpoint::Route(route) => {
+                metrics.request(route, status, elapsed);
+                // A 502 or 504 the upstream sent itself is its answer, passed through; only the
+                // ones the gateway made count as upstream errors.
+                if gateway_error {
+                    match status {
+                        StatusCode::BAD_GATEWAY => {
+                            metrics.upstream_error(route, UpstreamError::Unreachable);
+                        }
+                        StatusCode::GATEWAY_TIMEOUT => {
+                            metrics.upstream_error(route, UpstreamError::Timeout);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 
     async fn route(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        endpoint: &Endpoint,
     ) -> Result<Response<Body>, HttpError> {
         let uri_len = request
             .uri()
@@ -116,7 +198,7 @@ impl Gateway {
             if normalized_path(path).is_none() {
                 return Err(HttpError::client(StatusCode::BAD_REQUEST, "invalid path").json());
             }
-            if self.proxy.serves(&request) {
+            if matches!(endpoint, Endpoint::Route(_)) {
                 return self
                     .proxy
                     .forward(request, peer, &self.auth, &self.refresher)

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::oidc::error_chain;
 use crate::refresh::{Outcome, Refresher};
 use crate::session::SessionId;
@@ -144,11 +145,14 @@ pub async fn refresh_loop(
     refresher: Arc<Refresher>,
     clock: Arc<dyn Clock>,
     config: SweepConfig,
+    metrics: Arc<Metrics>,
 ) {
     let mut backoff = Backoff::default();
     loop {
         tokio::time::sleep(jittered(config.refresh_interval)).await;
+        let started = std::time::Instant::now();
         let report = refresh_once(&tickets, &refresher, &clock, &config, &mut backoff).await;
+        metrics.refresh_sweep(started.elapsed());
         if report != RefreshReport::default() {
             tracing::info!(?report, "refresh sweep");
         }
@@ -156,14 +160,16 @@ pub async fn refresh_loop(
 }
 
 /// Runs eviction sweeps forever, every `sweep_interval`.
-pub async fn eviction_loop(tickets: Arc<TicketStore>, config: SweepConfig) {
+pub async fn eviction_loop(tickets: Arc<TicketStore>, config: SweepConfig, metrics: Arc<Metrics>) {
     loop {
         tokio::time::sleep(config.sweep_interval).await;
         let started = std::time::Instant::now();
         match tickets.evict_expired(BATCH).await {
-            Ok(0) => {}
             Ok(removed) => {
-                tracing::info!(removed, took = ?started.elapsed(), "eviction sweep");
+                metrics.eviction_sweep(started.elapsed(), removed);
+                if removed > 0 {
+                    tracing::info!(removed, took = ?started.elapsed(), "eviction sweep");
+                }
             }
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), "eviction sweep failed");

@@ -302,9 +302,11 @@ impl Proxy {
         })
     }
 
-    /// Whether some route takes this request (after the path checks).
-    pub fn serves(&self, request: &Request<Incoming>) -> bool {
-        self.route_for(&self.routes(), request).is_some()
+    /// The id of the route that takes this request, if any (after the path checks).
+    pub fn route_id(&self, request: &Request<Incoming>) -> Option<String> {
+        let routes = self.routes();
+        self.route_for(&routes, request)
+            .map(|(index, _)| routes[index].id.clone())
     }
 
     /// Forwards one request that [`Proxy::serves`].

@@ -9,6 +9,7 @@ mod discovery; // provider down at start, issuer mismatch in discovery
 mod hardening; // hostile clients: limits, smuggling, slowloris
 mod lifecycle; // background refresh sweep: ahead of need, rotation, dead grants, outages
 mod login; // the whole flow: isAuth, login, user, logout, cookies, no token leaks, restart
+mod metrics; // --metrics-listen: Prometheus text that parses and counts what happened
 mod proxy; // token relay: bearer, header hygiene, 401/403 first, 502/504, path tricks
 mod refresh; // on-demand refresh: single flight, rotation, invalid_grant, outages
 mod rejections; // callback attacks: state, flow cookie, nonce, code reuse, open redirects, iss

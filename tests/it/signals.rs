@@ -10,10 +10,13 @@ use crate::support::browser::Browser;
 use crate::support::certs::TestCerts;
 use crate::support::process::{free_port, gateway_command, send_signal};
 use crate::support::provider::FakeProvider;
+use crate::support::upstream::Upstream;
 
 struct Child {
     process: tokio::process::Child,
-    notifications: tokio::net::UnixDatagram,
+    /// Every notification the binary sent, read as they arrive (as systemd does: a manager
+    /// that stops reading would fill the socket queue).
+    notifications: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 async fn spawn(
@@ -21,15 +24,27 @@ async fn spawn(
     certs: &TestCerts,
     data: &std::path::Path,
     port: u16,
+    extra: &[&str],
 ) -> Child {
     let socket = data.with_extension("notify");
     let _ = std::fs::remove_file(&socket);
-    let notifications = tokio::net::UnixDatagram::bind(&socket).expect("notify socket");
+    let receiver = tokio::net::UnixDatagram::bind(&socket).expect("notify socket");
     let process = gateway_command(provider, certs, data, port)
+        .args(extra)
         .env("NOTIFY_SOCKET", &socket)
         .env("WATCHDOG_USEC", "200000")
         .spawn()
         .expect("start the binary");
+    let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buffer = [0u8; 256];
+        while let Ok(length) = receiver.recv(&mut buffer).await {
+            let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+            if sender.send(text).is_err() {
+                return;
+            }
+        }
+    });
     Child {
         process,
         notifications,
@@ -38,16 +53,14 @@ async fn spawn(
 
 impl Child {
     /// Waits (bounded) for a notification containing `state`.
-    async fn expect(&self, state: &str) {
-        let mut buffer = [0u8; 256];
+    async fn expect(&mut self, state: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let received =
-                tokio::time::timeout_at(deadline, self.notifications.recv(&mut buffer)).await;
-            let length = received
+            let received = tokio::time::timeout_at(deadline, self.notifications.recv()).await;
+            let text = received
                 .unwrap_or_else(|_| panic!("no {state} within 10 s"))
-                .expect("recv");
-            if String::from_utf8_lossy(&buffer[..length]).contains(state) {
+                .expect("the reader runs");
+            if text.contains(state) {
                 return;
             }
         }
@@ -65,7 +78,7 @@ async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
     let data = tempfile::tempdir().expect("dir");
     let data_dir = data.path().join("data");
     let port = free_port();
-    let mut child = spawn(&provider, &certs, &data_dir, port).await;
+    let mut child = spawn(&provider, &certs, &data_dir, port, &[]).await;
     child.expect("READY=1").await;
     child.expect("WATCHDOG=1").await;
 
@@ -82,7 +95,7 @@ async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
         .expect("status");
     assert_eq!(status.code(), Some(0), "a clean stop exits 0");
 
-    let restarted = spawn(&provider, &certs, &data_dir, port).await;
+    let mut restarted = spawn(&provider, &certs, &data_dir, port, &[]).await;
     restarted.expect("READY=1").await;
     let mut after = Browser::new(&base, &certs);
     after.jar = browser.jar.clone();
@@ -91,6 +104,167 @@ async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
         after.is_auth().await,
         "the session acknowledged before SIGTERM survived"
     );
+}
+
+/// Waits (bounded) until the upstream has received `count` requests.
+async fn wait_for_upstream(upstream: &Upstream, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while upstream.seen().len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {count} calls reached the upstream",
+            upstream.seen().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_session() {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    let certs = TestCerts::new();
+    let data = tempfile::tempdir().expect("dir");
+    let data_dir = data.path().join("data");
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_millis(1500));
+    let route = format!("/api/slow={}", upstream.url);
+    let port = free_port();
+    let mut child = spawn(&provider, &certs, &data_dir, port, &["--route", &route]).await;
+    child.expect("READY=1").await;
+    let base = format!("https://localhost:{port}");
+
+    // Sessions acknowledged to their browsers before the signal.
+    let mut browsers = Vec::new();
+    for _ in 0..8 {
+        let mut browser = Browser::new(&base, &certs);
+        browser.wait_healthy().await;
+        browser.login_ok().await;
+        browsers.push(browser);
+    }
+    // Slow API calls in flight when the signal arrives, each on its own connection.
+    let mut calls = Vec::new();
+    for browser in &browsers {
+        for _ in 0..2 {
+            let mut caller = Browser::new(&base, &certs);
+            caller.jar = browser.jar.clone();
+            let url = format!("{base}/api/slow/work");
+            calls.push(tokio::spawn(async move {
+                caller.get(&url, &[("x-csrf", "1")]).await.status
+            }));
+        }
+    }
+    wait_for_upstream(&upstream, calls.len()).await;
+
+    child.terminate();
+    child.expect("STOPPING=1").await;
+    for call in calls {
+        assert_eq!(
+            call.await.expect("call task"),
+            200,
+            "a call in flight at SIGTERM was finished, not cut"
+        );
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.process.wait())
+        .await
+        .expect("exited in time")
+        .expect("status");
+    assert_eq!(status.code(), Some(0));
+
+    let mut restarted = spawn(&provider, &certs, &data_dir, port, &[]).await;
+    restarted.expect("READY=1").await;
+    for browser in &browsers {
+        let mut after = Browser::new(&base, &certs);
+        after.jar = browser.jar.clone();
+        after.wait_healthy().await;
+        assert!(after.is_auth().await, "an acknowledged session was lost");
+    }
+}
+
+#[tokio::test]
+async fn a_notify_socket_nobody_reads_never_stalls_the_gateway() {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    let certs = TestCerts::new();
+    let data = tempfile::tempdir().expect("dir");
+    let data_dir = data.path().join("data");
+    let socket = data.path().join("unread.notify");
+    // Bound, never read: its queue fills after a few watchdog pings.
+    let _unread = std::os::unix::net::UnixDatagram::bind(&socket).expect("notify socket");
+    let port = free_port();
+    let mut process = gateway_command(&provider, &certs, &data_dir, port)
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "10000")
+        .spawn()
+        .expect("start the binary");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut browser = Browser::new(&format!("https://localhost:{port}"), &certs);
+        browser.wait_healthy().await;
+        browser.login_ok().await;
+        browser.is_auth().await
+    })
+    .await;
+    if served.is_err() {
+        let _ = process.start_kill();
+    }
+    assert!(
+        served.expect("logins are served while the notify socket is full"),
+        "signed in"
+    );
+    send_signal(&process, "TERM");
+    let Ok(status) = tokio::time::timeout(Duration::from_secs(10), process.wait()).await else {
+        let _ = process.start_kill();
+        panic!("a full notify socket blocked the stop");
+    };
+    assert_eq!(status.expect("status").code(), Some(0));
+}
+
+#[tokio::test]
+async fn shutdown_timeout_bounds_the_drain() {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    let certs = TestCerts::new();
+    let data = tempfile::tempdir().expect("dir");
+    let data_dir = data.path().join("data");
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(60));
+    let route = format!("/api/stuck={}", upstream.url);
+    let port = free_port();
+    let mut child = spawn(
+        &provider,
+        &certs,
+        &data_dir,
+        port,
+        &[
+            "--route",
+            &route,
+            "--shutdown-timeout",
+            "1s",
+            "--upstream-timeout",
+            "120s",
+        ],
+    )
+    .await;
+    child.expect("READY=1").await;
+    let base = format!("https://localhost:{port}");
+    let mut browser = Browser::new(&base, &certs);
+    browser.wait_healthy().await;
+    browser.login_ok().await;
+    let mut caller = Browser::new(&base, &certs);
+    caller.jar = browser.jar.clone();
+    let url = format!("{base}/api/stuck/forever");
+    let stuck = tokio::spawn(async move { caller.get(&url, &[("x-csrf", "1")]).await.status });
+    wait_for_upstream(&upstream, 1).await;
+
+    child.terminate();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.process.wait())
+        .await
+        .expect("the drain is bounded by --shutdown-timeout, not by the stuck call")
+        .expect("status");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a bounded drain is still a clean stop"
+    );
+    stuck.abort();
 }
 
 #[tokio::test]

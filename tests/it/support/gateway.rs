@@ -26,6 +26,8 @@ impl Environment for TestEnvironment {
 /// A running gateway.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The Prometheus endpoint (`--metrics-listen`, always on in tests).
+    pub metrics_addr: SocketAddr,
     pub base: String,
     pub clock: Arc<ManualClock>,
     pub certs: Arc<TestCerts>,
@@ -80,16 +82,22 @@ impl TestGateway {
         let addr = listener.local_addr().expect("addr");
         let base = format!("https://localhost:{}", addr.port());
         let config = config(&issuer, &base, &certs, data_dir.path(), &extra);
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics");
+        let metrics_addr = metrics_listener.local_addr().expect("metrics addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let deps = oidc_bff::Deps {
             clock: clock.clone(),
             reload: None,
+            metrics_listener: Some(metrics_listener),
         };
         let task = tokio::spawn(oidc_bff::run(config, listener, deps, async move {
             let _ = stopped.await;
         }));
         Self {
             addr,
+            metrics_addr,
             base,
             clock,
             certs,
