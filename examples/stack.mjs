@@ -157,7 +157,8 @@ class Service {
  *
  * Options: `dir` (work directory, created), `gatewayBin` (the oidc-bff binary), `ports`
  * (`gateway`, `provider`, `api`; free ones are picked when absent), `accessTokenTtl` seconds,
- * `gatewayArgs` (extra flags), `echo(name, line)` for live output, `tokenLog` (tests only: a file
+ * `gatewayArgs` (extra flags), `frontendUrl` (a dev server such as `ng serve`, instead of the
+ * built app), `echo(name, line)` for live output, `tokenLog` (tests only: a file
  * where the provider records the tokens it issues, so a test can look for them in the browser).
  */
 export async function startStack(options) {
@@ -228,7 +229,9 @@ export async function startStack(options) {
       '--ca-file', certs.ca,
       '--data-dir', join(dir, 'data'),
       '--route', `/api/OtherApi1=${urls.api}`,
-      '--static-dir', options.staticDir ?? angularDist,
+      ...(options.frontendUrl
+        ? ['--frontend-url', options.frontendUrl]
+        : ['--static-dir', options.staticDir ?? angularDist]),
       ...(options.gatewayArgs ?? []),
     ];
     const startGateway = async () => {

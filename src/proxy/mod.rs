@@ -488,6 +488,11 @@ impl Proxy {
             if let Some(protocol) = protocol {
                 parts.headers.insert(header::UPGRADE, protocol);
             }
+            parts.extensions.insert(crate::routes::AccessInfo {
+                route: Some(route.id.clone()),
+                upstream: Some(destination.name.clone()),
+                session: session_tag,
+            });
             return Ok(Response::from_parts(
                 parts,
                 crate::reply::full(bytes::Bytes::new()),
