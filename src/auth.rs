@@ -282,11 +282,11 @@ impl Auth {
             .await?;
         let now = self.clock.unix_now();
         let ticket = Ticket {
+            expires_at: self.tickets.policy().end_of(now, &result.tokens),
             tokens: result.tokens,
             subject: result.subject,
             provider_sid: result.provider_sid,
             created_at: now,
-            expires_at: self.tickets.policy().expires_at(now),
         };
         // A session the browser held before this login is replaced, not left behind.
         let previous = self.lookup(request.headers(), Activity::Peek).await?;

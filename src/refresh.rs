@@ -168,6 +168,7 @@ impl Refresher {
             Ok(refreshed) => {
                 self.metrics.refresh(trigger, RefreshOutcome::Refreshed);
                 let ticket = Ticket {
+                    expires_at: policy.end_of(current.ticket.created_at, &refreshed.tokens),
                     tokens: refreshed.tokens,
                     ..(*current.ticket).clone()
                 };

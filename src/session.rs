@@ -221,6 +221,31 @@ pub struct Tokens {
     pub id_token: Option<Secret>,
 }
 
+impl Tokens {
+    /// When these tokens can no longer be used or renewed: the later of the refresh token's
+    /// expiry and the access token's. Known only when the refresh token carries its own `exp`
+    /// (Keycloak's are JWTs); `None` otherwise, and for sessions without a refresh token.
+    ///
+    /// The refresh token is read without checking a signature: it came from the provider over
+    /// TLS and the value is only ever used to end a session sooner, never to keep one longer.
+    pub fn usable_until(&self) -> Option<u64> {
+        let refresh_expiry = jwt_exp(self.refresh_token.as_ref()?.expose())?;
+        Some(refresh_expiry.max(self.access_expires_at.unwrap_or(0)))
+    }
+}
+
+/// The `exp` claim of a compact JWS/JWT, when the token is one.
+fn jwt_exp(token: &str) -> Option<u64> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_u64()
+}
+
 /// Everything the server keeps about one session (the seed's AuthenticationTicket).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
@@ -251,6 +276,17 @@ impl SessionPolicy {
     /// The absolute end of a session created at `now`.
     pub fn expires_at(&self, now: u64) -> u64 {
         now.saturating_add(self.lifetime.as_secs())
+    }
+
+    /// The absolute end of a session created at `created_at` that holds `tokens`: its lifetime,
+    /// or sooner once its refresh token has expired and its access token is gone (a session that
+    /// can no longer reach any API is ended rather than kept until the lifetime runs out).
+    /// Recomputed at every refresh: a rotated refresh token may move it, never past the lifetime.
+    pub fn end_of(&self, created_at: u64, tokens: &Tokens) -> u64 {
+        let lifetime_end = self.expires_at(created_at);
+        tokens
+            .usable_until()
+            .map_or(lifetime_end, |until| lifetime_end.min(until))
     }
 
     /// The moment a session ends: its absolute expiry or the end of its idle window, whichever
@@ -381,5 +417,52 @@ mod tests {
         assert!(!POLICY.needs_refresh(&ticket(1_000, Some(100)), 69));
         assert!(POLICY.needs_refresh(&ticket(1_000, Some(100)), 70));
         assert!(!POLICY.needs_refresh(&ticket(1_000, None), 10_000));
+    }
+
+    fn jwt(claims: &serde_json::Value) -> Secret {
+        Secret::new(format!(
+            "eyJhbGciOiJIUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        ))
+    }
+
+    #[test]
+    fn a_session_ends_when_its_refresh_token_and_access_token_are_both_gone() {
+        let policy = SessionPolicy {
+            idle_timeout: Duration::from_secs(3_600),
+            lifetime: Duration::from_secs(86_400),
+            refresh_skew: Duration::from_secs(30),
+        };
+        let tokens = |refresh: Option<Secret>, access_expires_at| Tokens {
+            access_token: Secret::new(String::from("at")),
+            access_expires_at,
+            refresh_token: refresh,
+            id_token: None,
+        };
+        let created = 1_000;
+        // Refresh token valid until 5,000, access token until 1,300: ends at 5,000.
+        let keycloak = tokens(Some(jwt(&serde_json::json!({"exp": 5_000}))), Some(1_300));
+        assert_eq!(policy.end_of(created, &keycloak), 5_000);
+        // The access token outlives the refresh token: the later one counts.
+        let late_access = tokens(Some(jwt(&serde_json::json!({"exp": 5_000}))), Some(6_000));
+        assert_eq!(policy.end_of(created, &late_access), 6_000);
+        // Never past the lifetime.
+        let long = tokens(Some(jwt(&serde_json::json!({"exp": 999_999}))), Some(1_300));
+        assert_eq!(policy.end_of(created, &long), created + 86_400);
+        // Unknown refresh expiry (opaque token, offline token without exp) or none: the lifetime.
+        let opaque = tokens(
+            Some(Secret::new(String::from("opaque-refresh"))),
+            Some(1_300),
+        );
+        assert_eq!(policy.end_of(created, &opaque), created + 86_400);
+        let no_exp = tokens(
+            Some(jwt(&serde_json::json!({"typ": "Offline"}))),
+            Some(1_300),
+        );
+        assert_eq!(policy.end_of(created, &no_exp), created + 86_400);
+        assert_eq!(
+            policy.end_of(created, &tokens(None, Some(1_300))),
+            created + 86_400
+        );
     }
 }

@@ -238,6 +238,7 @@ impl SessionDb {
         id: SessionId,
         sealed: &[u8],
         refresh_at: Option<u64>,
+        deadline: impl FnOnce(u64) -> u64,
     ) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         let replaced = {
@@ -253,7 +254,22 @@ impl SessionDb {
                         .remove((at, id.created_ms, id.hash))
                         .map_err(db_error)?;
                 }
-                let meta = Meta { refresh_at, ..old };
+                let deadline = deadline(old.last_access);
+                if deadline != old.deadline {
+                    tables
+                        .by_deadline
+                        .remove((old.deadline, id.created_ms, id.hash))
+                        .map_err(db_error)?;
+                    tables
+                        .by_deadline
+                        .insert((deadline, id.created_ms, id.hash), ())
+                        .map_err(db_error)?;
+                }
+                let meta = Meta {
+                    refresh_at,
+                    deadline,
+                    ..old
+                };
                 if let Some(at) = refresh_at {
                     tables
                         .by_refresh
@@ -715,14 +731,49 @@ mod tests {
     fn replace_ticket_does_not_resurrect_a_removed_session() {
         let (_dir, db) = open();
         let a = sid(1);
-        assert!(!db.replace_ticket(a, b"new", Some(7)).expect("replace"));
+        assert!(
+            !db.replace_ticket(a, b"new", Some(7), |_| 2)
+                .expect("replace")
+        );
         assert_eq!(db.get(a).expect("get"), None);
         db.insert(a, b"old", meta(1, 2, 3, None)).expect("insert");
-        assert!(db.replace_ticket(a, b"new", Some(7)).expect("replace"));
+        assert!(
+            db.replace_ticket(a, b"new", Some(7), |_| 2)
+                .expect("replace")
+        );
         assert_eq!(
             db.get(a).expect("get").map(|r| r.sealed),
             Some(b"new".to_vec())
         );
+    }
+
+    #[test]
+    fn replace_ticket_moves_the_session_in_the_eviction_index() {
+        let (_dir, db) = open();
+        let a = sid(1);
+        db.insert(a, b"old", meta(10, 500, 3, None))
+            .expect("insert");
+        // The new ticket ends sooner (its refresh token expires at 120); the deadline is
+        // computed from the stored last access.
+        let moved = db
+            .replace_ticket(a, b"new", Some(7), |last_access| {
+                assert_eq!(last_access, 10);
+                120
+            })
+            .expect("replace");
+        assert!(moved);
+        let due = |now| {
+            db.due(now, None, 10)
+                .expect("due")
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due(121), vec![a], "due at the new deadline");
+        assert_eq!(db.get(a).expect("get").map(|r| r.meta.deadline), Some(120));
+        db.replace_ticket(a, b"newer", Some(7), |_| 900)
+            .expect("replace");
+        assert!(due(500).is_empty(), "the old index entry is gone");
     }
 
     #[test]

@@ -337,8 +337,14 @@ impl TicketStore {
     pub async fn renew(&self, id: SessionId, ticket: Ticket) -> Result<bool, StoreError> {
         let record = self.seal(id, &ticket);
         let refresh_at = refresh_at(&ticket);
+        // A refresh can move the session's end (a new refresh-token expiry): its place in the
+        // eviction index follows.
+        let (policy, expires_at) = (*self.policy(), ticket.expires_at);
+        let deadline = move |last_access: u64| {
+            expires_at.min(last_access.saturating_add(policy.idle_timeout.as_secs()))
+        };
         let replaced = self
-            .blocking(move |db| db.replace_ticket(id, &record, refresh_at))
+            .blocking(move |db| db.replace_ticket(id, &record, refresh_at, deadline))
             .await?;
         if replaced {
             let last_access = self

@@ -129,3 +129,54 @@ async fn many_due_sessions_are_refreshed_with_bounded_concurrency() {
     assert!(max <= 4, "at most 4 refreshes at once, saw {max}");
     assert!(max >= 2, "refreshes ran in parallel, saw {max}");
 }
+
+/// The value of an unlabelled sample in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_session_ends_once_its_refresh_token_has_expired_and_the_sweep_removes_it() {
+    let (provider, gateway) =
+        setup(&["--sweep-interval", "100ms", "--refresh-interval", "1h"]).await;
+    provider.set_token_ttl(60);
+    provider.set_refresh_token_ttl(600);
+    provider.rotate_refresh_tokens(true);
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+
+    // Used often (never idle), far inside the 7-day lifetime: what ends it is the refresh token.
+    provider.clock().advance(Duration::from_secs(50));
+    assert_eq!(browser.user().await.status, 200, "refreshed on demand");
+    assert_eq!(provider.refresh_count(), 1);
+    // The rotated refresh token expires 600 s after that refresh, not after the login.
+    provider.clock().advance(Duration::from_secs(570));
+    assert!(
+        browser.is_auth().await,
+        "the new refresh token is still valid"
+    );
+    assert_eq!(
+        sample(&gateway.metrics().await, "oidc_bff_sessions"),
+        Some(1.0)
+    );
+
+    // Refresh token expired and access token gone. Nothing touches the session now: the
+    // eviction sweep alone finds and removes it.
+    provider.clock().advance(Duration::from_secs(40));
+    let mut evicted = false;
+    for _ in 0..250 {
+        let text = gateway.metrics().await;
+        if sample(&text, "oidc_bff_sessions") == Some(0.0)
+            && sample(&text, "oidc_bff_sessions_evicted_total") == Some(1.0)
+        {
+            evicted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        evicted,
+        "the eviction sweep removed the session from the store"
+    );
+}

@@ -121,6 +121,22 @@ impl TestGateway {
         panic!("gateway did not become ready");
     }
 
+    /// The Prometheus text from `/metrics` (plain HTTP/1.1, one request).
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .expect("connect to the metrics listener");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: m\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = String::new();
+        tcp.read_to_string(&mut raw).await.expect("read");
+        raw.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
     /// A new browser with an empty cookie jar.
     pub fn browser(&self) -> Browser {
         Browser::new(&self.base, &self.certs)

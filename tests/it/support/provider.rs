@@ -193,6 +193,8 @@ struct State {
     tamper: Tamper,
     refresh_tamper: Tamper,
     token_ttl: u64,
+    /// When set, refresh tokens are JWTs carrying this lifetime as `exp` (as Keycloak's are).
+    refresh_ttl: Option<u64>,
     rotate_refresh: bool,
     fail_next_refresh: Option<RefreshFailure>,
     down: bool,
@@ -279,6 +281,7 @@ impl FakeProvider {
         let state = Arc::new(Mutex::new(State {
             keys: vec![SigningKey::generate(alg, Some("key-1".into()))],
             token_ttl: 300,
+            refresh_ttl: None,
             ..State::default()
         }));
         let gauges: Arc<Gauges> = Arc::default();
@@ -331,6 +334,11 @@ impl FakeProvider {
     /// Spoils ID tokens in refresh responses.
     pub fn tamper_refresh(&self, tamper: Tamper) {
         self.with(|s| s.refresh_tamper = tamper);
+    }
+
+    /// Refresh tokens issued from now on are JWTs that expire after this long.
+    pub fn set_refresh_token_ttl(&self, seconds: u64) {
+        self.with(|s| s.refresh_ttl = Some(seconds));
     }
 
     /// Lifetime of access tokens (`expires_in`).
@@ -802,7 +810,15 @@ fn issue(
     state.counter += 1;
     let subject = USER_SUB;
     let access_token = random_token("at-");
-    let refresh_token = new_refresh_token.then(|| random_token("rt-"));
+    let refresh_token = new_refresh_token.then(|| match state.refresh_ttl {
+        // Keycloak-style: a JWT whose `exp` tells when it stops working.
+        Some(ttl) => format!(
+            "eyJhbGciOiJIUzI1NiJ9.{}.{}",
+            URL_SAFE_NO_PAD.encode(json!({"exp": now + ttl, "jti": random_token("")}).to_string()),
+            URL_SAFE_NO_PAD.encode(random_token("sig-"))
+        ),
+        None => random_token("rt-"),
+    });
     if let Some(token) = &refresh_token {
         state.refresh_tokens.insert(token.clone(), sid.to_owned());
         state.issued_secrets.push(token.clone());
