@@ -69,12 +69,17 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // No Nagle delay: a request head and a short body go out at once, as nginx's
+    // `tcp_nodelay on` does towards upstreams.
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .build();
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle)
         .pool_timer(TokioTimer::new())

@@ -141,6 +141,9 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         // hyper answers 431 when a request head does not fit the read buffer; 8 KiB is
         // hyper's smallest allowed buffer.
         .max_buf_size(limits.max_header_bytes.max(8192))
+        // Head and body into one buffer before TLS: one record and one write per small
+        // response instead of two.
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
