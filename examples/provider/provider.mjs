@@ -17,6 +17,7 @@
 //   ACCESS_TOKEN_TTL  seconds (default 300)
 //   DEMO_USER / DEMO_PASSWORD  the test user's credentials
 //   TOKEN_LOG         tests only, see below
+//   EXTRA_CLIENTS     more client registrations, a JSON array (bench/proxy.mjs uses it)
 //
 // One JSON line per protocol event goes to stdout (grant types, logouts, introspections), which
 // the browser tests read to prove what happened server-side. Tokens are never printed.
@@ -72,6 +73,8 @@ const configuration = {
       backchannel_logout_uri: `${gateway}/backchannel-logout`,
       backchannel_logout_session_required: true,
     },
+    // More clients, as JSON (the proxy benchmark registers Apache + mod_auth_openidc here).
+    ...JSON.parse(process.env.EXTRA_CLIENTS ?? '[]'),
     {
       client_id: 'products-api',
       client_secret: env('API_SECRET'),
@@ -151,6 +154,11 @@ const configuration = {
 };
 
 const provider = new Provider(issuer, configuration);
+
+// Where the login and consent forms may lead: this provider and the clients' redirect URIs.
+const clientOrigins = [...new Set(configuration.clients
+  .flatMap((client) => client.redirect_uris ?? [])
+  .map((uri) => new URL(uri).origin))].join(' ');
 provider.proxy = false;
 
 // Tests only: TOKEN_LOG names a file where every issued token is recorded, so the browser tests
@@ -230,7 +238,7 @@ const sendHtml = (res, status, html) => {
     'x-frame-options': 'DENY',
     // form-action covers the redirects after a form post too: the consent form's answer ends
     // at the gateway's callback.
-    'content-security-policy': `default-src 'none'; style-src 'unsafe-inline'; form-action 'self' ${new URL(gateway).origin}`,
+    'content-security-policy': `default-src 'none'; style-src 'unsafe-inline'; form-action 'self' ${clientOrigins}`,
   });
   res.end(html);
 };

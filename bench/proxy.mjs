@@ -1,0 +1,331 @@
+// The proxy benchmark: an authenticated `GET /api/OtherApi1/products` through oidc-bff, against
+// the same call straight to the upstream, through a plain nginx TLS reverse proxy (no
+// authentication: the practical limit), and through Apache + mod_auth_openidc (server-side
+// sessions, access token passed as a bearer: what users pick today). Run by bench/proxy.sh,
+// which checks the tools; see bench/README.md for the method and the last results.
+//
+// Method: every server (and the tiny upstream, an nginx answering a fixed JSON) is pinned to
+// CPU 0, wrk to CPU 1 (`taskset`). Each target gets a warm-up, then the targets are measured
+// in turn, ROUNDS times, interleaved, with fixed connections and duration. Sessions come from a
+// real login (Chromium via playwright-core) at a real OpenID provider (examples/provider), for
+// oidc-bff and for mod_auth_openidc alike. Then the memory check: 10,000 live sessions over
+// 1,000 connections, oidc-bff's RSS read from /proc.
+//
+// Environment: ROUNDS (3), DURATION seconds per run (10), CONNECTIONS (64), OIDC_BFF_BIN
+// (target/release/oidc-bff), SEED_BIN (target/release/examples/seed_sessions), ONLY (measure
+// one target besides nginx, e.g. ONLY=oidc-bff while profiling).
+
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { freePort, makeCertificates, probe, repo, examples } from '../examples/stack.mjs';
+
+const { chromium } = await import(join(repo, 'tests', 'e2e', 'node_modules', 'playwright-core', 'index.mjs'));
+
+const ROUNDS = Number(process.env.ROUNDS ?? 3);
+const DURATION = Number(process.env.DURATION ?? 10);
+const CONNECTIONS = Number(process.env.CONNECTIONS ?? 64);
+const LIVE_SESSIONS = 10_000;
+const OPEN_CONNECTIONS = 1_000;
+const bin = process.env.OIDC_BFF_BIN ?? join(repo, 'target', 'release', 'oidc-bff');
+const seedBin = process.env.SEED_BIN ?? join(repo, 'target', 'release', 'examples', 'seed_sessions');
+
+const dir = join(repo, 'target', 'bench-proxy');
+rmSync(dir, { recursive: true, force: true });
+mkdirSync(join(dir, 'logs'), { recursive: true });
+const certs = makeCertificates(join(dir, 'tls'));
+const children = [];
+
+function start(name, command, args, env = {}, cpu = '0') {
+  const log = createWriteStream(join(dir, 'logs', `${name}.log`));
+  const child = spawn('taskset', ['-c', cpu, command, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stdout.pipe(log);
+  child.stderr.pipe(log);
+  children.push(child);
+  return child;
+}
+
+async function stopAll() {
+  await Promise.all(children.map((child) => new Promise((done) => {
+    if (child.exitCode !== null || child.signalCode !== null) return done();
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    child.once('exit', () => { clearTimeout(timer); done(); });
+    child.kill('SIGTERM');
+  })));
+}
+
+async function waitFor(what, check, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} did not come up; logs in ${join(dir, 'logs')}`);
+}
+
+process.on('SIGINT', () => stopAll().then(() => process.exit(130)));
+try {
+  const ports = {
+    upstream: await freePort(), nginx: await freePort(), apache: await freePort(),
+    gateway: await freePort(), provider: await freePort(),
+  };
+  const urls = {
+    provider: `https://127.0.0.1:${ports.provider}`,
+    gateway: `https://localhost:${ports.gateway}`,
+    apache: `https://localhost:${ports.apache}`,
+    nginx: `https://localhost:${ports.nginx}`,
+    upstream: `http://127.0.0.1:${ports.upstream}`,
+  };
+  const secret = () => randomBytes(24).toString('base64url');
+  const password = secret();
+  const clientSecret = secret();
+  const apacheSecret = secret();
+
+  // --- the tiny upstream and the plain nginx reverse proxy --------------------------------------
+
+  const products = JSON.stringify({ products: [{ id: 1, name: 'Espresso machine', price: 249.0 }] });
+  const nginxConf = (name, server) => {
+    const root = join(dir, name);
+    mkdirSync(root, { recursive: true });
+    const file = join(root, 'nginx.conf');
+    writeFileSync(file, `
+  worker_processes 1;
+  pid ${root}/nginx.pid;
+  error_log ${root}/error.log warn;
+  events { worker_connections 4096; }
+  http {
+    access_log off;
+    client_body_temp_path ${root}/body; proxy_temp_path ${root}/proxy;
+    fastcgi_temp_path ${root}/fastcgi; uwsgi_temp_path ${root}/uwsgi; scgi_temp_path ${root}/scgi;
+    keepalive_requests 1000000;
+    ${server}
+  }`);
+    return file;
+  };
+  start('upstream', 'nginx', ['-e', join(dir, 'upstream-error.log'), '-c', nginxConf('upstream', `
+    server {
+      listen 127.0.0.1:${ports.upstream};
+      location / { default_type application/json; return 200 '${products}'; }
+    }`), '-g', 'daemon off;']);
+  start('nginx', 'nginx', ['-e', join(dir, 'nginx-error.log'), '-c', nginxConf('nginx', `
+    upstream api { server 127.0.0.1:${ports.upstream}; keepalive 64; }
+    server {
+      listen 127.0.0.1:${ports.nginx} ssl;
+      ssl_certificate ${certs.cert}; ssl_certificate_key ${certs.key};
+      location /api/OtherApi1/ {
+        proxy_pass http://api/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+      }
+    }`), '-g', 'daemon off;']);
+
+  // --- the provider, oidc-bff, Apache + mod_auth_openidc ----------------------------------------
+
+  start('provider', process.execPath, [join(examples, 'provider', 'provider.mjs')], {
+    NODE_EXTRA_CA_CERTS: certs.ca, TLS_CERT: certs.cert, TLS_KEY: certs.key,
+    PROVIDER_ISSUER: urls.provider, GATEWAY_URL: urls.gateway,
+    CLIENT_SECRET: clientSecret, API_SECRET: secret(), DEMO_PASSWORD: password,
+    ACCESS_TOKEN_TTL: '3600',
+    EXTRA_CLIENTS: JSON.stringify([{
+      client_id: 'apache', client_secret: apacheSecret, token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'],
+      redirect_uris: [`${urls.apache}/api/redirect_uri`],
+    }]),
+  });
+  await waitFor('provider', async () => (await probe(`${urls.provider}/.well-known/openid-configuration`, certs.ca)) === 200);
+
+  const dataDir = join(dir, 'oidc-bff-data');
+  mkdirSync(dataDir, { recursive: true });
+  const seeded = spawnSync(seedBin, [dataDir, String(LIVE_SESSIONS)], { maxBuffer: 64 << 20 });
+  if (seeded.status !== 0) throw new Error(`seed_sessions failed: ${seeded.stderr}`);
+  const cookieFile = join(dir, 'cookies.txt');
+  writeFileSync(cookieFile, seeded.stdout);
+  writeFileSync(join(dir, 'client-secret'), clientSecret, { mode: 0o600 });
+  const gateway = start('oidc-bff', bin, ['serve',
+    '--listen', `127.0.0.1:${ports.gateway}`, '--public-url', urls.gateway,
+    '--issuer', urls.provider, '--client-id', 'oidc-bff', '--client-secret-file', join(dir, 'client-secret'),
+    '--tls-cert', certs.cert, '--tls-key', certs.key, '--ca-file', certs.ca, '--data-dir', dataDir,
+    '--route', `/api/OtherApi1=${urls.upstream}`, '--log-level', 'warn'], {});
+  await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200);
+
+  const apacheRoot = join(dir, 'apache');
+  mkdirSync(apacheRoot, { recursive: true });
+  const modules = '/usr/lib/apache2/modules';
+  const apacheConf = join(apacheRoot, 'apache2.conf');
+  writeFileSync(apacheConf, `
+  ServerRoot ${apacheRoot}
+  ServerName localhost
+  PidFile ${apacheRoot}/apache2.pid
+  Mutex file:${apacheRoot} default
+  ErrorLog ${apacheRoot}/error.log
+  LogLevel warn auth_openidc:info
+  ${process.getuid() === 0 ? 'User www-data\nGroup www-data' : ''}
+  LoadModule mpm_event_module ${modules}/mod_mpm_event.so
+  LoadModule authn_core_module ${modules}/mod_authn_core.so
+  LoadModule authz_core_module ${modules}/mod_authz_core.so
+  LoadModule authz_user_module ${modules}/mod_authz_user.so
+  LoadModule auth_openidc_module ${modules}/mod_auth_openidc.so
+  LoadModule ssl_module ${modules}/mod_ssl.so
+  LoadModule socache_shmcb_module ${modules}/mod_socache_shmcb.so
+  LoadModule proxy_module ${modules}/mod_proxy.so
+  LoadModule proxy_http_module ${modules}/mod_proxy_http.so
+  LoadModule headers_module ${modules}/mod_headers.so
+  Listen 127.0.0.1:${ports.apache} https
+  KeepAliveTimeout 60
+  MaxKeepAliveRequests 0
+  <VirtualHost 127.0.0.1:${ports.apache}>
+    SSLEngine on
+    SSLCertificateFile ${certs.cert}
+    SSLCertificateKeyFile ${certs.key}
+    OIDCProviderMetadataURL ${urls.provider}/.well-known/openid-configuration
+    OIDCCABundlePath ${certs.ca}
+    OIDCClientID apache
+    OIDCClientSecret ${apacheSecret}
+    OIDCRedirectURI ${urls.apache}/api/redirect_uri
+    OIDCCryptoPassphrase ${secret()}
+    OIDCScope "openid profile"
+    OIDCPKCEMethod S256
+    OIDCSessionType server-cache
+    OIDCCacheType shm
+    OIDCPassClaimsAs environment
+    <Location /api/>
+      AuthType openid-connect
+      Require valid-user
+      RequestHeader set Authorization "Bearer %{OIDC_access_token}e" env=OIDC_access_token
+    </Location>
+    ProxyPass /api/OtherApi1/ ${urls.upstream}/ keepalive=On
+  </VirtualHost>
+  `);
+  start('apache', 'apache2', ['-f', apacheConf, '-DFOREGROUND'], { APACHE_RUN_DIR: apacheRoot, APACHE_LOG_DIR: apacheRoot });
+  await waitFor('apache', async () => [200, 302, 401].includes(await probe(`${urls.apache}/api/OtherApi1/products`, certs.ca)));
+
+  // --- one real login each, in Chromium ----------------------------------------------------------
+
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: [...(process.getuid() === 0 ? ['--no-sandbox'] : []), '--ignore-certificate-errors',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  async function login(start, origin) {
+    await page.goto(start);
+    const settle = async (action) => {
+      const before = page.url();
+      await action();
+      await page.waitForURL((url) => url.href !== before, { timeout: 10_000 });
+      await page.waitForLoadState('load');
+    };
+    for (let step = 0; step < 6 && new URL(page.url()).origin !== origin; step += 1) {
+      if (await page.locator('input[name=password]').count()) {
+        await page.fill('input[name=username]', 'alice');
+        await page.fill('input[name=password]', password);
+        await settle(() => page.click('button[type=submit]'));
+      } else if (await page.getByRole('button', { name: 'Allow' }).count()) {
+        await settle(() => page.getByRole('button', { name: 'Allow' }).click());
+      } else {
+        throw new Error(`login for ${origin}: unexpected page ${page.url()}: ${await page.locator('body').innerText()}`);
+      }
+    }
+    if (new URL(page.url()).origin !== origin) throw new Error(`login for ${origin} ended at ${page.url()}`);
+  }
+  await login(`${urls.gateway}/login?returnUrl=/healthz`, urls.gateway);
+  await login(`${urls.apache}/api/OtherApi1/products`, urls.apache);
+  const cookies = await context.cookies();
+  const cookie = (name) => cookies.find((c) => c.name === name)?.value;
+  const gatewayCookie = cookie('__Host-bff');
+  const apacheCookie = cookie('mod_auth_openidc_session');
+  await browser.close();
+  if (!gatewayCookie || !apacheCookie) throw new Error(`missing a session cookie: ${cookies.map((c) => c.name)}`);
+
+  // --- measure -----------------------------------------------------------------------------------
+
+  const allTargets = [
+    { name: 'upstream direct', url: `${urls.upstream}/products`, headers: [] },
+    { name: 'nginx (TLS, no auth)', url: `${urls.nginx}/api/OtherApi1/products`, headers: [] },
+    { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
+    { name: 'Apache + mod_auth_openidc', url: `${urls.apache}/api/OtherApi1/products`, headers: [`Cookie: mod_auth_openidc_session=${apacheCookie}`] },
+  ];
+  // ONLY=oidc-bff (a substring of a target's name) measures just that target, e.g. to profile it.
+  const targets = allTargets.filter((t) => !process.env.ONLY || t.name.includes(process.env.ONLY) || t.name.startsWith('nginx'));
+
+  function seconds(text) {
+    const match = /([\d.]+)(us|ms|s)/.exec(text);
+    if (!match) return NaN;
+    return Number(match[1]) * { us: 1e-6, ms: 1e-3, s: 1 }[match[2]];
+  }
+
+  function wrk(target, duration, connections = CONNECTIONS, script) {
+    const args = ['-c', '1', 'wrk', '-t1', `-c${connections}`, `-d${duration}s`, '--latency', '--timeout', '5s'];
+    for (const header of target.headers) args.push('-H', header);
+    if (script) args.push('-s', script);
+    args.push(target.url);
+    const result = spawnSync('taskset', args, { encoding: 'utf8', env: { ...process.env, COOKIES: cookieFile } });
+    const out = result.stdout;
+    const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
+    const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
+    const errors = /Socket errors: (.*)/.exec(out)?.[1] ?? '';
+    return { rps, p50: seconds(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? ''), p99: seconds(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? ''), non2xx, errors, out };
+  }
+
+  for (const target of targets) {
+    const check = wrk(target, 1, 4);
+    if (!(check.rps > 0) || check.non2xx > 0) {
+      throw new Error(`${target.name} does not answer 200: ${check.out}`);
+    }
+  }
+  console.log(`proxy benchmark: wrk -t1 -c${CONNECTIONS} -d${DURATION}s, servers on CPU 0, wrk on CPU 1, ${ROUNDS} rounds interleaved`);
+  for (const target of targets) wrk(target, 2);
+  const runs = Object.fromEntries(targets.map((t) => [t.name, []]));
+  for (let round = 1; round <= ROUNDS; round += 1) {
+    for (const target of targets) {
+      const run = wrk(target, DURATION);
+      if (run.non2xx > 0) throw new Error(`${target.name}: ${run.non2xx} responses were not 2xx`);
+      runs[target.name].push(run);
+      console.log(`  round ${round} ${target.name.padEnd(26)} ${run.rps.toFixed(0).padStart(7)} req/s  p50 ${(run.p50 * 1e3).toFixed(2)} ms  p99 ${(run.p99 * 1e3).toFixed(2)} ms${run.errors ? `  (socket errors: ${run.errors})` : ''}`);
+    }
+  }
+
+  const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const summary = targets.map((t) => ({
+    name: t.name,
+    rps: median(runs[t.name].map((r) => r.rps)),
+    p50: median(runs[t.name].map((r) => r.p50)),
+    p99: median(runs[t.name].map((r) => r.p99)),
+  }));
+  const nginx = summary.find((s) => s.name.startsWith('nginx'));
+  console.log('\n| target | req/s (median) | vs nginx | p50 | p99 |\n|---|---|---|---|---|');
+  for (const s of summary) {
+    console.log(`| ${s.name} | ${s.rps.toFixed(0)} | ${(s.rps / nginx.rps).toFixed(2)}× | ${(s.p50 * 1e3).toFixed(2)} ms | ${(s.p99 * 1e3).toFixed(2)} ms |`);
+  }
+
+  // --- memory: 10,000 live sessions over 1,000 connections ---------------------------------------
+
+  const lua = join(dir, 'sessions.lua');
+  writeFileSync(lua, `
+  local cookies = {}
+  for line in io.lines(os.getenv("COOKIES")) do cookies[#cookies + 1] = line end
+  local i = 0
+  request = function()
+    i = i + 1
+    local cookie = cookies[(i % #cookies) + 1]
+    return wrk.format("GET", "/api/OtherApi1/products", { ["Cookie"] = "__Host-bff=" .. cookie, ["X-CSRF"] = "1" })
+  end
+  `);
+  const many = wrk({ name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [] }, 15, OPEN_CONNECTIONS, lua);
+  const status = readFileSync(`/proc/${gateway.pid}/status`, 'utf8');
+  const kib = (field) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN);
+  console.log(`\nmemory: ${LIVE_SESSIONS} sessions in the store, ${OPEN_CONNECTIONS} connections cycling through them: `
+    + `${many.rps.toFixed(0)} req/s (${many.non2xx} non-2xx, socket errors: ${many.errors || 'none'}), `
+    + `oidc-bff RSS ${(kib('VmRSS') / 1024).toFixed(1)} MiB, peak ${(kib('VmHWM') / 1024).toFixed(1)} MiB`);
+} catch (error) {
+  console.error(`proxy benchmark failed: ${error.stack ?? error}\nlogs: ${join(dir, 'logs')}, ${join(dir, 'apache', 'error.log')}`);
+  process.exitCode = 1;
+} finally {
+  await stopAll();
+}
