@@ -72,7 +72,7 @@ process.on('SIGINT', () => stopAll().then(() => process.exit(130)));
 try {
   const ports = {
     upstream: await freePort(), nginx: await freePort(), apache: await freePort(),
-    gateway: await freePort(), provider: await freePort(),
+    gateway: await freePort(), provider: await freePort(), files: await freePort(),
   };
   const urls = {
     provider: `https://127.0.0.1:${ports.provider}`,
@@ -124,6 +124,22 @@ try {
       }
     }`), '-g', 'daemon off;']);
 
+  // A file service for the streaming check: counts what it is sent, sends 1 GiB on request.
+  start('files', process.execPath, ['-e', `
+    const http = require('node:http');
+    const chunk = Buffer.alloc(1 << 20);
+    http.createServer((req, res) => {
+      if (req.url === '/download') {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(1 << 30) });
+        let left = 1024;
+        const more = () => { while (left > 0) { left -= 1; if (!res.write(chunk)) return res.once('drain', more); } res.end(); };
+        return more();
+      }
+      let bytes = 0;
+      req.on('data', (d) => { bytes += d.length; });
+      req.on('end', () => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(String(bytes)); });
+    }).listen(${ports.files}, '127.0.0.1');`]);
+
   // --- the provider, oidc-bff, Apache + mod_auth_openidc ----------------------------------------
 
   start('provider', process.execPath, [join(examples, 'provider', 'provider.mjs')], {
@@ -150,7 +166,8 @@ try {
     '--listen', `127.0.0.1:${ports.gateway}`, '--public-url', urls.gateway,
     '--issuer', urls.provider, '--client-id', 'oidc-bff', '--client-secret-file', join(dir, 'client-secret'),
     '--tls-cert', certs.cert, '--tls-key', certs.key, '--ca-file', certs.ca, '--data-dir', dataDir,
-    '--route', `/api/OtherApi1=${urls.upstream}`, '--log-level', 'warn'], {});
+    '--route', `/api/OtherApi1=${urls.upstream}`, '--route', `/api/Files=http://127.0.0.1:${ports.files}`,
+    '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn'], {});
   await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200);
 
   const apacheRoot = join(dir, 'apache');
@@ -323,6 +340,31 @@ try {
   console.log(`\nmemory: ${LIVE_SESSIONS} sessions in the store, ${OPEN_CONNECTIONS} connections cycling through them: `
     + `${many.rps.toFixed(0)} req/s (${many.non2xx} non-2xx, socket errors: ${many.errors || 'none'}), `
     + `oidc-bff RSS ${(kib('VmRSS') / 1024).toFixed(1)} MiB, peak ${(kib('VmHWM') / 1024).toFixed(1)} MiB`);
+
+  // --- streaming: 1 GiB up and 1 GiB down through oidc-bff, memory sampled all along ---------
+
+  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${gateway.pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+  async function streamed(what, shell) {
+    const before = rss();
+    let peak = before;
+    const sampler = setInterval(() => { peak = Math.max(peak, rss()); }, 50);
+    const started = Date.now();
+    const result = await new Promise((done) => {
+      const child = spawn('taskset', ['-c', '1', 'bash', '-c', shell], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.on('data', (d) => { out += d; });
+      child.on('exit', (code) => done({ code, out: out.trim() }));
+    });
+    clearInterval(sampler);
+    const seconds = (Date.now() - started) / 1000;
+    console.log(`${what}: ${result.out} in ${seconds.toFixed(1)} s; oidc-bff RSS ${before.toFixed(1)} MiB before, at most ${peak.toFixed(1)} MiB during (+${(peak - before).toFixed(1)} MiB)`);
+    return result.out;
+  }
+  const auth = `-H 'Cookie: __Host-bff=${gatewayCookie}' -H 'X-CSRF: 1'`;
+  const up = await streamed('upload 1 GiB', `head -c ${1 << 30} /dev/zero | curl -sk --fail -X POST -T - ${auth} -H 'content-type: application/octet-stream' -w ' (HTTP %{http_code})' ${urls.gateway}/api/Files/upload`);
+  if (!up.startsWith(String(1 << 30))) throw new Error(`the upstream did not receive 1 GiB: ${up}`);
+  const down = await streamed('download 1 GiB', `curl -sk --fail ${auth} -o /dev/null -w '%{size_download} bytes (HTTP %{http_code})' ${urls.gateway}/api/Files/download`);
+  if (!down.startsWith(String(1 << 30))) throw new Error(`the browser did not receive 1 GiB: ${down}`);
 } catch (error) {
   console.error(`proxy benchmark failed: ${error.stack ?? error}\nlogs: ${join(dir, 'logs')}, ${join(dir, 'apache', 'error.log')}`);
   process.exitCode = 1;
