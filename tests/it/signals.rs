@@ -12,6 +12,27 @@ use crate::support::process::{free_port, gateway_command, send_signal};
 use crate::support::provider::FakeProvider;
 use crate::support::upstream::Upstream;
 
+/// What each test here starts from.
+struct Setup {
+    provider: FakeProvider,
+    certs: TestCerts,
+    /// Holds the temporary directory (and with it `data_dir`) for the test's lifetime.
+    data: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    port: u16,
+}
+
+async fn setup() -> Setup {
+    let data = tempfile::tempdir().expect("dir");
+    Setup {
+        provider: FakeProvider::start(Arc::new(ManualClock::starting_now())).await,
+        certs: TestCerts::new(),
+        data_dir: data.path().join("data"),
+        data,
+        port: free_port(),
+    }
+}
+
 struct Child {
     process: tokio::process::Child,
     /// Every notification the binary sent, read as they arrive (as systemd does: a manager
@@ -73,11 +94,13 @@ impl Child {
 
 #[tokio::test]
 async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
-    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
-    let certs = TestCerts::new();
-    let data = tempfile::tempdir().expect("dir");
-    let data_dir = data.path().join("data");
-    let port = free_port();
+    let Setup {
+        provider,
+        certs,
+        data: _data,
+        data_dir,
+        port,
+    } = setup().await;
     let mut child = spawn(&provider, &certs, &data_dir, port, &[]).await;
     child.expect("READY=1").await;
     child.expect("WATCHDOG=1").await;
@@ -121,14 +144,16 @@ async fn wait_for_upstream(upstream: &Upstream, count: usize) {
 
 #[tokio::test]
 async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_session() {
-    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
-    let certs = TestCerts::new();
-    let data = tempfile::tempdir().expect("dir");
-    let data_dir = data.path().join("data");
+    let Setup {
+        provider,
+        certs,
+        data: _data,
+        data_dir,
+        port,
+    } = setup().await;
     let upstream = Upstream::start().await;
     upstream.set_delay(Duration::from_millis(1500));
     let route = format!("/api/slow={}", upstream.url);
-    let port = free_port();
     let mut child = spawn(&provider, &certs, &data_dir, port, &["--route", &route]).await;
     child.expect("READY=1").await;
     let base = format!("https://localhost:{port}");
@@ -182,14 +207,16 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_s
 
 #[tokio::test]
 async fn a_notify_socket_nobody_reads_never_stalls_the_gateway() {
-    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
-    let certs = TestCerts::new();
-    let data = tempfile::tempdir().expect("dir");
-    let data_dir = data.path().join("data");
+    let Setup {
+        provider,
+        certs,
+        data,
+        data_dir,
+        port,
+    } = setup().await;
     let socket = data.path().join("unread.notify");
     // Bound, never read: its queue fills after a few watchdog pings.
     let _unread = std::os::unix::net::UnixDatagram::bind(&socket).expect("notify socket");
-    let port = free_port();
     let mut process = gateway_command(&provider, &certs, &data_dir, port)
         .env("NOTIFY_SOCKET", &socket)
         .env("WATCHDOG_USEC", "10000")
@@ -220,14 +247,16 @@ async fn a_notify_socket_nobody_reads_never_stalls_the_gateway() {
 
 #[tokio::test]
 async fn shutdown_timeout_bounds_the_drain() {
-    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
-    let certs = TestCerts::new();
-    let data = tempfile::tempdir().expect("dir");
-    let data_dir = data.path().join("data");
+    let Setup {
+        provider,
+        certs,
+        data: _data,
+        data_dir,
+        port,
+    } = setup().await;
     let upstream = Upstream::start().await;
     upstream.set_delay(Duration::from_secs(60));
     let route = format!("/api/stuck={}", upstream.url);
-    let port = free_port();
     let mut child = spawn(
         &provider,
         &certs,
