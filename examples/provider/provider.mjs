@@ -189,7 +189,7 @@ const page = (title, body) => `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font-family:system-ui,sans-serif;max-width:26rem;margin:4rem auto;padding:0 1rem}
-label,input,button{display:block;width:100%;margin:.4rem 0}input,button{padding:.5rem;font-size:1rem}
+*{box-sizing:border-box}label,input,button{display:block;width:100%;margin:.4rem 0}input,button{padding:.5rem;font-size:1rem}
 .error{color:#b00}.hint{color:#555;font-size:.9rem}</style></head>
 <body><h1>${escape(title)}</h1>${body}</body></html>`;
 
