@@ -266,6 +266,9 @@ try {
     { name: 'upstream direct', url: `${urls.upstream}/products`, headers: [] },
     { name: 'nginx (TLS, no auth)', url: `${urls.nginx}/api/OtherApi1/products`, headers: [] },
     { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
+    // Not a proxied call: the gateway's TLS and HTTP floor (no session, no upstream), to show
+    // how much of its cost is the relay itself.
+    { name: 'oidc-bff /healthz only', url: `${urls.gateway}/healthz`, headers: [] },
     { name: 'Apache + mod_auth_openidc', url: `${urls.apache}/api/OtherApi1/products`, headers: [`Cookie: mod_auth_openidc_session=${apacheCookie}`] },
   ];
   // ONLY=oidc-bff (a substring of a target's name) measures just that target, e.g. to profile it.
