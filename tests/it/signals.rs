@@ -40,35 +40,38 @@ struct Child {
     notifications: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
-async fn spawn(
-    provider: &FakeProvider,
-    certs: &TestCerts,
-    data: &std::path::Path,
-    port: u16,
-    extra: &[&str],
-) -> Child {
-    let socket = data.with_extension("notify");
-    let _ = std::fs::remove_file(&socket);
-    let receiver = tokio::net::UnixDatagram::bind(&socket).expect("notify socket");
-    let process = gateway_command(provider, certs, data, port)
-        .args(extra)
-        .env("NOTIFY_SOCKET", &socket)
-        .env("WATCHDOG_USEC", "200000")
-        .spawn()
-        .expect("start the binary");
-    let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut buffer = [0u8; 256];
-        while let Ok(length) = receiver.recv(&mut buffer).await {
-            let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
-            if sender.send(text).is_err() {
-                return;
+impl Setup {
+    /// The gateway's public base URL.
+    fn base(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+
+    /// Starts the binary on this setup's data dir and port, with `extra` flags, under a
+    /// notification socket that is read as systemd reads it.
+    async fn spawn(&self, extra: &[&str]) -> Child {
+        let socket = self.data_dir.with_extension("notify");
+        let _ = std::fs::remove_file(&socket);
+        let receiver = tokio::net::UnixDatagram::bind(&socket).expect("notify socket");
+        let process = gateway_command(&self.provider, &self.certs, &self.data_dir, self.port)
+            .args(extra)
+            .env("NOTIFY_SOCKET", &socket)
+            .env("WATCHDOG_USEC", "200000")
+            .spawn()
+            .expect("start the binary");
+        let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 256];
+            while let Ok(length) = receiver.recv(&mut buffer).await {
+                let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                if sender.send(text).is_err() {
+                    return;
+                }
             }
+        });
+        Child {
+            process,
+            notifications,
         }
-    });
-    Child {
-        process,
-        notifications,
     }
 }
 
@@ -94,19 +97,13 @@ impl Child {
 
 #[tokio::test]
 async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
-    let Setup {
-        provider,
-        certs,
-        data: _data,
-        data_dir,
-        port,
-    } = setup().await;
-    let mut child = spawn(&provider, &certs, &data_dir, port, &[]).await;
+    let fixture = setup().await;
+    let mut child = fixture.spawn(&[]).await;
     child.expect("READY=1").await;
     child.expect("WATCHDOG=1").await;
 
-    let base = format!("https://localhost:{port}");
-    let mut browser = Browser::new(&base, &certs);
+    let base = fixture.base();
+    let mut browser = Browser::new(&base, &fixture.certs);
     browser.wait_healthy().await;
     browser.login_ok().await;
 
@@ -118,9 +115,9 @@ async fn sigterm_notifies_drains_exits_zero_and_keeps_sessions() {
         .expect("status");
     assert_eq!(status.code(), Some(0), "a clean stop exits 0");
 
-    let mut restarted = spawn(&provider, &certs, &data_dir, port, &[]).await;
+    let mut restarted = fixture.spawn(&[]).await;
     restarted.expect("READY=1").await;
-    let mut after = Browser::new(&base, &certs);
+    let mut after = Browser::new(&base, &fixture.certs);
     after.jar = browser.jar.clone();
     after.wait_healthy().await;
     assert!(
@@ -144,24 +141,18 @@ async fn wait_for_upstream(upstream: &Upstream, count: usize) {
 
 #[tokio::test]
 async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_session() {
-    let Setup {
-        provider,
-        certs,
-        data: _data,
-        data_dir,
-        port,
-    } = setup().await;
+    let fixture = setup().await;
     let upstream = Upstream::start().await;
     upstream.set_delay(Duration::from_millis(1500));
     let route = format!("/api/slow={}", upstream.url);
-    let mut child = spawn(&provider, &certs, &data_dir, port, &["--route", &route]).await;
+    let mut child = fixture.spawn(&["--route", &route]).await;
     child.expect("READY=1").await;
-    let base = format!("https://localhost:{port}");
+    let base = fixture.base();
 
     // Sessions acknowledged to their browsers before the signal.
     let mut browsers = Vec::new();
     for _ in 0..8 {
-        let mut browser = Browser::new(&base, &certs);
+        let mut browser = Browser::new(&base, &fixture.certs);
         browser.wait_healthy().await;
         browser.login_ok().await;
         browsers.push(browser);
@@ -170,7 +161,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_s
     let mut calls = Vec::new();
     for browser in &browsers {
         for _ in 0..2 {
-            let mut caller = Browser::new(&base, &certs);
+            let mut caller = Browser::new(&base, &fixture.certs);
             caller.jar = browser.jar.clone();
             let url = format!("{base}/api/slow/work");
             calls.push(tokio::spawn(async move {
@@ -195,10 +186,10 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_s
         .expect("status");
     assert_eq!(status.code(), Some(0));
 
-    let mut restarted = spawn(&provider, &certs, &data_dir, port, &[]).await;
+    let mut restarted = fixture.spawn(&[]).await;
     restarted.expect("READY=1").await;
     for browser in &browsers {
-        let mut after = Browser::new(&base, &certs);
+        let mut after = Browser::new(&base, &fixture.certs);
         after.jar = browser.jar.clone();
         after.wait_healthy().await;
         assert!(after.is_auth().await, "an acknowledged session was lost");
@@ -207,24 +198,23 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_s
 
 #[tokio::test]
 async fn a_notify_socket_nobody_reads_never_stalls_the_gateway() {
-    let Setup {
-        provider,
-        certs,
-        data,
-        data_dir,
-        port,
-    } = setup().await;
-    let socket = data.path().join("unread.notify");
+    let fixture = setup().await;
+    let socket = fixture.data.path().join("unread.notify");
     // Bound, never read: its queue fills after a few watchdog pings.
     let _unread = std::os::unix::net::UnixDatagram::bind(&socket).expect("notify socket");
-    let mut process = gateway_command(&provider, &certs, &data_dir, port)
-        .env("NOTIFY_SOCKET", &socket)
-        .env("WATCHDOG_USEC", "10000")
-        .spawn()
-        .expect("start the binary");
+    let mut process = gateway_command(
+        &fixture.provider,
+        &fixture.certs,
+        &fixture.data_dir,
+        fixture.port,
+    )
+    .env("NOTIFY_SOCKET", &socket)
+    .env("WATCHDOG_USEC", "10000")
+    .spawn()
+    .expect("start the binary");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let served = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut browser = Browser::new(&format!("https://localhost:{port}"), &certs);
+        let mut browser = Browser::new(&fixture.base(), &fixture.certs);
         browser.wait_healthy().await;
         browser.login_ok().await;
         browser.is_auth().await
@@ -247,37 +237,26 @@ async fn a_notify_socket_nobody_reads_never_stalls_the_gateway() {
 
 #[tokio::test]
 async fn shutdown_timeout_bounds_the_drain() {
-    let Setup {
-        provider,
-        certs,
-        data: _data,
-        data_dir,
-        port,
-    } = setup().await;
+    let fixture = setup().await;
     let upstream = Upstream::start().await;
     upstream.set_delay(Duration::from_secs(60));
     let route = format!("/api/stuck={}", upstream.url);
-    let mut child = spawn(
-        &provider,
-        &certs,
-        &data_dir,
-        port,
-        &[
+    let mut child = fixture
+        .spawn(&[
             "--route",
             &route,
             "--shutdown-timeout",
             "1s",
             "--upstream-timeout",
             "120s",
-        ],
-    )
-    .await;
+        ])
+        .await;
     child.expect("READY=1").await;
-    let base = format!("https://localhost:{port}");
-    let mut browser = Browser::new(&base, &certs);
+    let base = fixture.base();
+    let mut browser = Browser::new(&base, &fixture.certs);
     browser.wait_healthy().await;
     browser.login_ok().await;
-    let mut caller = Browser::new(&base, &certs);
+    let mut caller = Browser::new(&base, &fixture.certs);
     caller.jar = browser.jar.clone();
     let url = format!("{base}/api/stuck/forever");
     let stuck = tokio::spawn(async move { caller.get(&url, &[("x-csrf", "1")]).await.status });
