@@ -15,7 +15,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::core::{
     CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
     CoreErrorResponseType, CoreGrantType, CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKey,
@@ -35,7 +34,7 @@ use url::Url;
 use crate::clock::Clock;
 use crate::config::{OidcConfig, is_loopback_host};
 use crate::http_client::{HttpClient, HttpClientError};
-use crate::session::{Secret, Tokens};
+use crate::session::{Secret, Tokens, jwt_payload};
 
 /// Discovery fields openidconnect's core metadata does not model.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -760,16 +759,6 @@ fn access_expiry(response: &CoreTokenResponse, now: u64) -> Option<u64> {
         .and_then(|payload| payload.get("exp").and_then(serde_json::Value::as_u64))
 }
 
-fn jwt_payload(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 /// Claims read from an ID token whose signature has already been verified.
 struct PayloadClaims {
     subject: String,
@@ -836,6 +825,8 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     fn jwt(payload: &str) -> String {
