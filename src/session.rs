@@ -297,9 +297,12 @@ impl SessionPolicy {
     /// The moment a session ends: its absolute expiry or the end of its idle window, whichever
     /// comes first.
     pub fn deadline(&self, ticket: &Ticket, last_access: u64) -> u64 {
-        ticket
-            .expires_at
-            .min(last_access.saturating_add(self.idle_timeout.as_secs()))
+        self.deadline_from(ticket.expires_at, last_access)
+    }
+
+    /// [`SessionPolicy::deadline`] from a ticket's absolute expiry alone.
+    pub fn deadline_from(&self, expires_at: u64, last_access: u64) -> u64 {
+        expires_at.min(last_access.saturating_add(self.idle_timeout.as_secs()))
     }
 
     /// Whether the session is still valid at `now`.

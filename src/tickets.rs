@@ -340,9 +340,7 @@ impl TicketStore {
         // A refresh can move the session's end (a new refresh-token expiry): its place in the
         // eviction index follows.
         let (policy, expires_at) = (*self.policy(), ticket.expires_at);
-        let deadline = move |last_access: u64| {
-            expires_at.min(last_access.saturating_add(policy.idle_timeout.as_secs()))
-        };
+        let deadline = move |last_access: u64| policy.deadline_from(expires_at, last_access);
         let replaced = self
             .blocking(move |db| db.replace_ticket(id, &record, refresh_at, deadline))
             .await?;
