@@ -19,16 +19,6 @@ use crate::refresh::Refresher;
 use crate::reply::{self, Body, add_security_headers};
 use crate::spa::Spa;
 
-/// Paths the gateway answers itself (the callback path is configurable and checked apart).
-const OWN_PATHS: &[&str] = &[
-    "/api/isAuth",
-    "/api/user",
-    "/login",
-    "/logout",
-    "/healthz",
-    BACKCHANNEL_LOGOUT,
-];
-
 /// What a handler tells the access log beyond method, path and status.
 #[derive(Debug, Clone, Default)]
 pub struct AccessInfo {
@@ -69,12 +59,17 @@ pub struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
 }
 
-/// What a request was for, for the metrics.
+/// What a request is for, decided once per request: it picks the handler and names the
+/// request in the metrics.
 enum Endpoint {
-    /// One of the gateway's own endpoints, the SPA (`static`) or nothing (`other`).
+    /// One of the gateway's own endpoints, by its metrics name.
     Own(&'static str),
     /// A proxy route, by id.
     Route(String),
+    /// A path trick (`..`, `%2f`, `//`, …), refused before any route is chosen.
+    BadPath,
+    /// Anything else: the SPA's files, or 404 without one.
+    Rest,
 }
 
 impl Gateway {
@@ -126,16 +121,13 @@ impl Gateway {
         if let Some(name) = own {
             return Endpoint::Own(name);
         }
-        if normalized_path(path).is_some()
-            && let Some(route) = self.proxy.route_id(request)
-        {
-            return Endpoint::Route(route);
+        // Path tricks are refused before any route is chosen, so none can escape its route.
+        if normalized_path(path).is_none() {
+            return Endpoint::BadPath;
         }
-        Endpoint::Own(if self.spa.is_some() {
-            "static"
-        } else {
-            "other"
-        })
+        self.proxy
+            .route_id(request)
+            .map_or(Endpoint::Rest, Endpoint::Route)
     }
 
     fn count(
@@ -147,6 +139,14 @@ impl Gateway {
     ) {
         let metrics = &self.metrics;
         match endpoint {
+            Endpoint::BadPath | Endpoint::Rest => {
+                let name = if self.spa.is_some() {
+                    "static"
+                } else {
+                    "other"
+                };
+                metrics.request(name, status, elapsed);
+            }
             Endpoint::Own(name) => {
                 metrics.request(name, status, elapsed);
                 match *name {
@@ -191,25 +191,28 @@ impl Gateway {
                 "request target too long",
             ));
         }
-        let path = request.uri().path();
-        let own = OWN_PATHS.contains(&path) || path == self.callback_path;
-        if !own {
-            // Path tricks are refused before any route is chosen, so none can escape its route.
-            if normalized_path(path).is_none() {
+        let own = match endpoint {
+            Endpoint::Own(name) => *name,
+            Endpoint::BadPath => {
                 return Err(HttpError::client(StatusCode::BAD_REQUEST, "invalid path").json());
             }
-            if matches!(endpoint, Endpoint::Route(_)) {
+            Endpoint::Route(_) => {
                 return self
                     .proxy
                     .forward(request, peer, &self.auth, &self.refresher)
                     .await;
             }
-            if let Some(spa) = &self.spa {
-                return spa.serve(request.method(), path, request.headers()).await;
+            Endpoint::Rest => {
+                return match &self.spa {
+                    Some(spa) => {
+                        spa.serve(request.method(), request.uri().path(), request.headers())
+                            .await
+                    }
+                    None => Err(HttpError::client(StatusCode::NOT_FOUND, "not found")),
+                };
             }
-            return Err(HttpError::client(StatusCode::NOT_FOUND, "not found"));
-        }
-        if path == BACKCHANNEL_LOGOUT {
+        };
+        if own == "backchannel-logout" {
             return self.backchannel_logout(request).await;
         }
         if request.method() != Method::GET {
@@ -235,12 +238,12 @@ impl Gateway {
             );
         }
         let request = &request;
-        match path {
-            "/api/isAuth" => self.auth.is_auth(request).await,
-            "/api/user" => self.auth.user(request).await,
-            "/login" => self.auth.login(request).await,
-            "/logout" => self.auth.logout(request).await,
-            "/healthz" => Ok(self.health()),
+        match own {
+            "isAuth" => self.auth.is_auth(request).await,
+            "user" => self.auth.user(request).await,
+            "login" => self.auth.login(request).await,
+            "logout" => self.auth.logout(request).await,
+            "healthz" => Ok(self.health()),
             _ => self.auth.callback(request).await,
         }
     }
