@@ -17,10 +17,10 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { freePort, makeCertificates, probe, repo, examples } from '../examples/stack.mjs';
+import { Service, examples, freePort, makeCertificates, probe, repo, waitFor } from '../examples/stack.mjs';
 
 const { chromium } = await import(join(repo, 'tests', 'e2e', 'node_modules', 'playwright-core', 'index.mjs'));
 
@@ -36,37 +36,16 @@ const dir = join(repo, 'target', 'bench-proxy');
 rmSync(dir, { recursive: true, force: true });
 mkdirSync(join(dir, 'logs'), { recursive: true });
 const certs = makeCertificates(join(dir, 'tls'));
-const children = [];
+const services = [];
 
+/** Starts `command` pinned to `cpu`; its output goes to target/bench-proxy/logs/<name>.log. */
 function start(name, command, args, env = {}, cpu = '0') {
-  const log = createWriteStream(join(dir, 'logs', `${name}.log`));
-  const child = spawn('taskset', ['-c', cpu, command, ...args], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child.stdout.pipe(log);
-  child.stderr.pipe(log);
-  children.push(child);
-  return child;
+  const service = new Service(name, join(dir, 'logs'));
+  services.push(service);
+  return service.start('taskset', ['-c', cpu, command, ...args], env);
 }
 
-async function stopAll() {
-  await Promise.all(children.map((child) => new Promise((done) => {
-    if (child.exitCode !== null || child.signalCode !== null) return done();
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    child.once('exit', () => { clearTimeout(timer); done(); });
-    child.kill('SIGTERM');
-  })));
-}
-
-async function waitFor(what, check, timeoutMs = 30_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what} did not come up; logs in ${join(dir, 'logs')}`);
-}
+const stopAll = () => Promise.all(services.map((service) => service.stop()));
 
 process.on('SIGINT', () => stopAll().then(() => process.exit(130)));
 try {
@@ -142,7 +121,7 @@ try {
 
   // --- the provider, oidc-bff, Apache + mod_auth_openidc ----------------------------------------
 
-  start('provider', process.execPath, [join(examples, 'provider', 'provider.mjs')], {
+  const provider = start('provider', process.execPath, [join(examples, 'provider', 'provider.mjs')], {
     NODE_EXTRA_CA_CERTS: certs.ca, TLS_CERT: certs.cert, TLS_KEY: certs.key,
     PROVIDER_ISSUER: urls.provider, GATEWAY_URL: urls.gateway,
     CLIENT_SECRET: clientSecret, API_SECRET: secret(), DEMO_PASSWORD: password,
@@ -153,7 +132,7 @@ try {
       redirect_uris: [`${urls.apache}/api/redirect_uri`],
     }]),
   });
-  await waitFor('provider', async () => (await probe(`${urls.provider}/.well-known/openid-configuration`, certs.ca)) === 200);
+  await waitFor('provider', async () => (await probe(`${urls.provider}/.well-known/openid-configuration`, certs.ca)) === 200, provider);
 
   const dataDir = join(dir, 'oidc-bff-data');
   mkdirSync(dataDir, { recursive: true });
@@ -168,7 +147,7 @@ try {
     '--tls-cert', certs.cert, '--tls-key', certs.key, '--ca-file', certs.ca, '--data-dir', dataDir,
     '--route', `/api/OtherApi1=${urls.upstream}`, '--route', `/api/Files=http://127.0.0.1:${ports.files}`,
     '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn'], {});
-  await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200);
+  await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
 
   const apacheRoot = join(dir, 'apache');
   mkdirSync(apacheRoot, { recursive: true });
@@ -218,8 +197,8 @@ try {
     ProxyPass /api/OtherApi1/ ${urls.upstream}/ keepalive=On
   </VirtualHost>
   `);
-  start('apache', 'apache2', ['-f', apacheConf, '-DFOREGROUND'], { APACHE_RUN_DIR: apacheRoot, APACHE_LOG_DIR: apacheRoot });
-  await waitFor('apache', async () => [200, 302, 401].includes(await probe(`${urls.apache}/api/OtherApi1/products`, certs.ca)));
+  const apache = start('apache', 'apache2', ['-f', apacheConf, '-DFOREGROUND'], { APACHE_RUN_DIR: apacheRoot, APACHE_LOG_DIR: apacheRoot });
+  await waitFor('apache', async () => [200, 302, 401].includes(await probe(`${urls.apache}/api/OtherApi1/products`, certs.ca)), apache);
 
   // --- one real login each, in Chromium ----------------------------------------------------------
 

@@ -80,7 +80,8 @@ export function probe(url, ca) {
   });
 }
 
-async function waitFor(what, check, child, timeoutMs = 30_000) {
+/** Polls `check` until it holds; fails early when `child` exits while starting. */
+export async function waitFor(what, check, child, timeoutMs = 30_000) {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode}) while starting; see its log`);
@@ -94,7 +95,7 @@ async function waitFor(what, check, child, timeoutMs = 30_000) {
  * One child process. Its output goes, line by line, to `<logs>/<name>.log`, to `echo` when
  * given, and (parsed) to `events` when a line is JSON.
  */
-class Service {
+export class Service {
   constructor(name, logs, echo) {
     this.name = name;
     this.events = [];
