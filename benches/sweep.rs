@@ -1,5 +1,6 @@
 //! Eviction sweep benchmark: 1,000,000 sessions of which 100,000 are past their idle timeout
-//! (set `BENCH_SESSIONS` to scale; a tenth are due). Measures one sweep's duration and the
+//! (set `BENCH_SESSIONS` to scale; a tenth are due), created on an earlier day than the others,
+//! so that the sweep also prunes their entries from the identity indexes. Measures one sweep's duration and the
 //! latency of session lookups (every tenth live session in turn, so mostly cache misses read
 //! from redb) before and during the sweep.
 //!
@@ -21,6 +22,9 @@ use oidc_bff::session::{Secret, SessionKey, SessionPolicy, Ticket, Tokens};
 use oidc_bff::tickets::{Activity, TicketStore, open_data_dir};
 
 const BATCH: usize = 10_000;
+/// How long the due sessions have been idle: more than a day, so that they were created on an
+/// earlier day than every live session and the sweep also drops their identity-index entries.
+const IDLE_HOURS: u64 = 30;
 
 fn ticket(index: usize, now: u64) -> Ticket {
     let token = |bytes: usize| {
@@ -79,7 +83,7 @@ fn main() {
                 .duration_since(UNIX_EPOCH)
                 .expect("clock")
                 .as_secs()
-                - 9 * 3_600,
+                - IDLE_HOURS * 3_600,
         );
     let clock = Arc::new(ManualClock::new(start));
     let storage = StorageConfig {
@@ -105,12 +109,12 @@ fn main() {
         .expect("runtime");
 
     println!(
-        "loading {due} sessions idle for 9 h and {} active ones ...",
+        "loading {due} sessions idle for {IDLE_HOURS} h and {} active ones ...",
         sessions - due
     );
     let started = Instant::now();
     load(&store, &runtime, due, clock.unix_now());
-    clock.advance(Duration::from_secs(9 * 3_600));
+    clock.advance(Duration::from_secs(IDLE_HOURS * 3_600));
     let live = load(&store, &runtime, sessions - due, clock.unix_now());
     println!("  loaded in {:.1} s", started.elapsed().as_secs_f64());
 
@@ -139,6 +143,7 @@ fn main() {
         .block_on(lookups(Arc::new(AtomicBool::new(false)), 5_000))
         .expect("lookups");
 
+    let identity_before = store.database().identity_entries().expect("entries");
     let stop = Arc::new(AtomicBool::new(false));
     let during = lookups(Arc::clone(&stop), usize::MAX);
     let started = Instant::now();
@@ -149,6 +154,12 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let during = runtime.block_on(during).expect("lookups");
     let remaining = runtime.block_on(store.count()).expect("count");
+    let identity_after = store.database().identity_entries().expect("entries");
+    assert_eq!(
+        identity_before - identity_after,
+        2 * due as u64,
+        "the due sessions' identity-index entries were pruned"
+    );
     assert_eq!(removed, due, "every due session was removed");
     assert_eq!(
         remaining as usize,
@@ -160,7 +171,8 @@ fn main() {
     println!("| measurement | result | target |");
     println!("|---|---|---|");
     println!(
-        "| eviction sweep, {due} due of {sessions} | {:.2} s ({:.0} sessions/s) | < 5 s |",
+        "| eviction sweep, {due} due of {sessions}, their {} identity-index entries pruned | {:.2} s ({:.0} sessions/s) | < 5 s |",
+        identity_before - identity_after,
         took.as_secs_f64(),
         due as f64 / took.as_secs_f64()
     );

@@ -9,9 +9,16 @@
 //! new sessions are appended at the end of `sessions` and its pages stay full.
 //! - `sessions`:    (created ms, hash) → metadata (81 bytes) ‖ sealed ticket record
 //! - `by_deadline`: (deadline, created ms, hash) → ()   — sweeps read only what is due
-//! - `by_sid`:      (keyed hash of provider sid, created ms, hash) → ()
-//! - `by_sub`:      (keyed hash of subject, created ms, hash) → ()
+//! - `by_sid_day`:  (UTC day of creation, keyed hash of provider sid, created ms, hash) → ()
+//! - `by_sub_day`:  (UTC day of creation, keyed hash of subject, created ms, hash) → ()
 //! - `by_refresh`:  (access-token expiry, created ms, hash) → ()  — refreshable sessions only
+//!
+//! The two identity indexes (by provider sid, by subject) are not updated when a session is
+//! removed: their keys are random hashes, so removing 100,000 sessions would rewrite nearly every
+//! page of both. A lookup checks each entry against the session's own metadata instead, and
+//! whole days of entries are dropped once no session created on them is left (a contiguous
+//! range, since the day comes first). Removal therefore costs in proportion to the sessions
+//! removed, and the indexes hold at most the sessions created within the oldest live one's age.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -23,12 +30,27 @@ use redb::{
 use crate::session::SessionId;
 
 type IdKey = (u64, [u8; 32]);
-type IndexKey = ([u8; 32], u64, [u8; 32]);
+type LegacyIndexKey = ([u8; 32], u64, [u8; 32]);
+/// (UTC day of creation, keyed hash, created ms, hash).
+type IdentityKey = (u64, [u8; 32], u64, [u8; 32]);
 
 const SESSIONS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("sessions");
 const BY_DEADLINE: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_deadline");
-const BY_SID: TableDefinition<IndexKey, ()> = TableDefinition::new("by_sid");
-const BY_SUB: TableDefinition<IndexKey, ()> = TableDefinition::new("by_sub");
+const BY_SID: TableDefinition<IdentityKey, ()> = TableDefinition::new("by_sid_day");
+const BY_SUB: TableDefinition<IdentityKey, ()> = TableDefinition::new("by_sub_day");
+/// The identity indexes of files written before they were keyed by day: migrated on open.
+const LEGACY_BY_SID: TableDefinition<LegacyIndexKey, ()> = TableDefinition::new("by_sid");
+const LEGACY_BY_SUB: TableDefinition<LegacyIndexKey, ()> = TableDefinition::new("by_sub");
+
+const DAY_MS: u64 = 86_400_000;
+
+fn day_of(created_ms: u64) -> u64 {
+    created_ms / DAY_MS
+}
+
+fn identity_key(hash: [u8; 32], id: SessionId) -> IdentityKey {
+    (day_of(id.created_ms), hash, id.created_ms, id.hash)
+}
 const BY_REFRESH: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_refresh");
 
 fn key(id: SessionId) -> IdKey {
@@ -188,6 +210,7 @@ impl SessionDb {
             .map_err(|error| db_error(redb::StorageError::Io(error)))?;
         let txn = db.begin_write().map_err(db_error)?;
         Tables::open(&txn)?;
+        migrate_identity_indexes(&txn)?;
         txn.commit().map_err(db_error)?;
         Ok(Self { db })
     }
@@ -349,12 +372,11 @@ impl SessionDb {
         {
             let mut tables = Tables::open(&txn)?;
             // Rows first, in key order; then each index in its own key order, so that every
-            // B-tree is walked once front to back instead of jumping between five trees.
+            // B-tree is walked once front to back instead of jumping between trees. The
+            // identity indexes are left alone (see the module notes).
             let mut sorted = ids.to_vec();
             sorted.sort_unstable();
             let mut deadlines = Vec::with_capacity(sorted.len());
-            let mut subjects = Vec::with_capacity(sorted.len());
-            let mut sids = Vec::new();
             let mut refreshes = Vec::new();
             for id in sorted {
                 let Some(value) = tables.sessions.remove(key(id)).map_err(db_error)? else {
@@ -363,31 +385,17 @@ impl SessionDb {
                 let meta = split_row(id, value.value())?.0;
                 removed += 1;
                 deadlines.push((meta.deadline, id.created_ms, id.hash));
-                subjects.push((meta.subject, id.created_ms, id.hash));
-                if let Some(sid) = meta.provider_sid {
-                    sids.push((sid, id.created_ms, id.hash));
-                }
                 if let Some(at) = meta.refresh_at {
                     refreshes.push((at, id.created_ms, id.hash));
                 }
             }
-            for list in [&mut deadlines, &mut refreshes] {
-                list.sort_unstable();
-            }
-            for list in [&mut subjects, &mut sids] {
-                list.sort_unstable();
-            }
+            deadlines.sort_unstable();
+            refreshes.sort_unstable();
             for entry in deadlines {
                 tables.by_deadline.remove(entry).map_err(db_error)?;
             }
             for entry in refreshes {
                 tables.by_refresh.remove(entry).map_err(db_error)?;
-            }
-            for entry in subjects {
-                tables.by_sub.remove(entry).map_err(db_error)?;
-            }
-            for entry in sids {
-                tables.by_sid.remove(entry).map_err(db_error)?;
             }
         }
         txn.commit().map_err(db_error)?;
@@ -489,31 +497,86 @@ impl SessionDb {
 
     /// Sessions whose provider `sid` has this keyed hash.
     pub fn by_provider_sid(&self, sid: [u8; 32]) -> Result<Vec<SessionId>, StoreError> {
-        self.index_lookup(BY_SID, sid)
+        self.identity_lookup(BY_SID, sid, |meta| meta.provider_sid == Some(sid))
     }
 
     /// Sessions whose subject has this keyed hash.
     pub fn by_subject(&self, subject: [u8; 32]) -> Result<Vec<SessionId>, StoreError> {
-        self.index_lookup(BY_SUB, subject)
+        self.identity_lookup(BY_SUB, subject, |meta| meta.subject == subject)
     }
 
-    fn index_lookup(
+    /// One range per day between the oldest and the newest session, each candidate checked
+    /// against the session's own metadata: the index may still name removed sessions.
+    fn identity_lookup(
         &self,
-        table: TableDefinition<IndexKey, ()>,
+        table: TableDefinition<IdentityKey, ()>,
         hash: [u8; 32],
+        matches: impl Fn(&Meta) -> bool,
     ) -> Result<Vec<SessionId>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
+        let sessions = txn.open_table(SESSIONS).map_err(db_error)?;
         let index = txn.open_table(table).map_err(db_error)?;
+        let (Some(first), Some(last)) = (
+            sessions.first().map_err(db_error)?,
+            sessions.last().map_err(db_error)?,
+        ) else {
+            return Ok(Vec::new());
+        };
+        let days = day_of(first.0.value().0)..=day_of(last.0.value().0);
         let mut ids = Vec::new();
-        for entry in index
-            .range((hash, 0, [0u8; 32])..=(hash, u64::MAX, [0xff; 32]))
-            .map_err(db_error)?
-        {
-            let (entry, _) = entry.map_err(db_error)?;
-            let (_, created_ms, session) = entry.value();
-            ids.push(id_of(created_ms, session));
+        for day in days {
+            for entry in index
+                .range((day, hash, 0, [0u8; 32])..=(day, hash, u64::MAX, [0xff; 32]))
+                .map_err(db_error)?
+            {
+                let (entry, _) = entry.map_err(db_error)?;
+                let (_, _, created_ms, session) = entry.value();
+                let id = id_of(created_ms, session);
+                if let Some(row) = sessions.get(key(id)).map_err(db_error)?
+                    && matches(&split_row(id, row.value())?.0)
+                {
+                    ids.push(id);
+                }
+            }
         }
         Ok(ids)
+    }
+
+    /// Drops up to `limit` identity-index entries of days before the oldest session's (all of
+    /// them name removed sessions), in a lazy commit; returns how many. Sweeps call it until it
+    /// returns less than `limit`.
+    pub fn prune_identity_indexes(&self, limit: usize) -> Result<usize, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_error)?;
+        txn.set_durability(Durability::None).map_err(db_error)?;
+        let mut pruned = 0;
+        {
+            let sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+            let first_day = match sessions.first().map_err(db_error)? {
+                Some((first, _)) => day_of(first.value().0),
+                None => u64::MAX,
+            };
+            drop(sessions);
+            for definition in [BY_SID, BY_SUB] {
+                let mut index = txn.open_table(definition).map_err(db_error)?;
+                let stale = ..(first_day, [0u8; 32], 0, [0u8; 32]);
+                let mut last = None;
+                let mut count = 0;
+                for entry in index.range(stale).map_err(db_error)?.take(limit - pruned) {
+                    let (entry, _) = entry.map_err(db_error)?;
+                    last = Some(entry.value());
+                    count += 1;
+                }
+                if let Some(last) = last {
+                    index.retain_in(..=last, |_, ()| false).map_err(db_error)?;
+                    pruned += count;
+                }
+                if pruned == limit {
+                    break;
+                }
+            }
+        }
+        txn.commit().map_err(db_error)?;
+        Ok(pruned)
     }
 
     /// Rewrites the file to return free pages to the operating system (needs exclusive
@@ -539,6 +602,20 @@ impl SessionDb {
         ))
     }
 
+    /// How many entries the two identity indexes hold together, stale ones included.
+    pub fn identity_entries(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let mut entries = 0;
+        for table in [BY_SID, BY_SUB] {
+            entries += txn
+                .open_table(table)
+                .map_err(db_error)?
+                .len()
+                .map_err(db_error)?;
+        }
+        Ok(entries)
+    }
+
     /// How many sessions are stored.
     pub fn count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
@@ -547,12 +624,39 @@ impl SessionDb {
     }
 }
 
+/// Moves the entries of the pre-day identity indexes into the day-keyed ones, once.
+fn migrate_identity_indexes(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use redb::TableHandle;
+    let names: Vec<String> = txn
+        .list_tables()
+        .map_err(db_error)?
+        .map(|table| table.name().to_owned())
+        .collect();
+    for (legacy, current) in [(LEGACY_BY_SID, BY_SID), (LEGACY_BY_SUB, BY_SUB)] {
+        if !names.iter().any(|name| name == legacy.name()) {
+            continue;
+        }
+        {
+            let old = txn.open_table(legacy).map_err(db_error)?;
+            let mut new = txn.open_table(current).map_err(db_error)?;
+            for entry in old.iter().map_err(db_error)? {
+                let (entry, _) = entry.map_err(db_error)?;
+                let (hash, created_ms, session) = entry.value();
+                new.insert(identity_key(hash, id_of(created_ms, session)), ())
+                    .map_err(db_error)?;
+            }
+        }
+        txn.delete_table(legacy).map_err(db_error)?;
+    }
+    Ok(())
+}
+
 /// The tables of one write transaction, opened together.
 struct Tables<'txn> {
     sessions: redb::Table<'txn, IdKey, &'static [u8]>,
     by_deadline: redb::Table<'txn, (u64, u64, [u8; 32]), ()>,
-    by_sid: redb::Table<'txn, IndexKey, ()>,
-    by_sub: redb::Table<'txn, IndexKey, ()>,
+    by_sid: redb::Table<'txn, IdentityKey, ()>,
+    by_sub: redb::Table<'txn, IdentityKey, ()>,
     by_refresh: redb::Table<'txn, (u64, u64, [u8; 32]), ()>,
 }
 
@@ -576,11 +680,11 @@ impl<'txn> Tables<'txn> {
             .insert((meta.deadline, id.created_ms, id.hash), ())
             .map_err(db_error)?;
         self.by_sub
-            .insert((meta.subject, id.created_ms, id.hash), ())
+            .insert(identity_key(meta.subject, id), ())
             .map_err(db_error)?;
         if let Some(sid) = meta.provider_sid {
             self.by_sid
-                .insert((sid, id.created_ms, id.hash), ())
+                .insert(identity_key(sid, id), ())
                 .map_err(db_error)?;
         }
         if let Some(at) = meta.refresh_at {
@@ -601,11 +705,11 @@ impl<'txn> Tables<'txn> {
             .remove((meta.deadline, id.created_ms, id.hash))
             .map_err(db_error)?;
         self.by_sub
-            .remove((meta.subject, id.created_ms, id.hash))
+            .remove(identity_key(meta.subject, id))
             .map_err(db_error)?;
         if let Some(sid) = meta.provider_sid {
             self.by_sid
-                .remove((sid, id.created_ms, id.hash))
+                .remove(identity_key(sid, id))
                 .map_err(db_error)?;
         }
         if let Some(at) = meta.refresh_at {
@@ -791,5 +895,95 @@ mod tests {
             db.get(a).expect("get").map(|r| r.sealed),
             Some(b"kept".to_vec())
         );
+    }
+
+    fn on_day(day: u64, n: u8) -> SessionId {
+        SessionId {
+            created_ms: day * DAY_MS + u64::from(n),
+            hash: [n; 32],
+        }
+    }
+
+    fn identity_entries(db: &SessionDb) -> u64 {
+        db.identity_entries().expect("entries")
+    }
+
+    #[test]
+    fn removed_sessions_leave_the_identity_lookups_at_once_and_the_index_with_their_day() {
+        let (_dir, db) = open();
+        let old = on_day(100, 1);
+        let older = on_day(100, 2);
+        let new = on_day(102, 3);
+        db.insert(old, b"a", meta(1, 10, 7, Some(9))).expect("insert");
+        db.insert(older, b"b", meta(1, 10, 7, Some(9))).expect("insert");
+        db.insert(new, b"c", meta(1, 10, 7, Some(9))).expect("insert");
+        assert_eq!(identity_entries(&db), 6);
+
+        assert_eq!(db.remove_many(&[old], Commit::Lazy).expect("remove"), 1);
+        assert_eq!(db.by_subject([7; 32]).expect("sub"), vec![older, new]);
+        assert_eq!(db.by_provider_sid([9; 32]).expect("sid"), vec![older, new]);
+        // Day 100 still has a session: its entries stay.
+        assert_eq!(db.prune_identity_indexes(100).expect("prune"), 0);
+        assert_eq!(identity_entries(&db), 6);
+
+        assert_eq!(db.remove_many(&[older], Commit::Lazy).expect("remove"), 1);
+        // Bounded batches: one entry at a time, then the rest, then nothing.
+        assert_eq!(db.prune_identity_indexes(1).expect("prune"), 1);
+        assert_eq!(db.prune_identity_indexes(100).expect("prune"), 3);
+        assert_eq!(db.prune_identity_indexes(100).expect("prune"), 0);
+        assert_eq!(identity_entries(&db), 2);
+        assert_eq!(db.by_subject([7; 32]).expect("sub"), vec![new]);
+
+        assert!(db.remove(new).expect("remove"));
+        assert!(db.by_subject([7; 32]).expect("sub").is_empty());
+        assert_eq!(db.prune_identity_indexes(100).expect("prune"), 2);
+        assert_eq!(identity_entries(&db), 0);
+    }
+
+    #[test]
+    fn an_identity_lookup_checks_the_session_it_finds() {
+        // A stale entry must not name a session that now belongs to someone else.
+        let (_dir, db) = open();
+        let a = sid(1);
+        db.insert(a, b"x", meta(1, 10, 7, Some(9))).expect("insert");
+        db.insert(a, b"y", meta(1, 10, 8, None)).expect("replace");
+        assert!(db.by_subject([7; 32]).expect("sub").is_empty());
+        assert!(db.by_provider_sid([9; 32]).expect("sid").is_empty());
+        assert_eq!(db.by_subject([8; 32]).expect("sub"), vec![a]);
+    }
+
+    #[test]
+    fn identity_indexes_of_an_older_file_are_migrated_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sessions.redb");
+        let a = on_day(200, 1);
+        {
+            let db = SessionDb::open(&path, 1 << 20).expect("open");
+            db.insert(a, b"kept", meta(1, 2, 3, Some(4))).expect("insert");
+            // Rewrite the file's identity indexes the way the first release kept them.
+            let txn = db.db.begin_write().expect("write");
+            txn.delete_table(BY_SID).expect("drop");
+            txn.delete_table(BY_SUB).expect("drop");
+            txn.open_table(LEGACY_BY_SID)
+                .expect("legacy")
+                .insert(([4; 32], a.created_ms, a.hash), ())
+                .expect("legacy sid");
+            txn.open_table(LEGACY_BY_SUB)
+                .expect("legacy")
+                .insert(([3; 32], a.created_ms, a.hash), ())
+                .expect("legacy sub");
+            txn.commit().expect("commit");
+        }
+        let db = SessionDb::open(&path, 1 << 20).expect("reopen");
+        assert_eq!(db.by_provider_sid([4; 32]).expect("sid"), vec![a]);
+        assert_eq!(db.by_subject([3; 32]).expect("sub"), vec![a]);
+        let txn = db.db.begin_read().expect("read");
+        use redb::TableHandle;
+        let names: Vec<String> = txn
+            .list_tables()
+            .expect("tables")
+            .map(|table| table.name().to_owned())
+            .collect();
+        assert!(!names.iter().any(|name| name == "by_sid" || name == "by_sub"));
     }
 }

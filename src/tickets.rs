@@ -451,7 +451,18 @@ impl TicketStore {
                 break;
             }
         }
-        if removed > 0 {
+        // Identity-index entries of days no session is left from, in bounded batches too.
+        let mut pruned = 0;
+        loop {
+            let count = self
+                .blocking(move |db| db.prune_identity_indexes(batch))
+                .await?;
+            pruned += count;
+            if count < batch {
+                break;
+            }
+        }
+        if removed > 0 || pruned > 0 {
             self.blocking(|db| db.sync()).await?;
         }
         Ok(removed)
