@@ -150,8 +150,13 @@ fn load() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open_store(dir.path());
+    // BENCH_KEEP_DIR=path loads into that (empty) directory and keeps it, so that the measure
+    // phase can be rerun or profiled on its own: BENCH_PHASE=measure BENCH_DIR=path.
+    let kept = std::env::var_os("BENCH_KEEP_DIR").map(std::path::PathBuf::from);
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir_path = kept.unwrap_or_else(|| temp.path().to_owned());
+    std::fs::create_dir_all(&dir_path).expect("bench dir");
+    let store = open_store(&dir_path);
     let runtime = runtime();
     let now = unix_now();
 
@@ -202,7 +207,7 @@ fn load() {
     let (allocated, stored, fragmented) = db.space().expect("stats");
     println!(
         "  before compaction: file {:.0} MiB, allocated {:.0} MiB, stored {:.0} MiB, fragmented {:.0} MiB",
-        std::fs::metadata(dir.path().join("sessions.redb"))
+        std::fs::metadata(dir_path.join("sessions.redb"))
             .expect("file")
             .len() as f64
             / 1048576.0,
@@ -214,15 +219,15 @@ fn load() {
     db.compact().expect("compact");
     println!("  compacted in {:.1} s", started.elapsed().as_secs_f64());
     drop(db);
-    std::fs::write(dir.path().join("cold.keys"), cold_keys.join("\n")).expect("keys");
-    std::fs::write(dir.path().join("hot.keys"), hot.join("\n")).expect("keys");
-    let file = std::fs::metadata(dir.path().join("sessions.redb"))
+    std::fs::write(dir_path.join("cold.keys"), cold_keys.join("\n")).expect("keys");
+    std::fs::write(dir_path.join("hot.keys"), hot.join("\n")).expect("keys");
+    let file = std::fs::metadata(dir_path.join("sessions.redb"))
         .expect("file")
         .len() as f64;
 
     let status = std::process::Command::new(std::env::current_exe().expect("exe"))
         .env("BENCH_PHASE", "measure")
-        .env("BENCH_DIR", dir.path())
+        .env("BENCH_DIR", &dir_path)
         .status()
         .expect("measure phase");
     assert!(status.success(), "measure phase failed");
