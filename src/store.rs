@@ -20,8 +20,9 @@
 //! range, since the day comes first). Removal therefore costs in proportion to the sessions
 //! removed, and the indexes hold at most the sessions created within the oldest live one's age.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -193,26 +194,80 @@ pub struct Touch {
 }
 
 /// The session database.
-#[derive(Debug)]
 pub struct SessionDb {
     db: Database,
+    /// A read snapshot of `sessions` that single-row reads share until the next commit: a
+    /// cold read then costs one B-tree lookup, not a transaction and a table opening as well.
+    /// Every commit drops it, so a read that starts after a write returns sees that write.
+    reader: std::sync::Mutex<Option<Arc<SessionsTable>>>,
+}
+
+type SessionsTable = redb::ReadOnlyTable<IdKey, &'static [u8]>;
+
+impl std::fmt::Debug for SessionDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionDb").finish_non_exhaustive()
+    }
 }
 
 impl SessionDb {
     /// Opens (or creates) the file with a page cache of `cache_bytes`.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let io_error = |error: std::io::Error| db_error(redb::StorageError::Io(error));
+        // Tickets are sealed, but metadata and file size are nobody else's business either:
+        // created 0600, and an older file is narrowed to it.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_error)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error)?;
+        // Sessions are read at random: read-ahead would only fetch pages nobody asked for and
+        // push useful ones out of the page cache.
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random)
+            .map_err(|error| io_error(error.into()))?;
         let db = Database::builder()
             .set_cache_size(cache_bytes)
-            .create(path)
+            .create_with_backend(redb::backends::FileBackend::new(file).map_err(db_error)?)
             .map_err(db_error)?;
-        // Tickets are sealed, but metadata and file size are nobody else's business either.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|error| db_error(redb::StorageError::Io(error)))?;
         let txn = db.begin_write().map_err(db_error)?;
         Tables::open(&txn)?;
         migrate_identity_indexes(&txn)?;
         txn.commit().map_err(db_error)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            reader: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn reader_slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<SessionsTable>>> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The shared snapshot of `sessions`, opened if a commit dropped it. The lock is held while
+    /// opening, so a commit that lands meanwhile drops the new snapshot only after it is stored.
+    fn sessions_snapshot(&self) -> Result<Arc<SessionsTable>, StoreError> {
+        let mut slot = self.reader_slot();
+        if let Some(table) = slot.as_ref() {
+            return Ok(Arc::clone(table));
+        }
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = Arc::new(txn.open_table(SESSIONS).map_err(db_error)?);
+        *slot = Some(Arc::clone(&table));
+        Ok(table)
+    }
+
+    /// Commits a write transaction and drops the read snapshot it made stale.
+    fn commit(&self, txn: redb::WriteTransaction) -> Result<(), StoreError> {
+        let committed = txn.commit().map_err(db_error);
+        *self.reader_slot() = None;
+        committed
     }
 
     /// Stores a new session durably (the commit is on disk when this returns), or replaces one
@@ -224,7 +279,7 @@ impl SessionDb {
             tables.delete(id)?;
             tables.put(id, sealed, &meta)?;
         }
-        txn.commit().map_err(db_error)
+        self.commit(txn)
     }
 
     /// Stores many new sessions in one durable transaction (bulk import and benchmarks).
@@ -236,13 +291,12 @@ impl SessionDb {
                 tables.put(*id, sealed, meta)?;
             }
         }
-        txn.commit().map_err(db_error)
+        self.commit(txn)
     }
 
     /// Reads one session: a single B-tree lookup.
     pub fn get(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_error)?;
-        let sessions = txn.open_table(SESSIONS).map_err(db_error)?;
+        let sessions = self.sessions_snapshot()?;
         let Some(value) = sessions.get(key(id)).map_err(db_error)? else {
             return Ok(None);
         };
@@ -306,7 +360,7 @@ impl SessionDb {
             }
             old.is_some()
         };
-        txn.commit().map_err(db_error)?;
+        self.commit(txn)?;
         Ok(replaced)
     }
 
@@ -352,7 +406,7 @@ impl SessionDb {
                     .map_err(db_error)?;
             }
         }
-        txn.commit().map_err(db_error)
+        self.commit(txn)
     }
 
     /// Removes a session and its index entries, durably. A missing session is not an error
@@ -398,14 +452,14 @@ impl SessionDb {
                 tables.by_refresh.remove(entry).map_err(db_error)?;
             }
         }
-        txn.commit().map_err(db_error)?;
+        self.commit(txn)?;
         Ok(removed)
     }
 
     /// Makes every earlier lazy commit durable (an empty durable commit).
     pub fn sync(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
-        txn.commit().map_err(db_error)
+        self.commit(txn)
     }
 
     /// Up to `limit` sessions whose deadline is at or before `now`, earliest first, starting
@@ -575,13 +629,15 @@ impl SessionDb {
                 }
             }
         }
-        txn.commit().map_err(db_error)?;
+        self.commit(txn)?;
         Ok(pruned)
     }
 
     /// Rewrites the file to return free pages to the operating system (needs exclusive
     /// access: no other transaction may be open). Returns whether anything was compacted.
     pub fn compact(&mut self) -> Result<bool, StoreError> {
+        // Compaction needs every read transaction closed, the shared snapshot's included.
+        *self.reader_slot() = None;
         let mut compacted = false;
         while self.db.compact().map_err(db_error)? {
             compacted = true;
