@@ -26,8 +26,8 @@ pub struct AccessInfo {
     pub route: Option<String>,
     /// The destination it went to.
     pub upstream: Option<String>,
-    /// A short hash of the session (8 hex digits), never the key.
-    pub session: Option<String>,
+    /// The session (logged as a short hash of its id, 8 hex digits; never the key).
+    pub session: Option<crate::session::SessionId>,
 }
 
 /// Where the provider posts logout tokens (register public URL + this path).
@@ -64,8 +64,8 @@ pub struct Gateway {
 enum Endpoint {
     /// One of the gateway's own endpoints, by its metrics name.
     Own(&'static str),
-    /// A proxy route, by id.
-    Route(String),
+    /// A proxy route, matched once: the handler forwards with this match.
+    Route(crate::proxy::RouteMatch),
     /// A path trick (`..`, `%2f`, `//`, …), refused before any route is chosen.
     BadPath,
     /// Anything else: the SPA's files, or 404 without one.
@@ -77,8 +77,10 @@ impl Gateway {
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = std::time::Instant::now();
         let method = request.method().clone();
-        // The path only: queries carry codes and states, which never go to a log.
-        let path = request.uri().path().to_owned();
+        // The path only: queries carry codes and states, which never go to a log. Copied only
+        // when the access log is on.
+        let path = tracing::enabled!(target: "oidc_bff::access", tracing::Level::INFO)
+            .then(|| request.uri().path().to_owned());
         let endpoint = self.endpoint(&request);
         let (mut response, gateway_error) = match self.route(request, peer, &endpoint).await {
             Ok(response) => (response, false),
@@ -94,12 +96,12 @@ impl Gateway {
         tracing::info!(
             target: "oidc_bff::access",
             method = %method,
-            path = %path,
+            path = path.as_deref().unwrap_or("-"),
             status = status.as_u16(),
             latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             route = info.route.as_deref().unwrap_or("-"),
             upstream = info.upstream.as_deref().unwrap_or("-"),
-            session = info.session.as_deref().unwrap_or("-"),
+            session = %info.session.map_or_else(|| "-".to_owned(), |id| id.to_string()),
         );
         self.count(&endpoint, status, elapsed, gateway_error);
         response
@@ -126,7 +128,7 @@ impl Gateway {
             return Endpoint::BadPath;
         }
         self.proxy
-            .route_id(request)
+            .route_for(request)
             .map_or(Endpoint::Rest, Endpoint::Route)
     }
 
@@ -156,7 +158,8 @@ impl Gateway {
                     _ => {}
                 }
             }
-            Endpoint::Route(route) => {
+            Endpoint::Route(matched) => {
+                let route = matched.id();
                 metrics.request(route, status, elapsed);
                 // A 502 or 504 the upstream sent itself is its answer, passed through; only the
                 // ones the gateway made count as upstream errors.
@@ -196,10 +199,10 @@ impl Gateway {
             Endpoint::BadPath => {
                 return Err(HttpError::client(StatusCode::BAD_REQUEST, "invalid path").json());
             }
-            Endpoint::Route(_) => {
+            Endpoint::Route(matched) => {
                 return self
                     .proxy
-                    .forward(request, peer, &self.auth, &self.refresher)
+                    .forward(request, matched, peer, &self.auth, &self.refresher)
                     .await;
             }
             Endpoint::Rest => {

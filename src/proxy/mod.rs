@@ -197,6 +197,27 @@ impl ProxyConfig {
     }
 }
 
+/// The route a request matched: a snapshot of the routes (a reload does not disturb it), the
+/// route's place in it and the values its template captured.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    routes: Arc<Vec<RouteDef>>,
+    index: usize,
+    values: RouteValues,
+}
+
+impl RouteMatch {
+    /// The route.
+    pub fn route(&self) -> &RouteDef {
+        &self.routes[self.index]
+    }
+
+    /// The route's id (the metrics and the access log name it so).
+    pub fn id(&self) -> &str {
+        &self.route().id
+    }
+}
+
 /// The proxy.
 pub struct Proxy {
     routes: std::sync::RwLock<Arc<Vec<RouteDef>>>,
@@ -226,7 +247,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of a removal per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -278,12 +307,9 @@ impl Proxy {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(routes);
     }
 
-    /// The index of the first route that takes this request, with its route values.
-    fn route_for(
-        &self,
-        routes: &[RouteDef],
-        request: &Request<Incoming>,
-    ) -> Option<(usize, RouteValues)> {
+    /// The first route that takes this request, with its route values.
+    pub fn route_for(&self, request: &Request<Incoming>) -> Option<RouteMatch> {
+        let routes = self.routes();
         let host = request
             .headers()
             .get(header::HOST)
@@ -295,33 +321,29 @@ impl Proxy {
                     .map(|authority| authority.as_str())
             });
         let path = request.uri().path();
-        routes.iter().enumerate().find_map(|(index, route)| {
+        let (index, values) = routes.iter().enumerate().find_map(|(index, route)| {
             route
                 .matches(request.method(), host, path)
                 .map(|values| (index, values))
+        })?;
+        Some(RouteMatch {
+            routes,
+            index,
+            values,
         })
     }
 
-    /// The id of the route that takes this request, if any (after the path checks).
-    pub fn route_id(&self, request: &Request<Incoming>) -> Option<String> {
-        let routes = self.routes();
-        self.route_for(&routes, request)
-            .map(|(index, _)| routes[index].id.clone())
-    }
-
-    /// Forwards one request that [`Proxy::serves`].
+    /// Forwards one request along the route [`Proxy::route_for`] found for it.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
+        matched: &RouteMatch,
         peer: SocketAddr,
         auth: &Auth,
         refresher: &Refresher,
     ) -> Result<Response<Body>, HttpError> {
-        let routes = self.routes();
-        let (index, values) = self
-            .route_for(&routes, &request)
-            .ok_or_else(|| HttpError::client(StatusCode::NOT_FOUND, "not found").json())?;
-        let route = &routes[index];
+        let route = matched.route();
+        let values = &matched.values;
         let upgrade = upgrade_protocol(request.headers());
 
         // Session and CSRF checks come before any byte goes upstream.
@@ -355,7 +377,7 @@ impl Proxy {
                 // The token expired and the provider cannot refresh it now: 503, session kept.
                 Err(error) => return Err(error.into()),
             };
-            session_tag = Some(session.id.to_string());
+            session_tag = Some(session.id);
             let bearer = HeaderValue::from_str(&format!(
                 "Bearer {}",
                 session.ticket.tokens.access_token.expose()
@@ -377,7 +399,7 @@ impl Proxy {
 
         let cluster = &route.cluster;
         let (destination, _in_flight) = cluster.pick();
-        let path = Transform::rewrite_path(&route.transforms, request.uri().path(), &values);
+        let path = Transform::rewrite_path(&route.transforms, request.uri().path(), values);
         let upstream_uri = upstream_uri(&destination.url, &path, request.uri())?;
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -573,21 +595,37 @@ fn upstream_uri(destination: &Url, rest: &str, original: &Uri) -> Result<Uri, Ht
         .map_err(|_| HttpError::client(StatusCode::BAD_REQUEST, "invalid request target").json())
 }
 
+/// Whether a cookie name is one of the gateway's own (the session cookie or the login-flow one).
+fn is_gateway_cookie(name: &str, auth: &Auth) -> bool {
+    let session = auth.cookie().name.as_str();
+    name == session || name.strip_suffix("-flow") == Some(session)
+}
+
 /// Removes the gateway's own cookies from the `Cookie` header, keeping the others.
 fn remove_gateway_cookies(headers: &mut HeaderMap, auth: &Auth) {
-    let own = [auth.cookie().name.clone(), auth.cookie().flow_name()];
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|line| line.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or_default();
-            !pair.is_empty() && !own.iter().any(|own| own == name)
-        })
-        .map(str::to_owned)
-        .collect();
+    let mut own = false;
+    let mut kept: Vec<String> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        // A header that is not valid text cannot be split safely: it is dropped.
+        let Ok(line) = value.to_str() else {
+            own = true;
+            continue;
+        };
+        for pair in line
+            .split(';')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+        {
+            if is_gateway_cookie(pair.split('=').next().unwrap_or_default().trim(), auth) {
+                own = true;
+            } else {
+                kept.push(pair.to_owned());
+            }
+        }
+    }
+    if !own {
+        return;
+    }
     headers.remove(header::COOKIE);
     if let Some(value) = (!kept.is_empty())
         .then(|| HeaderValue::from_str(&kept.join("; ")).ok())
@@ -600,19 +638,22 @@ fn remove_gateway_cookies(headers: &mut HeaderMap, auth: &Auth) {
 /// Drops an upstream's `Set-Cookie` for the gateway's own cookie names (an upstream must not be
 /// able to replace or delete the session).
 fn drop_gateway_set_cookies(headers: &mut HeaderMap, auth: &Auth) {
-    let own = [auth.cookie().name.clone(), auth.cookie().flow_name()];
+    let own = |value: &HeaderValue| {
+        let name = value
+            .to_str()
+            .ok()
+            .and_then(|text| text.split('=').next())
+            .map(str::trim)
+            .unwrap_or_default();
+        is_gateway_cookie(name, auth)
+    };
+    if !headers.get_all(header::SET_COOKIE).iter().any(own) {
+        return;
+    }
     let kept: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
-        .filter(|value| {
-            let name = value
-                .to_str()
-                .ok()
-                .and_then(|text| text.split('=').next())
-                .map(str::trim)
-                .unwrap_or_default();
-            !own.iter().any(|own| own == name)
-        })
+        .filter(|value| !own(value))
         .cloned()
         .collect();
     headers.remove(header::SET_COOKIE);
