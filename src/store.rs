@@ -970,9 +970,12 @@ mod tests {
         let old = on_day(100, 1);
         let older = on_day(100, 2);
         let new = on_day(102, 3);
-        db.insert(old, b"a", meta(1, 10, 7, Some(9))).expect("insert");
-        db.insert(older, b"b", meta(1, 10, 7, Some(9))).expect("insert");
-        db.insert(new, b"c", meta(1, 10, 7, Some(9))).expect("insert");
+        db.insert(old, b"a", meta(1, 10, 7, Some(9)))
+            .expect("insert");
+        db.insert(older, b"b", meta(1, 10, 7, Some(9)))
+            .expect("insert");
+        db.insert(new, b"c", meta(1, 10, 7, Some(9)))
+            .expect("insert");
         assert_eq!(identity_entries(&db), 6);
 
         assert_eq!(db.remove_many(&[old], Commit::Lazy).expect("remove"), 1);
@@ -1015,7 +1018,8 @@ mod tests {
         let a = on_day(200, 1);
         {
             let db = SessionDb::open(&path, 1 << 20).expect("open");
-            db.insert(a, b"kept", meta(1, 2, 3, Some(4))).expect("insert");
+            db.insert(a, b"kept", meta(1, 2, 3, Some(4)))
+                .expect("insert");
             // Rewrite the file's identity indexes the way the first release kept them.
             let txn = db.db.begin_write().expect("write");
             txn.delete_table(BY_SID).expect("drop");
@@ -1040,6 +1044,10 @@ mod tests {
             .expect("tables")
             .map(|table| table.name().to_owned())
             .collect();
-        assert!(!names.iter().any(|name| name == "by_sid" || name == "by_sub"));
+        assert!(
+            !names
+                .iter()
+                .any(|name| name == "by_sid" || name == "by_sub")
+        );
     }
 }
