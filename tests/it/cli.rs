@@ -38,6 +38,13 @@ fn a_bad_value_names_its_flag_and_exits_64() {
 }
 
 #[test]
+fn zero_worker_threads_is_refused() {
+    let (code, _, stderr) = run(&with(&["--worker-threads", "0"]));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+}
+
+#[test]
 fn every_problem_is_listed_one_per_line() {
     let (code, _, stderr) = run(&[
         "serve",
@@ -97,6 +104,7 @@ fn help_documents_every_flag_with_its_variable_and_version_works() {
         "--db-cache",
         "--cookie-name",
         "--cookie-same-site",
+        "--worker-threads",
     ] {
         assert!(stdout.contains(flag), "{flag} not in --help");
     }

@@ -141,11 +141,23 @@ async fn wait_for_upstream(upstream: &Upstream, count: usize) {
 
 #[tokio::test]
 async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_session() {
+    drain_under_load(&[]).await;
+}
+
+#[tokio::test]
+async fn the_single_threaded_scheduler_serves_and_drains_the_same_way() {
+    // `--worker-threads 1` runs everything on the current-thread scheduler.
+    drain_under_load(&["--worker-threads", "1"]).await;
+}
+
+async fn drain_under_load(extra: &[&str]) {
     let fixture = setup().await;
     let upstream = Upstream::start().await;
     upstream.set_delay(Duration::from_millis(1500));
     let route = format!("/api/slow={}", upstream.url);
-    let mut child = fixture.spawn(&["--route", &route]).await;
+    let mut args = vec!["--route", &route];
+    args.extend_from_slice(extra);
+    let mut child = fixture.spawn(&args).await;
     child.expect("READY=1").await;
     let base = fixture.base();
 
@@ -186,7 +198,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_loses_no_acknowledged_s
         .expect("status");
     assert_eq!(status.code(), Some(0));
 
-    let mut restarted = fixture.spawn(&[]).await;
+    let mut restarted = fixture.spawn(extra).await;
     restarted.expect("READY=1").await;
     for browser in &browsers {
         let mut after = Browser::new(&base, &fixture.certs);
