@@ -74,8 +74,9 @@ impl Refresher {
         {
             return Ok(Some(session));
         }
-        match self
-            .refresh_single_flight(session.id, window, RefreshTrigger::OnDemand)
+        // Boxed: the refresh's future (the provider call) is kilobytes, and every proxied
+        // call's future would otherwise carry room for it.
+        match Box::pin(self.refresh_single_flight(session.id, window, RefreshTrigger::OnDemand))
             .await?
         {
             Outcome::Current(session) | Outcome::Refreshed(session) => Ok(Some(session)),

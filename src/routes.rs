@@ -208,15 +208,19 @@ impl Gateway {
             Endpoint::Rest => {
                 return match &self.spa {
                     Some(spa) => {
-                        spa.serve(request.method(), request.uri().path(), request.headers())
-                            .await
+                        Box::pin(spa.serve(
+                            request.method(),
+                            request.uri().path(),
+                            request.headers(),
+                        ))
+                        .await
                     }
                     None => Err(HttpError::client(StatusCode::NOT_FOUND, "not found")),
                 };
             }
         };
         if own == "backchannel-logout" {
-            return self.backchannel_logout(request).await;
+            return Box::pin(self.backchannel_logout(request)).await;
         }
         if request.method() != Method::GET {
             let mut response =
@@ -244,10 +248,12 @@ impl Gateway {
         match own {
             "isAuth" => self.auth.is_auth(request).await,
             "user" => self.auth.user(request).await,
-            "login" => self.auth.login(request).await,
-            "logout" => self.auth.logout(request).await,
+            // Boxed: these talk to the provider, and their futures, kilobytes each, would
+            // otherwise be reserved and moved in every request's future, proxied calls included.
+            "login" => Box::pin(self.auth.login(request)).await,
+            "logout" => Box::pin(self.auth.logout(request)).await,
             "healthz" => Ok(self.health()),
-            _ => self.auth.callback(request).await,
+            _ => Box::pin(self.auth.callback(request)).await,
         }
     }
 
