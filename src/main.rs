@@ -10,12 +10,6 @@ use oidc_bff::clock::SystemClock;
 use oidc_bff::config::{Cli, Command, EXIT_CONFIG, LogFormat, ProcessEnvironment};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: a proxied call allocates and frees a few dozen small
-/// buffers, and glibc's bin management (consolidation, unlinking) was a seventh of the
-/// gateway's user-space time in the proxy benchmark.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
