@@ -7,7 +7,10 @@
 //! session stored and the cache full at its default capacity.
 //!
 //! Run: `cargo bench --bench store`. Targets: hit ≤ 1 µs, cold ≤ 10 µs, file ≤ 1.5× sealed
-//! bytes, RSS ≤ 128 MiB.
+//! bytes, RSS ≤ 128 MiB. `BENCH_KEEP_DIR=/path` keeps the loaded file; then
+//! `BENCH_PHASE=measure BENCH_DIR=/path target/release/deps/store-…` repeats (or profiles) the
+//! measurements alone. A cold read is served from the operating system's page cache when the
+//! file is in it (`fincore` shows how much is), from the disk otherwise.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
