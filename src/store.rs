@@ -13,9 +13,9 @@
 //! - `by_sub_day`:  (UTC day of creation, keyed hash of subject, created ms, hash) → ()
 //! - `by_refresh`:  (access-token expiry, created ms, hash) → ()  — refreshable sessions only
 //!
-//! The two identity indexes (by provider sid, by subject) are not updated when a session is
-//! removed: their keys are random hashes, so removing 100,000 sessions would rewrite nearly every
-//! page of both. A lookup checks each entry against the session's own metadata instead, and
+//! The two identity indexes (by provider sid, by subject) are not updated when a sweep evicts a
+//! session (logouts and revocations do remove their entries): their keys are random hashes, so
+//! evicting 100,000 sessions would rewrite nearly every page of both. A lookup checks each entry against the session's own metadata instead, and
 //! whole days of entries are dropped once no session created on them is left (a contiguous
 //! range, since the day comes first). Removal therefore costs in proportion to the sessions
 //! removed, and the indexes hold at most the sessions created within the oldest live one's age.
@@ -172,14 +172,16 @@ pub struct DuePosition {
     pub id: SessionId,
 }
 
-/// Whether a write transaction is on disk when it returns.
+/// Why sessions are removed, which decides how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Commit {
-    /// Synced before returning (logins, logouts, refreshes).
-    Durable,
-    /// Not synced; a later durable commit (or [`SessionDb::sync`]) makes it so. For sweeps,
-    /// whose work a crash merely postpones.
-    Lazy,
+pub enum Removal {
+    /// Logout, back-channel logout, revocation: synced before returning, and gone from every
+    /// index at once.
+    Logout,
+    /// An eviction sweep: not synced (a later durable commit, or [`SessionDb::sync`], makes it
+    /// so; a crash merely postpones the work), and the identity-index entries are left for
+    /// [`SessionDb::prune_identity_indexes`] (see the module notes).
+    Eviction,
 }
 
 /// A last-access update for one session.
@@ -412,26 +414,27 @@ impl SessionDb {
     /// Removes a session and its index entries, durably. A missing session is not an error
     /// (the seed's RemoveAsync threw); returns whether anything was removed.
     pub fn remove(&self, id: SessionId) -> Result<bool, StoreError> {
-        let removed = self.remove_many(&[id], Commit::Durable)?;
+        let removed = self.remove_many(&[id], Removal::Logout)?;
         Ok(removed == 1)
     }
 
     /// Removes several sessions in one transaction; returns how many existed.
-    pub fn remove_many(&self, ids: &[SessionId], commit: Commit) -> Result<usize, StoreError> {
+    pub fn remove_many(&self, ids: &[SessionId], removal: Removal) -> Result<usize, StoreError> {
         let mut txn = self.db.begin_write().map_err(db_error)?;
-        if commit == Commit::Lazy {
+        if removal == Removal::Eviction {
             txn.set_durability(Durability::None).map_err(db_error)?;
         }
         let mut removed = 0;
         {
             let mut tables = Tables::open(&txn)?;
             // Rows first, in key order; then each index in its own key order, so that every
-            // B-tree is walked once front to back instead of jumping between trees. The
-            // identity indexes are left alone (see the module notes).
+            // B-tree is walked once front to back instead of jumping between trees.
             let mut sorted = ids.to_vec();
             sorted.sort_unstable();
             let mut deadlines = Vec::with_capacity(sorted.len());
             let mut refreshes = Vec::new();
+            let mut subjects = Vec::new();
+            let mut sids = Vec::new();
             for id in sorted {
                 let Some(value) = tables.sessions.remove(key(id)).map_err(db_error)? else {
                     continue;
@@ -442,14 +445,28 @@ impl SessionDb {
                 if let Some(at) = meta.refresh_at {
                     refreshes.push((at, id.created_ms, id.hash));
                 }
+                if removal == Removal::Logout {
+                    subjects.push(identity_key(meta.subject, id));
+                    sids.extend(meta.provider_sid.map(|sid| identity_key(sid, id)));
+                }
             }
-            deadlines.sort_unstable();
-            refreshes.sort_unstable();
+            for list in [&mut deadlines, &mut refreshes] {
+                list.sort_unstable();
+            }
+            for list in [&mut subjects, &mut sids] {
+                list.sort_unstable();
+            }
             for entry in deadlines {
                 tables.by_deadline.remove(entry).map_err(db_error)?;
             }
             for entry in refreshes {
                 tables.by_refresh.remove(entry).map_err(db_error)?;
+            }
+            for entry in subjects {
+                tables.by_sub.remove(entry).map_err(db_error)?;
+            }
+            for entry in sids {
+                tables.by_sid.remove(entry).map_err(db_error)?;
             }
         }
         self.commit(txn)?;
@@ -978,14 +995,20 @@ mod tests {
             .expect("insert");
         assert_eq!(identity_entries(&db), 6);
 
-        assert_eq!(db.remove_many(&[old], Commit::Lazy).expect("remove"), 1);
+        assert_eq!(
+            db.remove_many(&[old], Removal::Eviction).expect("remove"),
+            1
+        );
         assert_eq!(db.by_subject([7; 32]).expect("sub"), vec![older, new]);
         assert_eq!(db.by_provider_sid([9; 32]).expect("sid"), vec![older, new]);
         // Day 100 still has a session: its entries stay.
         assert_eq!(db.prune_identity_indexes(100).expect("prune"), 0);
         assert_eq!(identity_entries(&db), 6);
 
-        assert_eq!(db.remove_many(&[older], Commit::Lazy).expect("remove"), 1);
+        assert_eq!(
+            db.remove_many(&[older], Removal::Eviction).expect("remove"),
+            1
+        );
         // Bounded batches: one entry at a time, then the rest, then nothing.
         assert_eq!(db.prune_identity_indexes(1).expect("prune"), 1);
         assert_eq!(db.prune_identity_indexes(100).expect("prune"), 3);
@@ -993,10 +1016,11 @@ mod tests {
         assert_eq!(identity_entries(&db), 2);
         assert_eq!(db.by_subject([7; 32]).expect("sub"), vec![new]);
 
+        // A logout takes the entries with it at once.
         assert!(db.remove(new).expect("remove"));
         assert!(db.by_subject([7; 32]).expect("sub").is_empty());
-        assert_eq!(db.prune_identity_indexes(100).expect("prune"), 2);
         assert_eq!(identity_entries(&db), 0);
+        assert_eq!(db.prune_identity_indexes(100).expect("prune"), 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::clock::{Clock, unix_seconds};
 use crate::config::StorageConfig;
 use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
 use crate::session::{SessionId, SessionKey, SessionPolicy, Ticket};
-use crate::store::{Commit, Meta, SessionDb, StoreError, Touch};
+use crate::store::{Meta, Removal, SessionDb, StoreError, Touch};
 
 /// Version byte in front of every stored record. Bump it (and keep a decoder for the old one)
 /// when the ticket layout changes, so old sessions keep working across an upgrade.
@@ -410,7 +410,7 @@ impl TicketStore {
                 pending.remove(id);
             }
         }
-        self.blocking(move |db| db.remove_many(&ids, Commit::Durable))
+        self.blocking(move |db| db.remove_many(&ids, Removal::Logout))
             .await
     }
 
@@ -444,7 +444,7 @@ impl TicketStore {
                 // Lazy commits, one sync at the end: a crash mid-sweep only leaves some expired
                 // sessions for the next sweep, and the sweep writes far less.
                 removed += self
-                    .blocking(move |db| db.remove_many(&ids, Commit::Lazy))
+                    .blocking(move |db| db.remove_many(&ids, Removal::Eviction))
                     .await?;
             }
             if due.len() < batch {
