@@ -176,7 +176,8 @@ fn load() {
             .map_or(0, |t| t.expose().len())
     );
     // Keep only the keys the measurements use.
-    let cold_count = 20_000.min(sessions);
+    // Every tenth session: 20,000 of them for the sweep in id order, the rest in random order.
+    let cold_count = 100_000.min(sessions);
     let step = (sessions / cold_count).max(1);
     let mut cold_keys: Vec<String> = Vec::with_capacity(cold_count);
     let mut hot: Vec<String> = Vec::with_capacity(DEFAULT_CACHE);
@@ -242,6 +243,18 @@ fn load() {
     );
 }
 
+/// Fisher-Yates with a fixed-seed xorshift: the same order on every run.
+fn shuffle<T>(items: &mut [T]) {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for index in (1..items.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let other = (state % (index as u64 + 1)) as usize;
+        items.swap(index, other);
+    }
+}
+
 fn read_keys(path: std::path::PathBuf) -> Vec<SessionKey> {
     std::fs::read_to_string(path)
         .expect("keys")
@@ -261,21 +274,44 @@ fn measure() {
     let now = unix_now();
     println!("  RSS after opening: {:.0} MiB", rss_mib());
 
-    // Cold retrieves: keys spread over the whole file, cache empty. First the database read
-    // alone, then the whole async retrieve (read on the blocking pool, open, decode, cache).
-    let started = Instant::now();
-    for key in &cold_keys {
-        assert!(db.get(key.id()).expect("get").is_some());
-    }
-    let raw_read = started.elapsed() / cold_keys.len() as u32;
-    let started = Instant::now();
-    runtime.block_on(async {
-        for key in &cold_keys {
-            let session = store.retrieve(key, Activity::Peek).await.expect("retrieve");
-            assert!(session.is_some());
+    // Cold retrieves (the session is not in the ticket cache), two ways. First a sweep in id
+    // order over every fiftieth session, read twice (the database read alone, then the whole
+    // retrieve: read, open, decode, cache): each pass touches more pages than redb's cache
+    // holds, so the B-tree's branch pages are read again every time, LRU's worst case. Then
+    // what a serving gateway sees: sessions in random order, timed after a warm-up of random
+    // reads has brought redb's cache to its steady state, on keys not read before.
+    let (sweep, mut random): (Vec<_>, Vec<_>) = cold_keys
+        .into_iter()
+        .enumerate()
+        .partition(|(index, _)| index % 5 == 0);
+    let sweep: Vec<SessionKey> = sweep.into_iter().map(|(_, key)| key).collect();
+    shuffle(&mut random);
+    let random: Vec<SessionKey> = random.into_iter().map(|(_, key)| key).collect();
+    let (warm_up, measured) = random.split_at(random.len() / 2);
+    let (raw_keys, retrieve_keys) = measured.split_at(measured.len() / 2);
+
+    let raw_per_key = |keys: &[SessionKey]| {
+        let started = Instant::now();
+        for key in keys {
+            assert!(db.get(key.id()).expect("get").is_some());
         }
-    });
-    let cold = started.elapsed() / cold_keys.len() as u32;
+        started.elapsed() / keys.len().max(1) as u32
+    };
+    let retrieve_per_key = |keys: &[SessionKey]| {
+        let started = Instant::now();
+        runtime.block_on(async {
+            for key in keys {
+                let session = store.retrieve(key, Activity::Peek).await.expect("retrieve");
+                assert!(session.is_some());
+            }
+        });
+        started.elapsed() / keys.len().max(1) as u32
+    };
+    let sweep_raw = raw_per_key(&sweep);
+    let sweep_cold = retrieve_per_key(&sweep);
+    retrieve_per_key(warm_up);
+    let raw_read = raw_per_key(raw_keys);
+    let cold = retrieve_per_key(retrieve_keys);
     println!("  RSS after cold reads: {:.0} MiB", rss_mib());
     // Fill the cache to its default capacity, then time hits on those keys.
     runtime.block_on(async {
@@ -324,12 +360,20 @@ fn measure() {
         hit.as_secs_f64() * 1e6
     );
     println!(
-        "| retrieve, cold cache (redb) | {:.2} µs | ≤ 10 µs |",
+        "| retrieve, cold cache (redb), random order, {} keys | {:.2} µs | ≤ 10 µs |",
+        retrieve_keys.len(),
         cold.as_secs_f64() * 1e6
     );
     println!(
-        "| of which the redb read alone | {:.2} µs | — |",
+        "| the redb read alone, random order, {} other keys | {:.2} µs | — |",
+        raw_keys.len(),
         raw_read.as_secs_f64() * 1e6
+    );
+    println!(
+        "| retrieve, cold cache, sweep in id order over {} keys (read alone) | {:.2} µs ({:.2} µs) | — |",
+        sweep.len(),
+        sweep_cold.as_secs_f64() * 1e6,
+        sweep_raw.as_secs_f64() * 1e6
     );
     println!(
         "| store (login, durable commit) p50 / p99 | {:.2} / {:.2} ms | — |",
