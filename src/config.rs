@@ -581,9 +581,17 @@ pub struct CookieConfig {
 }
 
 impl CookieConfig {
+    const FLOW_SUFFIX: &'static str = "-flow";
+
     /// Name of the short-lived login-flow cookie.
     pub fn flow_name(&self) -> String {
-        format!("{}-flow", self.name)
+        format!("{}{}", self.name, Self::FLOW_SUFFIX)
+    }
+
+    /// Whether `name` is one of the gateway's own cookies (the session or the login-flow one),
+    /// without building the flow cookie's name.
+    pub fn is_own(&self, name: &str) -> bool {
+        name == self.name || name.strip_suffix(Self::FLOW_SUFFIX) == Some(self.name.as_str())
     }
 }
 

@@ -15,9 +15,9 @@
 //!
 //! The two identity indexes (by provider sid, by subject) are not updated when a sweep evicts a
 //! session (logouts and revocations do remove their entries): their keys are random hashes, so
-//! evicting 100,000 sessions would rewrite nearly every page of both. A lookup checks each entry against the session's own metadata instead, and
-//! whole days of entries are dropped once no session created on them is left (a contiguous
-//! range, since the day comes first). Removal therefore costs in proportion to the sessions
+//! evicting 100,000 sessions would rewrite nearly every page of both. A lookup checks each entry
+//! against the session's own metadata instead, and whole days of entries are dropped once no
+//! session created on them is left (a contiguous range, since the day comes first). Removal therefore costs in proportion to the sessions
 //! removed, and the indexes hold at most the sessions created within the oldest live one's age.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -39,6 +39,7 @@ const SESSIONS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("sessions")
 const BY_DEADLINE: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_deadline");
 const BY_SID: TableDefinition<IdentityKey, ()> = TableDefinition::new("by_sid_day");
 const BY_SUB: TableDefinition<IdentityKey, ()> = TableDefinition::new("by_sub_day");
+const BY_REFRESH: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_refresh");
 /// The identity indexes of files written before they were keyed by day: migrated on open.
 const LEGACY_BY_SID: TableDefinition<LegacyIndexKey, ()> = TableDefinition::new("by_sid");
 const LEGACY_BY_SUB: TableDefinition<LegacyIndexKey, ()> = TableDefinition::new("by_sub");
@@ -52,7 +53,6 @@ fn day_of(created_ms: u64) -> u64 {
 fn identity_key(hash: [u8; 32], id: SessionId) -> IdentityKey {
     (day_of(id.created_ms), hash, id.created_ms, id.hash)
 }
-const BY_REFRESH: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_refresh");
 
 fn key(id: SessionId) -> IdKey {
     (id.created_ms, id.hash)

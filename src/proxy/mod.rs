@@ -595,12 +595,6 @@ fn upstream_uri(destination: &Url, rest: &str, original: &Uri) -> Result<Uri, Ht
         .map_err(|_| HttpError::client(StatusCode::BAD_REQUEST, "invalid request target").json())
 }
 
-/// Whether a cookie name is one of the gateway's own (the session cookie or the login-flow one).
-fn is_gateway_cookie(name: &str, auth: &Auth) -> bool {
-    let session = auth.cookie().name.as_str();
-    name == session || name.strip_suffix("-flow") == Some(session)
-}
-
 /// Removes the gateway's own cookies from the `Cookie` header, keeping the others.
 fn remove_gateway_cookies(headers: &mut HeaderMap, auth: &Auth) {
     let mut own = false;
@@ -616,7 +610,10 @@ fn remove_gateway_cookies(headers: &mut HeaderMap, auth: &Auth) {
             .map(str::trim)
             .filter(|pair| !pair.is_empty())
         {
-            if is_gateway_cookie(pair.split('=').next().unwrap_or_default().trim(), auth) {
+            if auth
+                .cookie()
+                .is_own(pair.split('=').next().unwrap_or_default().trim())
+            {
                 own = true;
             } else {
                 kept.push(pair.to_owned());
@@ -645,7 +642,7 @@ fn drop_gateway_set_cookies(headers: &mut HeaderMap, auth: &Auth) {
             .and_then(|text| text.split('=').next())
             .map(str::trim)
             .unwrap_or_default();
-        is_gateway_cookie(name, auth)
+        auth.cookie().is_own(name)
     };
     if !headers.get_all(header::SET_COOKIE).iter().any(own) {
         return;
