@@ -39,6 +39,14 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const expect = (condition, message) => {
   if (!condition) throw new Error(message);
 };
+/** Waits (bounded) for a condition fed by another process's log. */
+const eventually = async (condition, ms, message) => {
+  const until = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > until) throw new Error(message);
+    await sleep(50);
+  }
+};
 
 // --- the stack and the browser ---------------------------------------------------------------
 
@@ -264,7 +272,7 @@ let refreshesBefore = 0;
 await step('3. products load: the API saw a valid token for alice; the browser never held one', async () => {
   await page.locator('#products tr').nth(3).waitFor();
   expect((await page.locator('#api-caller').innerText()).includes('user-alice'), 'the API did not see alice');
-  expect(api.events.some((e) => e.path === '/products' && e.status === 200 && e.sub === 'user-alice'),
+  await eventually(() => api.events.some((e) => e.path === '/products' && e.status === 200 && e.sub === 'user-alice'), 5_000,
     'the API log has no validated call for alice');
   refreshesBefore = grants('refresh_token');
   expect(refreshesBefore === 0, 'a refresh happened before the token expired');
@@ -276,10 +284,16 @@ await step('3. products load: the API saw a valid token for alice; the browser n
 await step(`4. past the access-token lifetime (${ACCESS_TOKEN_TTL}s): products still load, refreshed server-side`, async () => {
   await sleep((ACCESS_TOKEN_TTL + 1) * 1000);
   const calls = api.events.length;
+  // The old rows stay on screen until the app renders the reload, so wait for the API
+  // response itself, then for the rows it brought.
+  const apiCall = page.waitForResponse((r) => r.url() === `${urls.gateway}/api/OtherApi1/products`);
   await page.click('#reload');
+  expect((await apiCall).status() === 200, 'the reload did not get 200');
   await page.locator('#products tr').nth(3).waitFor();
-  expect(grants('refresh_token') > refreshesBefore, 'the provider saw no refresh grant');
-  expect(api.events.slice(calls).some((e) => e.status === 200 && e.sub === 'user-alice'), 'the API saw no valid call after the refresh');
+  // The provider reports its grants on stdout, read here asynchronously.
+  await eventually(() => grants('refresh_token') > refreshesBefore, 5_000, 'the provider saw no refresh grant');
+  await eventually(() => api.events.slice(calls).some((e) => e.status === 200 && e.sub === 'user-alice'), 5_000,
+    'the API saw no valid call after the refresh');
   expect(api.events.slice(calls).every((e) => e.status === 200), 'the API refused a call after the refresh');
   await assertNoTokenInBrowser();
   await screenshot('products-after-refresh');
@@ -309,7 +323,7 @@ await step('6. sign out: signed out here and at the provider; a stale page\'s AP
   await page.waitForURL(`${urls.gateway}/`);
   await page.getByText('You are signed out.').waitFor();
   expect(await isAuth() === false, 'isAuth is not false after the logout');
-  expect(provider.events.some((e) => e.event === 'end_session'), 'the provider did not end its session');
+  await eventually(() => provider.events.some((e) => e.event === 'end_session'), 5_000, 'the provider did not end its session');
   await screenshot('signed-out');
 
   const apiCall = stale.waitForResponse((r) => r.url() === `${urls.gateway}/api/OtherApi1/products`);
@@ -328,15 +342,14 @@ await step('7. back-channel logout: ending the session at the provider signs the
   expect(await isAuth(stale) === true, 'isAuth is not true after signing in again');
 
   const backchannels = provider.events.filter((e) => e.event === 'backchannel').length;
+  const reports = () => provider.events.filter((e) => e.event === 'backchannel' || e.event === 'backchannel.error').length;
+  const reportsBefore = reports();
   const idp = await context.newPage();
   await idp.goto(`${urls.provider}/session/end`);
   await idp.getByRole('button', { name: 'Yes, sign me out' }).click();
   await idp.getByText('You are signed out.').waitFor();
   await screenshot('provider-signed-out', idp);
-  const deadline = Date.now() + 10_000;
-  while (provider.events.filter((e) => e.event === 'backchannel').length === backchannels && Date.now() < deadline) {
-    await sleep(100);
-  }
+  await eventually(() => reports() > reportsBefore, 10_000, 'the provider reported no back-channel logout');
   const failed = provider.events.filter((e) => e.event === 'backchannel.error');
   expect(failed.length === 0, `back-channel logout failed: ${JSON.stringify(failed)}`);
   expect(provider.events.filter((e) => e.event === 'backchannel').length > backchannels, 'the provider sent no back-channel logout');
