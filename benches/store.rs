@@ -22,7 +22,7 @@ use oidc_bff::cache::CachePolicy;
 use oidc_bff::clock::SystemClock;
 use oidc_bff::config::StorageConfig;
 use oidc_bff::seal::{Sealer, random_bytes};
-use oidc_bff::session::{Secret, SessionKey, SessionPolicy, Ticket, Tokens};
+use oidc_bff::session::{AccessToken, Secret, SessionKey, SessionPolicy, Ticket, Tokens};
 use oidc_bff::tickets::{Activity, TicketStore, open_data_dir};
 
 const DEFAULT_CACHE: usize = 10_000;
@@ -67,7 +67,7 @@ fn ticket(index: usize, now: u64) -> Ticket {
     aws_lc_rs::rand::fill(&mut access_payload).expect("random");
     Ticket {
         tokens: Tokens {
-            access_token: Secret::new(jws(&access_payload)),
+            access_token: AccessToken::new(jws(&access_payload)).expect("token"),
             access_expires_at: Some(now + 300),
             refresh_token: Some(Secret::new(URL_SAFE_NO_PAD.encode(random_bytes::<32>()))),
             id_token: Some(Secret::new(jws(id_claims.to_string().as_bytes()))),

@@ -18,7 +18,7 @@ use oidc_bff::cache::CachePolicy;
 use oidc_bff::clock::{Clock, ManualClock};
 use oidc_bff::config::StorageConfig;
 use oidc_bff::seal::random_bytes;
-use oidc_bff::session::{Secret, SessionKey, SessionPolicy, Ticket, Tokens};
+use oidc_bff::session::{AccessToken, Secret, SessionKey, SessionPolicy, Ticket, Tokens};
 use oidc_bff::tickets::{Activity, TicketStore, open_data_dir};
 
 const BATCH: usize = 10_000;
@@ -38,7 +38,7 @@ fn ticket(index: usize, now: u64) -> Ticket {
     };
     Ticket {
         tokens: Tokens {
-            access_token: Secret::new(token(470)),
+            access_token: AccessToken::new(token(470)).expect("token"),
             access_expires_at: Some(now + 300),
             refresh_token: Some(Secret::new(URL_SAFE_NO_PAD.encode(random_bytes::<32>()))),
             id_token: Some(Secret::new(token(500))),

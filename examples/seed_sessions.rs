@@ -16,7 +16,7 @@ use oidc_bff::cache::CachePolicy;
 use oidc_bff::clock::{Clock, SystemClock};
 use oidc_bff::config::StorageConfig;
 use oidc_bff::seal::random_bytes;
-use oidc_bff::session::{Secret, SessionPolicy, Ticket, Tokens};
+use oidc_bff::session::{AccessToken, Secret, SessionPolicy, Ticket, Tokens};
 use oidc_bff::tickets::open_data_dir;
 
 fn token(payload: &serde_json::Value) -> String {
@@ -36,7 +36,7 @@ fn ticket(index: usize, now: u64) -> Ticket {
     });
     Ticket {
         tokens: Tokens {
-            access_token: Secret::new(token(&claims)),
+            access_token: AccessToken::new(token(&claims)).expect("token"),
             access_expires_at: Some(now + 86_400),
             refresh_token: None,
             id_token: Some(Secret::new(token(&claims))),

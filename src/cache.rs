@@ -161,14 +161,14 @@ impl TicketCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{Secret, Tokens};
+    use crate::session::{AccessToken, Tokens};
     use std::time::UNIX_EPOCH;
 
     fn cached(subject: &str) -> Cached {
         Cached {
             ticket: Arc::new(Ticket {
                 tokens: Tokens {
-                    access_token: Secret::new("at"),
+                    access_token: AccessToken::new("at").expect("token"),
                     access_expires_at: None,
                     refresh_token: None,
                     id_token: None,

@@ -34,7 +34,7 @@ use url::Url;
 use crate::clock::Clock;
 use crate::config::{OidcConfig, is_loopback_host};
 use crate::http_client::{HttpClient, HttpClientError};
-use crate::session::{Secret, Tokens, jwt_payload};
+use crate::session::{AccessToken, Secret, Tokens, jwt_payload};
 
 /// Discovery fields openidconnect's core metadata does not model.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -470,10 +470,12 @@ impl Provider {
             .verify_id_token(&discovered, id_token, Some(&nonce))
             .await?;
         let claims = self.extra_checks(id_token, &jwks, &response)?;
+        let access_token = AccessToken::new(response.access_token().secret().clone())
+            .map_err(|error| OidcError::BadResponse(error.to_string()))?;
         let now = self.clock.unix_now();
         Ok(LoginResult {
             tokens: Tokens {
-                access_token: Secret::new(response.access_token().secret().clone()),
+                access_token,
                 access_expires_at: access_expiry(&response, now),
                 refresh_token: response
                     .refresh_token()
@@ -568,10 +570,13 @@ impl Provider {
             }
             id_token_text = Some(Secret::new(id_token.to_string()));
         }
+        // Nothing to relay: the session cannot go on (its old refresh token may be spent).
+        let access_token = AccessToken::new(response.access_token().secret().clone())
+            .map_err(|error| RefreshError::SessionEnded(error.to_string()))?;
         let now = self.clock.unix_now();
         Ok(Refreshed {
             tokens: Tokens {
-                access_token: Secret::new(response.access_token().secret().clone()),
+                access_token,
                 access_expires_at: access_expiry(&response, now),
                 refresh_token: response
                     .refresh_token()

@@ -55,33 +55,120 @@ fn jws_parts(token: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     ))
 }
 
+fn serialize_token<S: serde::Serializer>(token: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    match jws_parts(token) {
+        Some((header, payload, signature)) => {
+            StoredSecretRef::Jws(&header, &payload, &signature).serialize(serializer)
+        }
+        None => StoredSecretRef::Text(token).serialize(serializer),
+    }
+}
+
+/// Reads a token written by [`serialize_token`], appending it to `prefix`.
+fn deserialize_token<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    prefix: &str,
+) -> Result<String, D::Error> {
+    Ok(match StoredSecret::deserialize(deserializer)? {
+        StoredSecret::Text(text) if prefix.is_empty() => text,
+        StoredSecret::Text(text) => format!("{prefix}{text}"),
+        StoredSecret::Jws(header, payload, signature) => {
+            let mut text = String::with_capacity(
+                prefix.len() + (header.len() + payload.len() + signature.len()) * 4 / 3 + 6,
+            );
+            text.push_str(prefix);
+            URL_SAFE_NO_PAD.encode_string(header, &mut text);
+            text.push('.');
+            URL_SAFE_NO_PAD.encode_string(payload, &mut text);
+            text.push('.');
+            URL_SAFE_NO_PAD.encode_string(signature, &mut text);
+            text
+        }
+    })
+}
+
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match jws_parts(&self.0) {
-            Some((header, payload, signature)) => {
-                StoredSecretRef::Jws(&header, &payload, &signature).serialize(serializer)
-            }
-            None => StoredSecretRef::Text(&self.0).serialize(serializer),
-        }
+        serialize_token(&self.0, serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(match StoredSecret::deserialize(deserializer)? {
-            StoredSecret::Text(text) => Secret(text),
-            StoredSecret::Jws(header, payload, signature) => {
-                let mut text = String::with_capacity(
-                    (header.len() + payload.len() + signature.len()) * 4 / 3 + 6,
-                );
-                URL_SAFE_NO_PAD.encode_string(header, &mut text);
-                text.push('.');
-                URL_SAFE_NO_PAD.encode_string(payload, &mut text);
-                text.push('.');
-                URL_SAFE_NO_PAD.encode_string(signature, &mut text);
-                Secret(text)
-            }
-        })
+        deserialize_token(deserializer, "").map(Secret)
+    }
+}
+
+/// The access token, held as the `Authorization` header value it is relayed in
+/// (`Bearer <token>`), so that relaying it costs a reference count instead of a formatted copy
+/// and a validation per request. The value is marked sensitive: HTTP/2 never puts it in a
+/// compression table. `Debug` never shows it; it is stored exactly like a [`Secret`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(http::HeaderValue);
+
+/// An access token that cannot be relayed as a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the access token is empty or has characters a bearer token cannot carry")]
+pub struct InvalidAccessToken;
+
+impl AccessToken {
+    const SCHEME: &'static str = "Bearer ";
+
+    /// Wraps a token. It must be non-empty visible ASCII (RFC 6750's `b64token` is a subset):
+    /// anything else could not be sent in a header, so it is refused when it arrives, not on
+    /// every relayed request.
+    pub fn new(token: impl Into<String>) -> Result<Self, InvalidAccessToken> {
+        let token = token.into();
+        if token.is_empty() {
+            return Err(InvalidAccessToken);
+        }
+        Self::from_header_text(format!("{}{token}", Self::SCHEME))
+    }
+
+    fn from_header_text(text: String) -> Result<Self, InvalidAccessToken> {
+        if !text.as_bytes()[Self::SCHEME.len()..]
+            .iter()
+            .all(u8::is_ascii_graphic)
+        {
+            return Err(InvalidAccessToken);
+        }
+        let mut value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+            .map_err(|_| InvalidAccessToken)?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+
+    /// The token itself, for the few places that must send it somewhere else.
+    pub fn expose(&self) -> &str {
+        // Checked to be ASCII when constructed, so this never falls back.
+        std::str::from_utf8(&self.0.as_bytes()[Self::SCHEME.len()..]).unwrap_or_default()
+    }
+
+    /// The `Authorization` header value that relays it.
+    pub fn bearer(&self) -> http::HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for AccessToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_token(self.expose(), serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for AccessToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = deserialize_token(deserializer, Self::SCHEME)?;
+        if text.len() == Self::SCHEME.len() {
+            return Err(serde::de::Error::custom(InvalidAccessToken));
+        }
+        Self::from_header_text(text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -212,7 +299,7 @@ impl fmt::Debug for SessionId {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokens {
     /// The access token relayed to APIs.
-    pub access_token: Secret,
+    pub access_token: AccessToken,
     /// When the access token expires, if the provider said.
     pub access_expires_at: Option<u64>,
     /// The refresh token, if the provider issued one.
@@ -331,7 +418,7 @@ mod tests {
     fn ticket(expires_at: u64, access_expires_at: Option<u64>) -> Ticket {
         Ticket {
             tokens: Tokens {
-                access_token: Secret::new("at"),
+                access_token: AccessToken::new("at").expect("token"),
                 access_expires_at,
                 refresh_token: Some(Secret::new("rt")),
                 id_token: None,
@@ -379,6 +466,49 @@ mod tests {
             stored.len(),
             jws.len()
         );
+    }
+
+    #[test]
+    fn access_tokens_round_trip_and_are_relayed_as_sensitive_bearer_values() {
+        let jws = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode([7u8; 700]),
+            URL_SAFE_NO_PAD.encode([9u8; 256])
+        );
+        for token in [jws.as_str(), "opaque~token+/=", "a.b.c.d", "x.y=.z"] {
+            let access = AccessToken::new(token).expect("valid");
+            assert_eq!(access.expose(), token);
+            let bearer = access.bearer();
+            assert_eq!(bearer.as_bytes(), format!("Bearer {token}").as_bytes());
+            assert!(bearer.is_sensitive(), "HTTP/2 must never index it");
+            let bytes = postcard::to_stdvec(&access).expect("encode");
+            // Stored exactly like any other secret: no prefix on disk.
+            assert_eq!(
+                bytes,
+                postcard::to_stdvec(&Secret::new(token)).expect("encode")
+            );
+            let back: AccessToken = postcard::from_bytes(&bytes).expect("decode");
+            assert_eq!(back.bearer(), bearer);
+            assert!(back.bearer().is_sensitive());
+            assert_eq!(format!("{back:?}"), "<redacted>");
+        }
+        // Header injection and unsendable values are refused when they arrive.
+        for bad in [
+            "",
+            "a b",
+            "a\r\nX-Evil: 1",
+            "tab\there",
+            "caf\u{e9}",
+            "nul\0",
+        ] {
+            assert_eq!(AccessToken::new(bad), Err(InvalidAccessToken), "{bad:?}");
+            let stored = postcard::to_stdvec(&Secret::new(bad)).expect("encode");
+            assert!(
+                postcard::from_bytes::<AccessToken>(&stored).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -442,7 +572,7 @@ mod tests {
             refresh_skew: Duration::from_secs(30),
         };
         let tokens = |refresh: Option<Secret>, access_expires_at| Tokens {
-            access_token: Secret::new(String::from("at")),
+            access_token: AccessToken::new(String::from("at")).expect("token"),
             access_expires_at,
             refresh_token: refresh,
             id_token: None,

@@ -533,7 +533,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::seal::MasterKey;
-    use crate::session::{Secret, Tokens};
+    use crate::session::{AccessToken, Secret, Tokens};
     use std::num::NonZeroUsize;
 
     struct Fixture {
@@ -578,7 +578,7 @@ mod tests {
             let now = self.clock.unix_now();
             Ticket {
                 tokens: Tokens {
-                    access_token: Secret::new(access),
+                    access_token: AccessToken::new(access).expect("token"),
                     access_expires_at: Some(now + 300),
                     refresh_token: Some(Secret::new("refresh")),
                     id_token: Some(Secret::new("id")),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -378,12 +378,7 @@ impl Proxy {
                 Err(error) => return Err(error.into()),
             };
             session_tag = Some(session.id);
-            let bearer = HeaderValue::from_str(&format!(
-                "Bearer {}",
-                session.ticket.tokens.access_token.expose()
-            ))
-            .map_err(|_| HttpError::internal("access token is not a valid header value".into()))?;
-            Some(bearer)
+            Some(session.ticket.tokens.access_token.bearer())
         };
         if request
             .headers()
@@ -400,7 +395,11 @@ impl Proxy {
         let cluster = &route.cluster;
         let (destination, _in_flight) = cluster.pick();
         let path = Transform::rewrite_path(&route.transforms, request.uri().path(), values);
-        let upstream_uri = upstream_uri(&destination.url, &path, request.uri())?;
+        let upstream_uri = destination
+            .uri_for(&path, request.uri().query())
+            .map_err(|_| {
+                HttpError::client(StatusCode::BAD_REQUEST, "invalid request target").json()
+            })?;
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -568,33 +567,6 @@ async fn tunnel(
     }
 }
 
-/// The destination's base path joined with what is left after the route prefix, plus the query.
-fn upstream_uri(destination: &Url, rest: &str, original: &Uri) -> Result<Uri, HttpError> {
-    let base = destination.path().trim_end_matches('/');
-    let mut path = format!("{base}{rest}");
-    if path.is_empty() {
-        path.push('/');
-    }
-    let mut text = format!(
-        "{}://{}{}",
-        destination.scheme(),
-        destination
-            .host_str()
-            .map(|host| match destination.port() {
-                Some(port) => format!("{host}:{port}"),
-                None => host.to_owned(),
-            })
-            .unwrap_or_default(),
-        path
-    );
-    if let Some(query) = original.query() {
-        text.push('?');
-        text.push_str(query);
-    }
-    text.parse()
-        .map_err(|_| HttpError::client(StatusCode::BAD_REQUEST, "invalid request target").json())
-}
-
 /// Removes the gateway's own cookies from the `Cookie` header, keeping the others.
 fn remove_gateway_cookies(headers: &mut HeaderMap, auth: &Auth) {
     let mut own = false;
@@ -704,9 +676,9 @@ mod tests {
 
     #[test]
     fn the_destination_base_path_is_kept_and_the_query_passed() {
-        let original: Uri = "/api/a/products?x=1".parse().expect("uri");
         let join = |destination: &str, rest: &str| {
-            upstream_uri(&Url::parse(destination).expect("url"), rest, &original)
+            Destination::new("d".into(), Url::parse(destination).expect("url"))
+                .uri_for(rest, Some("x=1"))
                 .expect("uri")
                 .to_string()
         };
@@ -723,6 +695,10 @@ mod tests {
             "http://h:7002/v1/products?x=1"
         );
         assert_eq!(join("http://h:7002", ""), "http://h:7002/?x=1");
+        assert_eq!(join("http://h:7002/v1", ""), "http://h:7002/v1?x=1");
+        assert_eq!(join("https://[::1]:8443", "/a"), "https://[::1]:8443/a?x=1");
+        assert_eq!(join("https://h", "/a"), "https://h/a?x=1");
+        assert_eq!(join("http://h:80/", "/a"), "http://h/a?x=1");
     }
 
     #[test]

@@ -355,6 +355,9 @@ pub struct Destination {
     pub name: String,
     /// Base URL.
     pub url: Url,
+    /// `scheme://host[:port]/base` without a trailing slash: what every upstream URI starts
+    /// with, put together once.
+    uri_prefix: String,
     in_flight: AtomicUsize,
     unhealthy_until_ms: AtomicU64,
 }
@@ -362,12 +365,41 @@ pub struct Destination {
 impl Destination {
     /// A destination.
     pub fn new(name: String, url: Url) -> Self {
+        let mut uri_prefix = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+        if let Some(port) = url.port() {
+            uri_prefix.push_str(&format!(":{port}"));
+        }
+        uri_prefix.push_str(url.path().trim_end_matches('/'));
         Self {
             name,
             url,
+            uri_prefix,
             in_flight: AtomicUsize::new(0),
             unhealthy_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The upstream URI for `rest` (the path after the route's prefix, starting with `/` or
+    /// empty) and the original query.
+    pub fn uri_for(
+        &self,
+        rest: &str,
+        query: Option<&str>,
+    ) -> Result<http::Uri, http::uri::InvalidUri> {
+        let mut text = String::with_capacity(
+            self.uri_prefix.len() + rest.len() + query.map_or(0, |query| query.len() + 1) + 1,
+        );
+        text.push_str(&self.uri_prefix);
+        text.push_str(rest);
+        if rest.is_empty() && self.url.path().trim_end_matches('/').is_empty() {
+            // No base path and nothing after the prefix: the root.
+            text.push('/');
+        }
+        if let Some(query) = query {
+            text.push('?');
+            text.push_str(query);
+        }
+        http::Uri::try_from(text)
     }
 }
 

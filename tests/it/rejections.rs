@@ -120,6 +120,23 @@ async fn a_reused_code_is_refused_by_the_exchange() {
 }
 
 #[tokio::test]
+async fn an_access_token_that_cannot_be_a_bearer_header_is_refused_at_login() {
+    let (provider, gateway) = setup(&[]).await;
+    // Relayed as is, this would inject a header into every upstream request.
+    provider.tamper(Tamper::AccessToken("at\r\nX-Injected: 1".into()));
+    let mut browser = gateway.browser();
+    let reply = browser.login("/").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(!reply.body.contains("X-Injected"), "{}", reply.body);
+    assert!(!browser.is_auth().await);
+    // Every character RFC 6750 allows in a bearer token still logs in.
+    provider.tamper(Tamper::AccessToken("aZ09-._~+/==".into()));
+    let mut browser = gateway.browser();
+    assert_eq!(browser.login("/").await.status, 302);
+    assert!(browser.is_auth().await);
+}
+
+#[tokio::test]
 async fn a_nonce_mismatch_is_refused() {
     let (provider, gateway) = setup(&[]).await;
     provider.tamper(Tamper::Nonce("not-the-login-nonce".into()));

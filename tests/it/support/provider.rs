@@ -137,6 +137,8 @@ pub enum Tamper {
     AtHash(String),
     Subject(String),
     IssuedInFuture,
+    /// Issue this access token instead of a random one.
+    AccessToken(String),
 }
 
 /// A back-channel logout token to sign, and how to spoil it.
@@ -809,7 +811,10 @@ fn issue(
 ) -> Response<Full<Bytes>> {
     state.counter += 1;
     let subject = USER_SUB;
-    let access_token = random_token("at-");
+    let access_token = match tamper {
+        Tamper::AccessToken(token) => token.clone(),
+        _ => random_token("at-"),
+    };
     let refresh_token = new_refresh_token.then(|| match state.refresh_ttl {
         // Keycloak-style: a JWT whose `exp` tells when it stops working.
         Some(ttl) => format!(
@@ -873,7 +878,7 @@ fn issue(
         Tamper::IssuedInFuture => claims["iat"] = json!(now + 3_600),
         Tamper::AlgNone => header["alg"] = json!("none"),
         Tamper::HmacWithPublicKey => header["alg"] = json!("HS256"),
-        Tamper::BadSignature => {}
+        Tamper::BadSignature | Tamper::AccessToken(_) => {}
     }
     let signing_input = format!(
         "{}.{}",
