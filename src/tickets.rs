@@ -200,18 +200,19 @@ impl TicketStore {
         record
     }
 
-    fn open(&self, id: SessionId, record: &[u8]) -> Option<Ticket> {
-        let (&format, sealed) = record.split_first()?;
+    /// Decrypts (in place, the record is consumed) and decodes a stored ticket.
+    fn open(&self, id: SessionId, mut record: Vec<u8>) -> Option<Ticket> {
+        let (&mut format, sealed) = record.split_first_mut()?;
         if format != FORMAT_V1 {
             tracing::warn!(session = %id, format, "session record has an unknown format; ignored");
             return None;
         }
-        let Ok(plaintext) = self.sealer.open(&aad(format, id), sealed) else {
+        let Ok(plaintext) = self.sealer.open_in_place(&aad(format, id), sealed) else {
             // Tampered with, moved between rows, or sealed under another ticket key.
             tracing::warn!(session = %id, "session record failed authentication; ignored");
             return None;
         };
-        match postcard::from_bytes(&plaintext) {
+        match postcard::from_bytes(plaintext) {
             Ok(ticket) => Some(ticket),
             Err(_) => {
                 tracing::warn!(session = %id, "session record does not decode; ignored");
@@ -300,7 +301,7 @@ impl TicketStore {
                 let Some(record) = self.db.get(id)? else {
                     return Ok(None);
                 };
-                let Some(ticket) = self.open(id, &record.sealed) else {
+                let Some(ticket) = self.open(id, record.sealed) else {
                     return Ok(None);
                 };
                 let cached = Cached {
@@ -489,7 +490,7 @@ impl TicketStore {
         Ok(rows
             .into_iter()
             .map(|(id, record)| {
-                let ticket = self.open(id, &record.sealed);
+                let ticket = self.open(id, record.sealed);
                 (id, record.meta, ticket)
             })
             .collect())
