@@ -354,3 +354,98 @@ async fn upgrades_are_tunnelled_for_the_apps_own_origin_only() {
         "the session cookie stayed at the gateway"
     );
 }
+
+/// A bare HTTP/1.1 upstream on raw TCP: answers each request on a connection with a small
+/// keep-alive response, then, if `close_after` is set, closes the connection after that many
+/// responses without saying so (as an upstream whose idle timeout fired does). Counts the
+/// connections it accepted.
+async fn raw_upstream(
+    close_after: Option<usize>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut answered = 0;
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Ok(read) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buffer.drain(..end + 4);
+                        let body = format!("answer {answered}");
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        answered += 1;
+                        if close_after == Some(answered) {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (url, accepted) = raw_upstream(None).await;
+    let route = format!("/api/OtherApi1={url}");
+    let (_provider, gateway) = setup(&["--route", route.as_str()]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    for round in 0..5 {
+        let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(
+            reply.body,
+            format!("answer {round}"),
+            "same connection, in order"
+        );
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
+    // Every connection serves one request, then the upstream closes it without a word.
+    let (url, accepted) = raw_upstream(Some(1)).await;
+    let route = format!("/api/OtherApi1={url}");
+    let (_provider, gateway) = setup(&["--route", route.as_str()]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    for _ in 0..4 {
+        let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body, "answer 0");
+        // Let the close arrive, as it would between two calls of a real client.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
+    // Back to back, the close may race the next call: it is retried on a new connection
+    // instead of failing (the request was never written).
+    for _ in 0..20 {
+        let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+}
