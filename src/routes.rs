@@ -30,6 +30,12 @@ pub struct AccessInfo {
     pub session: Option<crate::session::SessionId>,
 }
 
+/// Whether access-log lines are written (`--log-level` info or finer for `oidc_bff::access`):
+/// when they are not, handlers skip gathering what only the log would show.
+pub fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "oidc_bff::access", tracing::Level::INFO)
+}
+
 /// Where the provider posts logout tokens (register public URL + this path).
 pub const BACKCHANNEL_LOGOUT: &str = "/backchannel-logout";
 
@@ -79,8 +85,7 @@ impl Gateway {
         let method = request.method().clone();
         // The path only: queries carry codes and states, which never go to a log. Copied only
         // when the access log is on.
-        let path = tracing::enabled!(target: "oidc_bff::access", tracing::Level::INFO)
-            .then(|| request.uri().path().to_owned());
+        let path = access_log_enabled().then(|| request.uri().path().to_owned());
         let endpoint = self.endpoint(&request);
         let (mut response, gateway_error) = match self.route(request, peer, &endpoint).await {
             Ok(response) => (response, false),

@@ -85,18 +85,22 @@ pub fn normalized_path(path: &str) -> Option<&str> {
     if !path.starts_with('/') || path.contains('\\') {
         return None;
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00"]
-        .iter()
-        .any(|code| lower.contains(code))
-    {
-        return None;
+    // Encoded dots, slashes, backslashes and NULs, in either case.
+    let bytes = path.as_bytes();
+    for (index, _) in path.match_indices('%') {
+        let code = bytes.get(index + 1..index + 3).unwrap_or_default();
+        if [b"2e", b"2f", b"5c", b"00"]
+            .iter()
+            .any(|bad| code.eq_ignore_ascii_case(*bad))
+        {
+            return None;
+        }
     }
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (index, segment) in segments.iter().enumerate() {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
         // An empty last segment is a trailing slash, which is allowed.
-        if (segment.is_empty() && index != last) || *segment == "." || *segment == ".." {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
             return None;
         }
     }
@@ -256,12 +260,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    // `Connection: keep-alive` (or `close`, `upgrade`) is the usual value: those names are
+    // removed below anyway, without building a header name for them.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| {
+            !name.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|known| name.eq_ignore_ascii_case(known.as_str()))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -409,6 +422,8 @@ impl Proxy {
                 .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
         });
         let headers = &mut parts.headers;
+        // Room for what is added below, so the map grows once, not several times.
+        headers.reserve(6);
         strip_hop_by_hop(headers);
         headers.remove(header::HOST);
         headers.remove(header::AUTHORIZATION);
@@ -439,8 +454,14 @@ impl Proxy {
         if let Some(bearer) = bearer {
             headers.insert(header::AUTHORIZATION, bearer);
         }
-        if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
-            headers.insert("x-forwarded-for", value);
+        // Formatted on the stack: an IPv6 address is at most 45 characters.
+        let mut address = [0u8; 45];
+        let mut cursor = std::io::Cursor::new(&mut address[..]);
+        if std::io::Write::write_fmt(&mut cursor, format_args!("{}", peer.ip())).is_ok() {
+            let written = usize::try_from(cursor.position()).unwrap_or(0);
+            if let Ok(value) = HeaderValue::from_bytes(&address[..written]) {
+                headers.insert("x-forwarded-for", value);
+            }
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         if let Some(host) = original_host {
@@ -526,11 +547,13 @@ impl Proxy {
         let body: Body = body
             .map_err(|error| -> BoxError { Box::new(error) })
             .boxed();
-        parts.extensions.insert(crate::routes::AccessInfo {
-            route: Some(route.id.clone()),
-            upstream: Some(destination.name.clone()),
-            session: session_tag,
-        });
+        if crate::routes::access_log_enabled() {
+            parts.extensions.insert(crate::routes::AccessInfo {
+                route: Some(route.id.clone()),
+                upstream: Some(destination.name.clone()),
+                session: session_tag,
+            });
+        }
         Ok(Response::from_parts(parts, body))
     }
 }
@@ -661,9 +684,9 @@ mod tests {
     fn flag_routes_match_whole_segments_and_drop_the_prefix() {
         let route = route_from_flag(&parse_route("/api/OtherApi1=http://h").expect("route"));
         let rewrite = |path: &str| {
-            route
-                .matches(&http::Method::GET, None, path)
-                .map(|values| Transform::rewrite_path(&route.transforms, path, &values))
+            route.matches(&http::Method::GET, None, path).map(|values| {
+                Transform::rewrite_path(&route.transforms, path, &values).into_owned()
+            })
         };
         assert_eq!(
             rewrite("/api/OtherApi1/products").as_deref(),
@@ -703,7 +726,16 @@ mod tests {
 
     #[test]
     fn path_tricks_are_refused() {
-        for good in ["/api/a/products", "/api/a/", "/api/a/x.y", "/api/a/%20b"] {
+        for good in [
+            "/api/a/products",
+            "/api/a/",
+            "/api/a/x.y",
+            "/api/a/%20b",
+            "/api/a/%",
+            "/api/a/%2",
+            "/api/a/%252e",
+            "/",
+        ] {
             assert!(normalized_path(good).is_some(), "{good}");
         }
         for bad in [
@@ -716,6 +748,11 @@ mod tests {
             "/api/a\\\\b",
             "/api/a/%5c",
             "/api/a/..",
+            "/api/a/%2F",
+            "/api/a/%5C",
+            "/api/a/%00",
+            "/api/a/x%2Fy",
+            "//api",
         ] {
             assert!(normalized_path(bad).is_none(), "{bad}");
         }

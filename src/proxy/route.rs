@@ -142,37 +142,57 @@ impl Template {
 
     /// The values captured when `path` matches.
     pub fn matches(&self, path: &str) -> Option<RouteValues> {
-        let parts: Vec<&str> = path.split('/').filter(|part| !part.is_empty()).collect();
+        self.matches_capturing(path, true)
+    }
+
+    /// Like [`Template::matches`]; the values are only filled in when `capture` is set (a
+    /// route whose transforms never read them matches without allocating).
+    fn matches_capturing(&self, path: &str, capture: bool) -> Option<RouteValues> {
+        let mut parts = path.split('/').filter(|part| !part.is_empty());
+        // Parts taken so far; a missing optional parameter takes none.
+        let mut taken = 0;
         let mut values = RouteValues::new();
         for (index, segment) in self.segments.iter().enumerate() {
             match segment {
                 Segment::Literal(literal) => {
-                    if !parts.get(index)?.eq_ignore_ascii_case(literal) {
+                    if !parts.next()?.eq_ignore_ascii_case(literal) {
                         return None;
                     }
+                    taken += 1;
                 }
                 Segment::Param {
                     name,
                     constraint,
                     optional,
-                } => match parts.get(index) {
+                } => match parts.next() {
                     Some(value) => {
                         if constraint.is_some_and(|constraint| !constraint.accepts(value)) {
                             return None;
                         }
-                        values.insert(name.clone(), (*value).to_owned());
+                        taken += 1;
+                        if capture {
+                            values.insert(name.clone(), value.to_owned());
+                        }
                     }
                     None if *optional => {}
                     None => return None,
                 },
                 Segment::CatchAll(name) => {
-                    values.insert(name.clone(), parts.get(index..)?.join("/"));
+                    // The rest starts at this segment's position, which a skipped optional
+                    // parameter can put past the end of the path.
+                    if index > taken + parts.clone().count() {
+                        return None;
+                    }
+                    if capture {
+                        values.insert(name.clone(), parts.collect::<Vec<_>>().join("/"));
+                    }
                     return Some(values);
                 }
             }
         }
-        (parts.len() == self.segments.len()
-            || (parts.len() + 1 == self.segments.len()
+        let total = taken + parts.count();
+        (total == self.segments.len()
+            || (total + 1 == self.segments.len()
                 && matches!(
                     self.segments.last(),
                     Some(Segment::Param { optional: true, .. })
@@ -293,21 +313,34 @@ pub enum Transform {
 
 impl Transform {
     /// Applies the path transforms in order to `path`.
-    pub fn rewrite_path(transforms: &[Transform], path: &str, values: &RouteValues) -> String {
-        let mut path = path.to_owned();
+    /// (Borrowed from `path` when only prefixes are removed, the usual case.)
+    pub fn rewrite_path<'a>(
+        transforms: &[Transform],
+        path: &'a str,
+        values: &RouteValues,
+    ) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        let mut path = Cow::Borrowed(path);
         for transform in transforms {
             match transform {
                 Transform::PathRemovePrefix(prefix) => {
-                    if let Some(rest) = path
+                    let start = path
                         .strip_prefix(prefix.as_str())
                         .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-                    {
-                        path = rest.to_owned();
+                        .map(|rest| path.len() - rest.len());
+                    if let Some(start) = start {
+                        path = match path {
+                            Cow::Borrowed(path) => Cow::Borrowed(&path[start..]),
+                            Cow::Owned(mut path) => {
+                                path.drain(..start);
+                                Cow::Owned(path)
+                            }
+                        };
                     }
                 }
-                Transform::PathPrefix(prefix) => path = format!("{prefix}{path}"),
-                Transform::PathSet(set) => path.clone_from(set),
-                Transform::PathPattern(template) => path = template.render(values),
+                Transform::PathPrefix(prefix) => path = Cow::Owned(format!("{prefix}{path}")),
+                Transform::PathSet(set) => path = Cow::Owned(set.clone()),
+                Transform::PathPattern(template) => path = Cow::Owned(template.render(values)),
                 _ => {}
             }
         }
@@ -456,15 +489,25 @@ impl Cluster {
     /// is available, and counts the request in flight there.
     pub fn pick(&self) -> (&Destination, InFlight<'_>) {
         let now = self.now_ms();
-        let healthy: Vec<&Destination> = self
-            .destinations
-            .iter()
-            .filter(|destination| destination.unhealthy_until_ms.load(Ordering::Relaxed) <= now)
-            .collect();
-        let candidates: Vec<&Destination> = if healthy.is_empty() {
-            self.destinations.iter().collect()
-        } else {
-            healthy
+        let healthy = |destination: &Destination| {
+            destination.unhealthy_until_ms.load(Ordering::Relaxed) <= now
+        };
+        // Usually every destination is healthy: then they are the candidates as they are, and
+        // nothing is allocated. When none is healthy, all are tried again.
+        let subset: Option<Vec<&Destination>> =
+            (!self.destinations.iter().all(healthy)).then(|| {
+                self.destinations
+                    .iter()
+                    .filter(|destination| healthy(destination))
+                    .collect()
+            });
+        let subset = subset.filter(|subset| !subset.is_empty());
+        let count = subset.as_ref().map_or(self.destinations.len(), Vec::len);
+        let at = |index: usize| -> &Destination {
+            match &subset {
+                Some(subset) => subset[index],
+                None => &self.destinations[index],
+            }
         };
         let random = |bound: usize| -> usize {
             let bytes: [u8; 8] = crate::seal::random_bytes();
@@ -472,25 +515,19 @@ impl Cluster {
         };
         let load = |destination: &&Destination| destination.in_flight.load(Ordering::Relaxed);
         let chosen = match self.policy {
-            Policy::RoundRobin => {
-                candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()]
-            }
-            Policy::Random => candidates[random(candidates.len())],
+            Policy::RoundRobin => at(self.next.fetch_add(1, Ordering::Relaxed) % count),
+            Policy::Random => at(random(count)),
             Policy::PowerOfTwoChoices => {
-                let first = candidates[random(candidates.len())];
-                let second = candidates[random(candidates.len())];
+                let first = at(random(count));
+                let second = at(random(count));
                 if load(&second) < load(&first) {
                     second
                 } else {
                     first
                 }
             }
-            Policy::LeastRequests => candidates
-                .iter()
-                .copied()
-                .min_by_key(load)
-                .unwrap_or(candidates[0]),
-            Policy::FirstAlphabetical => candidates[0],
+            Policy::LeastRequests => (0..count).map(at).min_by_key(load).unwrap_or(at(0)),
+            Policy::FirstAlphabetical => at(0),
         };
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
         (chosen, InFlight(chosen))
@@ -544,7 +581,12 @@ impl RouteDef {
                 return None;
             }
         }
-        self.template.matches(path)
+        // Only a path pattern reads the route values.
+        let capture = self
+            .transforms
+            .iter()
+            .any(|transform| matches!(transform, Transform::PathPattern(_)));
+        self.template.matches_capturing(path, capture)
     }
 }
 
@@ -561,6 +603,51 @@ pub fn sort_routes(routes: &mut [RouteDef]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matching_without_capturing_decides_the_same() {
+        let cases = [
+            (
+                "/sender/{**catch-all}",
+                vec!["/sender", "/sender/a/b", "/senders/a", "/"],
+            ),
+            ("/a/{id?}", vec!["/a", "/a/5", "/a/5/6", "/b/5"]),
+            ("/a/{x}/{y?}", vec!["/a", "/a/1", "/a/1/2", "/a/1/2/3"]),
+            (
+                "/api/{id:int}/items",
+                vec!["/api/7/items", "/api/x/items", "/api/7/items/"],
+            ),
+            (
+                "/API/OtherApi1/{**rest}",
+                vec!["/api/otherapi1/products", "/api/OtherApi10/x"],
+            ),
+        ];
+        for (template, paths) in cases {
+            let parsed = Template::parse(template).expect("template");
+            for path in paths {
+                assert_eq!(
+                    parsed.matches_capturing(path, false).is_some(),
+                    parsed.matches(path).is_some(),
+                    "{template} against {path}"
+                );
+            }
+        }
+        let parsed = Template::parse("/a/{x}/{y?}").expect("template");
+        assert!(parsed.matches("/a").is_none());
+        assert!(parsed.matches("/a/1").is_some());
+        assert!(parsed.matches("/a/1/2/3").is_none());
+        let parsed = Template::parse("/a/{**rest}").expect("template");
+        assert_eq!(parsed.matches("/a").expect("match")["rest"], "");
+        assert_eq!(parsed.matches("/a/x//y/").expect("match")["rest"], "x/y");
+        assert!(
+            Template::parse("/sender/{**catch-all}")
+                .expect("template")
+                .matches_capturing("/sender/a/b", false)
+                .expect("match")
+                .is_empty(),
+            "nothing captured when not asked"
+        );
+    }
 
     #[test]
     fn templates_match_like_asp_net_routes() {
