@@ -109,6 +109,20 @@ async fn a_refreshed_id_token_for_another_subject_ends_the_session() {
 }
 
 #[tokio::test]
+async fn a_refreshed_access_token_that_cannot_be_a_bearer_header_ends_the_session() {
+    let (provider, gateway) = setup(&[]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    // Relayed, it would inject a header into every upstream request.
+    provider.tamper_refresh(Tamper::AccessToken("at\r\nX-Injected: 1".into()));
+    provider.clock().advance(EXPIRED);
+    let reply = browser.user().await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert!(!reply.body.contains("X-Injected"));
+    assert!(!browser.is_auth().await);
+}
+
+#[tokio::test]
 async fn a_refreshed_id_token_from_another_issuer_ends_the_session() {
     let (provider, gateway) = setup(&[]).await;
     let mut browser = gateway.browser();
