@@ -121,17 +121,13 @@ impl AccessToken {
     /// anything else could not be sent in a header, so it is refused when it arrives, not on
     /// every relayed request.
     pub fn new(token: impl Into<String>) -> Result<Self, InvalidAccessToken> {
-        let token = token.into();
-        if token.is_empty() {
-            return Err(InvalidAccessToken);
-        }
-        Self::from_header_text(format!("{}{token}", Self::SCHEME))
+        Self::from_header_text(format!("{}{}", Self::SCHEME, token.into()))
     }
 
+    /// `Bearer <token>`, checked: a token of at least one byte, every one visible ASCII.
     fn from_header_text(text: String) -> Result<Self, InvalidAccessToken> {
-        // Every byte visible ASCII (0x21..=0x7E). No early exit, so the loop vectorizes: this
-        // runs on every cold session read.
-        let mut invalid = false;
+        // No early exit, so the loop vectorizes: this runs on every cold session read.
+        let mut invalid = text.len() == Self::SCHEME.len();
         for &byte in &text.as_bytes()[Self::SCHEME.len()..] {
             invalid |= byte.wrapping_sub(0x21) > 0x7e - 0x21;
         }
@@ -170,11 +166,8 @@ impl Serialize for AccessToken {
 
 impl<'de> Deserialize<'de> for AccessToken {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = deserialize_token(deserializer, Self::SCHEME)?;
-        if text.len() == Self::SCHEME.len() {
-            return Err(serde::de::Error::custom(InvalidAccessToken));
-        }
-        Self::from_header_text(text).map_err(serde::de::Error::custom)
+        Self::from_header_text(deserialize_token(deserializer, Self::SCHEME)?)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -436,6 +429,16 @@ mod tests {
         }
     }
 
+    /// A JWS-shaped token about as long as a real access token.
+    fn sample_jws() -> String {
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode([7u8; 700]),
+            URL_SAFE_NO_PAD.encode([9u8; 256])
+        )
+    }
+
     const POLICY: SessionPolicy = SessionPolicy {
         idle_timeout: Duration::from_secs(100),
         lifetime: Duration::from_secs(1_000),
@@ -444,12 +447,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_exactly_and_jws_tokens_are_stored_smaller() {
-        let jws = format!(
-            "{}.{}.{}",
-            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
-            URL_SAFE_NO_PAD.encode([7u8; 700]),
-            URL_SAFE_NO_PAD.encode([9u8; 256])
-        );
+        let jws = sample_jws();
         for token in [
             jws.as_str(),
             "opaque-refresh-token",
@@ -476,12 +474,7 @@ mod tests {
 
     #[test]
     fn access_tokens_round_trip_and_are_relayed_as_sensitive_bearer_values() {
-        let jws = format!(
-            "{}.{}.{}",
-            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
-            URL_SAFE_NO_PAD.encode([7u8; 700]),
-            URL_SAFE_NO_PAD.encode([9u8; 256])
-        );
+        let jws = sample_jws();
         for token in [jws.as_str(), "opaque~token+/=", "a.b.c.d", "x.y=.z"] {
             let access = AccessToken::new(token).expect("valid");
             assert_eq!(access.expose(), token);

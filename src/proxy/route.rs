@@ -12,6 +12,13 @@ use http::Method;
 use http::header::{HeaderName, HeaderValue};
 use url::Url;
 
+/// Whether matching a template collects the route values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    Values,
+    Nothing,
+}
+
 /// One segment of a route template (ASP.NET routing syntax, as YARP uses it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -142,12 +149,13 @@ impl Template {
 
     /// The values captured when `path` matches.
     pub fn matches(&self, path: &str) -> Option<RouteValues> {
-        self.matches_capturing(path, true)
+        self.matches_capturing(path, Capture::Values)
     }
 
-    /// Like [`Template::matches`]; the values are only filled in when `capture` is set (a
-    /// route whose transforms never read them matches without allocating).
-    fn matches_capturing(&self, path: &str, capture: bool) -> Option<RouteValues> {
+    /// Like [`Template::matches`]; with [`Capture::Nothing`] the values are left out (a route
+    /// whose transforms never read them matches without allocating).
+    fn matches_capturing(&self, path: &str, capture: Capture) -> Option<RouteValues> {
+        let capture = capture == Capture::Values;
         let mut parts = path.split('/').filter(|part| !part.is_empty());
         // Parts taken so far; a missing optional parameter takes none.
         let mut taken = 0;
@@ -398,11 +406,16 @@ pub struct Destination {
 impl Destination {
     /// A destination.
     pub fn new(name: String, url: Url) -> Self {
-        let mut uri_prefix = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
-        if let Some(port) = url.port() {
-            uri_prefix.push_str(&format!(":{port}"));
-        }
-        uri_prefix.push_str(url.path().trim_end_matches('/'));
+        let port = url
+            .port()
+            .map(|port| format!(":{port}"))
+            .unwrap_or_default();
+        let uri_prefix = format!(
+            "{}://{}{port}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.path().trim_end_matches('/')
+        );
         Self {
             name,
             url,
@@ -582,10 +595,15 @@ impl RouteDef {
             }
         }
         // Only a path pattern reads the route values.
-        let capture = self
+        let capture = if self
             .transforms
             .iter()
-            .any(|transform| matches!(transform, Transform::PathPattern(_)));
+            .any(|transform| matches!(transform, Transform::PathPattern(_)))
+        {
+            Capture::Values
+        } else {
+            Capture::Nothing
+        };
         self.template.matches_capturing(path, capture)
     }
 }
@@ -626,7 +644,7 @@ mod tests {
             let parsed = Template::parse(template).expect("template");
             for path in paths {
                 assert_eq!(
-                    parsed.matches_capturing(path, false).is_some(),
+                    parsed.matches_capturing(path, Capture::Nothing).is_some(),
                     parsed.matches(path).is_some(),
                     "{template} against {path}"
                 );
@@ -642,7 +660,7 @@ mod tests {
         assert!(
             Template::parse("/sender/{**catch-all}")
                 .expect("template")
-                .matches_capturing("/sender/a/b", false)
+                .matches_capturing("/sender/a/b", Capture::Nothing)
                 .expect("match")
                 .is_empty(),
             "nothing captured when not asked"

@@ -11,13 +11,22 @@ const CSRF: (&str, &str) = ("x-csrf", "1");
 
 async fn proxied(extra: &[&str]) -> (FakeProvider, TestGateway, Upstream, Browser) {
     let upstream = Upstream::start().await;
-    let route = format!("/api/OtherApi1={}", upstream.url);
+    let (provider, gateway, browser) = signed_in_with_route_to(&upstream.url, extra).await;
+    (provider, gateway, upstream, browser)
+}
+
+/// A gateway routing `/api/OtherApi1` to `url`, and a browser signed in to it.
+async fn signed_in_with_route_to(
+    url: &str,
+    extra: &[&str],
+) -> (FakeProvider, TestGateway, Browser) {
+    let route = format!("/api/OtherApi1={url}");
     let mut args = vec!["--route", route.as_str()];
     args.extend_from_slice(extra);
     let (provider, gateway) = setup(&args).await;
     let mut browser = gateway.browser();
     browser.login_ok().await;
-    (provider, gateway, upstream, browser)
+    (provider, gateway, browser)
 }
 
 #[tokio::test]
@@ -410,10 +419,7 @@ async fn raw_upstream(
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let (url, accepted) = raw_upstream(None).await;
-    let route = format!("/api/OtherApi1={url}");
-    let (_provider, gateway) = setup(&["--route", route.as_str()]).await;
-    let mut browser = gateway.browser();
-    browser.login_ok().await;
+    let (_provider, _gateway, mut browser) = signed_in_with_route_to(&url, &[]).await;
     for round in 0..5 {
         let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -430,10 +436,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
     // Every connection serves one request, then the upstream closes it without a word.
     let (url, accepted) = raw_upstream(Some(1)).await;
-    let route = format!("/api/OtherApi1={url}");
-    let (_provider, gateway) = setup(&["--route", route.as_str()]).await;
-    let mut browser = gateway.browser();
-    browser.login_ok().await;
+    let (_provider, _gateway, mut browser) = signed_in_with_route_to(&url, &[]).await;
     for _ in 0..4 {
         let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
