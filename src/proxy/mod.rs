@@ -239,8 +239,9 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). `Connection`
+/// comes first: [`strip_hop_by_hop`] reads the names it lists.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -251,41 +252,80 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Request headers the gateway sets itself: whatever the browser sent under these names is
+/// dropped, never trusted.
+static SET_BY_GATEWAY: [HeaderName; 6] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+];
+
+/// Which of `names` (at most 32) the map holds, as a bit mask: one pass over the map's few
+/// names instead of a hash lookup per name, most of which would find nothing.
+fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+    debug_assert!(names.len() <= 32);
+    headers.keys().fold(0, |mask, name| {
+        names
+            .iter()
+            .position(|candidate| candidate == name)
+            .map_or(mask, |index| mask | (1 << index))
+    })
+}
+
+/// Removes the headers of `names` that [`present`] found.
+fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], mut mask: u32) {
+    while mask != 0 {
+        headers.remove(&names[mask.trailing_zeros() as usize]);
+        mask &= mask - 1;
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of a removal per name.
-    if !headers.keys().any(is_hop_by_hop) {
+    let mask = present(headers, &HOP_BY_HOP);
+    let other_proxy_headers = headers
+        .keys()
+        .any(|name| name.as_str().starts_with("proxy-") && !HOP_BY_HOP.contains(name));
+    if mask == 0 && !other_proxy_headers {
         return;
     }
-    // `Connection: keep-alive` (or `close`, `upgrade`) is the usual value: those names are
-    // removed below anyway, without building a header name for them.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|name| {
-            !name.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|known| name.eq_ignore_ascii_case(known.as_str()))
-        })
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // Names that `Connection` lists are hop-by-hop too. The usual values (`keep-alive`,
+    // `close`, `upgrade`) name none beyond the fixed list, and then nothing is allocated.
+    if mask & 1 != 0 {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|name| {
+                !name.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|known| name.eq_ignore_ascii_case(known.as_str()))
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    let proxy_headers: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy_headers {
-        headers.remove(name);
+    remove_present(headers, &HOP_BY_HOP, mask);
+    if other_proxy_headers {
+        let proxy_headers: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy_headers {
+            headers.remove(name);
+        }
     }
 }
 
@@ -425,12 +465,8 @@ impl Proxy {
         // Room for what is added below, so the map grows once, not several times.
         headers.reserve(6);
         strip_hop_by_hop(headers);
-        headers.remove(header::HOST);
-        headers.remove(header::AUTHORIZATION);
-        headers.remove("forwarded");
-        headers.remove("x-forwarded-for");
-        headers.remove("x-forwarded-host");
-        headers.remove("x-forwarded-proto");
+        let spoofable = present(headers, &SET_BY_GATEWAY);
+        remove_present(headers, &SET_BY_GATEWAY, spoofable);
         remove_gateway_cookies(headers, auth);
         // Configured header transforms first, so that what the gateway guarantees (bearer,
         // forwarding headers) always has the last word.
@@ -450,25 +486,26 @@ impl Proxy {
                 _ => {}
             }
         }
-        headers.remove(header::AUTHORIZATION);
-        if let Some(bearer) = bearer {
-            headers.insert(header::AUTHORIZATION, bearer);
-        }
+        // `insert` replaces whatever a transform put there.
+        match bearer {
+            Some(bearer) => headers.insert(header::AUTHORIZATION, bearer),
+            None => headers.remove(header::AUTHORIZATION),
+        };
         // Formatted on the stack: an IPv6 address is at most 45 characters.
         let mut address = [0u8; 45];
         let mut cursor = std::io::Cursor::new(&mut address[..]);
         if std::io::Write::write_fmt(&mut cursor, format_args!("{}", peer.ip())).is_ok() {
             let written = usize::try_from(cursor.position()).unwrap_or(0);
             if let Ok(value) = HeaderValue::from_bytes(&address[..written]) {
-                headers.insert("x-forwarded-for", value);
+                headers.insert(X_FORWARDED_FOR, value);
             }
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         if let Some(host) = original_host {
             if keep_original_host {
                 headers.insert(header::HOST, host.clone());
             }
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
         if let Some(protocol) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -481,7 +518,7 @@ impl Proxy {
             .map_err(|error| -> BoxError { error })
             .boxed();
         let upstream_request = Request::from_parts(parts, limited);
-        let host = destination.url.host_str().unwrap_or("?").to_owned();
+        let host = destination.url.host_str().unwrap_or("?");
         let timeout = cluster.timeout.unwrap_or(self.upstream_timeout);
         let mut response =
             match tokio::time::timeout(timeout, self.client.request(upstream_request)).await {
@@ -518,7 +555,7 @@ impl Proxy {
             (client_upgrade, response.status())
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, host.clone()));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, host.to_owned()));
             let (mut parts, _) = response.into_parts();
             let protocol = parts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut parts.headers);
@@ -773,5 +810,20 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+
+        // Without a Connection header, each kind is still found on its own.
+        for name in [
+            "proxy-authorization",
+            "proxy-connection",
+            "upgrade",
+            "trailer",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static("1"));
+            headers.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers.len(), 1, "{name}");
+            assert!(headers.contains_key("x-kept"));
+        }
     }
 }

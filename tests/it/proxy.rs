@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::support::certs::TestCerts;
 use crate::support::{Browser, FakeProvider, TestGateway, Upstream, setup};
 
 const CSRF: (&str, &str) = ("x-csrf", "1");
@@ -451,4 +452,39 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
         let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
+}
+
+#[tokio::test]
+async fn https_upstreams_are_trusted_through_ca_file_over_http2_or_http1() {
+    let certs = TestCerts::new();
+    let ca = certs.ca_pem.to_str().expect("utf-8");
+    for (alpn, version) in [
+        (&[&b"h2"[..], b"http/1.1"][..], http::Version::HTTP_2),
+        (&[&b"http/1.1"[..]][..], http::Version::HTTP_11),
+    ] {
+        let upstream = Upstream::start_tls(&certs, alpn).await;
+        let (provider, _gateway, mut browser) =
+            signed_in_with_route_to(&upstream.url, &["--ca-file", ca]).await;
+        for _ in 0..3 {
+            let reply = browser.get("/api/OtherApi1/products?x=1", &[CSRF]).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 3);
+        for call in &seen {
+            assert_eq!(call.version, version);
+            assert!(call.target.ends_with("/products?x=1"), "{}", call.target);
+            assert_eq!(
+                call.headers.get("authorization").expect("bearer"),
+                format!("Bearer {}", provider.last_access_token()).as_str()
+            );
+        }
+    }
+
+    // Without the CA, the upstream's certificate is not trusted: 502, nothing relayed.
+    let upstream = Upstream::start_tls(&certs, &[b"h2", b"http/1.1"]).await;
+    let (_provider, _gateway, mut browser) = signed_in_with_route_to(&upstream.url, &[]).await;
+    let reply = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert!(upstream.seen().is_empty());
 }

@@ -12,6 +12,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::certs::TestCerts;
 
 /// One request the upstream received.
 #[derive(Debug, Clone)]
@@ -20,6 +24,7 @@ pub struct Seen {
     pub target: String,
     pub headers: HeaderMap,
     pub body_bytes: usize,
+    pub version: http::Version,
 }
 
 #[derive(Clone, Default)]
@@ -45,11 +50,32 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start() -> Self {
+        Self::launch(None).await
+    }
+
+    /// Serves https with `certs`, offering `alpn` (e.g. `h2` and `http/1.1`).
+    pub async fn start_tls(certs: &TestCerts, alpn: &[&[u8]]) -> Self {
+        let chain = vec![CertificateDer::from_pem_file(&certs.cert).expect("cert")];
+        let key = PrivateKeyDer::from_pem_file(&certs.key).expect("key");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        Self::launch(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn launch(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!(
-            "http://127.0.0.1:{}",
+            "{scheme}://127.0.0.1:{}",
             listener.local_addr().expect("addr").port()
         );
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -64,15 +90,30 @@ impl Upstream {
                     };
                     let seen = Arc::clone(&seen);
                     let behaviour = Arc::clone(&behaviour);
+                    let tls = tls.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |request: Request<Incoming>| {
                             let seen = Arc::clone(&seen);
                             let behaviour = Arc::clone(&behaviour);
                             async move { Ok::<_, Infallible>(answer(request, &seen, &behaviour).await) }
                         });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                            .await;
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        match tls {
+                            None => {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                                    .await;
+                            }
+                            Some(tls) => {
+                                let Ok(stream) = tls.accept(tcp).await else {
+                                    return;
+                                };
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
                     });
                 }
             }
@@ -124,6 +165,7 @@ async fn answer(
             target: request.uri().to_string(),
             headers: request.headers().clone(),
             body_bytes: 0,
+            version: request.version(),
         });
         tokio::spawn(async move {
             if let Ok(upgraded) = upgrade.await {
@@ -151,6 +193,7 @@ async fn answer(
         target: parts.uri.to_string(),
         headers: parts.headers.clone(),
         body_bytes,
+        version: parts.version,
     });
     let behaviour = behaviour.lock().expect("behaviour").clone();
     if !behaviour.delay.is_zero() {
