@@ -1,5 +1,5 @@
-//! The outbound HTTP client: hyper-util's pooled client over rustls, used for the provider
-//! (discovery, JWKS, token, revocation) and, later, upstream APIs.
+//! The provider's HTTP client: hyper-util's pooled client over rustls, used for discovery, JWKS,
+//! token and revocation calls. (Upstream APIs have their own connections: `proxy::upstream`.)
 //!
 //! It also adapts that client to openidconnect's `AsyncHttpClient` (so no reqwest). Provider
 //! calls are bounded: a timeout per request and a cap on the response body, so a slow or
@@ -59,7 +59,7 @@ pub struct HttpClient {
 }
 
 /// A pooled keep-alive client for http and https (trusting what `tls` trusts, ALPN h2 and
-/// http/1.1), dropping connections idle for `idle`. Shared by the provider client and the proxy.
+/// http/1.1), dropping connections idle for `idle`.
 pub fn pooled<B>(
     tls: rustls::ClientConfig,
     idle: Duration,

@@ -210,6 +210,17 @@ pub async fn run(
             }
         })
     });
+    let idle_upstreams = tokio::spawn({
+        let gateway = Arc::clone(&gateway);
+        async move {
+            let mut interval = tokio::time::interval(Proxy::IDLE_CHECK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                gateway.proxy.close_idle_connections();
+            }
+        }
+    });
     let watchdog = notify::watchdog_interval().map(|interval| {
         tokio::spawn(async move {
             loop {
@@ -250,6 +261,7 @@ pub async fn run(
         metrics_endpoint.abort();
     }
     discovery.abort();
+    idle_upstreams.abort();
     flusher.abort();
     refresh_sweeps.abort();
     eviction_sweeps.abort();

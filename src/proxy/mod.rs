@@ -1,6 +1,7 @@
 //! The token-relay reverse proxy: picks the route for a request path, checks the session and the
 //! CSRF header, puts the session's access token in `Authorization: Bearer`, cleans the headers
-//! both ways, and streams the bodies to and from the upstream over hyper-util's pooled client.
+//! both ways, and streams the bodies to and from the upstream over pooled keep-alive
+//! connections (`upstream`: hyper's client connections, one pool per destination).
 //!
 //! Attacks each rule stops:
 //! - path tricks (`%2e%2e`, `%2f`, `//`, `/./`, backslashes) that would escape a route or reach
@@ -13,6 +14,7 @@
 //!   upstream.
 
 mod route;
+mod upstream;
 pub mod yarp;
 
 use std::net::SocketAddr;
@@ -23,9 +25,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use url::Url;
 
@@ -225,7 +224,7 @@ impl RouteMatch {
 /// The proxy.
 pub struct Proxy {
     routes: std::sync::RwLock<Arc<Vec<RouteDef>>>,
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    connector: upstream::Connector,
     upstream_timeout: Duration,
     max_request_body: usize,
     public_origin: String,
@@ -251,6 +250,9 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// How long an idle upstream connection is kept for reuse.
+const UPSTREAM_IDLE_TIME: Duration = Duration::from_secs(90);
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -332,15 +334,28 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 impl Proxy {
     /// A proxy over `tls` for https upstreams.
     pub fn new(config: &ProxyConfig, tls: rustls::ClientConfig) -> Self {
-        let client = crate::http_client::pooled(tls, Duration::from_secs(90));
         Self {
             routes: std::sync::RwLock::new(Arc::clone(&config.routes)),
-            client,
+            connector: upstream::Connector::new(tls, UPSTREAM_IDLE_TIME),
             upstream_timeout: config.upstream_timeout,
             max_request_body: config.max_request_body,
             public_origin: config.public_origin.clone(),
         }
     }
+
+    /// Closes upstream connections idle for longer than they are kept. The gateway calls this
+    /// periodically (every [`Proxy::IDLE_CHECK`]).
+    pub fn close_idle_connections(&self) {
+        let max_idle_time = self.connector.max_idle_time();
+        for route in self.routes().iter() {
+            for destination in route.cluster.destinations() {
+                destination.connections.close_expired(max_idle_time);
+            }
+        }
+    }
+
+    /// How often [`Proxy::close_idle_connections`] runs.
+    pub const IDLE_CHECK: Duration = Duration::from_secs(10);
 
     /// The routes in force (a snapshot: a reload does not disturb requests under way).
     fn routes(&self) -> Arc<Vec<RouteDef>> {
@@ -520,36 +535,40 @@ impl Proxy {
         let upstream_request = Request::from_parts(parts, limited);
         let host = destination.url.host_str().unwrap_or("?");
         let timeout = cluster.timeout.unwrap_or(self.upstream_timeout);
-        let mut response =
-            match tokio::time::timeout(timeout, self.client.request(upstream_request)).await {
-                Err(_) => {
-                    cluster.mark_failed(destination);
-                    return Err(HttpError::provider(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the upstream did not answer in time",
-                        format!(
-                            "route {} upstream {host} ({}) timed out after {timeout:?}",
-                            route.id, destination.name
-                        ),
-                    )
-                    .json());
-                }
-                Ok(Err(error)) => {
-                    cluster.mark_failed(destination);
-                    return Err(HttpError::provider(
-                        StatusCode::BAD_GATEWAY,
-                        "the upstream could not be reached",
-                        format!(
-                            "route {} upstream {host} ({}): {}",
-                            route.id,
-                            destination.name,
-                            crate::oidc::error_chain(&error)
-                        ),
-                    )
-                    .json());
-                }
-                Ok(Ok(response)) => response,
-            };
+        let exchange = self.connector.send(
+            &destination.address,
+            &destination.connections,
+            upstream_request,
+        );
+        let mut response = match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => {
+                cluster.mark_failed(destination);
+                return Err(HttpError::provider(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer in time",
+                    format!(
+                        "route {} upstream {host} ({}) timed out after {timeout:?}",
+                        route.id, destination.name
+                    ),
+                )
+                .json());
+            }
+            Ok(Err(error)) => {
+                cluster.mark_failed(destination);
+                return Err(HttpError::provider(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream could not be reached",
+                    format!(
+                        "route {} upstream {host} ({}): {}",
+                        route.id,
+                        destination.name,
+                        crate::oidc::error_chain(&error)
+                    ),
+                )
+                .json());
+            }
+            Ok(Ok(response)) => response,
+        };
         let status = response.status().as_u16();
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, response.status())
@@ -581,9 +600,6 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         Transform::rewrite_response(&route.transforms, status, &mut parts.headers);
         drop_gateway_set_cookies(&mut parts.headers, auth);
-        let body: Body = body
-            .map_err(|error| -> BoxError { Box::new(error) })
-            .boxed();
         if crate::routes::access_log_enabled() {
             parts.extensions.insert(crate::routes::AccessInfo {
                 route: Some(route.id.clone()),
@@ -742,23 +758,12 @@ mod tests {
                 .expect("uri")
                 .to_string()
         };
-        assert_eq!(
-            join("http://h:7002", "/products"),
-            "http://h:7002/products?x=1"
-        );
-        assert_eq!(
-            join("http://h:7002/v1", "/products"),
-            "http://h:7002/v1/products?x=1"
-        );
-        assert_eq!(
-            join("http://h:7002/v1/", "/products"),
-            "http://h:7002/v1/products?x=1"
-        );
-        assert_eq!(join("http://h:7002", ""), "http://h:7002/?x=1");
-        assert_eq!(join("http://h:7002/v1", ""), "http://h:7002/v1?x=1");
-        assert_eq!(join("https://[::1]:8443", "/a"), "https://[::1]:8443/a?x=1");
-        assert_eq!(join("https://h", "/a"), "https://h/a?x=1");
-        assert_eq!(join("http://h:80/", "/a"), "http://h/a?x=1");
+        assert_eq!(join("http://h:7002", "/products"), "/products?x=1");
+        assert_eq!(join("http://h:7002/v1", "/products"), "/v1/products?x=1");
+        assert_eq!(join("http://h:7002/v1/", "/products"), "/v1/products?x=1");
+        assert_eq!(join("http://h:7002", ""), "/?x=1");
+        assert_eq!(join("http://h:7002/v1", ""), "/v1?x=1");
+        assert_eq!(join("https://[::1]:8443", "/a"), "/a?x=1");
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! Both `--route` flags and YARP JSON (`yarp.rs`) become these values; nothing here does I/O.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
 use http::header::{HeaderName, HeaderValue};
 use url::Url;
+
+use super::upstream::{Address, Connections};
 
 /// Whether matching a template collects the route values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,9 +399,12 @@ pub struct Destination {
     pub name: String,
     /// Base URL.
     pub url: Url,
-    /// `scheme://host[:port]/base` without a trailing slash: what every upstream URI starts
-    /// with, put together once.
-    uri_prefix: String,
+    /// Where to connect, parsed once.
+    pub(crate) address: Address,
+    /// Its keep-alive connections.
+    pub(crate) connections: Arc<Connections>,
+    /// The URL's path without a trailing slash: what every upstream path starts with.
+    base_path: String,
     in_flight: AtomicUsize,
     unhealthy_until_ms: AtomicU64,
 }
@@ -406,38 +412,30 @@ pub struct Destination {
 impl Destination {
     /// A destination.
     pub fn new(name: String, url: Url) -> Self {
-        let port = url
-            .port()
-            .map(|port| format!(":{port}"))
-            .unwrap_or_default();
-        let uri_prefix = format!(
-            "{}://{}{port}{}",
-            url.scheme(),
-            url.host_str().unwrap_or_default(),
-            url.path().trim_end_matches('/')
-        );
         Self {
             name,
+            address: Address::new(&url),
+            connections: Arc::default(),
+            base_path: url.path().trim_end_matches('/').to_owned(),
             url,
-            uri_prefix,
             in_flight: AtomicUsize::new(0),
             unhealthy_until_ms: AtomicU64::new(0),
         }
     }
 
-    /// The upstream URI for `rest` (the path after the route's prefix, starting with `/` or
-    /// empty) and the original query.
+    /// The upstream request target (origin form: path and query) for `rest` (the path after
+    /// the route's prefix, starting with `/` or empty) and the original query.
     pub fn uri_for(
         &self,
         rest: &str,
         query: Option<&str>,
     ) -> Result<http::Uri, http::uri::InvalidUri> {
         let mut text = String::with_capacity(
-            self.uri_prefix.len() + rest.len() + query.map_or(0, |query| query.len() + 1) + 1,
+            self.base_path.len() + rest.len() + query.map_or(0, |query| query.len() + 1) + 1,
         );
-        text.push_str(&self.uri_prefix);
+        text.push_str(&self.base_path);
         text.push_str(rest);
-        if rest.is_empty() && self.url.path().trim_end_matches('/').is_empty() {
+        if text.is_empty() {
             // No base path and nothing after the prefix: the root.
             text.push('/');
         }
@@ -492,6 +490,11 @@ impl Cluster {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    /// The destinations, sorted by name.
+    pub fn destinations(&self) -> &[Destination] {
+        &self.destinations
     }
 
     fn now_ms(&self) -> u64 {
