@@ -81,29 +81,42 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
 /// Checks a request path for tricks that could escape a route. Returns the path when it is
 /// plain: no dot segments, no empty segments, no backslashes, no encoded `.`, `/` or `\`.
 pub fn normalized_path(path: &str) -> Option<&str> {
-    if !path.starts_with('/') || path.contains('\\') {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return None;
     }
-    // Encoded dots, slashes, backslashes and NULs, in either case.
-    let bytes = path.as_bytes();
-    for (index, _) in path.match_indices('%') {
-        let code = bytes.get(index + 1..index + 3).unwrap_or_default();
-        if [b"2e", b"2f", b"5c", b"00"]
-            .iter()
-            .any(|bad| code.eq_ignore_ascii_case(*bad))
-        {
-            return None;
+    // One pass over the bytes (every request takes it).
+    let mut segment_start = 1;
+    for (index, &byte) in bytes.iter().enumerate().skip(1) {
+        match byte {
+            b'\\' => return None,
+            // Encoded dots, slashes, backslashes and NULs, in either case.
+            b'%' => {
+                let code = bytes.get(index + 1..index + 3).unwrap_or_default();
+                if [b"2e", b"2f", b"5c", b"00"]
+                    .iter()
+                    .any(|bad| code.eq_ignore_ascii_case(*bad))
+                {
+                    return None;
+                }
+            }
+            b'/' => {
+                if !plain_segment(&bytes[segment_start..index]) {
+                    return None;
+                }
+                segment_start = index + 1;
+            }
+            _ => {}
         }
     }
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(segment) = segments.next() {
-        // An empty last segment is a trailing slash, which is allowed.
-        let last = segments.peek().is_none();
-        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
-            return None;
-        }
-    }
-    Some(path)
+    // An empty last segment is a trailing slash, which is allowed.
+    let last = &bytes[segment_start..];
+    (last.is_empty() || plain_segment(last)).then_some(path)
+}
+
+/// A segment that is neither empty nor `.` nor `..`.
+fn plain_segment(segment: &[u8]) -> bool {
+    !matches!(segment, b"" | b"." | b"..")
 }
 
 /// Turns a `--route` flag into a route: everything below the prefix, prefix removed, a
@@ -269,19 +282,25 @@ static SET_BY_GATEWAY: [HeaderName; 6] = [
     X_FORWARDED_PROTO,
 ];
 
-/// Which of `names` (at most 32) the map holds, as a bit mask: one pass over the map's few
-/// names instead of a hash lookup per name, most of which would find nothing.
-fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
-    debug_assert!(names.len() <= 32);
+/// Which of [`SET_BY_GATEWAY`] the map holds, as a bit mask: one pass over the map's few names
+/// instead of a hash lookup per name, most of which would find nothing.
+fn spoofable(headers: &HeaderMap) -> u32 {
     headers.keys().fold(0, |mask, name| {
-        names
-            .iter()
-            .position(|candidate| candidate == name)
-            .map_or(mask, |index| mask | (1 << index))
+        // The order of `SET_BY_GATEWAY`.
+        let index = match name.as_str() {
+            "host" => 0,
+            "authorization" => 1,
+            "forwarded" => 2,
+            "x-forwarded-for" => 3,
+            "x-forwarded-host" => 4,
+            "x-forwarded-proto" => 5,
+            _ => return mask,
+        };
+        mask | (1 << index)
     })
 }
 
-/// Removes the headers of `names` that [`present`] found.
+/// Removes the headers of `names` whose bits `mask` sets.
 fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], mut mask: u32) {
     while mask != 0 {
         headers.remove(&names[mask.trailing_zeros() as usize]);
@@ -290,16 +309,37 @@ fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], mut mask: u32) 
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mask = present(headers, &HOP_BY_HOP);
-    let other_proxy_headers = headers
-        .keys()
-        .any(|name| name.as_str().starts_with("proxy-") && !HOP_BY_HOP.contains(name));
+    // One pass over the names: the fixed hop-by-hop ones, and any other `Proxy-*`.
+    let mut mask = 0u32;
+    let mut other_proxy_headers = false;
+    for name in headers.keys() {
+        // The order of `HOP_BY_HOP`.
+        let index = match name.as_str() {
+            "connection" => 0,
+            "keep-alive" => 1,
+            "proxy-authenticate" => 2,
+            "proxy-authorization" => 3,
+            "te" => 4,
+            "trailer" => 5,
+            "transfer-encoding" => 6,
+            "upgrade" => 7,
+            other => {
+                other_proxy_headers |= other.starts_with("proxy-");
+                continue;
+            }
+        };
+        mask |= 1 << index;
+    }
     if mask == 0 && !other_proxy_headers {
         return;
     }
     // Names that `Connection` lists are hop-by-hop too. The usual values (`keep-alive`,
-    // `close`, `upgrade`) name none beyond the fixed list, and then nothing is allocated.
-    if mask & 1 != 0 {
+    // `close`) name none beyond the fixed list: nothing to parse.
+    let plain_connection = headers.get_all(header::CONNECTION).iter().all(|value| {
+        let value = value.as_bytes();
+        value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close")
+    });
+    if !plain_connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -480,8 +520,8 @@ impl Proxy {
         // Room for what is added below, so the map grows once, not several times.
         headers.reserve(6);
         strip_hop_by_hop(headers);
-        let spoofable = present(headers, &SET_BY_GATEWAY);
-        remove_present(headers, &SET_BY_GATEWAY, spoofable);
+        let spoofed = spoofable(headers);
+        remove_present(headers, &SET_BY_GATEWAY, spoofed);
         remove_gateway_cookies(headers, auth);
         // Configured header transforms first, so that what the gateway guarantees (bearer,
         // forwarding headers) always has the last word.
@@ -506,14 +546,8 @@ impl Proxy {
             Some(bearer) => headers.insert(header::AUTHORIZATION, bearer),
             None => headers.remove(header::AUTHORIZATION),
         };
-        // Formatted on the stack: an IPv6 address is at most 45 characters.
-        let mut address = [0u8; 45];
-        let mut cursor = std::io::Cursor::new(&mut address[..]);
-        if std::io::Write::write_fmt(&mut cursor, format_args!("{}", peer.ip())).is_ok() {
-            let written = usize::try_from(cursor.position()).unwrap_or(0);
-            if let Ok(value) = HeaderValue::from_bytes(&address[..written]) {
-                headers.insert(X_FORWARDED_FOR, value);
-            }
+        if let Some(value) = address_header(peer.ip()) {
+            headers.insert(X_FORWARDED_FOR, value);
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         if let Some(host) = original_host {
@@ -609,6 +643,40 @@ impl Proxy {
         }
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// The client's address as a header value, formatted on the stack (an IPv6 address is at most
+/// 45 characters); IPv4, the usual case, without the formatting machinery.
+fn address_header(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    let mut text = [0u8; 45];
+    let length = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut at = 0;
+            for (index, octet) in v4.octets().into_iter().enumerate() {
+                if index > 0 {
+                    text[at] = b'.';
+                    at += 1;
+                }
+                if octet >= 100 {
+                    text[at] = b'0' + octet / 100;
+                    at += 1;
+                }
+                if octet >= 10 {
+                    text[at] = b'0' + octet / 10 % 10;
+                    at += 1;
+                }
+                text[at] = b'0' + octet % 10;
+                at += 1;
+            }
+            at
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            std::io::Write::write_fmt(&mut cursor, format_args!("{v6}")).ok()?;
+            usize::try_from(cursor.position()).ok()?
+        }
+    };
+    HeaderValue::from_bytes(&text[..length]).ok()
 }
 
 /// The protocol a request asks to switch to (`Upgrade` with `Connection: upgrade`).
@@ -767,6 +835,47 @@ mod tests {
     }
 
     #[test]
+    fn each_listed_header_is_found_and_removed_by_its_own_bit() {
+        for (index, name) in SET_BY_GATEWAY.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), HeaderValue::from_static("spoofed"));
+            headers.insert("x-kept", HeaderValue::from_static("1"));
+            assert_eq!(spoofable(&headers), 1 << index, "{name}");
+            let mask = spoofable(&headers);
+            remove_present(&mut headers, &SET_BY_GATEWAY, mask);
+            assert_eq!(headers.len(), 1, "{name}");
+        }
+        for name in &HOP_BY_HOP {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), HeaderValue::from_static("close"));
+            headers.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers.len(), 1, "{name}");
+            assert!(headers.contains_key("x-kept"));
+        }
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_usual() {
+        for address in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.100.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: std::net::IpAddr = address.parse().expect("ip");
+            assert_eq!(
+                address_header(ip).expect("header").to_str().expect("text"),
+                ip.to_string()
+            );
+        }
+    }
+
+    #[test]
     fn path_tricks_are_refused() {
         for good in [
             "/api/a/products",
@@ -795,6 +904,11 @@ mod tests {
             "/api/a/%00",
             "/api/a/x%2Fy",
             "//api",
+            "/.",
+            "/..",
+            "/api/.",
+            "",
+            "api/a",
         ] {
             assert!(normalized_path(bad).is_none(), "{bad}");
         }

@@ -236,7 +236,9 @@ impl Connector {
         loop {
             let (mut sender, reused) = match connections.checkout(self.max_idle_time) {
                 Some(sender) => (sender, true),
-                None => match self.connect(address).await? {
+                // Boxed: the connect and handshake state is large and rarely needed; inline,
+                // every request's future would carry (and copy) it.
+                None => match Box::pin(self.connect(address)).await? {
                     Fresh::Http1(sender) => (sender, false),
                     Fresh::Http2(sender) => {
                         *connections.h2() = Some(sender.clone());
