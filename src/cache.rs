@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use lru::LruCache;
 
-use crate::session::{SessionId, Ticket};
+use crate::session::{IdHashing, SessionId, Ticket};
 
 /// A cached session: its ticket and what is known of its activity.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub struct TicketCache {
 
 #[derive(Debug)]
 struct Inner {
-    entries: LruCache<SessionId, Entry>,
+    entries: LruCache<SessionId, Entry, IdHashing>,
     stats: CacheStats,
 }
 
@@ -74,7 +74,7 @@ impl TicketCache {
         Self {
             policy,
             inner: Mutex::new(Inner {
-                entries: LruCache::new(policy.capacity),
+                entries: LruCache::with_hasher(policy.capacity, IdHashing::default()),
                 stats: CacheStats::default(),
             }),
         }

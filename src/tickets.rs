@@ -20,7 +20,7 @@ use crate::cache::{CachePolicy, CacheStats, Cached, TicketCache};
 use crate::clock::{Clock, unix_seconds};
 use crate::config::StorageConfig;
 use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
-use crate::session::{SessionId, SessionKey, SessionPolicy, Ticket};
+use crate::session::{IdHashing, SessionId, SessionKey, SessionPolicy, Ticket};
 use crate::store::{Meta, Removal, SessionDb, StoreError, Touch};
 
 /// Version byte in front of every stored record. Bump it (and keep a decoder for the old one)
@@ -108,7 +108,7 @@ pub struct TicketStore {
     policy: SessionPolicy,
     clock: Arc<dyn Clock>,
     touch_interval: u64,
-    pending: Mutex<HashMap<SessionId, Touch>>,
+    pending: Mutex<HashMap<SessionId, Touch, IdHashing>>,
 }
 
 impl std::fmt::Debug for TicketStore {
@@ -140,7 +140,7 @@ impl TicketStore {
             policy,
             clock,
             touch_interval,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
         }
     }
 
@@ -174,7 +174,7 @@ impl TicketStore {
         self.cache.stats()
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<SessionId, Touch>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<SessionId, Touch, IdHashing>> {
         self.pending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
