@@ -107,6 +107,9 @@ pub enum UpstreamError {
     Timeout,
 }
 
+/// Per route id, each status seen with its request counter and latency histogram.
+type RequestSeries = HashMap<String, Vec<(u16, Counter, Histogram)>>;
+
 /// The gateway's counters and histograms. One per running gateway.
 #[derive(Debug)]
 pub struct Metrics {
@@ -123,7 +126,7 @@ pub struct Metrics {
     /// The request counter and histogram of each route and status seen so far (handles to the
     /// same series as the families'): a request finds both with one small lookup instead of two
     /// label hashes, allocations and family locks.
-    request_series: std::sync::RwLock<HashMap<String, Vec<(u16, Counter, Histogram)>>>,
+    request_series: std::sync::RwLock<RequestSeries>,
 }
 
 impl Default for Metrics {
