@@ -569,12 +569,18 @@ impl Proxy {
         let upstream_request = Request::from_parts(parts, limited);
         let host = destination.url.host_str().unwrap_or("?");
         let timeout = cluster.timeout.unwrap_or(self.upstream_timeout);
-        let exchange = self.connector.send(
-            &destination.address,
-            &destination.connections,
-            upstream_request,
-        );
-        let mut response = match tokio::time::timeout(timeout, exchange).await {
+        // The exchange is built inside the `timeout` call: bound to a local first, it would take
+        // room in this future twice (the local and the timeout's copy).
+        let mut response = match tokio::time::timeout(
+            timeout,
+            self.connector.send(
+                &destination.address,
+                &destination.connections,
+                upstream_request,
+            ),
+        )
+        .await
+        {
             Err(_) => {
                 cluster.mark_failed(destination);
                 return Err(HttpError::provider(

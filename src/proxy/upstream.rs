@@ -230,8 +230,10 @@ impl Connector {
             .as_ref()
             .filter(|sender| !sender.is_closed())
             .cloned();
+        // HTTP/2 exchanges are boxed: their state would otherwise enlarge every request's
+        // future, HTTP/1.1 ones included.
         if let Some(sender) = shared_h2 {
-            return send_h2(sender, address, request).await;
+            return Box::pin(send_h2(sender, address, request)).await;
         }
         loop {
             let (mut sender, reused) = match connections.checkout(self.max_idle_time) {
@@ -242,7 +244,7 @@ impl Connector {
                     Fresh::Http1(sender) => (sender, false),
                     Fresh::Http2(sender) => {
                         *connections.h2() = Some(sender.clone());
-                        return send_h2(sender, address, request).await;
+                        return Box::pin(send_h2(sender, address, request)).await;
                     }
                 },
             };
