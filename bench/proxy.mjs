@@ -17,7 +17,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { Service, examples, freePort, makeCertificates, probe, repo, waitFor } from '../examples/stack.mjs';
@@ -141,12 +141,13 @@ try {
   const cookieFile = join(dir, 'cookies.txt');
   writeFileSync(cookieFile, seeded.stdout);
   writeFileSync(join(dir, 'client-secret'), clientSecret, { mode: 0o600 });
-  const gateway = start('oidc-bff', bin, ['serve',
+  const gatewayArgs = ['serve',
     '--listen', `127.0.0.1:${ports.gateway}`, '--public-url', urls.gateway,
     '--issuer', urls.provider, '--client-id', 'oidc-bff', '--client-secret-file', join(dir, 'client-secret'),
     '--tls-cert', certs.cert, '--tls-key', certs.key, '--ca-file', certs.ca, '--data-dir', dataDir,
     '--route', `/api/OtherApi1=${urls.upstream}`, '--route', `/api/Files=http://127.0.0.1:${ports.files}`,
-    '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn'], {});
+    '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn'];
+  const gateway = start('oidc-bff', bin, gatewayArgs, {});
   await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
 
   const apacheRoot = join(dir, 'apache');
@@ -347,6 +348,37 @@ try {
   if (!up.startsWith(String(1 << 30))) throw new Error(`the upstream did not receive 1 GiB: ${up}`);
   const down = await streamed('download 1 GiB', `curl -sk --fail ${auth} -o /dev/null -w '%{size_download} bytes (HTTP %{http_code})' ${urls.gateway}/api/Files/download`);
   if (!down.startsWith(String(1 << 30))) throw new Error(`the browser did not receive 1 GiB: ${down}`);
+
+  // --- instructions per proxied call ---------------------------------------------------------
+  // Requests per second move by ±10 % from run to run on a shared machine; the instructions a
+  // call costs do not. The gateway runs again under callgrind (same data, same port), 500 calls
+  // warm it up, and the counters cover the next 2,000 (keep-alive, one connection, curl).
+
+  if (spawnSync('sh', ['-c', 'command -v valgrind && command -v callgrind_control']).status === 0) {
+    await services.find((service) => service.child === gateway).stop();
+    const counted = start('oidc-bff-callgrind', 'valgrind',
+      ['--tool=callgrind', `--callgrind-out-file=${join(dir, 'callgrind.out')}`, bin, ...gatewayArgs], {});
+    await waitFor('oidc-bff under callgrind', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, counted, 120_000);
+    const url = `${urls.gateway}/api/OtherApi1/products`;
+    const calls = (count) => {
+      const result = spawnSync('taskset', ['-c', '1', 'curl', '-sk', '--http1.1', '-H', `Cookie: __Host-bff=${gatewayCookie}`,
+        '-H', 'X-CSRF: 1', '-w', '%{http_code}\\n', ...Array(count).fill(url)], { encoding: 'utf8', maxBuffer: 64 << 20 });
+      // Each line is a body followed by its status.
+      const statuses = result.stdout.trim().split('\n').map((line) => line.slice(-3));
+      if (statuses.length !== count || statuses.some((code) => code !== '200')) {
+        throw new Error(`calls under callgrind did not all answer 200: ${result.stdout.slice(0, 500)}`);
+      }
+    };
+    calls(500);
+    spawnSync('callgrind_control', ['-z', String(counted.pid)]);
+    calls(2000);
+    spawnSync('callgrind_control', ['-d', String(counted.pid)]);
+    const dump = readdirSync(dir).filter((name) => name.startsWith('callgrind.out.')).sort().pop();
+    const total = Number(/^summary: (\d+)/m.exec(readFileSync(join(dir, dump), 'utf8'))?.[1]);
+    console.log(`instructions per proxied call (callgrind, 2,000 keep-alive calls after 500 to warm up): ${Math.round(total / 2000)}`);
+  } else {
+    console.log('instructions per proxied call: skipped (no valgrind)');
+  }
 } catch (error) {
   console.error(`proxy benchmark failed: ${error.stack ?? error}\nlogs: ${join(dir, 'logs')}, ${join(dir, 'apache', 'error.log')}`);
   process.exitCode = 1;
