@@ -261,6 +261,61 @@ impl SessionKey {
     }
 }
 
+/// Hashes the first eight bytes of the key's random part: random already, and only keys of
+/// sessions that exist are ever stored in a map (see [`KeyIds`]).
+impl std::hash::Hash for SessionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.random[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
+
+/// The ids of recently seen cookie keys, so that a busy session's requests skip the SHA-256
+/// that turns its key into its id. Only keys of sessions that were found are remembered (made-up
+/// cookies cannot fill it); at capacity it starts over. An entry can outlive its session, which
+/// is harmless: the id is the one [`SessionKey::id`] gives, and then finds nothing. The keys
+/// held here add nothing for someone able to read the process's memory, which holds the ticket
+/// key and the tokens themselves; they never reach the file.
+#[derive(Debug)]
+pub struct KeyIds {
+    ids: std::sync::Mutex<std::collections::HashMap<SessionKey, SessionId, IdHashing>>,
+    capacity: usize,
+}
+
+impl KeyIds {
+    /// Remembers at most `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            ids: std::sync::Mutex::default(),
+            capacity,
+        }
+    }
+
+    fn ids(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionKey, SessionId, IdHashing>>
+    {
+        self.ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The id of `key` if it was remembered.
+    pub fn get(&self, key: &SessionKey) -> Option<SessionId> {
+        self.ids().get(key).copied()
+    }
+
+    /// Remembers the id of the key of a session that was found.
+    pub fn remember(&self, key: &SessionKey, id: SessionId) {
+        let mut ids = self.ids();
+        if ids.len() >= self.capacity {
+            ids.clear();
+        }
+        ids.insert(key.clone(), id);
+    }
+}
+
 /// Where a session is stored: its creation time and the SHA-256 of its key's random part. Its
 /// `Debug` and `Display` show an 8-hex-digit prefix of the hash, enough to correlate log lines
 /// and useless for anything else.
@@ -451,6 +506,25 @@ impl SessionPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_key_ids_are_the_keys_own_and_bounded() {
+        let memo = KeyIds::new(2);
+        let keys: Vec<SessionKey> = (0..3).map(|n| SessionKey::generate(1_000 + n)).collect();
+        assert_eq!(memo.get(&keys[0]), None);
+        memo.remember(&keys[0], keys[0].id());
+        memo.remember(&keys[1], keys[1].id());
+        assert_eq!(memo.get(&keys[0]), Some(keys[0].id()));
+        assert_eq!(memo.get(&keys[1]), Some(keys[1].id()));
+        // Same random part, other creation time: another key, not found.
+        let mut other = keys[0].clone();
+        other.created_ms += 1;
+        assert_eq!(memo.get(&other), None);
+        // At capacity it starts over.
+        memo.remember(&keys[2], keys[2].id());
+        assert_eq!(memo.get(&keys[0]), None);
+        assert_eq!(memo.get(&keys[2]), Some(keys[2].id()));
+    }
 
     fn ticket(expires_at: u64, access_expires_at: Option<u64>) -> Ticket {
         Ticket {

@@ -20,7 +20,7 @@ use crate::cache::{CachePolicy, CacheStats, Cached, TicketCache};
 use crate::clock::{Clock, unix_seconds};
 use crate::config::StorageConfig;
 use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
-use crate::session::{IdHashing, SessionId, SessionKey, SessionPolicy, Ticket};
+use crate::session::{IdHashing, KeyIds, SessionId, SessionKey, SessionPolicy, Ticket};
 use crate::store::{Meta, Removal, SessionDb, StoreError, Touch};
 
 /// Version byte in front of every stored record. Bump it (and keep a decoder for the old one)
@@ -109,6 +109,7 @@ pub struct TicketStore {
     clock: Arc<dyn Clock>,
     touch_interval: u64,
     pending: Mutex<HashMap<SessionId, Touch, IdHashing>>,
+    key_ids: KeyIds,
 }
 
 impl std::fmt::Debug for TicketStore {
@@ -134,6 +135,7 @@ impl TicketStore {
         let touch_interval = (policy.idle_timeout.as_secs() / 16).clamp(1, 60);
         Self {
             db,
+            key_ids: KeyIds::new(cache.capacity.get()),
             cache: TicketCache::new(cache),
             sealer,
             keyer,
@@ -280,7 +282,15 @@ impl TicketStore {
         key: &SessionKey,
         activity: Activity,
     ) -> Result<Option<Session>, StoreError> {
-        self.retrieve_by_id(key.id(), activity).await
+        if let Some(id) = self.key_ids.get(key) {
+            return self.retrieve_by_id(id, activity).await;
+        }
+        let id = key.id();
+        let session = self.retrieve_by_id(id, activity).await?;
+        if session.is_some() {
+            self.key_ids.remember(key, id);
+        }
+        Ok(session)
     }
 
     /// Like [`TicketStore::retrieve`], by session id.
