@@ -13,7 +13,12 @@
 //!   connection instead of returning it;
 //! - idle connections older than the idle timeout are closed by [`Connections::close_expired`],
 //!   which the gateway runs periodically, so a quiet upstream is not held open forever.
+//!
+//! A new connection tries the addresses of the upstream's name in order, each but the last for
+//! at most a second, so one address that drops packets (an IPv6 route that goes nowhere, say)
+//! does not hold up the others until the upstream timeout.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
@@ -265,7 +270,7 @@ impl Connector {
     }
 
     async fn connect(&self, address: &Address) -> Result<Fresh, UpstreamError> {
-        let tcp = TcpStream::connect((address.host.as_str(), address.port))
+        let tcp = connect_tcp(address)
             .await
             .map_err(|source| UpstreamError::Connect {
                 authority: address.authority_text(),
@@ -300,6 +305,46 @@ impl Connector {
         }
         handshake_h1(TokioIo::new(tls)).await
     }
+}
+
+/// How long a connection attempt to one address may take while other addresses of the same name
+/// are left to try (a name with an IPv6 and an IPv4 address, one of them unreachable).
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(1);
+
+async fn connect_tcp(address: &Address) -> std::io::Result<TcpStream> {
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((address.host.as_str(), address.port))
+        .await?
+        .collect();
+    connect_first(&addresses, CONNECT_ATTEMPT).await
+}
+
+/// Connects to the first address that answers, in order. Every address but the last gets at
+/// most `attempt`: one that drops packets must not hold up the others until the upstream
+/// timeout (a refused one fails at once anyway).
+async fn connect_first(addresses: &[SocketAddr], attempt: Duration) -> std::io::Result<TcpStream> {
+    let mut last_error = None;
+    for (index, address) in addresses.iter().enumerate() {
+        let connecting = TcpStream::connect(address);
+        let result = if index + 1 < addresses.len() {
+            tokio::time::timeout(attempt, connecting)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer from {address} within {attempt:?}"),
+                    ))
+                })
+        } else {
+            connecting.await
+        };
+        match result {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")
+    }))
 }
 
 async fn handshake_h1<T>(io: TokioIo<T>) -> Result<Fresh, UpstreamError>
@@ -551,6 +596,55 @@ mod tests {
             closed.load(Ordering::SeqCst) == 1
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn an_address_that_does_not_answer_is_given_up_for_the_next() {
+        // A listener whose accept queue is full drops new connection attempts: they hang, as
+        // towards an address whose packets are dropped.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let silent = socket.listen(1).expect("listen");
+        let silent_address = silent.local_addr().expect("addr");
+        let mut held = Vec::new();
+        loop {
+            match tokio::time::timeout(
+                Duration::from_millis(300),
+                TcpStream::connect(silent_address),
+            )
+            .await
+            {
+                Ok(stream) => held.push(stream.expect("queued connection")),
+                Err(_) => break,
+            }
+            assert!(held.len() < 64, "the accept queue never filled");
+        }
+        let answering = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let answering_address = answering.local_addr().expect("addr");
+
+        let started = Instant::now();
+        let stream = connect_first(
+            &[silent_address, answering_address],
+            Duration::from_millis(200),
+        )
+        .await
+        .expect("the second address answers");
+        assert_eq!(stream.peer_addr().expect("peer"), answering_address);
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let refused = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr")
+        };
+        let stream = connect_first(&[refused, answering_address], Duration::from_secs(60))
+            .await
+            .expect("a refused address falls through at once");
+        assert_eq!(stream.peer_addr().expect("peer"), answering_address);
+        assert!(connect_first(&[], Duration::from_secs(1)).await.is_err());
     }
 
     #[tokio::test]
