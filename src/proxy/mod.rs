@@ -252,7 +252,7 @@ impl std::fmt::Debug for Proxy {
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). `Connection`
-/// comes first: [`strip_hop_by_hop`] reads the names it lists.
+/// comes first (bit 0 of [`strip_hop_by_hop`]'s mask): it also reads the names it lists.
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -333,13 +333,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if mask == 0 && !other_proxy_headers {
         return;
     }
-    // Names that `Connection` lists are hop-by-hop too. The usual values (`keep-alive`,
+    // Names that `Connection` (bit 0) lists are hop-by-hop too. The usual values (`keep-alive`,
     // `close`) name none beyond the fixed list: nothing to parse.
-    let plain_connection = headers.get_all(header::CONNECTION).iter().all(|value| {
+    let plain_connection = |value: &HeaderValue| {
         let value = value.as_bytes();
         value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close")
-    });
-    if !plain_connection {
+    };
+    if mask & 1 != 0
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .all(plain_connection)
+    {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()

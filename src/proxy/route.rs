@@ -82,8 +82,9 @@ pub struct Template {
 /// Values captured by a template match, by parameter name.
 pub type RouteValues = HashMap<String, String>;
 
-/// The non-empty segments of a path. Every request is matched through this: a byte scan for
-/// `/` instead of `str::split`'s general pattern search, which costs more on short paths.
+/// The non-empty segments of a path (templates and request paths alike). Every request is
+/// matched through this: a byte scan for `/` instead of `str::split`'s general pattern search,
+/// which costs more on short paths.
 #[derive(Clone)]
 struct Segments<'a> {
     rest: &'a str,
@@ -118,10 +119,7 @@ impl Template {
         if !text.starts_with('/') {
             return Err(format!("{text:?} must start with /"));
         }
-        let parts: Vec<&str> = text[1..]
-            .split('/')
-            .filter(|part| !part.is_empty())
-            .collect();
+        let parts: Vec<&str> = Segments { rest: &text[1..] }.collect();
         let mut segments = Vec::new();
         for (index, part) in parts.iter().enumerate() {
             let last = index + 1 == parts.len();
@@ -171,9 +169,7 @@ impl Template {
 
     /// A template matching `prefix` and everything below it (what `--route` means).
     pub fn prefix(prefix: &str) -> Self {
-        let mut segments: Vec<Segment> = prefix
-            .split('/')
-            .filter(|part| !part.is_empty())
+        let mut segments: Vec<Segment> = Segments { rest: prefix }
             .map(|part| Segment::Literal(part.to_owned()))
             .collect();
         segments.push(Segment::CatchAll("rest".into()));

@@ -159,10 +159,8 @@ impl Connections {
         None
     }
 
+    /// Keeps a connection that is ready for another request (callers check).
     fn checkin(&self, sender: http1::SendRequest<Body>) {
-        if !sender.is_ready() {
-            return;
-        }
         let mut idle = self.idle();
         if idle.len() < MAX_IDLE_PER_DESTINATION {
             idle.push(Idle {
@@ -382,7 +380,11 @@ async fn send_h2(
     Ok(response.map(boxed))
 }
 
-fn boxed(body: Incoming) -> Body {
+/// A response body from upstream as the gateway's body type.
+fn boxed<B>(body: B) -> Body
+where
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
     use http_body_util::BodyExt;
     body.map_err(|error| -> crate::reply::BoxError { Box::new(error) })
         .boxed()
@@ -405,14 +407,11 @@ fn hand_back_at_end(
     }
     let connections = Arc::clone(connections);
     response.map(|body| {
-        use http_body_util::BodyExt;
-        HandBack {
+        boxed(HandBack {
             body,
             sender: Some(sender),
             connections,
-        }
-        .map_err(|error| -> crate::reply::BoxError { Box::new(error) })
-        .boxed()
+        })
     })
 }
 
@@ -539,10 +538,43 @@ mod tests {
         .with_no_client_auth()
     }
 
-    fn get(path: &str) -> Request<Body> {
-        Request::get(path)
-            .body(crate::reply::full(Bytes::new()))
-            .expect("request")
+    /// A connector and the pool of one destination.
+    struct Client {
+        address: Address,
+        connections: Arc<Connections>,
+        connector: Connector,
+    }
+
+    impl Client {
+        fn to(url: &Url) -> Self {
+            Self {
+                address: Address::new(url),
+                connections: Arc::new(Connections::default()),
+                connector: Connector::new(client_tls(), Duration::from_secs(60)),
+            }
+        }
+
+        /// `GET path`, the response body not yet read.
+        async fn get(&self, path: &str) -> Body {
+            let request = Request::get(path)
+                .body(crate::reply::full(Bytes::new()))
+                .expect("request");
+            self.connector
+                .send(&self.address, &self.connections, request)
+                .await
+                .expect("response")
+                .into_body()
+        }
+
+        /// `GET path`, the whole body read.
+        async fn read(&self, path: &str) -> Bytes {
+            self.get(path)
+                .await
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+        }
     }
 
     async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -558,16 +590,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_read_to_the_end_is_reused_and_one_dropped_early_is_not() {
         let upstream = counted_upstream().await;
-        let address = Address::new(&upstream.url);
-        let connections = Arc::new(Connections::default());
-        let connector = Connector::new(client_tls(), Duration::from_secs(60));
+        let client = Client::to(&upstream.url);
         for _ in 0..3 {
-            let response = connector
-                .send(&address, &connections, get("/small"))
-                .await
-                .expect("response");
-            let body = response.into_body().collect().await.expect("body");
-            assert_eq!(body.to_bytes().as_ref(), b"xxxxx");
+            assert_eq!(client.read("/small").await.as_ref(), b"xxxxx");
         }
         assert_eq!(
             upstream.opened.load(Ordering::SeqCst),
@@ -577,19 +602,10 @@ mod tests {
 
         // A large body abandoned after its first bytes: its connection still has unread bytes
         // and must not carry another request.
-        let mut big = connector
-            .send(&address, &connections, get("/big"))
-            .await
-            .expect("response")
-            .into_body();
+        let mut big = client.get("/big").await;
         big.frame().await.expect("a frame").expect("data");
         drop(big);
-        let response = connector
-            .send(&address, &connections, get("/small"))
-            .await
-            .expect("response");
-        let body = response.into_body().collect().await.expect("body");
-        assert_eq!(body.to_bytes().as_ref(), b"xxxxx");
+        assert_eq!(client.read("/small").await.as_ref(), b"xxxxx");
         assert_eq!(upstream.opened.load(Ordering::SeqCst), 2);
         let closed = Arc::clone(&upstream.closed);
         eventually("the abandoned connection is closed", || {
@@ -650,14 +666,9 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_past_the_idle_time_are_closed() {
         let upstream = counted_upstream().await;
-        let address = Address::new(&upstream.url);
-        let connections = Arc::new(Connections::default());
-        let connector = Connector::new(client_tls(), Duration::from_secs(60));
-        let response = connector
-            .send(&address, &connections, get("/small"))
-            .await
-            .expect("response");
-        response.into_body().collect().await.expect("body");
+        let client = Client::to(&upstream.url);
+        client.read("/small").await;
+        let connections = &client.connections;
         assert_eq!(connections.idle().len(), 1);
 
         connections.close_expired(Duration::from_secs(60));

@@ -1,9 +1,11 @@
 //! Test certificates: a CA and a `localhost` server certificate it signed, written as PEM files.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// PEM files for the gateway and the CA for test clients to trust.
 pub struct TestCerts {
@@ -43,5 +45,21 @@ impl TestCerts {
             key,
             ca_pem,
         }
+    }
+
+    /// A TLS acceptor serving the `localhost` certificate, offering `alpn` (none when empty).
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        let chain = vec![CertificateDer::from_pem_file(&self.cert).expect("cert")];
+        let key = PrivateKeyDer::from_pem_file(&self.key).expect("key");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 }

@@ -22,7 +22,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use oidc_bff::clock::{Clock, ManualClock};
-use rustls_pki_types::pem::PemObject;
 
 use super::certs::TestCerts;
 use serde_json::{Value, json};
@@ -250,23 +249,7 @@ impl FakeProvider {
 
     /// Starts a provider serving https with the test certificate (issuer `https://127.0.0.1:…`).
     pub async fn start_tls(clock: Arc<ManualClock>, certs: &TestCerts) -> Self {
-        let chain =
-            vec![rustls_pki_types::CertificateDer::from_pem_file(&certs.cert).expect("cert")];
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&certs.key).expect("key");
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server config");
-        Self::launch(
-            clock,
-            Alg::Rs256,
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-        )
-        .await
+        Self::launch(clock, Alg::Rs256, Some(certs.acceptor(&[]))).await
     }
 
     async fn launch(

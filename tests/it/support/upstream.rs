@@ -12,8 +12,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::certs::TestCerts;
 
@@ -55,18 +53,7 @@ impl Upstream {
 
     /// Serves https with `certs`, offering `alpn` (e.g. `h2` and `http/1.1`).
     pub async fn start_tls(certs: &TestCerts, alpn: &[&[u8]]) -> Self {
-        let chain = vec![CertificateDer::from_pem_file(&certs.cert).expect("cert")];
-        let key = PrivateKeyDer::from_pem_file(&certs.key).expect("key");
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server config");
-        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-        Self::launch(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        Self::launch(Some(certs.acceptor(alpn))).await
     }
 
     async fn launch(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
