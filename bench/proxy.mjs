@@ -303,6 +303,19 @@ try {
   for (const s of summary) {
     console.log(`| ${s.name} | ${s.rps.toFixed(0)} | ${(s.rps / nginx.rps).toFixed(2)}× | ${(s.p50 * 1e3).toFixed(2)} ms | ${(s.p99 * 1e3).toFixed(2)} ms |`);
   }
+  // The same comparison pair by pair: each round's oidc-bff run against the nginx run just
+  // before it, so that the machine's drift between rounds (often larger than the difference
+  // being measured) cancels out.
+  const gatewayRuns = runs['oidc-bff'];
+  const nginxRuns = runs[nginx.name];
+  if (gatewayRuns) {
+    const ratios = (field) => gatewayRuns.map((run, round) => run[field] / nginxRuns[round][field]);
+    const list = (values) => values.map((value) => `${value.toFixed(2)}×`).join(', ');
+    const rps = ratios('rps');
+    const p99 = ratios('p99');
+    console.log(`\noidc-bff vs nginx, round by round: req/s ${list(rps)} (median ${median(rps).toFixed(2)}×); `
+      + `p99 ${list(p99)} (median ${median(p99).toFixed(2)}×, no worse in ${p99.filter((ratio) => ratio <= 1).length} of ${p99.length})`);
+  }
 
   // --- memory: 10,000 live sessions over 1,000 connections ---------------------------------------
 
