@@ -337,11 +337,10 @@ impl Auth {
             Err(error) => return Err(error.into()),
         };
         // The claims come from the newest validated ID token the session holds.
-        let mut body = session
-            .ticket
-            .tokens
-            .id_token
-            .as_ref()
+        let mut body = self
+            .tickets
+            .id_token(&session)
+            .await?
             .map(|id_token| user_claims(id_token.expose()))
             .unwrap_or_default();
         body.entry("sub")
@@ -382,6 +381,12 @@ impl Auth {
                 "logout requires the sid from /api/user",
             ));
         }
+        // Read before the session (and its stored ID token) is removed. Without it the
+        // provider is still sent to its end-session page, just without the hint.
+        let id_token = self.tickets.id_token(&session).await.unwrap_or_else(|error| {
+            tracing::warn!(session = %session.id, %error, "ID token unreadable; logout without id_token_hint");
+            None
+        });
         self.tickets.remove(session.id).await?;
         tracing::info!(session = %session.id, "logout; session removed");
         if let Some(refresh_token) = &session.ticket.tokens.refresh_token {
@@ -395,7 +400,7 @@ impl Auth {
         }
         let location = self
             .provider
-            .end_session_url(session.ticket.tokens.id_token.as_ref())
+            .end_session_url(id_token.as_ref())
             .map(|url| url.to_string())
             .unwrap_or_else(|| "/".to_owned());
         let mut response = reply::redirect(&location);

@@ -36,6 +36,10 @@ type LegacyIndexKey = ([u8; 32], u64, [u8; 32]);
 type IdentityKey = (u64, [u8; 32], u64, [u8; 32]);
 
 const SESSIONS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("sessions");
+/// Sealed ID tokens, apart from the sessions they belong to: only `/api/user`, logout and the
+/// admin command read them, and kept out of `sessions` they leave its rows half as long, so a
+/// cold read of a session touches half the pages.
+const ID_TOKENS: TableDefinition<IdKey, &[u8]> = TableDefinition::new("id_tokens");
 const BY_DEADLINE: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_deadline");
 const BY_SID: TableDefinition<IdentityKey, ()> = TableDefinition::new("by_sid_day");
 const BY_SUB: TableDefinition<IdentityKey, ()> = TableDefinition::new("by_sub_day");
@@ -152,6 +156,19 @@ fn row(meta: &Meta, sealed: &[u8]) -> Vec<u8> {
 fn split_row(id: SessionId, row: &[u8]) -> Result<(Meta, &[u8]), StoreError> {
     let meta = Meta::decode(row).ok_or(StoreError::MalformedRow(id))?;
     Ok((meta, &row[Meta::LEN..]))
+}
+
+/// A new session for [`SessionDb::insert_batch`].
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    /// The session.
+    pub id: SessionId,
+    /// Its sealed ticket record.
+    pub sealed: Vec<u8>,
+    /// Its sealed ID token, if it has one.
+    pub id_token: Option<Vec<u8>>,
+    /// Its metadata.
+    pub meta: Meta,
 }
 
 /// One stored session: its sealed ticket record and its metadata.
@@ -274,26 +291,52 @@ impl SessionDb {
 
     /// Stores a new session durably (the commit is on disk when this returns), or replaces one
     /// with the same id.
-    pub fn insert(&self, id: SessionId, sealed: &[u8], meta: Meta) -> Result<(), StoreError> {
+    /// `id_token` is the session's sealed ID token, if it has one.
+    pub fn insert(
+        &self,
+        id: SessionId,
+        sealed: &[u8],
+        id_token: Option<&[u8]>,
+        meta: Meta,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
             let mut tables = Tables::open(&txn)?;
             tables.delete(id)?;
             tables.put(id, sealed, &meta)?;
+            if let Some(id_token) = id_token {
+                tables.put_id_token(id, id_token)?;
+            }
         }
         self.commit(txn)
     }
 
     /// Stores many new sessions in one durable transaction (bulk import and benchmarks).
-    pub fn insert_batch(&self, rows: &[(SessionId, Vec<u8>, Meta)]) -> Result<(), StoreError> {
+    pub fn insert_batch(&self, rows: &[NewRow]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
             let mut tables = Tables::open(&txn)?;
-            for (id, sealed, meta) in rows {
-                tables.put(*id, sealed, meta)?;
+            for row in rows {
+                tables.put(row.id, &row.sealed, &row.meta)?;
+            }
+            // The ID tokens after, in their own table's key order (the rows come sorted).
+            for row in rows {
+                if let Some(id_token) = &row.id_token {
+                    tables.put_id_token(row.id, id_token)?;
+                }
             }
         }
         self.commit(txn)
+    }
+
+    /// The sealed ID token of a session, if it has one stored.
+    pub fn get_id_token(&self, id: SessionId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(ID_TOKENS).map_err(db_error)?;
+        Ok(table
+            .get(key(id))
+            .map_err(db_error)?
+            .map(|value| value.value().to_vec()))
     }
 
     /// Reads one session: a single B-tree lookup.
@@ -316,6 +359,7 @@ impl SessionDb {
         &self,
         id: SessionId,
         sealed: &[u8],
+        id_token: Option<&[u8]>,
         refresh_at: Option<u64>,
         deadline: impl FnOnce(u64) -> u64,
     ) -> Result<bool, StoreError> {
@@ -359,6 +403,10 @@ impl SessionDb {
                     .sessions
                     .insert(key(id), row(&meta, sealed).as_slice())
                     .map_err(db_error)?;
+                // A refresh without a new ID token keeps the stored one.
+                if let Some(id_token) = id_token {
+                    tables.put_id_token(id, id_token)?;
+                }
             }
             old.is_some()
         };
@@ -435,12 +483,14 @@ impl SessionDb {
             let mut refreshes = Vec::new();
             let mut subjects = Vec::new();
             let mut sids = Vec::new();
+            let mut id_tokens = Vec::with_capacity(sorted.len());
             for id in sorted {
                 let Some(value) = tables.sessions.remove(key(id)).map_err(db_error)? else {
                     continue;
                 };
                 let meta = split_row(id, value.value())?.0;
                 removed += 1;
+                id_tokens.push(id);
                 deadlines.push((meta.deadline, id.created_ms, id.hash));
                 if let Some(at) = meta.refresh_at {
                     refreshes.push((at, id.created_ms, id.hash));
@@ -455,6 +505,9 @@ impl SessionDb {
             }
             for list in [&mut subjects, &mut sids] {
                 list.sort_unstable();
+            }
+            for id in id_tokens {
+                tables.id_tokens.remove(key(id)).map_err(db_error)?;
             }
             for entry in deadlines {
                 tables.by_deadline.remove(entry).map_err(db_error)?;
@@ -727,6 +780,7 @@ fn migrate_identity_indexes(txn: &redb::WriteTransaction) -> Result<(), StoreErr
 /// The tables of one write transaction, opened together.
 struct Tables<'txn> {
     sessions: redb::Table<'txn, IdKey, &'static [u8]>,
+    id_tokens: redb::Table<'txn, IdKey, &'static [u8]>,
     by_deadline: redb::Table<'txn, (u64, u64, [u8; 32]), ()>,
     by_sid: redb::Table<'txn, IdentityKey, ()>,
     by_sub: redb::Table<'txn, IdentityKey, ()>,
@@ -737,6 +791,7 @@ impl<'txn> Tables<'txn> {
     fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             sessions: txn.open_table(SESSIONS).map_err(db_error)?,
+            id_tokens: txn.open_table(ID_TOKENS).map_err(db_error)?,
             by_deadline: txn.open_table(BY_DEADLINE).map_err(db_error)?,
             by_sid: txn.open_table(BY_SID).map_err(db_error)?,
             by_sub: txn.open_table(BY_SUB).map_err(db_error)?,
@@ -768,8 +823,16 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Removes a session row and the index entries its metadata names; false when absent.
+    /// Writes (or replaces) a session's sealed ID token.
+    fn put_id_token(&mut self, id: SessionId, sealed: &[u8]) -> Result<(), StoreError> {
+        self.id_tokens.insert(key(id), sealed).map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Removes a session row, its ID token and the index entries its metadata names; false
+    /// when absent.
     fn delete(&mut self, id: SessionId) -> Result<bool, StoreError> {
+        self.id_tokens.remove(key(id)).map_err(db_error)?;
         let meta = match self.sessions.remove(key(id)).map_err(db_error)? {
             Some(value) => split_row(id, value.value())?.0,
             None => return Ok(false),
@@ -822,13 +885,45 @@ mod tests {
     }
 
     #[test]
+    fn id_tokens_follow_their_session() {
+        let (_dir, db) = open();
+        let (a, b, c) = (sid(1), sid(2), sid(3));
+        for id in [a, b, c] {
+            db.insert(id, b"sealed", Some(b"idt"), meta(10, 100, 7, None))
+                .expect("insert");
+        }
+        let stored = |id| db.get_id_token(id).expect("read");
+        assert_eq!(stored(a).as_deref(), Some(&b"idt"[..]));
+        // A refresh without a new ID token keeps it; with one, replaces it.
+        assert!(
+            db.replace_ticket(a, b"new", None, None, |_| 100)
+                .expect("replace")
+        );
+        assert_eq!(stored(a).as_deref(), Some(&b"idt"[..]));
+        assert!(
+            db.replace_ticket(a, b"newer", Some(b"idt-2"), None, |_| 100)
+                .expect("replace")
+        );
+        assert_eq!(stored(a).as_deref(), Some(&b"idt-2"[..]));
+        // A replaced session starts without the old one's.
+        db.insert(b, b"again", None, meta(10, 100, 7, None))
+            .expect("insert");
+        assert!(stored(b).is_none());
+        // Logout, and an eviction sweep, remove it with the session.
+        assert!(db.remove(a).expect("remove"));
+        assert!(stored(a).is_none());
+        assert_eq!(db.remove_many(&[c], Removal::Eviction).expect("evict"), 1);
+        assert!(stored(c).is_none());
+    }
+
+    #[test]
     fn insert_get_remove_keeps_indexes_in_step() {
         let (_dir, db) = open();
         let a = sid(1);
         let b = sid(2);
-        db.insert(a, b"sealed-a", meta(10, 100, 7, Some(9)))
+        db.insert(a, b"sealed-a", None, meta(10, 100, 7, Some(9)))
             .expect("insert");
-        db.insert(b, b"sealed-b", meta(10, 200, 7, None))
+        db.insert(b, b"sealed-b", None, meta(10, 200, 7, None))
             .expect("insert");
         assert_eq!(
             db.get(a).expect("get").map(|r| r.sealed),
@@ -865,7 +960,8 @@ mod tests {
     fn touches_move_the_deadline_index_and_never_go_back() {
         let (_dir, db) = open();
         let a = sid(1);
-        db.insert(a, b"x", meta(10, 100, 1, None)).expect("insert");
+        db.insert(a, b"x", None, meta(10, 100, 1, None))
+            .expect("insert");
         db.touch(&[Touch {
             id: a,
             last_access: 50,
@@ -909,13 +1005,14 @@ mod tests {
         let (_dir, db) = open();
         let a = sid(1);
         assert!(
-            !db.replace_ticket(a, b"new", Some(7), |_| 2)
+            !db.replace_ticket(a, b"new", None, Some(7), |_| 2)
                 .expect("replace")
         );
         assert_eq!(db.get(a).expect("get"), None);
-        db.insert(a, b"old", meta(1, 2, 3, None)).expect("insert");
+        db.insert(a, b"old", None, meta(1, 2, 3, None))
+            .expect("insert");
         assert!(
-            db.replace_ticket(a, b"new", Some(7), |_| 2)
+            db.replace_ticket(a, b"new", None, Some(7), |_| 2)
                 .expect("replace")
         );
         assert_eq!(
@@ -928,12 +1025,12 @@ mod tests {
     fn replace_ticket_moves_the_session_in_the_eviction_index() {
         let (_dir, db) = open();
         let a = sid(1);
-        db.insert(a, b"old", meta(10, 500, 3, None))
+        db.insert(a, b"old", None, meta(10, 500, 3, None))
             .expect("insert");
         // The new ticket ends sooner (its refresh token expires at 120); the deadline is
         // computed from the stored last access.
         let moved = db
-            .replace_ticket(a, b"new", Some(7), |last_access| {
+            .replace_ticket(a, b"new", None, Some(7), |last_access| {
                 assert_eq!(last_access, 10);
                 120
             })
@@ -948,7 +1045,7 @@ mod tests {
         };
         assert_eq!(due(121), vec![a], "due at the new deadline");
         assert_eq!(db.get(a).expect("get").map(|r| r.meta.deadline), Some(120));
-        db.replace_ticket(a, b"newer", Some(7), |_| 900)
+        db.replace_ticket(a, b"newer", None, Some(7), |_| 900)
             .expect("replace");
         assert!(due(500).is_empty(), "the old index entry is gone");
     }
@@ -960,7 +1057,7 @@ mod tests {
         let a = sid(5);
         {
             let db = SessionDb::open(&path, 1 << 20).expect("open");
-            db.insert(a, b"kept", meta(1, 2, 3, Some(4)))
+            db.insert(a, b"kept", None, meta(1, 2, 3, Some(4)))
                 .expect("insert");
         }
         let db = SessionDb::open(&path, 1 << 20).expect("reopen");
@@ -987,11 +1084,11 @@ mod tests {
         let old = on_day(100, 1);
         let older = on_day(100, 2);
         let new = on_day(102, 3);
-        db.insert(old, b"a", meta(1, 10, 7, Some(9)))
+        db.insert(old, b"a", None, meta(1, 10, 7, Some(9)))
             .expect("insert");
-        db.insert(older, b"b", meta(1, 10, 7, Some(9)))
+        db.insert(older, b"b", None, meta(1, 10, 7, Some(9)))
             .expect("insert");
-        db.insert(new, b"c", meta(1, 10, 7, Some(9)))
+        db.insert(new, b"c", None, meta(1, 10, 7, Some(9)))
             .expect("insert");
         assert_eq!(identity_entries(&db), 6);
 
@@ -1028,8 +1125,10 @@ mod tests {
         // A stale entry must not name a session that now belongs to someone else.
         let (_dir, db) = open();
         let a = sid(1);
-        db.insert(a, b"x", meta(1, 10, 7, Some(9))).expect("insert");
-        db.insert(a, b"y", meta(1, 10, 8, None)).expect("replace");
+        db.insert(a, b"x", None, meta(1, 10, 7, Some(9)))
+            .expect("insert");
+        db.insert(a, b"y", None, meta(1, 10, 8, None))
+            .expect("replace");
         assert!(db.by_subject([7; 32]).expect("sub").is_empty());
         assert!(db.by_provider_sid([9; 32]).expect("sid").is_empty());
         assert_eq!(db.by_subject([8; 32]).expect("sub"), vec![a]);
@@ -1042,7 +1141,7 @@ mod tests {
         let a = on_day(200, 1);
         {
             let db = SessionDb::open(&path, 1 << 20).expect("open");
-            db.insert(a, b"kept", meta(1, 2, 3, Some(4)))
+            db.insert(a, b"kept", None, meta(1, 2, 3, Some(4)))
                 .expect("insert");
             // Rewrite the file's identity indexes the way the first release kept them.
             let txn = db.db.begin_write().expect("write");

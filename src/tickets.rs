@@ -20,12 +20,19 @@ use crate::cache::{CachePolicy, CacheStats, Cached, TicketCache};
 use crate::clock::{Clock, unix_seconds};
 use crate::config::StorageConfig;
 use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
-use crate::session::{IdHashing, KeyIds, SessionId, SessionKey, SessionPolicy, Ticket};
-use crate::store::{Meta, Removal, SessionDb, StoreError, Touch};
+use crate::session::{IdHashing, KeyIds, Secret, SessionId, SessionKey, SessionPolicy, Ticket};
+use crate::store::{Meta, NewRow, Removal, SessionDb, StoreError, Touch};
 
 /// Version byte in front of every stored record. Bump it (and keep a decoder for the old one)
 /// when the ticket layout changes, so old sessions keep working across an upgrade.
 const FORMAT_V1: u8 = 1;
+
+/// Version byte of a stored ID token. The ID token is sealed on its own, in a table of its own
+/// (read by `/api/user`, logout and the admin command, not by every cold retrieve); its AAD
+/// starts with this byte, so a session record and an ID-token record can never stand in for
+/// each other. A V1 session record written before the split still carries the ID token
+/// inside, and is read as it is.
+const ID_TOKEN_V1: u8 = 0x49;
 
 /// Whether a retrieve counts as activity that slides the idle timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,13 +200,65 @@ impl TicketStore {
             .map_err(|_| StoreError::TaskFailed)?
     }
 
-    fn seal(&self, id: SessionId, ticket: &Ticket) -> Vec<u8> {
-        let plaintext =
-            postcard::to_stdvec(ticket).expect("a Ticket holds only strings and integers");
+    /// Seals a ticket as two records: the session without its ID token, and the ID token (if
+    /// any) on its own.
+    fn seal(&self, id: SessionId, ticket: &Ticket) -> Sealed {
+        let mut without_id_token = ticket.clone();
+        let id_token = without_id_token.tokens.id_token.take();
+        let plaintext = postcard::to_stdvec(&without_id_token)
+            .expect("a Ticket holds only strings and integers");
+        let id_token = id_token.map(|token| {
+            let plaintext =
+                postcard::to_stdvec(&token).expect("a token is a string or binary parts");
+            self.seal_record(ID_TOKEN_V1, id, &plaintext)
+        });
+        Sealed {
+            ticket: self.seal_record(FORMAT_V1, id, &plaintext),
+            id_token,
+        }
+    }
+
+    fn seal_record(&self, format: u8, id: SessionId, plaintext: &[u8]) -> Vec<u8> {
         let mut record = Vec::with_capacity(1 + plaintext.len() + Sealer::OVERHEAD);
-        record.push(FORMAT_V1);
-        record.extend_from_slice(&self.sealer.seal(&aad(FORMAT_V1, id), &plaintext));
+        record.push(format);
+        record.extend_from_slice(&self.sealer.seal(&aad(format, id), plaintext));
         record
+    }
+
+    /// Decrypts and decodes a stored ID token.
+    fn open_id_token(&self, id: SessionId, mut record: Vec<u8>) -> Option<Secret> {
+        let (&mut format, sealed) = record.split_first_mut()?;
+        if format != ID_TOKEN_V1 {
+            tracing::warn!(session = %id, format, "ID token record has an unknown format; ignored");
+            return None;
+        }
+        let Ok(plaintext) = self.sealer.open_in_place(&aad(format, id), sealed) else {
+            tracing::warn!(session = %id, "ID token record failed authentication; ignored");
+            return None;
+        };
+        match postcard::from_bytes(plaintext) {
+            Ok(token) => Some(token),
+            Err(_) => {
+                tracing::warn!(session = %id, "ID token record does not decode; ignored");
+                None
+            }
+        }
+    }
+
+    /// The session's ID token: from its ticket when that holds it (a session stored or
+    /// refreshed by this process, or a record written before ID tokens had a table of their
+    /// own), else from the file. `None` when the provider never issued one, or the stored one
+    /// cannot be read (the caller goes on without it: no claims, no `id_token_hint`).
+    pub async fn id_token(&self, session: &Session) -> Result<Option<Secret>, StoreError> {
+        if let Some(id_token) = &session.ticket.tokens.id_token {
+            return Ok(Some(id_token.clone()));
+        }
+        let id = session.id;
+        // Inline, like a cold retrieve: one B-tree lookup.
+        Ok(self
+            .db
+            .get_id_token(id)?
+            .and_then(|record| self.open_id_token(id, record)))
     }
 
     /// Decrypts (in place, the record is consumed) and decodes a stored ticket.
@@ -241,9 +300,9 @@ impl TicketStore {
         let key = SessionKey::generate(unix_millis(self.clock.now()));
         let id = key.id();
         let now = self.clock.unix_now();
-        let record = self.seal(id, &ticket);
+        let sealed = self.seal(id, &ticket);
         let meta = self.meta(&ticket, now);
-        self.blocking(move |db| db.insert(id, &record, meta))
+        self.blocking(move |db| db.insert(id, &sealed.ticket, sealed.id_token.as_deref(), meta))
             .await?;
         self.cache.insert(
             id,
@@ -266,11 +325,17 @@ impl TicketStore {
         for ticket in &tickets {
             let key = SessionKey::generate(created_ms);
             let id = key.id();
-            rows.push((id, self.seal(id, ticket), self.meta(ticket, now)));
+            let sealed = self.seal(id, ticket);
+            rows.push(NewRow {
+                id,
+                sealed: sealed.ticket,
+                id_token: sealed.id_token,
+                meta: self.meta(ticket, now),
+            });
             keys.push(key);
         }
         // Sorted, the rows append to the B-tree instead of splitting pages at random.
-        rows.sort_by_key(|(id, _, _)| *id);
+        rows.sort_by_key(|row| row.id);
         self.blocking(move |db| db.insert_batch(&rows)).await?;
         Ok(keys)
     }
@@ -346,14 +411,22 @@ impl TicketStore {
     /// Replaces the ticket of an existing session (after a refresh), durably, and refreshes the
     /// cache. Returns false when the session was removed meanwhile; it is not recreated.
     pub async fn renew(&self, id: SessionId, ticket: Ticket) -> Result<bool, StoreError> {
-        let record = self.seal(id, &ticket);
+        let sealed = self.seal(id, &ticket);
         let refresh_at = refresh_at(&ticket);
         // A refresh can move the session's end (a new refresh-token expiry): its place in the
         // eviction index follows.
         let (policy, expires_at) = (*self.policy(), ticket.expires_at);
         let deadline = move |last_access: u64| policy.deadline_from(expires_at, last_access);
         let replaced = self
-            .blocking(move |db| db.replace_ticket(id, &record, refresh_at, deadline))
+            .blocking(move |db| {
+                db.replace_ticket(
+                    id,
+                    &sealed.ticket,
+                    sealed.id_token.as_deref(),
+                    refresh_at,
+                    deadline,
+                )
+            })
             .await?;
         if replaced {
             let last_access = self
@@ -496,11 +569,24 @@ impl TicketStore {
         after: Option<SessionId>,
         limit: usize,
     ) -> Result<Vec<(SessionId, Meta, Option<Ticket>)>, StoreError> {
-        let rows = self.blocking(move |db| db.list(after, limit)).await?;
+        let rows = self
+            .blocking(move |db| {
+                db.list(after, limit)?
+                    .into_iter()
+                    .map(|(id, record)| Ok((id, record, db.get_id_token(id)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, record)| {
-                let ticket = self.open(id, record.sealed);
+            .map(|(id, record, id_token)| {
+                let ticket = self.open(id, record.sealed).map(|mut ticket| {
+                    if ticket.tokens.id_token.is_none() {
+                        ticket.tokens.id_token =
+                            id_token.and_then(|record| self.open_id_token(id, record));
+                    }
+                    ticket
+                });
                 (id, record.meta, ticket)
             })
             .collect())
@@ -515,6 +601,12 @@ impl TicketStore {
     pub async fn count(&self) -> Result<u64, StoreError> {
         self.blocking(|db| db.count()).await
     }
+}
+
+/// A ticket sealed for the file: the session record, and its ID token on its own.
+struct Sealed {
+    ticket: Vec<u8>,
+    id_token: Option<Vec<u8>>,
 }
 
 /// The refresh index entry of a ticket: its access-token expiry, when it can be refreshed.
@@ -657,7 +749,7 @@ mod tests {
         record.sealed[last] ^= 1;
         store
             .db
-            .insert(id, &record.sealed, record.meta)
+            .insert(id, &record.sealed, None, record.meta)
             .expect("rewrite");
         store.cache.invalidate(id);
         assert!(peek(&store, &key).await.is_none());
@@ -666,9 +758,110 @@ mod tests {
         let copied = store.db.get(other.id()).expect("get").expect("present");
         store
             .db
-            .insert(id, &copied.sealed, copied.meta)
+            .insert(id, &copied.sealed, None, copied.meta)
             .expect("copy");
         assert!(peek(&store, &key).await.is_none());
+    }
+
+    fn exposed(token: Option<Secret>) -> Option<String> {
+        token.map(|token| token.expose().to_owned())
+    }
+
+    #[tokio::test]
+    async fn the_id_token_is_stored_apart_and_read_back_when_asked_for() {
+        let fixture = Fixture::new();
+        let key = {
+            let store = fixture.store(1);
+            let key = store.store(fixture.ticket("a1")).await.expect("store");
+            // Fresh from the login, the cached ticket holds it.
+            let session = peek(&store, &key).await.expect("live");
+            assert_eq!(
+                exposed(store.id_token(&session).await.expect("read")).as_deref(),
+                Some("id")
+            );
+            // The session record in the file does not.
+            let record = store.db.get(key.id()).expect("get").expect("present");
+            let ticket = store.open(key.id(), record.sealed).expect("opens");
+            assert!(ticket.tokens.id_token.is_none());
+            assert_eq!(ticket.tokens.access_token.expose(), "a1");
+            key
+        };
+        // After a restart the ticket comes without it; it is read from its own table.
+        let store = fixture.store(1);
+        let session = peek(&store, &key).await.expect("live");
+        assert!(session.ticket.tokens.id_token.is_none());
+        assert_eq!(
+            exposed(store.id_token(&session).await.expect("read")).as_deref(),
+            Some("id")
+        );
+        // A refresh that brings no ID token keeps the stored one; one that does replaces it.
+        let mut refreshed = fixture.ticket("a2");
+        refreshed.tokens.id_token = None;
+        assert!(store.renew(key.id(), refreshed).await.expect("renew"));
+        let session = peek(&store, &key).await.expect("live");
+        assert_eq!(
+            exposed(store.id_token(&session).await.expect("read")).as_deref(),
+            Some("id")
+        );
+        let mut newer = fixture.ticket("a3");
+        newer.tokens.id_token = Some(Secret::new("id-2"));
+        assert!(store.renew(key.id(), newer).await.expect("renew"));
+        store.cache.invalidate(key.id());
+        let session = peek(&store, &key).await.expect("live");
+        assert!(session.ticket.tokens.id_token.is_none());
+        assert_eq!(
+            exposed(store.id_token(&session).await.expect("read")).as_deref(),
+            Some("id-2")
+        );
+        // Ending the session takes its ID token with it.
+        assert!(store.remove(key.id()).await.expect("remove"));
+        assert!(store.db.get_id_token(key.id()).expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_id_token_record_cannot_be_altered_or_stand_in_for_another() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let key = store.store(fixture.ticket("a1")).await.expect("store");
+        let other = store.store(fixture.ticket("a2")).await.expect("store");
+        let id = key.id();
+        let record = store.db.get(id).expect("get").expect("present");
+        let cold = |store: &TicketStore| {
+            store.cache.invalidate(id);
+        };
+        let read = async |store: &TicketStore| {
+            let session = peek(store, &key).await.expect("the session itself is fine");
+            store.id_token(&session).await.expect("read")
+        };
+        // Altered on disk.
+        let mut altered = store.db.get_id_token(id).expect("read").expect("present");
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        store
+            .db
+            .insert(id, &record.sealed, Some(&altered), record.meta)
+            .expect("rewrite");
+        cold(&store);
+        assert!(read(&store).await.is_none());
+        // Another session's ID token copied under this id.
+        let theirs = store
+            .db
+            .get_id_token(other.id())
+            .expect("read")
+            .expect("present");
+        store
+            .db
+            .insert(id, &record.sealed, Some(&theirs), record.meta)
+            .expect("copy");
+        cold(&store);
+        assert!(read(&store).await.is_none());
+        // The session record itself put where the ID token goes.
+        store
+            .db
+            .insert(id, &record.sealed, Some(&record.sealed), record.meta)
+            .expect("copy");
+        cold(&store);
+        assert!(read(&store).await.is_none());
     }
 
     #[tokio::test]

@@ -256,7 +256,19 @@ async fn a_session_survives_a_restart_of_the_gateway() {
     let mut after = Browser::new(&gateway.base, &gateway.certs);
     after.jar = jar;
     assert!(after.is_auth().await, "session read back from redb");
-    assert_eq!(after.user().await.json()["sub"], "alice");
+    // The ID token is stored apart from the session: after the restart, the claims and the
+    // logout hint come from it.
+    let user = after.user().await.json();
+    assert_eq!(user["sub"], "alice");
+    assert_eq!(user["name"], "Alice Example");
+    assert_eq!(user["email"], "alice@example.com");
+    let logout_url = user["logoutUrl"].as_str().expect("logoutUrl").to_owned();
+    let logout = after.get(&logout_url, &[]).await;
+    assert_eq!(logout.status, 302);
+    let location = url::Url::parse(&logout.location()).expect("end-session URL");
+    let params: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert!(params.contains_key("id_token_hint"));
+    assert!(!after.is_auth().await);
 }
 
 #[tokio::test]
