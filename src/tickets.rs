@@ -226,23 +226,8 @@ impl TicketStore {
     }
 
     /// Decrypts and decodes a stored ID token.
-    fn open_id_token(&self, id: SessionId, mut record: Vec<u8>) -> Option<Secret> {
-        let (&mut format, sealed) = record.split_first_mut()?;
-        if format != ID_TOKEN_V1 {
-            tracing::warn!(session = %id, format, "ID token record has an unknown format; ignored");
-            return None;
-        }
-        let Ok(plaintext) = self.sealer.open_in_place(&aad(format, id), sealed) else {
-            tracing::warn!(session = %id, "ID token record failed authentication; ignored");
-            return None;
-        };
-        match postcard::from_bytes(plaintext) {
-            Ok(token) => Some(token),
-            Err(_) => {
-                tracing::warn!(session = %id, "ID token record does not decode; ignored");
-                None
-            }
-        }
+    fn open_id_token(&self, id: SessionId, record: Vec<u8>) -> Option<Secret> {
+        self.open_record(ID_TOKEN_V1, "ID token", id, record)
     }
 
     /// The session's ID token: from its ticket when that holds it (a session stored or
@@ -262,21 +247,33 @@ impl TicketStore {
     }
 
     /// Decrypts (in place, the record is consumed) and decodes a stored ticket.
-    fn open(&self, id: SessionId, mut record: Vec<u8>) -> Option<Ticket> {
-        let (&mut format, sealed) = record.split_first_mut()?;
-        if format != FORMAT_V1 {
-            tracing::warn!(session = %id, format, "session record has an unknown format; ignored");
+    fn open(&self, id: SessionId, record: Vec<u8>) -> Option<Ticket> {
+        self.open_record(FORMAT_V1, "session", id, record)
+    }
+
+    /// Decrypts (in place, the record is consumed) and decodes a record sealed by
+    /// [`TicketStore::seal_record`] with `format`. Anything else is logged and ignored.
+    fn open_record<T: serde::de::DeserializeOwned>(
+        &self,
+        format: u8,
+        what: &str,
+        id: SessionId,
+        mut record: Vec<u8>,
+    ) -> Option<T> {
+        let (&mut found, sealed) = record.split_first_mut()?;
+        if found != format {
+            tracing::warn!(session = %id, format = found, "{what} record has an unknown format; ignored");
             return None;
         }
         let Ok(plaintext) = self.sealer.open_in_place(&aad(format, id), sealed) else {
             // Tampered with, moved between rows, or sealed under another ticket key.
-            tracing::warn!(session = %id, "session record failed authentication; ignored");
+            tracing::warn!(session = %id, "{what} record failed authentication; ignored");
             return None;
         };
         match postcard::from_bytes(plaintext) {
-            Ok(ticket) => Some(ticket),
+            Ok(value) => Some(value),
             Err(_) => {
-                tracing::warn!(session = %id, "session record does not decode; ignored");
+                tracing::warn!(session = %id, "{what} record does not decode; ignored");
                 None
             }
         }
