@@ -399,12 +399,13 @@ pub struct ServeArgs {
           value_name = "DURATION")]
     pub handshake_timeout: Duration,
 
-    /// Time allowed to receive a request's headers (HTTP/1.1).
+    /// Time allowed to receive a request's headers, from their first byte (HTTP/1.1).
     #[arg(long, env = "OIDC_BFF_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration,
           value_name = "DURATION")]
     pub header_timeout: Duration,
 
-    /// An idle keep-alive connection is closed after this long.
+    /// A connection with no byte read or written for this long is closed (in-flight requests
+    /// finish first).
     #[arg(long, env = "OIDC_BFF_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration,
           value_name = "DURATION")]
     pub keepalive_timeout: Duration,

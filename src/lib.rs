@@ -10,6 +10,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod cookies;
+pub mod deadlines;
 pub mod error;
 pub mod flow;
 pub mod http_client;

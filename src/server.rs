@@ -7,22 +7,19 @@
 //! the router), stream floods (HTTP/2 stream cap), and connections parked forever (idle close).
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerLimits;
+use crate::deadlines::{Activity, Due, ExchangeBody, Tracked};
 use crate::routes::Gateway;
 
 /// Serves until `shutdown` completes, then drains open connections for at most
@@ -81,18 +78,26 @@ pub async fn serve(
                         return;
                     }
                 };
-            let activity = Arc::new(Activity::new());
-            let io = TokioIo::new(Tracked {
-                inner: tls,
-                activity: Arc::clone(&activity),
-            });
+            // HTTP/2 over TLS is negotiated by ALPN (RFC 9113, section 3.2); anything else is
+            // timed as HTTP/1.1.
+            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            let activity = Arc::new(Activity::new(!http2));
+            let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity)));
+            let exchanges = Arc::clone(&activity);
             let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let open = exchanges.exchange();
                 let gateway = Arc::clone(&gateway);
-                async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
+                async move {
+                    let response = gateway.handle(request, peer).await;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| ExchangeBody::new(body, open)),
+                    )
+                }
             });
             let connection = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(connection);
-            let idle = limits.keepalive_timeout;
+            let (idle, header) = (limits.keepalive_timeout, limits.header_timeout);
+            let mut wait = Duration::ZERO;
             let mut closing = false;
             loop {
                 tokio::select! {
@@ -106,14 +111,23 @@ pub async fn serve(
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    () = tokio::time::sleep(activity.remaining(idle)), if !closing => {
-                        if activity.idle_for() >= idle {
-                            // Graceful: a request still in flight finishes first.
-                            tracing::trace!(%peer, "closing idle connection");
-                            connection.as_mut().graceful_shutdown();
-                            closing = true;
+                    // Still watched while closing: a head being dribbled would hold the drain.
+                    () = tokio::time::sleep(wait) => match activity.due(idle, header) {
+                        Due::LookAgainIn(next) => wait = next,
+                        Due::Idle => {
+                            if !closing {
+                                // Graceful: a request still in flight finishes first.
+                                tracing::trace!(%peer, "closing idle connection");
+                                connection.as_mut().graceful_shutdown();
+                                closing = true;
+                            }
+                            wait = header;
                         }
-                    }
+                        Due::HeadTooSlow => {
+                            tracing::debug!(%peer, "request head not received in time; closing");
+                            break;
+                        }
+                    },
                 }
             }
         });
@@ -135,8 +149,8 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // The header deadline is the connection's own (crate::deadlines), not hyper's.
+        .header_read_timeout(None)
         .max_headers(limits.max_headers)
         // hyper answers 431 when a request head does not fit the read buffer; 8 KiB is
         // hyper's smallest allowed buffer.
@@ -153,77 +167,4 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     builder
-}
-
-/// Time of the last byte read or written on a connection.
-struct Activity {
-    start: Instant,
-    last_millis: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_millis: AtomicU64::new(0),
-        }
-    }
-
-    fn mark(&self) {
-        let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_millis.store(millis, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-
-    fn remaining(&self, idle: Duration) -> Duration {
-        idle.saturating_sub(self.idle_for())
-            .max(Duration::from_millis(10))
-    }
-}
-
-/// An I/O wrapper that records activity, for the idle keep-alive timeout.
-struct Tracked<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.mark();
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            self.activity.mark();
-        }
-        result
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

@@ -104,6 +104,87 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// Reads one response head (and the small body after it) from a kept-alive connection.
+async fn read_response(stream: &mut TlsStream<TcpStream>) -> String {
+    let mut buffer = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("a response in time")
+        .expect("read");
+    String::from_utf8_lossy(&buffer[..n]).into_owned()
+}
+
+/// Waits up to `limit` for the server to close the connection; returns how long it took.
+async fn closed_within(stream: &mut TlsStream<TcpStream>, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_waits_for_the_idle_timeout_not_the_header_timeout() {
+    let (_provider, gateway) =
+        setup(&["--header-timeout", "1s", "--keepalive-timeout", "30s"]).await;
+    let mut stream = tls_connect(&gateway).await;
+    let request = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    stream.write_all(request).await.expect("write");
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Idle for longer than the header timeout, then the next request on the same connection.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stream.write_all(request).await.expect("second write");
+    assert!(
+        read_response(&mut stream).await.starts_with("HTTP/1.1 200"),
+        "the idle connection was still open"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
+    let (_provider, gateway) =
+        setup(&["--header-timeout", "1s", "--keepalive-timeout", "30s"]).await;
+    let mut stream = tls_connect(&gateway).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The second head starts, one line at a time, and never ends.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let dribble = async {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if stream.write_all(b"x-slow: 1\r\n").await.is_err() {
+                return;
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    dribble.await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the server stopped taking the dribbled head"
+    );
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_cut_off() {
     let (_provider, gateway) = setup(&["--handshake-timeout", "1s"]).await;

@@ -488,3 +488,49 @@ async fn https_upstreams_are_trusted_through_ca_file_over_http2_or_http1() {
     assert_eq!(reply.status, 502, "{}", reply.body);
     assert!(upstream.seen().is_empty());
 }
+
+#[tokio::test]
+async fn a_slow_upload_and_a_slow_answer_outlast_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_provider, gateway, upstream, browser) =
+        proxied(&["--header-timeout", "1s", "--upstream-timeout", "10s"]).await;
+    let cookie = browser
+        .jar
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut stream = crate::support::raw::tls_connect(&gateway).await;
+    let head = format!(
+        "POST /api/OtherApi1/upload HTTP/1.1\r\nhost: localhost\r\ncookie: {cookie}\r\n\
+x-csrf: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // A body in ten chunks over about 2.5 s, then an answer that takes 1.5 s more.
+    upstream.set_delay(Duration::from_millis(1_500));
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.write_all(b"5\r\nhello\r\n").await.expect("chunk");
+    }
+    stream.write_all(b"0\r\n\r\n").await.expect("last chunk");
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while !String::from_utf8_lossy(&received).contains("bodyBytes") {
+            let n = stream.read(&mut buffer).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before the answer: {}",
+                String::from_utf8_lossy(&received)
+            );
+            received.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "no answer in time");
+    let response = String::from_utf8_lossy(&received);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"bodyBytes\":50"), "{response}");
+    assert_eq!(upstream.seen()[0].body_bytes, 50);
+}

@@ -1,0 +1,302 @@
+//! A browser connection's two deadlines: the idle keep-alive timeout and, on HTTP/1.1, the
+//! header deadline (a request head must arrive whole within `--header-timeout` of its first
+//! byte).
+//!
+//! hyper has a header timer of its own, but it starts as soon as a response is sent, so an idle
+//! keep-alive connection was closed after the header timeout instead of `--keepalive-timeout`,
+//! and it arms, boxes and drops a timer for every request (3 % of a proxied call's
+//! instructions). Here one timer per connection serves both deadlines: the bytes read and the
+//! exchanges in progress are recorded as they happen (two relaxed atomics), and the
+//! connection's timer, when it fires, decides from them.
+//!
+//! The rules, for HTTP/1.1: a head starts with the first byte read while no exchange is open;
+//! an exchange is open from its head (the service is called) until hyper drops its response
+//! body (written to the end, or the connection gone). Bytes read while an exchange is open are
+//! its body and start nothing, so slow uploads and long responses are bounded only by the idle
+//! timeout and `--upstream-timeout`. HTTP/2 (by ALPN) has no header deadline; its limits are
+//! its stream cap, header-list size and keep-alive pings.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::reply::{Body, BoxError};
+
+/// `head_since` when no head is being read.
+const NO_HEAD: u64 = u64::MAX;
+
+/// The shortest wait between two looks at a connection's deadlines.
+const MIN_WAIT: Duration = Duration::from_millis(10);
+
+/// What a connection has been doing, in milliseconds since it was accepted.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    /// The last byte read or written.
+    last: AtomicU64,
+    /// The first byte of the request head being read, or [`NO_HEAD`].
+    head_since: AtomicU64,
+    /// Exchanges between their head and the end of their response.
+    open: AtomicUsize,
+    /// Whether heads are timed (HTTP/1.1).
+    heads: bool,
+}
+
+/// What a look at the deadlines found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing yet: look again after this long.
+    LookAgainIn(Duration),
+    /// No byte either way for the idle timeout: close once in-flight work is done.
+    Idle,
+    /// A request head has taken longer than the header timeout: close now.
+    HeadTooSlow,
+}
+
+impl Activity {
+    /// A connection accepted now; `heads` times request heads (HTTP/1.1).
+    pub fn new(heads: bool) -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            head_since: AtomicU64::new(NO_HEAD),
+            open: AtomicUsize::new(0),
+            heads,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
+    }
+
+    /// Bytes were written.
+    pub fn wrote(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Bytes were read.
+    pub fn read(&self) {
+        self.read_at(self.now());
+    }
+
+    fn read_at(&self, now: u64) {
+        self.last.store(now, Ordering::Relaxed);
+        if self.heads
+            && self.open.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == NO_HEAD
+        {
+            self.head_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head arrived whole: its exchange is open until the returned guard is dropped.
+    pub fn exchange(self: &Arc<Self>) -> OpenExchange {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(NO_HEAD, Ordering::Relaxed);
+        OpenExchange(Arc::clone(self))
+    }
+
+    /// Looks at both deadlines.
+    pub fn due(&self, idle: Duration, header: Duration) -> Due {
+        self.due_at(self.now(), idle, header)
+    }
+
+    fn due_at(&self, now: u64, idle: Duration, header: Duration) -> Due {
+        let since = |then: u64| Duration::from_millis(now.saturating_sub(then));
+        let head_since = self.head_since.load(Ordering::Relaxed);
+        if head_since != NO_HEAD && since(head_since) >= header {
+            return Due::HeadTooSlow;
+        }
+        let idle_left = idle.saturating_sub(since(self.last.load(Ordering::Relaxed)));
+        if idle_left.is_zero() {
+            return Due::Idle;
+        }
+        let head_left = match (self.heads, head_since) {
+            (false, _) => idle_left,
+            (true, NO_HEAD) => header, // a head may start at any moment: look within `header`
+            (true, head_since) => header.saturating_sub(since(head_since)),
+        };
+        Due::LookAgainIn(idle_left.min(head_left).max(MIN_WAIT))
+    }
+}
+
+/// An exchange in progress; dropping it ends the exchange.
+#[derive(Debug)]
+pub struct OpenExchange(Arc<Activity>);
+
+impl Drop for OpenExchange {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its exchange open until hyper drops it.
+pub struct ExchangeBody {
+    body: Body,
+    _open: OpenExchange,
+}
+
+impl ExchangeBody {
+    /// `body`, ending `open` when dropped.
+    pub fn new(body: Body, open: OpenExchange) -> Self {
+        Self { body, _open: open }
+    }
+}
+
+impl hyper::body::Body for ExchangeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An I/O wrapper that records the bytes read and written.
+pub struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Tracked<T> {
+    /// `inner`, reporting to `activity`.
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.wrote();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const HEADER: Duration = Duration::from_secs(10);
+
+    fn seconds(s: u64) -> u64 {
+        s * 1000
+    }
+
+    #[test]
+    fn an_idle_connection_lives_for_the_idle_timeout_not_the_header_timeout() {
+        let activity = Arc::new(Activity::new(true));
+        activity.read_at(0);
+        let exchange = activity.exchange();
+        activity.last.store(seconds(1), Ordering::Relaxed); // the response written
+        drop(exchange);
+        assert_eq!(
+            activity.due_at(seconds(30), IDLE, HEADER),
+            Due::LookAgainIn(HEADER)
+        );
+        assert_eq!(activity.due_at(seconds(61), IDLE, HEADER), Due::Idle);
+    }
+
+    #[test]
+    fn a_head_must_arrive_within_the_header_timeout_of_its_first_byte() {
+        let activity = Arc::new(Activity::new(true));
+        activity.read_at(seconds(20)); // after 20 idle seconds, a first byte
+        activity.read_at(seconds(25)); // dribbled bytes do not move the start
+        assert_eq!(
+            activity.due_at(seconds(26), IDLE, HEADER),
+            Due::LookAgainIn(Duration::from_secs(4))
+        );
+        assert_eq!(activity.due_at(seconds(30), IDLE, HEADER), Due::HeadTooSlow);
+    }
+
+    #[test]
+    fn bytes_read_during_an_exchange_are_its_body_not_a_head() {
+        let activity = Arc::new(Activity::new(true));
+        activity.read_at(0);
+        let exchange = activity.exchange();
+        for second in 1..=40 {
+            activity.read_at(seconds(second)); // a slow upload
+        }
+        assert_eq!(
+            activity.due_at(seconds(45), IDLE, HEADER),
+            Due::LookAgainIn(HEADER)
+        );
+        drop(exchange);
+        // The next byte after the exchange starts the next head.
+        activity.read_at(seconds(50));
+        assert_eq!(activity.due_at(seconds(60), IDLE, HEADER), Due::HeadTooSlow);
+        // And its arrival stops the clock.
+        let _next = activity.exchange();
+        assert_eq!(
+            activity.due_at(seconds(60), IDLE, HEADER),
+            Due::LookAgainIn(HEADER)
+        );
+    }
+
+    #[test]
+    fn heads_are_not_timed_on_http2() {
+        let activity = Arc::new(Activity::new(false));
+        activity.read_at(seconds(1));
+        assert_eq!(
+            activity.due_at(seconds(30), IDLE, HEADER),
+            Due::LookAgainIn(Duration::from_secs(31))
+        );
+        assert_eq!(activity.due_at(seconds(61), IDLE, HEADER), Due::Idle);
+    }
+
+    #[test]
+    fn exchanges_end_when_their_response_body_is_dropped() {
+        let activity = Arc::new(Activity::new(true));
+        let body = ExchangeBody::new(crate::reply::full(Bytes::new()), activity.exchange());
+        assert_eq!(activity.open.load(Ordering::Relaxed), 1);
+        drop(body);
+        assert_eq!(activity.open.load(Ordering::Relaxed), 0);
+    }
+}
