@@ -444,3 +444,56 @@ async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files
     );
     assert_eq!(fresh.get("/new/x", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_head_dribbled_during_the_drain_does_not_hold_it() {
+    use tokio::io::AsyncWriteExt;
+
+    let fixture = setup().await;
+    let mut child = fixture
+        .spawn(&["--header-timeout", "1s", "--shutdown-timeout", "60s"])
+        .await;
+    child.expect("READY=1").await;
+    Browser::new(&fixture.base(), &fixture.certs)
+        .wait_healthy()
+        .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(fixture.certs.ca_der.clone()).expect("CA");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", fixture.port))
+        .await
+        .expect("connect");
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .expect("first line");
+    child.terminate();
+    // One more header line every 300 ms, for as long as the connection takes them.
+    let dribble = tokio::spawn(async move {
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if stream.write_all(b"x-slow: 1\r\n").await.is_err() {
+                return;
+            }
+        }
+    });
+    let status = tokio::time::timeout(Duration::from_secs(15), child.process.wait())
+        .await
+        .expect("the drain is bounded by the header deadline, not by --shutdown-timeout")
+        .expect("status");
+    assert_eq!(status.code(), Some(0));
+    dribble.abort();
+}
