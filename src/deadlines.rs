@@ -15,6 +15,10 @@
 //! its body and start nothing, so slow uploads and long responses are bounded only by the idle
 //! timeout and `--upstream-timeout`. HTTP/2 (by ALPN) has no header deadline; its limits are
 //! its stream cap, header-list size and keep-alive pings.
+//!
+//! An idle connection is closed gracefully (a request in flight finishes first); one that is
+//! still idle a second idle timeout later is dropped: a client that stops reading a response
+//! stalls it with nothing in flight but the gateway's own writes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,8 +57,9 @@ pub struct Activity {
 pub enum Due {
     /// Nothing yet: look again after this long.
     LookAgainIn(Duration),
-    /// No byte either way for the idle timeout: close once in-flight work is done.
-    Idle,
+    /// No byte either way for at least the idle timeout (for this long): close once in-flight
+    /// work is done.
+    Idle(Duration),
     /// A request head has taken longer than the header timeout: close now.
     HeadTooSlow,
 }
@@ -113,9 +118,10 @@ impl Activity {
         if head_since != NO_HEAD && since(head_since) >= header {
             return Due::HeadTooSlow;
         }
-        let idle_left = idle.saturating_sub(since(self.last.load(Ordering::Relaxed)));
+        let idle_for = since(self.last.load(Ordering::Relaxed));
+        let idle_left = idle.saturating_sub(idle_for);
         if idle_left.is_zero() {
-            return Due::Idle;
+            return Due::Idle(idle_for);
         }
         let head_left = match (self.heads, head_since) {
             (false, _) => idle_left,
@@ -241,7 +247,10 @@ mod tests {
             activity.due_at(seconds(30), IDLE, HEADER),
             Due::LookAgainIn(HEADER)
         );
-        assert_eq!(activity.due_at(seconds(61), IDLE, HEADER), Due::Idle);
+        assert_eq!(
+            activity.due_at(seconds(61), IDLE, HEADER),
+            Due::Idle(Duration::from_secs(60))
+        );
     }
 
     #[test]
@@ -288,7 +297,10 @@ mod tests {
             activity.due_at(seconds(30), IDLE, HEADER),
             Due::LookAgainIn(Duration::from_secs(31))
         );
-        assert_eq!(activity.due_at(seconds(61), IDLE, HEADER), Due::Idle);
+        assert_eq!(
+            activity.due_at(seconds(61), IDLE, HEADER),
+            Due::Idle(Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -114,14 +114,20 @@ pub async fn serve(
                     // Still watched while closing: a head being dribbled would hold the drain.
                     () = tokio::time::sleep(wait) => match activity.due(idle, header) {
                         Due::LookAgainIn(next) => wait = next,
-                        Due::Idle => {
+                        Due::Idle(idle_for) if idle_for >= idle.saturating_mul(2) => {
+                            // Closed gracefully a whole idle timeout ago and still not a byte:
+                            // a client that stopped reading what it asked for.
+                            tracing::debug!(%peer, "connection stalled; dropping it");
+                            break;
+                        }
+                        Due::Idle(idle_for) => {
                             if !closing {
                                 // Graceful: a request still in flight finishes first.
                                 tracing::trace!(%peer, "closing idle connection");
                                 connection.as_mut().graceful_shutdown();
                                 closing = true;
                             }
-                            wait = header;
+                            wait = idle.saturating_mul(2).saturating_sub(idle_for).min(header);
                         }
                         Due::HeadTooSlow => {
                             tracing::debug!(%peer, "request head not received in time; closing");

@@ -121,3 +121,43 @@ async fn a_dev_server_gets_the_app_paths_without_tokens() {
     assert!(!seen[0].headers.contains_key("authorization"));
     assert_eq!(seen[0].headers["cookie"], "theme=dark");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_response_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SIZE: usize = 64 << 20; // far more than the socket buffers hold
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("index.html"), b"<!doctype html>").expect("index");
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; SIZE]).expect("big file");
+    let (_provider, gateway) = setup(&[
+        "--static-dir",
+        dir.path().to_str().expect("utf-8"),
+        "--keepalive-timeout",
+        "1s",
+    ])
+    .await;
+    let mut stream = crate::support::raw::tls_connect(&gateway).await;
+    stream
+        .write_all(b"GET /big.bin HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    // Not a byte read for longer than twice the idle timeout.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection ended");
+    assert!(
+        received < SIZE,
+        "the stalled response was cut off, not finished ({received} bytes)"
+    );
+}
