@@ -4,7 +4,9 @@
 //!
 //! Hostile clients this stops: slowloris (header deadline; the handshake deadline for those that
 //! never finish TLS; the connection cap bounds memory), oversized heads (431/414 from hyper and
-//! the router), stream floods (HTTP/2 stream cap), and connections parked forever (idle close).
+//! the router), stream floods (HTTP/2 stream cap), connections parked forever (idle close) and
+//! clients that stop reading a response (dropped after a second idle timeout). The deadlines
+//! themselves are in [`crate::deadlines`].
 
 use std::future::Future;
 use std::sync::Arc;
