@@ -131,7 +131,7 @@ pub fn certified_key(tls: &TlsConfig) -> Result<(Arc<CertifiedKey>, CertificateS
 }
 
 /// Builds the server configuration: TLS 1.2 and 1.3 only (rustls offers nothing older), the
-/// suites of [`server_provider`] in its order, ALPN `h2` then `http/1.1`, the certificate from
+/// suites of `server_provider` in its order, ALPN `h2` then `http/1.1`, the certificate from
 /// `certificates`.
 pub fn server_config(certificates: Arc<ReloadableCert>) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(server_provider())
