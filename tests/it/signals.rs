@@ -351,8 +351,11 @@ async fn json_logs_parse_and_carry_one_access_line_per_request_without_secrets()
     }
 }
 
-/// The leaf certificate a fresh TLS connection is served.
-async fn served_certificate(port: u16, cas: &[&TestCerts]) -> Vec<u8> {
+/// A fresh TLS connection to the gateway on `port`, trusting `cas`.
+async fn tls_to(
+    port: u16,
+    cas: &[&TestCerts],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for certs in cas {
         roots.add(certs.ca_der.clone()).expect("CA");
@@ -367,13 +370,18 @@ async fn served_certificate(port: u16, cas: &[&TestCerts]) -> Vec<u8> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(
             rustls_pki_types::ServerName::try_from("localhost").expect("name"),
             tcp,
         )
         .await
-        .expect("handshake");
+        .expect("handshake")
+}
+
+/// The leaf certificate a fresh TLS connection is served.
+async fn served_certificate(port: u16, cas: &[&TestCerts]) -> Vec<u8> {
+    let stream = tls_to(port, cas).await;
     stream.get_ref().1.peer_certificates().expect("certificate")[0].to_vec()
 }
 
@@ -457,25 +465,7 @@ async fn a_head_dribbled_during_the_drain_does_not_hold_it() {
     Browser::new(&fixture.base(), &fixture.certs)
         .wait_healthy()
         .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(fixture.certs.ca_der.clone()).expect("CA");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", fixture.port))
-        .await
-        .expect("connect");
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake");
+    let mut stream = tls_to(fixture.port, &[&fixture.certs]).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")
         .await
