@@ -405,8 +405,8 @@ pub struct ServeArgs {
     pub header_timeout: Duration,
 
     /// A connection with no byte read or written for this long is closed (in-flight requests
-    /// finish first); one still silent after twice this (a client that stopped reading) is
-    /// dropped.
+    /// finish first); one still silent after twice this is dropped, even mid-response (a client
+    /// that stopped reading; a streamed response that sends nothing for that long).
     #[arg(long, env = "OIDC_BFF_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration,
           value_name = "DURATION")]
     pub keepalive_timeout: Duration,
