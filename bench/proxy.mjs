@@ -293,7 +293,8 @@ try {
       { input: '', encoding: 'utf8', timeout: 10_000 });
     const tls = /New, (\S+), Cipher is (\S+)/.exec(hello.stdout ?? '');
     if (!tls) throw new Error(`${target.name}: no TLS handshake: ${hello.stdout}${hello.stderr}`);
-    negotiated.set(`${tls[1]} ${tls[2]}`, [...(negotiated.get(`${tls[1]} ${tls[2]}`) ?? []), target.name]);
+    const spoken = `${tls[1]} ${tls[2]}`;
+    negotiated.set(spoken, [...(negotiated.get(spoken) ?? []), target.name]);
   }
   if (negotiated.size !== 1) {
     throw new Error(`the TLS targets negotiate different TLS: ${JSON.stringify(Object.fromEntries(negotiated))}`);

@@ -58,8 +58,11 @@ pub enum Due {
     /// Nothing yet: look again after this long.
     LookAgainIn(Duration),
     /// No byte either way for at least the idle timeout (for this long): close once in-flight
-    /// work is done.
+    /// work is done, and look again after [`Due::until_stalled`].
     Idle(Duration),
+    /// Still no byte a whole idle timeout after that: drop the connection (a client that
+    /// stopped reading what it asked for).
+    Stalled,
     /// A request head has taken longer than the header timeout: close now.
     HeadTooSlow,
 }
@@ -82,7 +85,11 @@ impl Activity {
 
     /// Bytes were written.
     pub fn wrote(&self) {
-        self.last.store(self.now(), Ordering::Relaxed);
+        self.wrote_at(self.now());
+    }
+
+    fn wrote_at(&self, now: u64) {
+        self.last.store(now, Ordering::Relaxed);
     }
 
     /// Bytes were read.
@@ -119,6 +126,9 @@ impl Activity {
             return Due::HeadTooSlow;
         }
         let idle_for = since(self.last.load(Ordering::Relaxed));
+        if idle_for >= Due::stalled_after(idle) {
+            return Due::Stalled;
+        }
         let idle_left = idle.saturating_sub(idle_for);
         if idle_left.is_zero() {
             return Due::Idle(idle_for);
@@ -129,6 +139,22 @@ impl Activity {
             (true, head_since) => header.saturating_sub(since(head_since)),
         };
         Due::LookAgainIn(idle_left.min(head_left).max(MIN_WAIT))
+    }
+}
+
+impl Due {
+    /// Silence that makes a connection [`Due::Stalled`]: two idle timeouts.
+    fn stalled_after(idle: Duration) -> Duration {
+        idle.saturating_mul(2)
+    }
+
+    /// After [`Due::Idle`] (idle for `idle_for`): when to look again, so that a stall is seen
+    /// when it is due and a head dribbled during the graceful close within `header`.
+    pub fn until_stalled(idle: Duration, idle_for: Duration, header: Duration) -> Duration {
+        Self::stalled_after(idle)
+            .saturating_sub(idle_for)
+            .min(header)
+            .max(MIN_WAIT)
     }
 }
 
@@ -241,7 +267,7 @@ mod tests {
         let activity = Arc::new(Activity::new(true));
         activity.read_at(0);
         let exchange = activity.exchange();
-        activity.last.store(seconds(1), Ordering::Relaxed); // the response written
+        activity.wrote_at(seconds(1)); // the response written
         drop(exchange);
         assert_eq!(
             activity.due_at(seconds(30), IDLE, HEADER),
@@ -301,6 +327,27 @@ mod tests {
             activity.due_at(seconds(61), IDLE, HEADER),
             Due::Idle(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn a_connection_silent_for_two_idle_timeouts_is_stalled() {
+        let activity = Arc::new(Activity::new(true));
+        activity.read_at(0);
+        let _exchange = activity.exchange(); // a response the client stopped reading
+        activity.wrote_at(seconds(1));
+        assert_eq!(
+            activity.due_at(seconds(61), IDLE, HEADER),
+            Due::Idle(Duration::from_secs(60))
+        );
+        assert_eq!(
+            Due::until_stalled(IDLE, Duration::from_secs(60), HEADER),
+            HEADER
+        );
+        assert_eq!(
+            Due::until_stalled(IDLE, Duration::from_secs(115), HEADER),
+            Duration::from_secs(5)
+        );
+        assert_eq!(activity.due_at(seconds(121), IDLE, HEADER), Due::Stalled);
     }
 
     #[test]

@@ -116,12 +116,6 @@ pub async fn serve(
                     // Still watched while closing: a head being dribbled would hold the drain.
                     () = tokio::time::sleep(wait) => match activity.due(idle, header) {
                         Due::LookAgainIn(next) => wait = next,
-                        Due::Idle(idle_for) if idle_for >= idle.saturating_mul(2) => {
-                            // Closed gracefully a whole idle timeout ago and still not a byte:
-                            // a client that stopped reading what it asked for.
-                            tracing::debug!(%peer, "connection stalled; dropping it");
-                            break;
-                        }
                         Due::Idle(idle_for) => {
                             if !closing {
                                 // Graceful: a request still in flight finishes first.
@@ -129,7 +123,11 @@ pub async fn serve(
                                 connection.as_mut().graceful_shutdown();
                                 closing = true;
                             }
-                            wait = idle.saturating_mul(2).saturating_sub(idle_for).min(header);
+                            wait = Due::until_stalled(idle, idle_for, header);
+                        }
+                        Due::Stalled => {
+                            tracing::debug!(%peer, "connection stalled; dropping it");
+                            break;
                         }
                         Due::HeadTooSlow => {
                             tracing::debug!(%peer, "request head not received in time; closing");

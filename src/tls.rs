@@ -267,7 +267,7 @@ mod tests {
         server.negotiated_cipher_suite().expect("suite").suite()
     }
 
-    /// A client that trusts the self-signed certificate, offering `suites` in that order.
+    /// A TLS 1.3 client offering `suites` in that order; it accepts any certificate.
     fn client_offering(suites: &[rustls::SupportedCipherSuite]) -> ClientConfig {
         let verifier = NoVerification(provider());
         let mut offered = rustls::crypto::aws_lc_rs::default_provider();

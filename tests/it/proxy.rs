@@ -495,12 +495,7 @@ async fn a_slow_upload_and_a_slow_answer_outlast_the_header_timeout() {
 
     let (_provider, gateway, upstream, browser) =
         proxied(&["--header-timeout", "1s", "--upstream-timeout", "10s"]).await;
-    let cookie = browser
-        .jar
-        .iter()
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let cookie = browser.cookies();
     let mut stream = crate::support::raw::tls_connect(&gateway).await;
     let head = format!(
         "POST /api/OtherApi1/upload HTTP/1.1\r\nhost: localhost\r\ncookie: {cookie}\r\n\

@@ -356,27 +356,9 @@ async fn tls_to(
     port: u16,
     cas: &[&TestCerts],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for certs in cas {
-        roots.add(certs.ca_der.clone()).expect("CA");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake")
+    let cas: Vec<_> = cas.iter().map(|certs| &certs.ca_der).collect();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    crate::support::raw::tls_connect_to(addr, &cas, &[]).await
 }
 
 /// The leaf certificate a fresh TLS connection is served.

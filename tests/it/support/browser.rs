@@ -148,13 +148,16 @@ impl Browser {
         if !to_gateway || self.jar.is_empty() {
             return None;
         }
-        Some(
-            self.jar
-                .iter()
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
+        Some(self.cookies())
+    }
+
+    /// The jar as a Cookie header value, for requests written by hand.
+    pub fn cookies(&self) -> String {
+        self.jar
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn store_cookie(&mut self, set_cookie: &str) {

@@ -1,9 +1,10 @@
 //! Raw TLS connections to the gateway, for tests that write HTTP by hand.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -12,8 +13,19 @@ use super::TestGateway;
 
 /// A raw TLS connection to the gateway offering the given ALPN protocols.
 pub async fn tls_connect_alpn(gateway: &TestGateway, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    tls_connect_to(gateway.addr, &[&gateway.certs.ca_der], alpn).await
+}
+
+/// A raw TLS connection to `addr` as `localhost`, trusting `cas`, offering `alpn`.
+pub async fn tls_connect_to(
+    addr: SocketAddr,
+    cas: &[&CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let mut roots = RootCertStore::empty();
-    roots.add(gateway.certs.ca_der.clone()).expect("CA");
+    for ca in cas {
+        roots.add((*ca).clone()).expect("CA");
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -22,7 +34,7 @@ pub async fn tls_connect_alpn(gateway: &TestGateway, alpn: &[&[u8]]) -> TlsStrea
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    let tcp = TcpStream::connect(gateway.addr).await.expect("connect");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
