@@ -201,16 +201,52 @@ impl hyper::body::Body for ExchangeBody {
     }
 }
 
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// `Tracked::preface` once the first bytes read are known not to be the HTTP/2 preface.
+const NOT_H2: usize = usize::MAX;
+
 /// An I/O wrapper that records the bytes read and written.
+///
+/// On a connection timed as HTTP/1.1 it also refuses the HTTP/2 preface: over TLS, HTTP/2 is
+/// chosen by ALPN only (RFC 9113, section 3.3), and hyper-util's server would otherwise speak
+/// HTTP/2 on a connection whose ALPN said `http/1.1` (or nothing), with HTTP/1.1's deadlines.
 pub struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// Bytes of [`H2_PREFACE`] matched by the first bytes read, or [`NOT_H2`].
+    preface: usize,
 }
 
 impl<T> Tracked<T> {
     /// `inner`, reporting to `activity`.
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+        let preface = if activity.heads { 0 } else { NOT_H2 };
+        Self {
+            inner,
+            activity,
+            preface,
+        }
+    }
+
+    /// Matches newly read bytes against the HTTP/2 preface; an error once it is complete.
+    fn check_preface(&mut self, read: &[u8]) -> std::io::Result<()> {
+        let matched = self.preface;
+        let expected = &H2_PREFACE[matched..];
+        let n = read.len().min(expected.len());
+        if read[..n] != expected[..n] {
+            self.preface = NOT_H2;
+            return Ok(());
+        }
+        self.preface = matched + n;
+        if self.preface == H2_PREFACE.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "an HTTP/2 preface without ALPN h2 (RFC 9113, section 3.3)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -224,6 +260,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.read();
+            if self.preface != NOT_H2
+                && let Err(error) = self.check_preface(&buf.filled()[before..])
+            {
+                buf.set_filled(before); // an error reads nothing
+                return Poll::Ready(Err(error));
+            }
         }
         result
     }
@@ -357,5 +399,46 @@ mod tests {
         assert_eq!(activity.open.load(Ordering::Relaxed), 1);
         drop(body);
         assert_eq!(activity.open.load(Ordering::Relaxed), 0);
+    }
+
+    /// Reads `chunks`, each written on its own, through a [`Tracked`] wrapper to the end; the
+    /// error, if any.
+    async fn read_through(heads: bool, chunks: &[&[u8]]) -> Option<std::io::Error> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let chunks: Vec<Vec<u8>> = chunks.iter().map(|chunk| chunk.to_vec()).collect();
+        tokio::spawn(async move {
+            for chunk in chunks {
+                client.write_all(&chunk).await.expect("write");
+                tokio::task::yield_now().await; // the reader takes each chunk on its own
+            }
+        });
+        let mut tracked = Tracked::new(server, Arc::new(Activity::new(heads)));
+        tracked.read_to_end(&mut Vec::new()).await.err()
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_refused_on_an_http1_connection_even_byte_by_byte() {
+        let whole = read_through(true, &[H2_PREFACE]).await;
+        assert_eq!(
+            whole.map(|error| error.kind()),
+            Some(std::io::ErrorKind::InvalidData)
+        );
+        let bytes: Vec<&[u8]> = H2_PREFACE.chunks(1).collect();
+        let dribbled = read_through(true, &bytes).await;
+        assert_eq!(
+            dribbled.map(|error| error.kind()),
+            Some(std::io::ErrorKind::InvalidData)
+        );
+    }
+
+    #[tokio::test]
+    async fn http1_requests_and_http2_by_alpn_pass() {
+        // A request whose first bytes share the preface's (`P`, then `R`) is not refused, nor
+        // is the preface again after a request (only a connection's first bytes are looked at).
+        let request = b"PRIVATE / HTTP/1.1\r\nhost: x\r\n\r\n";
+        assert!(read_through(true, &[request, H2_PREFACE]).await.is_none());
+        assert!(read_through(true, &[b"POST", H2_PREFACE]).await.is_none());
+        assert!(read_through(false, &[H2_PREFACE]).await.is_none());
     }
 }

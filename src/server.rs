@@ -5,8 +5,8 @@
 //! Hostile clients this stops: slowloris (header deadline; the handshake deadline for those that
 //! never finish TLS; the connection cap bounds memory), oversized heads (431/414 from hyper and
 //! the router), stream floods (HTTP/2 stream cap), connections parked forever (idle close) and
-//! clients that stop reading a response (dropped after a second idle timeout). The deadlines
-//! themselves are in [`crate::deadlines`].
+//! clients that stop reading a response (dropped after a second idle timeout), HTTP/2 spoken
+//! without ALPN `h2` (refused). The deadlines and that check are in [`crate::deadlines`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,7 +81,7 @@ pub async fn serve(
                     }
                 };
             // HTTP/2 over TLS is negotiated by ALPN (RFC 9113, section 3.2); anything else is
-            // timed as HTTP/1.1.
+            // HTTP/1.1, timed as such, and `Tracked` ends it if it opens with HTTP/2's preface.
             let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
             let activity = Arc::new(Activity::new(!http2));
             let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity)));

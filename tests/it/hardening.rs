@@ -265,3 +265,43 @@ async fn http2_is_offered_by_alpn() {
     let stream = tls_connect_alpn(&gateway, &[b"h2", b"http/1.1"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 }
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame.
+const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+#[tokio::test]
+async fn http2_without_alpn_h2_is_refused() {
+    let (_provider, gateway) = setup(&[]).await;
+    // ALPN said http/1.1, or nothing was offered: HTTP/2 over TLS needs ALPN h2 (RFC 9113,
+    // section 3.3), so the connection ends at once, without a SETTINGS frame in answer.
+    let (received, closed) =
+        exchange(&gateway, H2_PREFACE_AND_SETTINGS, Duration::from_secs(3)).await;
+    assert!(closed, "closed at once, not by the header deadline");
+    assert!(received.is_empty(), "no HTTP/2 answer: {received:?}");
+    let mut stream = tls_connect_alpn(&gateway, &[]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    stream
+        .write_all(H2_PREFACE_AND_SETTINGS)
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    assert!(
+        closed && answer.is_empty(),
+        "no HTTP/2 without ALPN: {answer:?}"
+    );
+    // The same preface with ALPN h2 is served.
+    let mut stream = tls_connect_alpn(&gateway, &[b"h2"]).await;
+    stream
+        .write_all(H2_PREFACE_AND_SETTINGS)
+        .await
+        .expect("write");
+    let mut frame_head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut frame_head))
+        .await
+        .expect("an answer in time")
+        .expect("the server's SETTINGS frame");
+    assert_eq!(frame_head[3], 0x04, "a SETTINGS frame first");
+}
