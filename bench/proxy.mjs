@@ -13,7 +13,9 @@
 //
 // Environment: ROUNDS (3), DURATION seconds per run (10), CONNECTIONS (64), OIDC_BFF_BIN
 // (target/release/oidc-bff), SEED_BIN (target/release/examples/seed_sessions), ONLY (measure
-// one target besides nginx, e.g. ONLY=oidc-bff while profiling).
+// one target besides nginx, e.g. ONLY=oidc-bff while profiling), UPSTREAM_CPU (0: the tiny
+// upstream shares the servers' CPU; 1 gives it wrk's instead, which shows what the proxies do
+// when their upstream does not compete with them for the core).
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -27,6 +29,8 @@ const { chromium } = await import(join(repo, 'tests', 'e2e', 'node_modules', 'pl
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const DURATION = Number(process.env.DURATION ?? 10);
 const CONNECTIONS = Number(process.env.CONNECTIONS ?? 64);
+const UPSTREAM_CPU = process.env.UPSTREAM_CPU ?? '0';
+if (!['0', '1'].includes(UPSTREAM_CPU)) throw new Error('UPSTREAM_CPU is 0 or 1');
 const LIVE_SESSIONS = 10_000;
 // TLS 1.3 suites in the gateway's order (src/tls.rs), for nginx and Apache too, so that every
 // TLS target negotiates the same protocol and suite with wrk (OpenSSL's client lists
@@ -94,7 +98,7 @@ try {
     server {
       listen 127.0.0.1:${ports.upstream};
       location / { default_type application/json; return 200 '${products}'; }
-    }`), '-g', 'daemon off;']);
+    }`), '-g', 'daemon off;'], {}, UPSTREAM_CPU);
   start('nginx', 'nginx', ['-e', join(dir, 'nginx-error.log'), '-c', nginxConf('nginx', `
     upstream api { server 127.0.0.1:${ports.upstream}; keepalive 64; }
     server {
@@ -306,7 +310,7 @@ try {
       throw new Error(`${target.name} does not answer 200: ${check.out}`);
     }
   }
-  console.log(`proxy benchmark: wrk -t1 -c${CONNECTIONS} -d${DURATION}s, servers on CPU 0, wrk on CPU 1, ${ROUNDS} rounds interleaved`);
+  console.log(`proxy benchmark: wrk -t1 -c${CONNECTIONS} -d${DURATION}s, servers on CPU 0 (the upstream on CPU ${UPSTREAM_CPU}), wrk on CPU 1, ${ROUNDS} rounds interleaved`);
   for (const target of targets) wrk(target, 2);
   const runs = Object.fromEntries(targets.map((t) => [t.name, []]));
   for (let round = 1; round <= ROUNDS; round += 1) {
