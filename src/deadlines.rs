@@ -434,8 +434,8 @@ mod tests {
 
     #[tokio::test]
     async fn http1_requests_and_http2_by_alpn_pass() {
-        // A request whose first bytes share the preface's (`P`, then `R`) is not refused, nor
-        // is the preface again after a request (only a connection's first bytes are looked at).
+        // A request that starts like the preface (`PRI`) is not refused, nor is the preface
+        // after a request: only a connection's first bytes are looked at.
         let request = b"PRIVATE / HTTP/1.1\r\nhost: x\r\n\r\n";
         assert!(read_through(true, &[request, H2_PREFACE]).await.is_none());
         assert!(read_through(true, &[b"POST", H2_PREFACE]).await.is_none());
