@@ -238,12 +238,24 @@ mod tests {
         client_config(Some(&path)).expect("client config with extra root");
     }
 
-    /// Runs a handshake in memory between `client` and the gateway's server configuration and
-    /// returns the suite they agreed on.
-    fn negotiated_suite(client: ClientConfig) -> rustls::CipherSuite {
+    /// Runs a TLS 1.3 handshake in memory between a client offering `suites` in that order and
+    /// the gateway's server configuration (self-signed, which the client trusts), and returns
+    /// the suite they agreed on.
+    fn negotiated_suite(suites: &[rustls::SupportedCipherSuite]) -> rustls::CipherSuite {
         let (key, _) = certified_key(&TlsConfig::SelfSigned).expect("key");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(key.cert[0].clone())
+            .expect("trust the certificate");
         let server = server_config(Arc::new(ReloadableCert::new(key))).expect("config");
         let mut server = rustls::ServerConnection::new(Arc::new(server)).expect("server");
+        let mut offered = rustls::crypto::aws_lc_rs::default_provider();
+        offered.cipher_suites = suites.to_vec();
+        let client = ClientConfig::builder_with_provider(Arc::new(offered))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
         let mut client = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
         for _ in 0..10 {
@@ -267,91 +279,27 @@ mod tests {
         server.negotiated_cipher_suite().expect("suite").suite()
     }
 
-    /// A TLS 1.3 client offering `suites` in that order; it accepts any certificate.
-    fn client_offering(suites: &[rustls::SupportedCipherSuite]) -> ClientConfig {
-        let verifier = NoVerification(provider());
-        let mut offered = rustls::crypto::aws_lc_rs::default_provider();
-        offered.cipher_suites = suites.to_vec();
-        ClientConfig::builder_with_provider(Arc::new(offered))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth()
-    }
-
     #[test]
     fn the_server_picks_aes_128_gcm_even_when_the_client_lists_aes_256_first() {
         use rustls::crypto::aws_lc_rs::cipher_suite as suite;
         // OpenSSL's (and so curl's and wrk's) default order.
-        let openssl_order = client_offering(&[
+        let openssl_order = [
             suite::TLS13_AES_256_GCM_SHA384,
             suite::TLS13_CHACHA20_POLY1305_SHA256,
             suite::TLS13_AES_128_GCM_SHA256,
-        ]);
+        ];
         assert_eq!(
-            negotiated_suite(openssl_order),
+            negotiated_suite(&openssl_order),
             rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
         );
         // A suite the client does not offer is never chosen.
-        let only_chacha = client_offering(&[suite::TLS13_CHACHA20_POLY1305_SHA256]);
         assert_eq!(
-            negotiated_suite(only_chacha),
+            negotiated_suite(&[suite::TLS13_CHACHA20_POLY1305_SHA256]),
             rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
         );
-        let only_aes_256 = client_offering(&[suite::TLS13_AES_256_GCM_SHA384]);
         assert_eq!(
-            negotiated_suite(only_aes_256),
+            negotiated_suite(&[suite::TLS13_AES_256_GCM_SHA384]),
             rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
         );
-    }
-
-    /// Accepts any server certificate: these tests are about the suite, not the chain.
-    #[derive(Debug)]
-    struct NoVerification(Arc<CryptoProvider>);
-
-    impl rustls::client::danger::ServerCertVerifier for NoVerification {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &rustls_pki_types::ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: rustls_pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
     }
 }
