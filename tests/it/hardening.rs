@@ -130,19 +130,25 @@ async fn closes_within(stream: &mut TlsStream<TcpStream>, limit: Duration) -> bo
     .is_ok()
 }
 
+/// Sends `GET /healthz` on a kept-alive connection; whether it was answered 200.
+async fn healthz_answered(stream: &mut TlsStream<TcpStream>) -> bool {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    read_response(stream).await.starts_with("HTTP/1.1 200")
+}
+
 #[tokio::test]
 async fn a_kept_alive_connection_waits_for_the_idle_timeout_not_the_header_timeout() {
     let (_provider, gateway) =
         setup(&["--header-timeout", "1s", "--keepalive-timeout", "30s"]).await;
     let mut stream = tls_connect(&gateway).await;
-    let request = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n";
-    stream.write_all(request).await.expect("write");
-    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    assert!(healthz_answered(&mut stream).await);
     // Idle for longer than the header timeout, then the next request on the same connection.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    stream.write_all(request).await.expect("second write");
     assert!(
-        read_response(&mut stream).await.starts_with("HTTP/1.1 200"),
+        healthz_answered(&mut stream).await,
         "the idle connection was still open"
     );
 }
@@ -152,11 +158,7 @@ async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
     let (_provider, gateway) =
         setup(&["--header-timeout", "1s", "--keepalive-timeout", "30s"]).await;
     let mut stream = tls_connect(&gateway).await;
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await
-        .expect("write");
-    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    assert!(healthz_answered(&mut stream).await);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     // The second head starts, one line at a time, and never ends.
     stream
@@ -196,11 +198,7 @@ async fn a_client_that_never_finishes_the_handshake_is_cut_off() {
 async fn idle_keep_alive_connections_are_closed() {
     let (_provider, gateway) = setup(&["--keepalive-timeout", "1s"]).await;
     let mut stream = tls_connect(&gateway).await;
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await
-        .expect("write");
-    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    assert!(healthz_answered(&mut stream).await);
     assert!(
         closes_within(&mut stream, Duration::from_secs(5)).await,
         "idle connection closed by the server"
