@@ -18,6 +18,7 @@ pub mod logout;
 pub mod metrics;
 pub mod notify;
 pub mod oidc;
+pub mod path;
 pub mod proxy;
 pub mod refresh;
 pub mod reply;

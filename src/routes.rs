@@ -14,7 +14,8 @@ use crate::auth::Auth;
 use crate::error::HttpError;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::oidc::Provider;
-use crate::proxy::{Proxy, normalized_path};
+use crate::path::{PathError, normalize};
+use crate::proxy::Proxy;
 use crate::refresh::Refresher;
 use crate::reply::{self, Body, add_security_headers};
 use crate::spa::Spa;
@@ -72,8 +73,8 @@ enum Endpoint {
     Own(&'static str),
     /// A proxy route, matched once: the handler forwards with this match.
     Route(crate::proxy::RouteMatch),
-    /// A path trick (`..`, `%2f`, `//`, …), refused before any route is chosen.
-    BadPath,
+    /// A path trick (`..`, `%2f`, `//`, `;`, `%252e`, …), refused before any route is chosen.
+    BadPath(PathError),
     /// Anything else: the SPA's files, or 404 without one.
     Rest,
 }
@@ -86,7 +87,11 @@ impl Gateway {
         // The path only: queries carry codes and states, which never go to a log. Copied only
         // when the access log is on.
         let path = access_log_enabled().then(|| request.uri().path().to_owned());
-        let endpoint = self.endpoint(&request);
+        let mut request = request;
+        let endpoint = match normalize_target(&mut request) {
+            Ok(()) => self.endpoint(&request),
+            Err(error) => Endpoint::BadPath(error),
+        };
         let (mut response, gateway_error) = match self.route(request, peer, &endpoint).await {
             Ok(response) => (response, false),
             Err(error) => (error.into_response(), true),
@@ -112,7 +117,8 @@ impl Gateway {
         response
     }
 
-    /// What a request is for, as the metrics name it (bounded: own endpoints, route ids).
+    /// What a request is for, as the metrics name it (bounded: own endpoints, route ids). The
+    /// request's path is already normal ([`normalize_target`]).
     fn endpoint(&self, request: &Request<Incoming>) -> Endpoint {
         let path = request.uri().path();
         let own = match path {
@@ -128,10 +134,6 @@ impl Gateway {
         if let Some(name) = own {
             return Endpoint::Own(name);
         }
-        // Path tricks are refused before any route is chosen, so none can escape its route.
-        if normalized_path(path).is_none() {
-            return Endpoint::BadPath;
-        }
         self.proxy
             .route_for(request)
             .map_or(Endpoint::Rest, Endpoint::Route)
@@ -146,7 +148,7 @@ impl Gateway {
     ) {
         let metrics = &self.metrics;
         match endpoint {
-            Endpoint::BadPath | Endpoint::Rest => {
+            Endpoint::BadPath(_) | Endpoint::Rest => {
                 let name = if self.spa.is_some() {
                     "static"
                 } else {
@@ -199,10 +201,25 @@ impl Gateway {
                 "request target too long",
             ));
         }
+        // TRACE (and Microsoft's TRACK) echo the request, bearer token included, when an
+        // upstream answers them; CONNECT would open a tunnel. None is ever forwarded.
+        if request.method() == Method::TRACE
+            || request.method() == Method::CONNECT
+            || request.method().as_str() == "TRACK"
+        {
+            let mut response =
+                HttpError::client(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                    .into_response();
+            response.headers_mut().insert(
+                ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            return Ok(response);
+        }
         let own = match endpoint {
             Endpoint::Own(name) => *name,
-            Endpoint::BadPath => {
-                return Err(HttpError::client(StatusCode::BAD_REQUEST, "invalid path").json());
+            Endpoint::BadPath(error) => {
+                return Err(HttpError::client(StatusCode::BAD_REQUEST, error.message()).json());
             }
             Endpoint::Route(matched) => {
                 return self
@@ -297,4 +314,23 @@ impl Gateway {
             )
         }
     }
+}
+
+/// Puts the request's path in its normal form ([`crate::path::normalize`]), so that the
+/// endpoint choice, route matching, the path forwarded upstream and the static files all read
+/// the same string. The request is left untouched when its path is refused.
+fn normalize_target(request: &mut Request<Incoming>) -> Result<(), PathError> {
+    let normal = match normalize(request.uri().path())? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(normal) => normal,
+    };
+    let target = match request.uri().query() {
+        Some(query) => format!("{normal}?{query}"),
+        None => normal,
+    };
+    let mut parts = request.uri().clone().into_parts();
+    // The normal form only holds characters the original target held, or unreserved ones.
+    parts.path_and_query = Some(target.parse().map_err(|_| PathError::BadEscape)?);
+    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| PathError::BadEscape)?;
+    Ok(())
 }

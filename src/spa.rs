@@ -190,7 +190,9 @@ fn decode(path: &str) -> Option<PathBuf> {
 /// Whether a missing path should get `index.html`: not an API path, and not a file name with an
 /// extension (a missing `/main.js` is a 404, not the app).
 fn is_client_route(path: &str) -> bool {
-    let api = path == "/api" || path.starts_with("/api/");
+    // Case ignored, as route matching ignores it: `/API/x` is an API path too. The router has
+    // already decoded escapes, so `/%61pi/x` arrives here as `/api/x`.
+    let api = crate::path::strip_prefix_ignore_case(path, "/api").is_some();
     let last = path.rsplit('/').next().unwrap_or_default();
     !api && !last.contains('.')
 }
@@ -273,6 +275,9 @@ mod tests {
         assert!(is_client_route("/orders/42"));
         assert!(is_client_route("/"));
         assert!(!is_client_route("/api/unknown"));
+        assert!(!is_client_route("/API/unknown"));
+        assert!(!is_client_route("/Api"));
+        assert!(is_client_route("/apis"));
         assert!(!is_client_route("/missing.js"));
     }
 

@@ -361,9 +361,8 @@ impl Transform {
         for transform in transforms {
             match transform {
                 Transform::PathRemovePrefix(prefix) => {
-                    let start = path
-                        .strip_prefix(prefix.as_str())
-                        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                    // Case ignored, as matching ignores it: `/API/X/y` matched `/api/x`.
+                    let start = crate::path::strip_prefix_ignore_case(&path, prefix)
                         .map(|rest| path.len() - rest.len());
                     if let Some(start) = start {
                         path = match path {

@@ -303,3 +303,18 @@ async fn http2_without_alpn_h2_is_refused() {
         .expect("the server's SETTINGS frame");
     assert_eq!(frame_head[3], 0x04, "a SETTINGS frame first");
 }
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let (_provider, gateway) = setup(&["--route", &route]).await;
+    let (response, _) = exchange(
+        &gateway,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(status_line(&response).contains("405"), "{response}");
+    assert!(upstream.seen().is_empty());
+}

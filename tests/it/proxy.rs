@@ -149,11 +149,36 @@ async fn path_tricks_do_not_reach_any_route() {
         "/api/OtherApi1/%2E%2e/admin",
         "/api/OtherApi1%2fproducts",
         "/api/OtherApi1/%5c..%5cadmin",
+        "/api/OtherApi1/..;/..;/api/user",
+        "/api/OtherApi1/%252e%252e/admin",
+        "/api/OtherApi1/%c0%ae%c0%ae/admin",
     ] {
         let reply = browser.get(path, &[CSRF]).await;
         assert_eq!(reply.status, 400, "{path}");
     }
     assert!(upstream.seen().is_empty());
+
+    // The prefix is removed whatever its case, as it was matched.
+    let reply = browser.get("/API/OTHERAPI1/x", &[CSRF]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(upstream.seen()[0].target, "/x");
+    // An escaped own endpoint is the endpoint itself, not a route or a file.
+    let reply = browser.get("/api/%69sAuth", &[]).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "true"));
+}
+
+#[tokio::test]
+async fn trace_track_and_connect_are_never_forwarded() {
+    let (_provider, _gateway, upstream, mut browser) = proxied(&[]).await;
+    for method in ["TRACE", "TRACK"] {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let reply = browser
+            .request(method.clone(), "/api/OtherApi1/echo", &[CSRF], b"")
+            .await;
+        assert_eq!(reply.status, 405, "{method}");
+        assert!(reply.headers.contains_key("allow"), "{method}");
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
 }
 
 #[tokio::test]

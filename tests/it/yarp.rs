@@ -163,3 +163,80 @@ async fn a_failed_destination_is_skipped_for_a_while() {
     }
     assert_eq!(healthy.seen().len(), 3);
 }
+
+#[tokio::test]
+async fn encoded_paths_cannot_reach_a_route_that_a_blocked_route_shadows() {
+    // The review's layout: `/pub/admin/...` goes to its own (blocked) cluster, the rest of `/pub`
+    // to a Tomcat-like upstream under a base path.
+    let blocked = Upstream::start().await;
+    let public = Upstream::start().await;
+    let json = format!(
+        r#"{{"ReverseProxy": {{
+  "Routes": {{
+    "admin": {{ "ClusterId": "blocked", "Order": 0, "AuthorizationPolicy": "anonymous",
+               "Match": {{ "Path": "/pub/admin/{{**rest}}" }} }},
+    "pub": {{ "ClusterId": "public", "Order": 1, "AuthorizationPolicy": "anonymous",
+             "Match": {{ "Path": "/pub/{{**rest}}" }},
+             "Transforms": [ {{ "PathRemovePrefix": "/pub" }} ] }}
+  }},
+  "Clusters": {{
+    "blocked": {{ "Destinations": {{ "a": {{ "Address": "{}" }} }} }},
+    "public": {{ "Destinations": {{ "a": {{ "Address": "{}/base" }} }} }}
+  }}
+}}}}"#,
+        blocked.url, public.url
+    );
+    let (_dir, path) = write_config(&json);
+    let (_provider, gateway) = setup(&["--proxy-config", path.to_str().expect("utf-8")]).await;
+    let mut browser = gateway.browser();
+
+    // An escaped unreserved character is the same path: it takes the same route, and the
+    // upstream gets the normal form.
+    let reply = browser.get("/pub/%61dmin/users", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(blocked.seen()[0].target, "/pub/admin/users");
+    let reply = browser.get("/pub/%41DMIN/users?x=%61", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        blocked.seen()[1].target,
+        "/pub/ADMIN/users?x=%61",
+        "the query is passed as it came"
+    );
+
+    for trick in [
+        "/pub/admin;/users",
+        "/pub/admin;jsessionid=1/users",
+        "/pub/..;/secret",
+        "/pub/.;/admin/users",
+        "/pub/%2e%2e;/secret",
+        "/pub/%252e%252e/secret",
+        "/pub/%25%32%65%25%32%65/secret",
+        "/pub/%c0%ae%c0%ae/secret",
+        "/pub/%ef%bc%8e%ef%bc%8e/secret",
+        "/pub/%e2%80%a5/secret",
+        "/pub/a%ef%bc%8fb",
+        "/pub/%zz",
+        "/pub/%0d%0aX-Injected:%201",
+    ] {
+        let reply = browser.get(trick, &[]).await;
+        assert_eq!(reply.status, 400, "{trick}: {}", reply.body);
+        assert!(
+            reply.json()["error"]
+                .as_str()
+                .is_some_and(|error| error.starts_with("invalid path")),
+            "{trick}: {}",
+            reply.body
+        );
+    }
+    assert!(
+        public.seen().is_empty(),
+        "nothing reached the shadowed cluster: {:?}",
+        public.seen()
+    );
+    assert_eq!(blocked.seen().len(), 2);
+
+    // Prefix removal ignores case as matching does.
+    let reply = browser.get("/PUB/Products", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(public.seen()[0].target, "/base/Products");
+}
