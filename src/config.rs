@@ -595,6 +595,14 @@ impl CookieConfig {
     pub fn is_own(&self, name: &str) -> bool {
         name == self.name || name.strip_suffix(Self::FLOW_SUFFIX) == Some(self.name.as_str())
     }
+
+    /// Whether `text` starts with the name of a gateway cookie, ASCII case ignored (browsers
+    /// compare the `__Host-` prefix so): a nameless cookie with such a value would be sent back
+    /// as that cookie.
+    pub fn starts_with_own(&self, text: &str) -> bool {
+        text.get(..self.name.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(&self.name))
+    }
 }
 
 /// Limits against slow or hostile clients.

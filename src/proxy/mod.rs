@@ -203,6 +203,9 @@ pub struct Proxy {
     upstream_timeout: Duration,
     max_request_body: usize,
     public_origin: String,
+    /// The public URL's `host[:port]`, for `X-Forwarded-Host` and `Forwarded`.
+    public_host: HeaderValue,
+    public_host_text: String,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -233,33 +236,59 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Request headers the gateway sets itself: whatever the browser sent under these names is
-/// dropped, never trusted.
-static SET_BY_GATEWAY: [HeaderName; 6] = [
-    header::HOST,
-    header::AUTHORIZATION,
-    header::FORWARDED,
-    X_FORWARDED_FOR,
-    X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
-];
+/// Whether a request header must not reach an upstream because only the gateway may say what
+/// it says: the client's address, the scheme and host it used, the original URL or method, or
+/// credentials. Whatever the browser sent under such a name is dropped, never trusted; the
+/// gateway sets `Authorization`, `X-Forwarded-For/Proto/Host` and `Forwarded` itself.
+///
+/// Names with `_` are dropped too: several servers (nginx's `underscores_in_headers`, CGI,
+/// WSGI, PHP) read `X_Forwarded_For` as `X-Forwarded-For`.
+fn untrusted(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization"
+            | "forwarded"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "cf-connecting-ip"
+            | "x-cluster-client-ip"
+            | "x-rewrite-url"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    ) || name.starts_with("x-forwarded-")
+        || name.starts_with("x-original-")
+        || name.contains('_')
+}
 
-/// Which of [`SET_BY_GATEWAY`] the map holds, as a bit mask: one pass over the map's few names
-/// instead of a hash lookup per name, most of which would find nothing.
-fn spoofable(headers: &HeaderMap) -> u32 {
-    headers.keys().fold(0, |mask, name| {
-        // The order of `SET_BY_GATEWAY`.
-        let index = match name.as_str() {
-            "host" => 0,
-            "authorization" => 1,
-            "forwarded" => 2,
-            "x-forwarded-for" => 3,
-            "x-forwarded-host" => 4,
-            "x-forwarded-proto" => 5,
-            _ => return mask,
-        };
-        mask | (1 << index)
-    })
+/// Removes the browser's `Host` and every [`untrusted`] header. One pass over the names; the
+/// usual request has none to remove and allocates nothing.
+fn remove_untrusted(headers: &mut HeaderMap) {
+    headers.remove(header::HOST);
+    if !headers.keys().any(|name| untrusted(name.as_str())) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| untrusted(name.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// The RFC 7239 `Forwarded` value: the client's address (an IPv6 one quoted and bracketed, as
+/// §6 requires), the scheme and the public host.
+fn forwarded_header(ip: std::net::IpAddr, public_host: &str) -> Option<HeaderValue> {
+    let value = match ip {
+        std::net::IpAddr::V4(v4) => format!("for={v4};proto=https;host=\"{public_host}\""),
+        std::net::IpAddr::V6(v6) => {
+            format!("for=\"[{v6}]\";proto=https;host=\"{public_host}\"")
+        }
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// Removes the headers of `names` whose bits `mask` sets.
@@ -341,12 +370,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 impl Proxy {
     /// A proxy over `tls` for https upstreams.
     pub fn new(config: &ProxyConfig, tls: rustls::ClientConfig) -> Self {
+        // The origin is `https://host[:port]`, checked when the configuration was read.
+        let public_host = config
+            .public_origin
+            .split_once("://")
+            .map_or(config.public_origin.as_str(), |(_, host)| host)
+            .to_owned();
         Self {
             routes: std::sync::RwLock::new(Arc::clone(&config.routes)),
             connector: upstream::Connector::new(tls, UPSTREAM_IDLE_TIME),
             upstream_timeout: config.upstream_timeout,
             max_request_body: config.max_request_body,
             public_origin: config.public_origin.clone(),
+            public_host: HeaderValue::from_str(&public_host)
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            public_host_text: public_host,
         }
     }
 
@@ -487,8 +525,7 @@ impl Proxy {
         // Room for what is added below, so the map grows once, not several times.
         headers.reserve(6);
         strip_hop_by_hop(headers);
-        let spoofed = spoofable(headers);
-        remove_present(headers, &SET_BY_GATEWAY, spoofed);
+        remove_untrusted(headers);
         remove_gateway_cookies(headers, auth);
         // Configured header transforms first, so that what the gateway guarantees (bearer,
         // forwarding headers) always has the last word.
@@ -517,11 +554,14 @@ impl Proxy {
             headers.insert(X_FORWARDED_FOR, value);
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        if let Some(host) = original_host {
-            if keep_original_host {
-                headers.insert(header::HOST, host.clone());
-            }
-            headers.insert(X_FORWARDED_HOST, host);
+        // The public URL's host, never the browser's `Host`: a client can send any `Host`
+        // (`evil.example`), and upstreams build links and redirects from this header.
+        headers.insert(X_FORWARDED_HOST, self.public_host.clone());
+        if let Some(value) = forwarded_header(peer.ip(), &self.public_host_text) {
+            headers.insert(header::FORWARDED, value);
+        }
+        if keep_original_host && let Some(host) = original_host {
+            headers.insert(header::HOST, host);
         }
         if let Some(protocol) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -722,16 +762,20 @@ fn remove_gateway_cookies(headers: &mut HeaderMap, auth: &Auth) {
 }
 
 /// Drops an upstream's `Set-Cookie` for the gateway's own cookie names (an upstream must not be
-/// able to replace or delete the session).
+/// able to replace or delete the session), and every one that browsers could read as one: a
+/// cookie without a name (`=__Host-bff=x` or `__Host-bff` alone is stored with an empty name
+/// and sent back as `__Host-bff=x`), or one whose value starts with a gateway cookie's name.
 fn drop_gateway_set_cookies(headers: &mut HeaderMap, auth: &Auth) {
     let own = |value: &HeaderValue| {
-        let name = value
-            .to_str()
-            .ok()
-            .and_then(|text| text.split('=').next())
-            .map(str::trim)
-            .unwrap_or_default();
-        auth.cookie().is_own(name)
+        let Ok(text) = value.to_str() else {
+            return true;
+        };
+        let pair = text.split(';').next().unwrap_or_default();
+        let Some((name, value)) = pair.split_once('=') else {
+            return true;
+        };
+        let (name, value) = (name.trim(), value.trim().trim_start_matches('"'));
+        name.is_empty() || auth.cookie().is_own(name) || auth.cookie().starts_with_own(value)
     };
     if !headers.get_all(header::SET_COOKIE).iter().any(own) {
         return;
@@ -808,16 +852,55 @@ mod tests {
     }
 
     #[test]
-    fn each_listed_header_is_found_and_removed_by_its_own_bit() {
-        for (index, name) in SET_BY_GATEWAY.iter().enumerate() {
+    fn headers_only_the_gateway_may_set_are_removed() {
+        for name in [
+            "host",
+            "authorization",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-forwarded-uri",
+            "x-forwarded-email",
+            "x-forwarded-prefix",
+            "x-real-ip",
+            "true-client-ip",
+            "x-original-url",
+            "x-original-method",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x-method-override",
+            "x_forwarded_for",
+            "x-auth_request_user",
+        ] {
             let mut headers = HeaderMap::new();
-            headers.insert(name.clone(), HeaderValue::from_static("spoofed"));
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static("spoofed"),
+            );
             headers.insert("x-kept", HeaderValue::from_static("1"));
-            assert_eq!(spoofable(&headers), 1 << index, "{name}");
-            let mask = spoofable(&headers);
-            remove_present(&mut headers, &SET_BY_GATEWAY, mask);
-            assert_eq!(headers.len(), 1, "{name}");
+            headers.insert("x-forwarded", HeaderValue::from_static("1"));
+            remove_untrusted(&mut headers);
+            assert_eq!(headers.len(), 2, "{name}");
         }
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6_addresses() {
+        let v4 = forwarded_header("192.0.2.1".parse().expect("ip"), "app.example:8443");
+        assert_eq!(
+            v4.expect("value"),
+            "for=192.0.2.1;proto=https;host=\"app.example:8443\""
+        );
+        let v6 = forwarded_header("2001:db8::1".parse().expect("ip"), "app.example");
+        assert_eq!(
+            v6.expect("value"),
+            "for=\"[2001:db8::1]\";proto=https;host=\"app.example\""
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_each_go_by_their_own_bit() {
         for name in &HOP_BY_HOP {
             let mut headers = HeaderMap::new();
             headers.insert(name.clone(), HeaderValue::from_static("close"));
