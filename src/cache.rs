@@ -6,6 +6,14 @@
 //! changed by another path (renew, remove) is never served stale for long even if an
 //! invalidation were missed; renew and remove invalidate explicitly anyway. The lock is never
 //! held across an `.await`.
+//!
+//! Removal (logout, back-channel logout, admin revoke) leaves a *tombstone* for the session, set
+//! before the row's delete is committed: a request that missed the cache may have read the row
+//! from a snapshot taken before that commit, and without the tombstone it would put the session
+//! back in the cache, where it lived on (relaying its bearer token) after the logout had
+//! returned. No entry is ever inserted over a tombstone, by a cold read or by a refresh's renew.
+//! Tombstones sit in a bounded LRU of their own, so a mass revocation cannot push live sessions
+//! out; a session id is never reused, so a tombstone is never wrong.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,9 +66,16 @@ pub struct TicketCache {
     inner: Mutex<Inner>,
 }
 
+/// Most tombstones kept. A tombstone only has to outlive the reads that were under way when its
+/// removal committed (milliseconds); this many removals within that time is far past any load.
+const TOMBSTONES: usize = 65_536;
+
 #[derive(Debug)]
 struct Inner {
     entries: LruCache<SessionId, Entry, IdHashing>,
+    /// Sessions removed (or being removed): never cached again. Grown as needed, never
+    /// allocated up front.
+    removed: LruCache<SessionId, (), IdHashing>,
     stats: CacheStats,
 }
 
@@ -75,6 +90,7 @@ impl TicketCache {
             policy,
             inner: Mutex::new(Inner {
                 entries: LruCache::with_hasher(policy.capacity, IdHashing::default()),
+                removed: LruCache::unbounded_with_hasher(IdHashing::default()),
                 stats: CacheStats::default(),
             }),
         }
@@ -118,9 +134,15 @@ impl TicketCache {
         }
     }
 
-    /// Caches a session, replacing any older entry.
-    pub fn insert(&self, id: SessionId, cached: Cached, now: SystemTime) {
-        self.lock().entries.put(
+    /// Caches a session, replacing any older entry, unless the session was removed: then nothing
+    /// is cached and the answer is false (the caller must treat the session as gone).
+    #[must_use = "false means the session was removed: it must not be served"]
+    pub fn insert(&self, id: SessionId, cached: Cached, now: SystemTime) -> bool {
+        let mut inner = self.lock();
+        if inner.removed.contains(&id) {
+            return false;
+        }
+        inner.entries.put(
             id,
             Entry {
                 cached,
@@ -128,6 +150,23 @@ impl TicketCache {
                 last_hit: now,
             },
         );
+        true
+    }
+
+    /// Marks a session removed before its row is deleted: it is dropped from the cache and can
+    /// never be cached again ([`TicketCache::insert`] refuses it).
+    pub fn mark_removed(&self, id: SessionId) {
+        let mut inner = self.lock();
+        inner.entries.pop(&id);
+        inner.removed.put(id, ());
+        if inner.removed.len() > TOMBSTONES {
+            inner.removed.pop_lru();
+        }
+    }
+
+    /// Whether the session was removed.
+    pub fn is_removed(&self, id: SessionId) -> bool {
+        self.lock().removed.contains(&id)
     }
 
     /// Updates the last-access time of a cached session, if it is cached.
@@ -201,12 +240,12 @@ mod tests {
             created_ms: 1,
             hash: [1; 32],
         };
-        cache.insert(id, cached("a"), at(0));
+        assert!(cache.insert(id, cached("a"), at(0)));
         for second in (10..=90).step_by(10) {
             assert!(cache.get(id, at(second)).is_some(), "hit at {second}s");
         }
         assert!(cache.get(id, at(100)).is_none(), "absolute expiry");
-        cache.insert(id, cached("a"), at(200));
+        assert!(cache.insert(id, cached("a"), at(200)));
         assert!(cache.get(id, at(215)).is_none(), "sliding expiry");
         assert_eq!(cache.stats(), CacheStats { hits: 9, misses: 2 });
     }
@@ -228,10 +267,10 @@ mod tests {
                 hash: [3; 32],
             },
         );
-        cache.insert(a, cached("a"), at(0));
-        cache.insert(b, cached("b"), at(0));
+        assert!(cache.insert(a, cached("a"), at(0)));
+        assert!(cache.insert(b, cached("b"), at(0)));
         assert!(cache.get(a, at(1)).is_some());
-        cache.insert(c, cached("c"), at(1));
+        assert!(cache.insert(c, cached("c"), at(1)));
         assert!(cache.get(b, at(1)).is_none());
         assert!(cache.get(a, at(1)).is_some());
         assert_eq!(cache.len(), 2);
@@ -244,8 +283,53 @@ mod tests {
             created_ms: 1,
             hash: [1; 32],
         };
-        cache.insert(a, cached("a"), at(0));
+        assert!(cache.insert(a, cached("a"), at(0)));
         cache.invalidate(a);
         assert!(cache.get(a, at(0)).is_none());
+        assert!(
+            cache.insert(a, cached("a"), at(0)),
+            "invalidated, not removed"
+        );
+    }
+
+    #[test]
+    fn a_removed_session_is_never_cached_again() {
+        let cache = cache(2);
+        let a = SessionId {
+            created_ms: 1,
+            hash: [1; 32],
+        };
+        assert!(cache.insert(a, cached("a"), at(0)));
+        cache.mark_removed(a);
+        assert!(cache.get(a, at(0)).is_none());
+        // A cold read from a snapshot before the delete, or a refresh's renew, comes late.
+        assert!(!cache.insert(a, cached("a"), at(1)));
+        cache.invalidate(a);
+        assert!(
+            !cache.insert(a, cached("a"), at(2)),
+            "invalidate keeps tombstones"
+        );
+        assert!(cache.get(a, at(2)).is_none());
+        assert!(cache.is_removed(a));
+    }
+
+    #[test]
+    fn tombstones_are_bounded_and_do_not_take_live_entries_room() {
+        let cache = cache(2);
+        let live = SessionId {
+            created_ms: 0,
+            hash: [0; 32],
+        };
+        assert!(cache.insert(live, cached("live"), at(0)));
+        for n in 0..(TOMBSTONES as u64 + 10) {
+            let mut hash = [7; 32];
+            hash[..8].copy_from_slice(&n.to_le_bytes());
+            cache.mark_removed(SessionId {
+                created_ms: n + 1,
+                hash,
+            });
+        }
+        assert!(cache.get(live, at(1)).is_some());
+        assert_eq!(cache.lock().removed.len(), TOMBSTONES);
     }
 }

@@ -301,7 +301,8 @@ impl TicketStore {
         let meta = self.meta(&ticket, now);
         self.blocking(move |db| db.insert(id, &sealed.ticket, sealed.id_token.as_deref(), meta))
             .await?;
-        self.cache.insert(
+        // A fresh id has no tombstone: this always caches.
+        let _fresh_id = self.cache.insert(
             id,
             Cached {
                 ticket: Arc::new(ticket),
@@ -380,7 +381,11 @@ impl TicketStore {
                     ticket: Arc::new(ticket),
                     last_access: record.meta.last_access,
                 };
-                self.cache.insert(id, cached.clone(), now_time);
+                // The row may come from a snapshot taken before a removal committed: a removed
+                // session is gone, whatever the read found.
+                if !self.cache.insert(id, cached.clone(), now_time) {
+                    return Ok(None);
+                }
                 cached
             }
         };
@@ -430,7 +435,8 @@ impl TicketStore {
                 .cache
                 .get(id, self.clock.now())
                 .map(|cached| cached.last_access);
-            match last_access {
+            // A removal that started meanwhile wins: `insert` refuses a removed session.
+            let cached = match last_access {
                 Some(last_access) => self.cache.insert(
                     id,
                     Cached {
@@ -439,7 +445,10 @@ impl TicketStore {
                     },
                     self.clock.now(),
                 ),
-                None => self.cache.invalidate(id),
+                None => false,
+            };
+            if !cached {
+                self.cache.invalidate(id);
             }
         } else {
             self.cache.invalidate(id);
@@ -450,7 +459,8 @@ impl TicketStore {
     /// Removes a session from the cache, the pending touches and the file. A missing session is
     /// not an error; returns whether it existed in the file.
     pub async fn remove(&self, id: SessionId) -> Result<bool, StoreError> {
-        self.cache.invalidate(id);
+        // The tombstone goes first, before the delete commits: see `cache`.
+        self.cache.mark_removed(id);
         self.pending().remove(&id);
         self.blocking(move |db| db.remove(id)).await
     }
@@ -487,7 +497,7 @@ impl TicketStore {
         {
             let mut pending = self.pending();
             for id in &ids {
-                self.cache.invalidate(*id);
+                self.cache.mark_removed(*id);
                 pending.remove(id);
             }
         }

@@ -589,3 +589,56 @@ x-csrf: 1\r\ntransfer-encoding: chunked\r\n\r\n"
     assert!(response.contains("\"bodyBytes\":50"), "{response}");
     assert_eq!(upstream.seen()[0].body_bytes, 50);
 }
+
+#[tokio::test]
+async fn logout_under_concurrent_api_calls_ends_the_session_for_good() {
+    // The cache was invalidated before the delete committed: a call that missed the cache read
+    // the row from the older snapshot and cached the session again, which then kept relaying
+    // its bearer token after the logout. Many rounds, three callers each, as the review did.
+    let (_provider, gateway, upstream, _browser) = proxied(&[]).await;
+    for round in 0..12 {
+        let mut browser = gateway.browser();
+        browser.login_ok().await;
+        let logout_url = browser.user().await.json()["logoutUrl"]
+            .as_str()
+            .expect("logoutUrl")
+            .to_owned();
+        // The cookie as it was before the logout deleted it from the browser.
+        let jar = browser.jar.clone();
+        assert!(jar.contains_key("__Host-bff"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let callers: Vec<_> = (0..3)
+            .map(|_| {
+                let mut caller = gateway.browser();
+                caller.jar = jar.clone();
+                let stop = std::sync::Arc::clone(&stop);
+                tokio::spawn(async move {
+                    // Bounded: at most 2,000 calls, stopped as soon as the logout returned.
+                    for _ in 0..2_000 {
+                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        caller.get("/api/OtherApi1/x", &[CSRF]).await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(browser.get(&logout_url, &[]).await.status, 302);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for caller in callers {
+            caller.await.expect("caller");
+        }
+        let relayed = upstream.seen().len();
+        let mut caller = gateway.browser();
+        caller.jar = jar.clone();
+        for _ in 0..3 {
+            let reply = caller.get("/api/OtherApi1/x", &[CSRF]).await;
+            assert_eq!(reply.status, 401, "round {round}: the session came back");
+        }
+        assert_eq!(upstream.seen().len(), relayed, "round {round}");
+        let mut fresh = gateway.browser();
+        fresh.jar = jar;
+        assert!(!fresh.is_auth().await, "round {round}");
+    }
+}
