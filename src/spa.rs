@@ -1,24 +1,43 @@
 //! Serves the built single-page app (`--static-dir`, e.g. Angular's `dist/app/browser`).
 //!
 //! - Files by path, with a content type by extension and `nosniff` (set for every response).
-//! - Client-side routing: a GET for an unknown path that is not an API path and does not name a
-//!   file with an extension gets `index.html`.
-//! - Caching: hashed build assets (`main-5XHQ2UVJ.js`) are immutable for a year; everything else,
-//!   `index.html` first, is `no-cache` with an ETag, so a new release is seen at once.
-//! - Precompressed `.br` / `.gz` siblings are sent when the browser accepts them.
+//! - Client-side routing: a GET for an unknown path that is not an API path (case ignored) and
+//!   does not name a file with an extension gets `index.html`.
+//! - Caching: fingerprinted build assets (`main-5XHQ2UVJ.js`, a hash of 8 or more characters
+//!   that is not all digits, so not a date) are immutable for a year; HTML and everything else
+//!   is `no-cache` with an ETag and `Last-Modified`, so a new release is seen at once.
+//! - Conditional and partial requests: `If-None-Match` and `If-Modified-Since` (304), one
+//!   `Range` (206, or 416 when it cannot be met), `If-Range`.
+//! - Precompressed `.br` / `.gz` siblings are sent when the browser accepts them (`br;q=0`
+//!   refuses br).
 //!
-//! Path safety: the router has already refused dot segments, empty segments, backslashes and
-//! encoded separators; here dotfiles are refused too, and the resolved file must lie inside the
-//! directory after following symlinks.
+//! Path safety: the router has already normalised the path and refused dot segments, empty
+//! segments, backslashes and encoded separators; here dotfiles are refused too, and every file
+//! served, a precompressed sibling as much as the file asked for, must lie inside the directory
+//! after following symlinks (a `main.js.br` symlink to `/etc/shadow` is not served).
+//!
+//! Memory: a file is streamed in chunks of [`CHUNK`] bytes as the client reads it, never read
+//! whole; a download costs the same memory whatever the file's size. SVG files, which can carry
+//! scripts, get `Content-Security-Policy: script-src 'none'`.
 
+use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
 use crate::error::HttpError;
-use crate::reply::{Body, full};
+use crate::reply::{Body, BoxError, full};
+
+/// Bytes read from a file per body frame.
+const CHUNK: usize = 64 * 1024;
 
 /// The app's files.
 #[derive(Debug)]
@@ -41,6 +60,17 @@ struct Found {
     cache: &'static str,
 }
 
+/// What a `Range` header asks of a representation of `length` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeAsk {
+    /// No range, or one the server may ignore (several ranges, another unit, bad syntax).
+    Whole,
+    /// Bytes `start..=end`.
+    Part { start: u64, end: u64 },
+    /// A range that lies past the end: 416.
+    Unsatisfiable,
+}
+
 impl Spa {
     /// Serves `root`, which must be a directory with an `index.html`.
     pub fn new(root: &Path) -> Result<Self, SpaError> {
@@ -55,7 +85,7 @@ impl Spa {
         Ok(Self { root })
     }
 
-    /// Answers a GET or HEAD for `path` (already checked by the router).
+    /// Answers a GET or HEAD for `path` (already normalised and checked by the router).
     pub async fn serve(
         &self,
         method: &Method,
@@ -65,39 +95,29 @@ impl Spa {
         if method != Method::GET && method != Method::HEAD {
             return Err(HttpError::client(StatusCode::NOT_FOUND, "not found").json());
         }
-        let found = self
-            .find(path, headers)
+        let not_found = || HttpError::client(StatusCode::NOT_FOUND, "not found");
+        let found = self.find(path, headers).await.ok_or_else(not_found)?;
+        let mut file = tokio::fs::File::open(&found.path)
             .await
-            .ok_or_else(|| HttpError::client(StatusCode::NOT_FOUND, "not found"))?;
-        let metadata = tokio::fs::metadata(&found.path)
-            .await
-            .map_err(|_| HttpError::client(StatusCode::NOT_FOUND, "not found"))?;
-        let modified = metadata
-            .modified()
-            .ok()
+            .map_err(|_| not_found())?;
+        // The metadata of the file opened, not of the path (which could be swapped meanwhile).
+        let metadata = file.metadata().await.map_err(|_| not_found())?;
+        if !metadata.is_file() {
+            return Err(not_found());
+        }
+        let length = metadata.len();
+        let modified = metadata.modified().ok();
+        let modified_nanos = modified
             .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |elapsed| elapsed.as_nanos());
         let etag = format!(
-            "\"{:x}-{:x}{}\"",
-            metadata.len(),
-            modified,
+            "\"{length:x}-{modified_nanos:x}{}\"",
             found
                 .encoding
                 .map_or("", |encoding| if encoding == "br" { "-br" } else { "-gz" })
         );
-        let mut response = Response::new(full(bytes::Bytes::new()));
-        let not_modified = headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag));
-        if not_modified {
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-        } else if method == Method::GET {
-            let bytes = tokio::fs::read(&found.path).await.map_err(|error| {
-                HttpError::internal(format!("reading {}: {error}", found.path.display()))
-            })?;
-            *response.body_mut() = full(bytes);
-        }
+
+        let mut response = Response::new(full(Bytes::new()));
         let out = response.headers_mut();
         out.insert(
             header::CONTENT_TYPE,
@@ -105,14 +125,58 @@ impl Spa {
         );
         out.insert(header::CACHE_CONTROL, HeaderValue::from_static(found.cache));
         out.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         if let Ok(value) = HeaderValue::from_str(&etag) {
             out.insert(header::ETAG, value);
+        }
+        if let Some(modified) = modified
+            && let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+        {
+            out.insert(header::LAST_MODIFIED, value);
         }
         if let Some(encoding) = found.encoding {
             out.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
         }
-        if method == Method::HEAD && !not_modified {
-            out.insert(header::CONTENT_LENGTH, HeaderValue::from(metadata.len()));
+        if found.content_type.starts_with("image/svg+xml") {
+            // An SVG opened on its own is a document that can run scripts on this origin.
+            out.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("script-src 'none'; frame-ancestors 'none'"),
+            );
+        }
+
+        if not_modified(headers, &etag, modified) {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return Ok(response);
+        }
+        let (start, count) = match range_ask(headers, &etag, length) {
+            RangeAsk::Whole => (0, length),
+            RangeAsk::Part { start, end } => {
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let value = format!("bytes {start}-{end}/{length}");
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                (start, end - start + 1)
+            }
+            RangeAsk::Unsatisfiable => {
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return Ok(response);
+            }
+        };
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+        if method == Method::GET && count > 0 {
+            if start > 0 {
+                file.seek(SeekFrom::Start(start)).await.map_err(|error| {
+                    HttpError::internal(format!("seeking {}: {error}", found.path.display()))
+                })?;
+            }
+            *response.body_mut() = FileBody::new(file, count).boxed();
         }
         Ok(response)
     }
@@ -128,26 +192,18 @@ impl Spa {
         };
         let name = file.file_name()?.to_str()?.to_owned();
         let content_type = content_type(&name);
-        let cache = if name != "index.html" && is_hashed(&name) {
+        let cache = if !content_type.starts_with("text/html") && is_hashed(&name) {
             "public, max-age=31536000, immutable"
         } else {
             "no-cache"
         };
-        let accepts = |coding: &str| {
-            headers
-                .get_all(header::ACCEPT_ENCODING)
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .any(|item| {
-                    item.split(';')
-                        .next()
-                        .is_some_and(|name| name.trim() == coding)
-                })
-        };
         for (coding, suffix) in [("br", "br"), ("gzip", "gz")] {
-            let compressed = PathBuf::from(format!("{}.{suffix}", file.display()));
-            if accepts(coding) && compressed.is_file() {
+            if !accepts(headers, coding) {
+                continue;
+            }
+            // The sibling passes the same check as the file: inside the root once resolved.
+            let sibling = PathBuf::from(format!("{}.{suffix}", file.display()));
+            if let Some(compressed) = self.inside(&sibling).await.filter(|path| path.is_file()) {
                 return Some(Found {
                     path: compressed,
                     encoding: Some(coding),
@@ -168,6 +224,179 @@ impl Spa {
     async fn inside(&self, candidate: &Path) -> Option<PathBuf> {
         let resolved = tokio::fs::canonicalize(candidate).await.ok()?;
         resolved.starts_with(&self.root).then_some(resolved)
+    }
+}
+
+/// Whether `Accept-Encoding` accepts `coding` with a weight above zero (`br;q=0` refuses).
+fn accepts(headers: &HeaderMap, coding: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or_default().trim();
+            let weight = parts
+                .filter_map(|param| param.trim().split_once('='))
+                .find(|(key, _)| key.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, value)| value.trim().parse::<f32>().ok());
+            name.eq_ignore_ascii_case(coding) && weight.is_some_and(|weight| weight > 0.0)
+        })
+}
+
+/// Whether the client's copy is current: `If-None-Match` when sent, else `If-Modified-Since`
+/// (RFC 9110 §13.2.2), to the second.
+fn not_modified(headers: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
+    if let Some(tags) = headers.get(header::IF_NONE_MATCH) {
+        return tags.to_str().is_ok_and(|tags| {
+            tags.split(',')
+                .map(|tag| tag.trim().trim_start_matches("W/"))
+                .any(|tag| tag == etag || tag == "*")
+        });
+    }
+    let since = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| httpdate::parse_http_date(value).ok());
+    match (since, modified) {
+        (Some(since), Some(modified)) => {
+            let seconds = |time: SystemTime| {
+                time.duration_since(UNIX_EPOCH)
+                    .unwrap_or(Duration::ZERO)
+                    .as_secs()
+            };
+            seconds(modified) <= seconds(since)
+        }
+        _ => false,
+    }
+}
+
+/// Reads a `Range` header (RFC 9110 §14.2): one byte range, honoured only when `If-Range`
+/// (if sent) names the current ETag.
+fn range_ask(headers: &HeaderMap, etag: &str, length: u64) -> RangeAsk {
+    let Some(range) = headers
+        .get(header::RANGE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return RangeAsk::Whole;
+    };
+    if let Some(if_range) = headers.get(header::IF_RANGE)
+        && if_range.as_bytes() != etag.as_bytes()
+    {
+        return RangeAsk::Whole;
+    }
+    let Some(spec) = range.trim().strip_prefix("bytes=") else {
+        return RangeAsk::Whole;
+    };
+    if spec.contains(',') {
+        // Several ranges: the whole file, which RFC 9110 allows, instead of a multipart body.
+        return RangeAsk::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAsk::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parse = |text: &str| {
+        (!text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
+            .then(|| text.parse::<u64>().ok())
+            .flatten()
+    };
+    match (parse(first), parse(last)) {
+        // `-N`: the last N bytes.
+        (None, Some(suffix)) if first.is_empty() => {
+            if suffix == 0 || length == 0 {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part {
+                    start: length.saturating_sub(suffix),
+                    end: length - 1,
+                }
+            }
+        }
+        (Some(start), None) if last.is_empty() => {
+            if start >= length {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part {
+                    start,
+                    end: length - 1,
+                }
+            }
+        }
+        (Some(start), Some(end)) if start <= end => {
+            if start >= length {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part {
+                    start,
+                    end: end.min(length - 1),
+                }
+            }
+        }
+        _ => RangeAsk::Whole,
+    }
+}
+
+/// A file streamed as a response body, [`CHUNK`] bytes at a time, only as fast as the client
+/// takes them (hyper polls for the next frame when it has written the last).
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buffer: Vec<u8>,
+}
+
+impl FileBody {
+    fn new(file: tokio::fs::File, length: u64) -> Self {
+        Self {
+            file,
+            remaining: length,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = usize::try_from(this.remaining).map_or(CHUNK, |left| left.min(CHUNK));
+        if this.buffer.len() != want {
+            this.buffer.resize(want, 0);
+        }
+        let mut read = ReadBuf::new(&mut this.buffer);
+        match Pin::new(&mut this.file).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(error)) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(Ok(())) => {
+                let filled = read.filled().len();
+                if filled == 0 {
+                    // The file shrank after its length was sent: end the response short, so
+                    // the client sees a broken download rather than a wrong one.
+                    this.remaining = 0;
+                    return Poll::Ready(Some(Err("file shorter than its length".into())));
+                }
+                this.remaining -= filled as u64;
+                let chunk = Bytes::copy_from_slice(&this.buffer[..filled]);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -198,7 +427,8 @@ fn is_client_route(path: &str) -> bool {
 }
 
 /// Whether a build tool put a content hash in the name: `main-5XHQ2UVJ.js`,
-/// `chunk-ABCD1234.js`, `styles.3f2a9c1b.css`.
+/// `chunk-ABCD1234.js`, `styles.3f2a9c1b.css`. A run of digits (`report-20240101.js`) is a
+/// date or a version, not a hash: such a file can change under the same name.
 fn is_hashed(name: &str) -> bool {
     let stem = name.split('.').next().unwrap_or_default();
     let dotted = name.split('.').nth(1).unwrap_or_default();
@@ -206,6 +436,7 @@ fn is_hashed(name: &str) -> bool {
         token.len() >= 8
             && token.chars().all(|c| c.is_ascii_alphanumeric())
             && token.chars().any(|c| c.is_ascii_digit())
+            && token.chars().any(|c| c.is_ascii_alphabetic())
             && (token.chars().all(|c| !c.is_ascii_lowercase())
                 || token.chars().all(|c| c.is_ascii_hexdigit()))
     };
@@ -265,6 +496,8 @@ mod tests {
             "main.js",
             "my-component.js",
             "logo-dark.svg",
+            "report-20240101.js",
+            "data.20241231.json",
         ] {
             assert!(!is_hashed(plain), "{plain}");
         }
@@ -279,6 +512,49 @@ mod tests {
         assert!(!is_client_route("/Api"));
         assert!(is_client_route("/apis"));
         assert!(!is_client_route("/missing.js"));
+    }
+
+    #[test]
+    fn zero_weight_refuses_a_coding() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
+            headers
+        };
+        assert!(accepts(&with("gzip, br"), "br"));
+        assert!(accepts(&with("br;q=0.5"), "br"));
+        assert!(!accepts(&with("br;q=0, gzip"), "br"));
+        assert!(!accepts(&with("br; q=0.0"), "br"));
+        assert!(!accepts(&with("brotli"), "br"));
+        assert!(accepts(&with("BR"), "br"));
+    }
+
+    #[test]
+    fn ranges_are_read_as_rfc_9110_says() {
+        let ask = |range: &'static str, length| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RANGE, HeaderValue::from_static(range));
+            range_ask(&headers, "\"e\"", length)
+        };
+        assert_eq!(ask("bytes=0-9", 100), RangeAsk::Part { start: 0, end: 9 });
+        assert_eq!(ask("bytes=90-", 100), RangeAsk::Part { start: 90, end: 99 });
+        assert_eq!(ask("bytes=-10", 100), RangeAsk::Part { start: 90, end: 99 });
+        assert_eq!(ask("bytes=-500", 100), RangeAsk::Part { start: 0, end: 99 });
+        assert_eq!(
+            ask("bytes=50-500", 100),
+            RangeAsk::Part { start: 50, end: 99 }
+        );
+        assert_eq!(ask("bytes=100-", 100), RangeAsk::Unsatisfiable);
+        assert_eq!(ask("bytes=-0", 100), RangeAsk::Unsatisfiable);
+        assert_eq!(ask("bytes=0-1,5-6", 100), RangeAsk::Whole);
+        assert_eq!(ask("bytes=9-0", 100), RangeAsk::Whole);
+        assert_eq!(ask("items=0-1", 100), RangeAsk::Whole);
+        assert_eq!(ask("bytes=x-1", 100), RangeAsk::Whole);
+        assert_eq!(ask("bytes=+1-2", 100), RangeAsk::Whole);
+        let mut stale = HeaderMap::new();
+        stale.insert(header::RANGE, HeaderValue::from_static("bytes=0-1"));
+        stale.insert(header::IF_RANGE, HeaderValue::from_static("\"old\""));
+        assert_eq!(range_ask(&stale, "\"e\"", 100), RangeAsk::Whole);
     }
 
     #[test]

@@ -15,6 +15,7 @@ fn app_dir() -> tempfile::TempDir {
     write("favicon.ico", b"ICO");
     write("assets/logo.svg", b"<svg/>");
     write(".env", b"SECRET=1");
+    write("report-20240101.js", b"dated");
     std::os::unix::fs::symlink("/etc/hostname", dir.path().join("escape.txt")).expect("symlink");
     dir
 }
@@ -160,4 +161,122 @@ async fn a_client_that_stops_reading_a_response_is_dropped() {
         received < SIZE,
         "the stalled response was cut off, not finished ({received} bytes)"
     );
+}
+
+#[tokio::test]
+async fn a_precompressed_sibling_must_lie_inside_the_directory_too() {
+    let outside = tempfile::tempdir().expect("outside");
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, b"OUTSIDE-SECRET").expect("secret");
+    let dir = app_dir();
+    std::fs::write(dir.path().join("main.js"), b"inside").expect("main");
+    std::os::unix::fs::symlink(&secret, dir.path().join("main.js.br")).expect("symlink br");
+    std::os::unix::fs::symlink(&secret, dir.path().join("main.js.gz")).expect("symlink gz");
+    let (_provider, gateway) = setup(&["--static-dir", dir.path().to_str().expect("utf-8")]).await;
+    let mut browser = gateway.browser();
+    let reply = browser
+        .get("/main.js", &[("accept-encoding", "br, gzip")])
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "inside", "the outside file was served");
+    assert!(!reply.headers.contains_key("content-encoding"));
+
+    // `br;q=0` means "not br".
+    let reply = browser
+        .get("/main-5XHQ2UVJ.js", &[("accept-encoding", "br;q=0, gzip")])
+        .await;
+    assert_eq!(reply.body, "console.log('app')");
+    assert!(!reply.headers.contains_key("content-encoding"));
+}
+
+#[tokio::test]
+async fn ranges_and_dates_are_answered() {
+    let dir = app_dir();
+    let (_provider, gateway) = setup(&["--static-dir", dir.path().to_str().expect("utf-8")]).await;
+    let mut browser = gateway.browser();
+    let whole = browser.get("/main-5XHQ2UVJ.js", &[]).await;
+    assert_eq!(whole.headers["accept-ranges"], "bytes");
+    let part = browser
+        .get("/main-5XHQ2UVJ.js", &[("range", "bytes=0-6")])
+        .await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, "console");
+    assert_eq!(part.headers["content-range"], "bytes 0-6/18");
+    let tail = browser
+        .get("/main-5XHQ2UVJ.js", &[("range", "bytes=-5")])
+        .await;
+    assert_eq!((tail.status, tail.body.as_str()), (206, "app')"));
+    let past = browser
+        .get("/main-5XHQ2UVJ.js", &[("range", "bytes=18-")])
+        .await;
+    assert_eq!(past.status, 416);
+    assert_eq!(past.headers["content-range"], "bytes */18");
+    let etag = whole.headers["etag"].to_str().expect("ascii").to_owned();
+    let stale = browser
+        .get(
+            "/main-5XHQ2UVJ.js",
+            &[("range", "bytes=0-6"), ("if-range", "\"stale\"")],
+        )
+        .await;
+    assert_eq!((stale.status, stale.body.len()), (200, 18));
+    let fresh = browser
+        .get(
+            "/main-5XHQ2UVJ.js",
+            &[("range", "bytes=0-6"), ("if-range", &etag)],
+        )
+        .await;
+    assert_eq!(fresh.status, 206);
+
+    let modified = whole.headers["last-modified"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let again = browser
+        .get("/main-5XHQ2UVJ.js", &[("if-modified-since", &modified)])
+        .await;
+    assert_eq!(again.status, 304);
+    let old = browser
+        .get(
+            "/main-5XHQ2UVJ.js",
+            &[("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT")],
+        )
+        .await;
+    assert_eq!(old.status, 200);
+
+    // Only fingerprints are immutable: not HTML, not a date in a name.
+    let dated = browser.get("/report-20240101.js", &[]).await;
+    assert_eq!(dated.headers["cache-control"], "no-cache");
+    // SVG cannot run scripts when opened on its own.
+    let svg = browser.get("/assets/logo.svg", &[]).await;
+    assert!(
+        svg.headers["content-security-policy"]
+            .to_str()
+            .expect("ascii")
+            .contains("script-src 'none'")
+    );
+    // Client routes are decided on the normal path, case as the routes see it.
+    assert_eq!(browser.get("/API/x", &[]).await.status, 404);
+    assert_eq!(browser.get("/%61pi/x", &[]).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_large_file_is_streamed_whole_and_in_parts() {
+    const SIZE: usize = 8 << 20;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("index.html"), b"<!doctype html>").expect("index");
+    let content: Vec<u8> = (0..SIZE).map(|index| (index % 251) as u8).collect();
+    std::fs::write(dir.path().join("big.bin"), &content).expect("big file");
+    let (_provider, gateway) = setup(&["--static-dir", dir.path().to_str().expect("utf-8")]).await;
+    let mut browser = gateway.browser();
+    let whole = browser.get("/big.bin", &[]).await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.headers["content-length"], SIZE.to_string().as_str());
+    // The body is read as text (lossy), so compare a part that is plain ASCII instead.
+    let start = 1_000_003usize;
+    let range = format!("bytes={start}-{}", start + 99_999);
+    let part = browser.get("/big.bin", &[("range", &range)]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.headers["content-length"], "100000");
+    let expected = String::from_utf8_lossy(&content[start..start + 100_000]).into_owned();
+    assert_eq!(part.body, expected);
 }
