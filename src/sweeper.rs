@@ -183,7 +183,9 @@ fn jittered(interval: Duration) -> Duration {
     let bytes: [u8; 2] = crate::seal::random_bytes();
     let permille = u64::from(u16::from_le_bytes(bytes) % 201); // 0..=200
     let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(millis / 1000 * (900 + permille))
+    // Multiplied before dividing: `millis / 1000 * …` made every sub-second interval zero, and
+    // the sweep spun without pause. Never below a millisecond either.
+    Duration::from_millis((millis.saturating_mul(900 + permille) / 1000).max(1))
 }
 
 #[cfg(test)]
@@ -215,6 +217,12 @@ mod tests {
         for _ in 0..100 {
             let jittered = jittered(Duration::from_secs(60));
             assert!(jittered >= Duration::from_secs(54) && jittered <= Duration::from_secs(66));
+            let short = super::jittered(Duration::from_millis(500));
+            assert!(
+                short >= Duration::from_millis(450) && short <= Duration::from_millis(550),
+                "{short:?}"
+            );
+            assert!(super::jittered(Duration::from_millis(1)) >= Duration::from_millis(1));
         }
     }
 }

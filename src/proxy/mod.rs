@@ -13,8 +13,8 @@
 //!   are removed from what goes upstream, and an upstream's `Set-Cookie` for them is dropped;
 //! - spoofed client addresses: `X-Forwarded-*` are set by the gateway, never passed through;
 //! - request smuggling and connection-level confusion: hop-by-hop headers are removed;
-//! - CSRF: a route that needs a session also needs `X-CSRF: 1`, checked before any byte goes
-//!   upstream.
+//! - CSRF: a route that needs a session also needs `X-CSRF: 1`, checked before the session is
+//!   looked up (a refused call does not keep a session alive) and before any byte goes upstream.
 
 mod route;
 mod upstream;
@@ -459,15 +459,13 @@ impl Proxy {
         let values = &matched.values;
         let upgrade = upgrade_protocol(request.headers());
 
-        // Session and CSRF checks come before any byte goes upstream.
+        // Session and CSRF checks come before any byte goes upstream; the CSRF check (or, for
+        // an upgrade, the Origin check) before the session lookup, so that a refused request
+        // neither reads the store nor slides the session's idle timeout.
         let mut session_tag = None;
         let bearer = if route.anonymous {
             None
         } else {
-            let lookup = auth.lookup(request.headers(), Activity::Use).await?;
-            let Some(session) = lookup.session else {
-                return Err(HttpError::client(StatusCode::UNAUTHORIZED, "no session").json());
-            };
             if upgrade.is_some() {
                 // A browser cannot add a header to a WebSocket handshake, but it always sends
                 // the page's Origin: a cross-site page cannot open a socket with the session.
@@ -482,6 +480,10 @@ impl Proxy {
             } else {
                 require_csrf_header(request.headers())?;
             }
+            let lookup = auth.lookup(request.headers(), Activity::Use).await?;
+            let Some(session) = lookup.session else {
+                return Err(HttpError::client(StatusCode::UNAUTHORIZED, "no session").json());
+            };
             let session = match refresher.fresh(session).await {
                 Ok(Some(session)) => session,
                 Ok(None) => {

@@ -642,3 +642,20 @@ async fn logout_under_concurrent_api_calls_ends_the_session_for_good() {
         assert!(!fresh.is_auth().await, "round {round}");
     }
 }
+
+#[tokio::test]
+async fn calls_refused_for_csrf_do_not_keep_a_session_alive() {
+    let (provider, _gateway, upstream, mut browser) = proxied(&["--idle-timeout", "30m"]).await;
+    for _ in 0..3 {
+        provider.clock().advance(Duration::from_secs(20 * 60));
+        assert_eq!(
+            browser.get("/api/OtherApi1/products", &[]).await.status,
+            403
+        );
+    }
+    assert!(
+        !browser.is_auth().await,
+        "60 minutes of refused calls with a 30-minute idle timeout"
+    );
+    assert!(upstream.seen().is_empty());
+}
