@@ -463,6 +463,13 @@ pub struct ServeArgs {
     #[arg(long, env = "OIDC_BFF_STATIC_DIR", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
 
+    /// Pages allowed to frame the gateway's own pages and the app's files (origins such as
+    /// https://portal.example.com, repeatable). Default: none (`frame-ancestors 'none'` and
+    /// `X-Frame-Options: DENY`, against clickjacking).
+    #[arg(long = "frame-ancestors", env = "OIDC_BFF_FRAME_ANCESTORS", value_name = "ORIGIN",
+          value_parser = parse_frame_ancestor, value_delimiter = ' ')]
+    pub frame_ancestors: Vec<String>,
+
     /// Time an upstream has to start answering (502 when unreachable, 504 when too slow).
     #[arg(long, env = "OIDC_BFF_UPSTREAM_TIMEOUT", default_value = "30s",
           value_parser = parse_duration, value_name = "DURATION")]
@@ -508,6 +515,8 @@ pub struct Config {
     pub proxy: crate::proxy::ProxyConfig,
     /// The built SPA to serve, if any.
     pub static_dir: Option<PathBuf>,
+    /// Origins allowed to frame the gateway's pages (`--frame-ancestors`); empty: none.
+    pub frame_ancestors: Vec<String>,
     /// Background sweeps.
     pub sweeps: crate::sweeper::SweepConfig,
     /// The admin socket for `oidc-bff sessions`.
@@ -867,6 +876,7 @@ impl ServeArgs {
                 max_request_body: self.max_request_body,
             },
             static_dir: self.static_dir,
+            frame_ancestors: self.frame_ancestors,
             sweeps: crate::sweeper::SweepConfig {
                 refresh_interval: self.refresh_interval,
                 refresh_ahead: self.refresh_ahead,
@@ -997,6 +1007,24 @@ fn is_cookie_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Parses a `--frame-ancestors` origin: `https://host[:port]` (or `http://` for a loopback
+/// development page), nothing after the authority, or `'self'`.
+pub fn parse_frame_ancestor(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text == "'self'" {
+        return Ok(text.to_owned());
+    }
+    let url = Url::parse(text).map_err(|error| format!("{text:?}: {error}"))?;
+    let origin = url.origin().ascii_serialization();
+    let plain = matches!(url.path(), "" | "/") && url.query().is_none() && url.fragment().is_none();
+    if !plain || !matches!(url.scheme(), "https" | "http") || origin == "null" {
+        return Err(format!(
+            "{text:?}: an origin such as https://portal.example.com (scheme, host, port only)"
+        ));
+    }
+    Ok(origin)
 }
 
 /// Parses durations like `90s`, `15m`, `8h`, `7d`, `250ms`; a bare number means seconds.

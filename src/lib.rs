@@ -156,6 +156,7 @@ pub async fn run(
         callback_path: config.oidc.callback_path.clone(),
         max_uri_bytes: config.limits.max_uri_bytes,
         metrics: Arc::clone(&metrics),
+        framing: reply::Framing::new(&config.frame_ancestors),
     });
     let flusher = tokio::spawn({
         let tickets = Arc::clone(&tickets);

@@ -74,3 +74,54 @@ pub fn add_security_headers(response: &mut Response<Body>) {
         .entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
 }
+
+/// The anti-framing and referrer headers of the gateway's own answers and the app's files
+/// (`--frame-ancestors`): a page of another site cannot frame the login or the app to trick
+/// clicks out of a signed-in user, and no page leaks its URL to the next site.
+#[derive(Debug, Clone)]
+pub struct Framing {
+    frame_ancestors: HeaderValue,
+    deny: bool,
+}
+
+impl Framing {
+    /// `frame-ancestors 'none'` plus `X-Frame-Options: DENY` when `origins` is empty; else
+    /// `frame-ancestors` with the origins (`X-Frame-Options` cannot name several, so it is left
+    /// out for browsers that know CSP).
+    pub fn new(origins: &[String]) -> Self {
+        if origins.is_empty() {
+            return Self {
+                frame_ancestors: HeaderValue::from_static("frame-ancestors 'none'"),
+                deny: true,
+            };
+        }
+        let value = format!("frame-ancestors {}", origins.join(" "));
+        Self {
+            frame_ancestors: HeaderValue::from_str(&value)
+                .unwrap_or_else(|_| HeaderValue::from_static("frame-ancestors 'none'")),
+            deny: false,
+        }
+    }
+
+    /// Adds the headers; a `Content-Security-Policy` already set (an SVG's) gets the
+    /// `frame-ancestors` directive appended.
+    pub fn apply(&self, response: &mut Response<Body>) {
+        let headers = response.headers_mut();
+        let csp = match headers.get(header::CONTENT_SECURITY_POLICY) {
+            Some(existing) => {
+                let mut combined = existing.as_bytes().to_vec();
+                combined.extend_from_slice(b"; ");
+                combined.extend_from_slice(self.frame_ancestors.as_bytes());
+                HeaderValue::from_bytes(&combined).unwrap_or_else(|_| self.frame_ancestors.clone())
+            }
+            None => self.frame_ancestors.clone(),
+        };
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+        if self.deny {
+            headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        }
+        headers
+            .entry(header::REFERRER_POLICY)
+            .or_insert(HeaderValue::from_static("no-referrer"));
+    }
+}

@@ -64,6 +64,8 @@ pub struct Gateway {
     pub(crate) max_uri_bytes: usize,
     /// Request, login and upstream counters.
     pub(crate) metrics: Arc<Metrics>,
+    /// Anti-framing and referrer headers for the gateway's own answers and the app's files.
+    pub(crate) framing: crate::reply::Framing,
 }
 
 /// What a request is for, decided once per request: it picks the handler and names the
@@ -97,6 +99,11 @@ impl Gateway {
             Err(error) => (error.into_response(), true),
         };
         add_security_headers(&mut response);
+        // An upstream's answer is its own; everything the gateway wrote, and the app's files,
+        // refuse to be framed.
+        if gateway_error || !matches!(endpoint, Endpoint::Route(_)) {
+            self.framing.apply(&mut response);
+        }
         let info = response
             .extensions_mut()
             .remove::<AccessInfo>()

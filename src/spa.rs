@@ -141,7 +141,7 @@ impl Spa {
             // An SVG opened on its own is a document that can run scripts on this origin.
             out.insert(
                 header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static("script-src 'none'; frame-ancestors 'none'"),
+                HeaderValue::from_static("script-src 'none'"),
             );
         }
 

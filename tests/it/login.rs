@@ -297,3 +297,49 @@ async fn sessions_end_at_their_absolute_lifetime() {
     provider.clock().advance(Duration::from_secs(1));
     assert!(!browser.is_auth().await);
 }
+
+#[tokio::test]
+async fn the_gateways_own_pages_cannot_be_framed_and_leak_no_referrer() {
+    let (_provider, gateway) = setup(&[]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    let callback = browser
+        .seen
+        .iter()
+        .find(|reply| {
+            reply
+                .set_cookies()
+                .iter()
+                .any(|cookie| cookie.starts_with("__Host-bff="))
+        })
+        .expect("the callback's answer");
+    assert_eq!(callback.headers["cache-control"], "no-store");
+    assert_eq!(callback.headers["referrer-policy"], "no-referrer");
+    for reply in [
+        browser.get("/api/isAuth", &[]).await,
+        browser.get("/healthz", &[]).await,
+        browser.get("/missing", &[]).await,
+        browser.get("/a/%2e%2e/b", &[]).await,
+    ] {
+        assert_eq!(
+            reply.headers["content-security-policy"],
+            "frame-ancestors 'none'"
+        );
+        assert_eq!(reply.headers["x-frame-options"], "DENY");
+        assert_eq!(reply.headers["referrer-policy"], "no-referrer");
+    }
+
+    let (_provider, gateway) = setup(&[
+        "--frame-ancestors",
+        "https://portal.example.com/",
+        "--frame-ancestors",
+        "'self'",
+    ])
+    .await;
+    let reply = gateway.browser().get("/api/isAuth", &[]).await;
+    assert_eq!(
+        reply.headers["content-security-policy"],
+        "frame-ancestors https://portal.example.com 'self'"
+    );
+    assert!(!reply.headers.contains_key("x-frame-options"));
+}

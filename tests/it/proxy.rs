@@ -51,6 +51,10 @@ async fn the_bearer_is_the_sessions_access_token_and_the_path_is_rewritten() {
         "hop-by-hop headers are removed"
     );
     assert!(reply.headers.contains_key("strict-transport-security"));
+    assert!(
+        !reply.headers.contains_key("x-frame-options"),
+        "an upstream's answer keeps its own framing policy"
+    );
     for secret in provider.issued_secrets() {
         assert!(!reply.body.contains(&secret));
     }

@@ -31,6 +31,11 @@ async fn the_app_its_routes_and_its_assets_are_served_with_the_right_headers() {
     assert_eq!(index.headers["content-type"], "text/html; charset=utf-8");
     assert_eq!(index.headers["cache-control"], "no-cache");
     assert!(index.body.contains("app-root"));
+    assert_eq!(
+        index.headers["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    assert_eq!(index.headers["x-frame-options"], "DENY");
 
     let deep = browser.get("/orders/42", &[]).await;
     assert_eq!(deep.status, 200, "client-side route gets the app");
@@ -248,11 +253,9 @@ async fn ranges_and_dates_are_answered() {
     assert_eq!(dated.headers["cache-control"], "no-cache");
     // SVG cannot run scripts when opened on its own.
     let svg = browser.get("/assets/logo.svg", &[]).await;
-    assert!(
-        svg.headers["content-security-policy"]
-            .to_str()
-            .expect("ascii")
-            .contains("script-src 'none'")
+    assert_eq!(
+        svg.headers["content-security-policy"],
+        "script-src 'none'; frame-ancestors 'none'"
     );
     // Client routes are decided on the normal path, case as the routes see it.
     assert_eq!(browser.get("/API/x", &[]).await.status, 404);
