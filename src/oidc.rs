@@ -43,6 +43,8 @@ pub struct ExtraMetadata {
     pub end_session_endpoint: Option<Url>,
     /// RFC 7009 token revocation endpoint.
     pub revocation_endpoint: Option<Url>,
+    /// RFC 8414 §2: the PKCE methods the provider supports, when it says.
+    pub code_challenge_methods_supported: Option<Vec<String>>,
     /// RFC 9207: the provider sends `iss` with every authorization response.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,
@@ -256,18 +258,28 @@ impl Provider {
         let metadata = Metadata::discover_async(issuer, &http)
             .await
             .map_err(|error| OidcError::Discovery(error_chain(&error)))?;
-        check_endpoint(
-            "authorization_endpoint",
-            metadata.authorization_endpoint().url(),
-        )?;
         let token_endpoint = metadata
             .token_endpoint()
             .ok_or_else(|| OidcError::Discovery("the provider has no token_endpoint".into()))?;
-        check_endpoint("token_endpoint", token_endpoint.url())?;
-        check_endpoint("jwks_uri", metadata.jwks_uri().url())?;
-        if let Some(url) = &metadata.additional_metadata().revocation_endpoint {
-            check_endpoint("revocation_endpoint", url)?;
-        }
+        let extra = metadata.additional_metadata();
+        check_endpoints(
+            &self.config.issuer,
+            &[
+                (
+                    "authorization_endpoint",
+                    Some(metadata.authorization_endpoint().url()),
+                ),
+                ("token_endpoint", Some(token_endpoint.url())),
+                ("jwks_uri", Some(metadata.jwks_uri().url())),
+                (
+                    "userinfo_endpoint",
+                    metadata.userinfo_endpoint().map(|url| url.url()),
+                ),
+                ("revocation_endpoint", extra.revocation_endpoint.as_ref()),
+                ("end_session_endpoint", extra.end_session_endpoint.as_ref()),
+            ],
+        )?;
+        check_pkce(extra.code_challenge_methods_supported.as_deref())?;
         let jwks = metadata.jwks().clone();
         *self
             .discovered
@@ -728,13 +740,42 @@ type LoginClient = openidconnect::Client<
     openidconnect::EndpointMaybeSet,
 >;
 
-fn check_endpoint(name: &str, url: &Url) -> Result<(), OidcError> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback_host(url) => Ok(()),
-        _ => Err(OidcError::Discovery(format!(
-            "{name} {url} must use https (plain http only on loopback)"
-        ))),
+/// Every endpoint the discovery document names must use https. Plain http is accepted only on
+/// loopback, and only when the issuer itself is a loopback (development) one: behind an https
+/// issuer, an `http://127.0.0.1:…` token endpoint would receive the client secret and the codes
+/// in clear from whatever listens on that port.
+fn check_endpoints(issuer: &str, endpoints: &[(&str, Option<&Url>)]) -> Result<(), OidcError> {
+    let development = Url::parse(issuer).is_ok_and(|issuer| is_loopback_host(&issuer));
+    for (name, url) in endpoints {
+        let Some(url) = url else {
+            continue;
+        };
+        let allowed = match url.scheme() {
+            "https" => true,
+            "http" => development && is_loopback_host(url),
+            _ => false,
+        };
+        if !allowed {
+            return Err(OidcError::Discovery(format!(
+                "{name} {url} must use https (plain http only on loopback, with a loopback issuer)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The login uses PKCE with S256: a provider that lists its methods without S256 would ignore
+/// or refuse the challenge, leaving stolen codes redeemable.
+fn check_pkce(methods: Option<&[String]>) -> Result<(), OidcError> {
+    match methods {
+        Some(methods) if !methods.iter().any(|method| method == "S256") => {
+            Err(OidcError::Discovery(
+                "code_challenge_methods_supported does not list S256, which the gateway's PKCE \
+                 needs"
+                    .into(),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -830,6 +871,39 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{check_endpoints, check_pkce};
+
+    #[test]
+    fn endpoints_behind_an_https_issuer_must_all_be_https() {
+        let url = |text: &str| url::Url::parse(text).expect("url");
+        let (https, loopback, remote_http) = (
+            url("https://idp.example/token"),
+            url("http://127.0.0.1:9/token"),
+            url("http://idp.example/token"),
+        );
+        assert!(check_endpoints("https://idp.example", &[("t", Some(&https))]).is_ok());
+        assert!(check_endpoints("https://idp.example", &[("t", Some(&loopback))]).is_err());
+        assert!(check_endpoints("https://idp.example", &[("t", Some(&remote_http))]).is_err());
+        assert!(check_endpoints("http://127.0.0.1:8080", &[("t", Some(&loopback))]).is_ok());
+        assert!(check_endpoints("http://127.0.0.1:8080", &[("t", Some(&remote_http))]).is_err());
+        assert!(check_endpoints("https://idp.example", &[("t", None)]).is_ok());
+        let message = check_endpoints(
+            "https://idp.example",
+            &[("end_session_endpoint", Some(&remote_http))],
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(message.contains("end_session_endpoint"), "{message}");
+    }
+
+    #[test]
+    fn pkce_needs_s256_when_the_methods_are_listed() {
+        assert!(check_pkce(None).is_ok());
+        assert!(check_pkce(Some(&["S256".to_owned()])).is_ok());
+        assert!(check_pkce(Some(&["plain".to_owned()])).is_err());
+        assert!(check_pkce(Some(&[])).is_err());
+    }
+
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     use super::*;

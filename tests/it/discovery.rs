@@ -64,3 +64,51 @@ async fn an_https_provider_is_trusted_through_ca_file_and_only_then() {
         "a provider certificate from an unknown CA is not trusted"
     );
 }
+
+/// Starts a gateway against a provider whose discovery document has `field` set to `value`,
+/// and says whether it became ready.
+async fn ready_with_discovery_field(field: &str, value: serde_json::Value) -> bool {
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    provider.set_discovery_field(field, value);
+    let gateway = TestGateway::start_unready(&provider, &[]).await;
+    let mut browser = gateway.browser();
+    // Give discovery time for a first attempt and a retry.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    browser.get("/healthz", &[]).await.status == 200
+}
+
+#[tokio::test]
+async fn discovery_without_s256_or_with_a_plain_http_endpoint_is_refused() {
+    assert!(
+        !ready_with_discovery_field(
+            "code_challenge_methods_supported",
+            serde_json::json!(["plain"])
+        )
+        .await,
+        "a provider without S256"
+    );
+    assert!(
+        !ready_with_discovery_field(
+            "end_session_endpoint",
+            serde_json::json!("http://idp.example/logout")
+        )
+        .await,
+        "an end-session endpoint in clear"
+    );
+    assert!(
+        !ready_with_discovery_field(
+            "userinfo_endpoint",
+            serde_json::json!("http://idp.example/userinfo")
+        )
+        .await,
+        "a userinfo endpoint in clear"
+    );
+    assert!(
+        ready_with_discovery_field(
+            "code_challenge_methods_supported",
+            serde_json::json!(["plain", "S256"])
+        )
+        .await,
+        "S256 among others"
+    );
+}

@@ -200,6 +200,7 @@ struct State {
     fail_next_refresh: Option<RefreshFailure>,
     down: bool,
     discovery_issuer: Option<String>,
+    discovery_fields: Vec<(String, Value)>,
     advertise_iss: bool,
     callback_iss: Option<String>,
     codes: HashMap<String, CodeGrant>,
@@ -398,6 +399,11 @@ impl FakeProvider {
     /// Discovery reports this issuer instead of the real one.
     pub fn set_discovery_issuer(&self, issuer: &str) {
         self.with(|s| s.discovery_issuer = Some(issuer.to_owned()));
+    }
+
+    /// Discovery reports `value` for `field` (added or replaced).
+    pub fn set_discovery_field(&self, field: &str, value: Value) {
+        self.with(|s| s.discovery_fields.push((field.to_owned(), value)));
     }
 
     /// Advertise RFC 9207 and send `iss` (its value: `None` means the real issuer).
@@ -618,9 +624,7 @@ async fn handle(
                 .discovery_issuer
                 .clone()
                 .unwrap_or_else(|| issuer.to_owned());
-            json_response(
-                200,
-                &json!({
+            let mut document = json!({
                     "issuer": reported,
                     "authorization_endpoint": format!("{issuer}/authorize"),
                     "token_endpoint": format!("{issuer}/token"),
@@ -632,8 +636,11 @@ async fn handle(
                     "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                     "token_endpoint_auth_methods_supported": ["client_secret_basic"],
                     "authorization_response_iss_parameter_supported": state.advertise_iss,
-                }),
-            )
+            });
+            for (field, value) in &state.discovery_fields {
+                document[field.as_str()] = value.clone();
+            }
+            json_response(200, &document)
         }
         "/jwks" => {
             let mut keys: Vec<Value> = state
