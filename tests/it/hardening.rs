@@ -318,3 +318,31 @@ async fn connect_is_refused_with_405() {
     assert!(status_line(&response).contains("405"), "{response}");
     assert!(upstream.seen().is_empty());
 }
+
+/// The number on the first metrics line whose name contains `name`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.split_whitespace().next().is_some_and(|n| n.contains(name)))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn only_the_first_session_cookie_value_is_looked_up() {
+    let (_provider, gateway) = setup(&[]).await;
+    let before = metric(&gateway.metrics().await, "session_cache_misses");
+    // 200 values that each parse as a session key (250 would pass the header size limit).
+    let cookie = (0..200)
+        .map(|index| format!("__Host-bff={index:0>6}{}", "A".repeat(48)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reply = gateway
+        .browser()
+        .get("/api/isAuth", &[("cookie", &cookie)])
+        .await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "false"));
+    let after = metric(&gateway.metrics().await, "session_cache_misses");
+    assert!(after - before <= 1.0, "{} lookups", after - before);
+}
