@@ -109,7 +109,7 @@ impl Auth {
     }
 
     /// The ticket store.
-    pub fn tickets(&self) -> &TicketStore {
+    pub fn tickets(&self) -> &Arc<TicketStore> {
         &self.tickets
     }
 

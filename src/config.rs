@@ -480,6 +480,16 @@ pub struct ServeArgs {
           value_parser = parse_size, value_name = "SIZE")]
     pub max_request_body: usize,
 
+    /// A WebSocket tunnel with no byte either way for this long is closed.
+    #[arg(long, env = "OIDC_BFF_WEBSOCKET_IDLE_TIMEOUT", default_value = "10m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub websocket_idle_timeout: Duration,
+
+    /// A WebSocket tunnel is closed after this long in any case (the browser reconnects).
+    #[arg(long, env = "OIDC_BFF_WEBSOCKET_MAX_LIFETIME", default_value = "24h",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub websocket_max_lifetime: Duration,
+
     /// Most concurrent HTTP/2 streams per connection.
     #[arg(
         long,
@@ -739,6 +749,8 @@ impl ServeArgs {
             ("--keepalive-timeout", self.keepalive_timeout),
             ("--refresh-interval", self.refresh_interval),
             ("--sweep-interval", self.sweep_interval),
+            ("--websocket-idle-timeout", self.websocket_idle_timeout),
+            ("--websocket-max-lifetime", self.websocket_max_lifetime),
         ] {
             if value.is_zero() {
                 errors.push(format!("{flag}: must be longer than zero"));
@@ -874,6 +886,10 @@ impl ServeArgs {
                 frontend: self.frontend_url,
                 upstream_timeout: self.upstream_timeout,
                 max_request_body: self.max_request_body,
+                tunnel_limits: crate::proxy::TunnelLimits {
+                    idle: self.websocket_idle_timeout,
+                    lifetime: self.websocket_max_lifetime,
+                },
             },
             static_dir: self.static_dir,
             frame_ancestors: self.frame_ancestors,

@@ -15,7 +15,7 @@ use crate::error::HttpError;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::oidc::Provider;
 use crate::path::{PathError, normalize};
-use crate::proxy::Proxy;
+use crate::proxy::{ConnectionHold, Proxy};
 use crate::refresh::Refresher;
 use crate::reply::{self, Body, add_security_headers};
 use crate::spa::Spa;
@@ -83,7 +83,12 @@ enum Endpoint {
 
 impl Gateway {
     /// Answers one request. Never panics and never fails: errors become responses here.
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        hold: &ConnectionHold,
+    ) -> Response<Body> {
         let started = std::time::Instant::now();
         let method = request.method().clone();
         // The path only: queries carry codes and states, which never go to a log. Copied only
@@ -94,7 +99,7 @@ impl Gateway {
             Ok(()) => self.endpoint(&request),
             Err(error) => Endpoint::BadPath(error),
         };
-        let (mut response, gateway_error) = match self.route(request, peer, &endpoint).await {
+        let (mut response, gateway_error) = match self.route(request, peer, hold, &endpoint).await {
             Ok(response) => (response, false),
             Err(error) => (error.into_response(), true),
         };
@@ -196,6 +201,7 @@ impl Gateway {
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        hold: &ConnectionHold,
         endpoint: &Endpoint,
     ) -> Result<Response<Body>, HttpError> {
         let uri_len = request
@@ -231,7 +237,7 @@ impl Gateway {
             Endpoint::Route(matched) => {
                 return self
                     .proxy
-                    .forward(request, matched, peer, &self.auth, &self.refresher)
+                    .forward(request, matched, peer, hold, &self.auth, &self.refresher)
                     .await;
             }
             Endpoint::Rest => {

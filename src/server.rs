@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerLimits;
 use crate::deadlines::{Activity, Due, ExchangeBody, Tracked};
+use crate::proxy::ConnectionHold;
 use crate::routes::Gateway;
 
 /// Serves until `shutdown` completes, then drains open connections for at most
@@ -66,8 +67,8 @@ pub async fn serve(
         let gateway = Arc::clone(&gateway);
         let builder = Arc::clone(&builder);
         let mut stopping = stopping.clone();
+        let hold = Arc::new(ConnectionHold::new(Arc::new(permit), stopping.clone()));
         tokio::spawn(async move {
-            let _permit = permit;
             let tls =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
@@ -86,11 +87,14 @@ pub async fn serve(
             let activity = Arc::new(Activity::new(!http2));
             let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity)));
             let exchanges = Arc::clone(&activity);
+            // The connection's slot lives as long as the connection, or as a WebSocket tunnel
+            // made from it (which takes its own clone).
             let service = service_fn(move |request: hyper::Request<Incoming>| {
                 let open = exchanges.exchange();
                 let gateway = Arc::clone(&gateway);
+                let hold = Arc::clone(&hold);
                 async move {
-                    let response = gateway.handle(request, peer).await;
+                    let response = gateway.handle(request, peer, &hold).await;
                     Ok::<_, std::convert::Infallible>(
                         response.map(|body| ExchangeBody::new(body, open)),
                     )

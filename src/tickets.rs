@@ -106,6 +106,9 @@ pub fn open_data_dir(
     Ok((store, master))
 }
 
+/// Removals a slow listener may fall behind by before it must look at its session itself.
+const REMOVAL_BACKLOG: usize = 1024;
+
 /// The ticket store.
 pub struct TicketStore {
     db: Arc<SessionDb>,
@@ -117,6 +120,8 @@ pub struct TicketStore {
     touch_interval: u64,
     pending: Mutex<HashMap<SessionId, Touch, IdHashing>>,
     key_ids: KeyIds,
+    /// Every removed session's id, announced for whatever belongs to it (a WebSocket tunnel).
+    removals: tokio::sync::broadcast::Sender<SessionId>,
 }
 
 impl std::fmt::Debug for TicketStore {
@@ -150,6 +155,7 @@ impl TicketStore {
             clock,
             touch_interval,
             pending: Mutex::new(HashMap::default()),
+            removals: tokio::sync::broadcast::channel(REMOVAL_BACKLOG).0,
         }
     }
 
@@ -176,6 +182,23 @@ impl TicketStore {
     /// How often pending touches should be flushed.
     pub fn touch_interval(&self) -> Duration {
         Duration::from_secs(self.touch_interval)
+    }
+
+    /// Announces every session removed from now on (logout, back-channel logout, admin revoke,
+    /// eviction). A receiver that falls behind gets `Lagged` and must check its session.
+    pub fn subscribe_removals(&self) -> tokio::sync::broadcast::Receiver<SessionId> {
+        self.removals.subscribe()
+    }
+
+    /// Tells the listeners, if any, that these sessions are gone.
+    fn announce_removed(&self, ids: &[SessionId]) {
+        if self.removals.receiver_count() == 0 {
+            return;
+        }
+        for id in ids {
+            // An error only means that nobody listens any more.
+            let _ = self.removals.send(*id);
+        }
     }
 
     /// Cache hit and miss counters.
@@ -462,7 +485,9 @@ impl TicketStore {
         // The tombstone goes first, before the delete commits: see `cache`.
         self.cache.mark_removed(id);
         self.pending().remove(&id);
-        self.blocking(move |db| db.remove(id)).await
+        let existed = self.blocking(move |db| db.remove(id)).await;
+        self.announce_removed(&[id]);
+        existed
     }
 
     /// Writes all pending last-access times in one transaction; returns how many.
@@ -501,8 +526,12 @@ impl TicketStore {
                 pending.remove(id);
             }
         }
-        self.blocking(move |db| db.remove_many(&ids, Removal::Logout))
-            .await
+        let announced = ids.clone();
+        let removed = self
+            .blocking(move |db| db.remove_many(&ids, Removal::Logout))
+            .await;
+        self.announce_removed(&announced);
+        removed
     }
 
     /// Removes every session past its deadline, in batches of `batch` (one transaction each),
@@ -531,6 +560,7 @@ impl TicketStore {
             for id in &ids {
                 self.cache.invalidate(*id);
             }
+            self.announce_removed(&ids);
             if !ids.is_empty() {
                 // Lazy commits, one sync at the end: a crash mid-sweep only leaves some expired
                 // sessions for the next sweep, and the sweep writes far less.

@@ -17,6 +17,7 @@
 //!   looked up (a refused call does not keep a session alive) and before any byte goes upstream.
 
 mod route;
+mod tunnel;
 mod upstream;
 pub mod yarp;
 
@@ -28,7 +29,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use url::Url;
 
 use crate::auth::{Auth, require_csrf_header};
@@ -36,6 +36,8 @@ use crate::error::HttpError;
 use crate::refresh::Refresher;
 use crate::reply::{Body, BoxError};
 use crate::tickets::Activity;
+
+pub use tunnel::{ConnectionHold, TunnelLimits};
 
 pub use route::{
     Cluster, Destination, HostPattern, Policy, RouteDef, RouteValues, Template, Transform, When,
@@ -97,6 +99,7 @@ pub fn route_from_flag(spec: &RouteSpec) -> RouteDef {
         hosts: None,
         order: 0,
         anonymous: false,
+        websockets: true,
         transforms: vec![Transform::PathRemovePrefix(spec.prefix.clone())],
         cluster: Arc::new(Cluster::new(
             spec.prefix.clone(),
@@ -117,6 +120,8 @@ pub fn frontend_route(url: Url) -> RouteDef {
         hosts: None,
         order: i32::MAX,
         anonymous: true,
+        // The dev server's live reload is a WebSocket.
+        websockets: true,
         transforms: Vec::new(),
         cluster: Arc::new(Cluster::new(
             "frontend".into(),
@@ -144,6 +149,8 @@ pub struct ProxyConfig {
     pub max_request_body: usize,
     /// The gateway's public origin: the only `Origin` accepted for upgrade requests.
     pub public_origin: String,
+    /// WebSocket tunnels' idle timeout and longest life.
+    pub tunnel_limits: TunnelLimits,
 }
 
 impl ProxyConfig {
@@ -203,6 +210,7 @@ pub struct Proxy {
     upstream_timeout: Duration,
     max_request_body: usize,
     public_origin: String,
+    tunnel_limits: TunnelLimits,
     /// The public URL's `host[:port]`, for `X-Forwarded-Host` and `Forwarded`.
     public_host: HeaderValue,
     public_host_text: String,
@@ -382,6 +390,7 @@ impl Proxy {
             upstream_timeout: config.upstream_timeout,
             max_request_body: config.max_request_body,
             public_origin: config.public_origin.clone(),
+            tunnel_limits: config.tunnel_limits,
             public_host: HeaderValue::from_str(&public_host)
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             public_host_text: public_host,
@@ -452,12 +461,17 @@ impl Proxy {
         mut request: Request<Incoming>,
         matched: &RouteMatch,
         peer: SocketAddr,
+        hold: &ConnectionHold,
         auth: &Auth,
         refresher: &Refresher,
     ) -> Result<Response<Body>, HttpError> {
         let route = matched.route();
         let values = &matched.values;
-        let upgrade = upgrade_protocol(request.headers());
+        // Only a WebSocket handshake (GET, `Upgrade: websocket`) on a route that allows it
+        // becomes a tunnel; any other `Upgrade` (`h2c`, …) is dropped as the hop-by-hop header
+        // it is, and the request goes upstream as a plain one.
+        let upgrade = (route.websockets && is_websocket_handshake(&request))
+            .then(|| HeaderValue::from_static("websocket"));
 
         // Session and CSRF checks come before any byte goes upstream; the CSRF check (or, for
         // an upgrade, the Origin check) before the session lookup, so that a refused request
@@ -619,11 +633,32 @@ impl Proxy {
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() {
+            // The upstream switched protocols on a request that asked for no switch: nothing
+            // the browser could be handed.
+            return Err(HttpError::provider(
+                StatusCode::BAD_GATEWAY,
+                "the upstream could not be reached",
+                format!("route {} upstream {host}: 101 to a plain request", route.id),
+            )
+            .json());
+        }
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, response.status())
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, host.to_owned()));
+            let session = session_tag.map(|id| tunnel::TunnelSession {
+                id,
+                tickets: Arc::clone(auth.tickets()),
+            });
+            tokio::spawn(tunnel::run(
+                client_upgrade,
+                upstream_upgrade,
+                self.tunnel_limits,
+                session,
+                hold.clone(),
+                host.to_owned(),
+            ));
             let (mut parts, _) = response.into_parts();
             let protocol = parts.headers.get(header::UPGRADE).cloned();
             strip_hop_by_hop(&mut parts.headers);
@@ -694,36 +729,22 @@ fn address_header(ip: std::net::IpAddr) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&text[..length]).ok()
 }
 
-/// The protocol a request asks to switch to (`Upgrade` with `Connection: upgrade`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Copies bytes both ways between the browser's and the upstream's upgraded connections until
-/// either side closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    host: String,
-) {
-    match tokio::try_join!(client, upstream) {
-        Ok((client, upstream)) => {
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(upstream = %host, %error, "upgraded connection ended");
-            }
-        }
-        Err(error) => tracing::debug!(upstream = %host, %error, "upgrade did not complete"),
-    }
+/// Whether a request is a WebSocket opening handshake (RFC 6455 §4.1): a GET with
+/// `Connection: upgrade` and `Upgrade: websocket`.
+fn is_websocket_handshake<B>(request: &Request<B>) -> bool {
+    let tokens = |name: header::HeaderName, wanted: &str| {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(wanted))
+    };
+    request.method() == http::Method::GET
+        && request.version() == http::Version::HTTP_11
+        && tokens(header::CONNECTION, "upgrade")
+        && tokens(header::UPGRADE, "websocket")
 }
 
 /// Removes the gateway's own cookies from the `Cookie` header, keeping the others.

@@ -600,6 +600,9 @@ pub struct RouteDef {
     pub order: i32,
     /// `AuthorizationPolicy: anonymous`: no session, no token, no CSRF check.
     pub anonymous: bool,
+    /// Whether WebSocket handshakes become tunnels (YARP `Metadata`
+    /// `"oidc-bff.WebSockets": "false"` turns it off).
+    pub websockets: bool,
     /// Rewrites, in order.
     pub transforms: Vec<Transform>,
     /// Where the calls go.

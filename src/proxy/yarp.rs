@@ -188,14 +188,28 @@ fn build_cluster(id: &str, json: ClusterJson, at: &str) -> Result<Cluster, Vec<S
     }
 }
 
+/// The route metadata key that allows (default) or refuses WebSocket tunnels on a route.
+const WEBSOCKETS_METADATA: &str = "oidc-bff.WebSockets";
+
 fn build_route(
     id: &str,
     json: RouteJson,
     clusters: &BTreeMap<String, Arc<Cluster>>,
     at: &str,
 ) -> Result<RouteDef, Vec<String>> {
-    let _ = json.metadata;
     let mut errors = Vec::new();
+    let mut websockets = true;
+    for (key, value) in json.metadata.iter().flatten() {
+        if key.eq_ignore_ascii_case(WEBSOCKETS_METADATA) {
+            match value.to_ascii_lowercase().as_str() {
+                "true" => websockets = true,
+                "false" => websockets = false,
+                _ => errors.push(format!(
+                    "{at}.Metadata.{key}: {value:?} must be \"true\" or \"false\""
+                )),
+            }
+        }
+    }
     let cluster = clusters.get(&json.cluster_id).cloned();
     if cluster.is_none() {
         errors.push(format!(
@@ -261,6 +275,7 @@ fn build_route(
             hosts,
             order: json.order.unwrap_or(0),
             anonymous,
+            websockets,
             transforms,
             cluster,
         }),

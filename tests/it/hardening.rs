@@ -323,7 +323,11 @@ async fn connect_is_refused_with_405() {
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
-        .find(|line| line.split_whitespace().next().is_some_and(|n| n.contains(name)))
+        .find(|line| {
+            line.split_whitespace()
+                .next()
+                .is_some_and(|n| n.contains(name))
+        })
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {text}"))

@@ -377,7 +377,7 @@ async fn upgrades_are_tunnelled_for_the_apps_own_origin_only() {
     let handshake = |origin: &str| {
         format!(
             "GET /api/OtherApi1/socket HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\n\
-             upgrade: echo\r\norigin: {origin}\r\ncookie: {cookie}\r\n\r\n"
+             upgrade: websocket\r\norigin: {origin}\r\ncookie: {cookie}\r\n\r\n"
         )
     };
 
@@ -403,7 +403,7 @@ async fn upgrades_are_tunnelled_for_the_apps_own_origin_only() {
     let head = String::from_utf8_lossy(&buffer[..n]).into_owned();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
-        head.to_ascii_lowercase().contains("upgrade: echo"),
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
         "{head}"
     );
     stream
@@ -662,4 +662,169 @@ async fn calls_refused_for_csrf_do_not_keep_a_session_alive() {
         "60 minutes of refused calls with a 30-minute idle timeout"
     );
     assert!(upstream.seen().is_empty());
+}
+
+/// Sends `request` on a new TLS connection and returns the connection and the answer's head.
+async fn raw_exchange(
+    gateway: &TestGateway,
+    request: &str,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    String,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = crate::support::raw::tls_connect(gateway).await;
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    (stream, String::from_utf8_lossy(&buffer[..n]).into_owned())
+}
+
+/// A WebSocket handshake (as a browser sends it) for the signed-in `browser`, with `method` and
+/// `upgrade` as given.
+fn handshake(gateway: &TestGateway, browser: &Browser, method: &str, upgrade: &str) -> String {
+    handshake_with(gateway, &browser.jar["__Host-bff"], method, upgrade)
+}
+
+fn handshake_with(gateway: &TestGateway, session: &str, method: &str, upgrade: &str) -> String {
+    format!(
+        "{method} /api/OtherApi1/socket HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\n\
+         upgrade: {upgrade}\r\norigin: {}\r\nx-csrf: 1\r\ncontent-length: 0\r\n\
+         cookie: __Host-bff={session}\r\n\r\n",
+        gateway.base
+    )
+}
+
+/// Whether the server closes `stream` within `limit` (reading and dropping what comes).
+async fn closed_within(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    limit: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn only_websocket_handshakes_on_get_become_tunnels() {
+    let (_provider, gateway, upstream, browser) = proxied(&[]).await;
+    for (method, protocol) in [("GET", "h2c"), ("GET", "echo"), ("POST", "websocket")] {
+        let (_stream, head) =
+            raw_exchange(&gateway, &handshake(&gateway, &browser, method, protocol)).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "{method} upgrade {protocol}: {head}"
+        );
+    }
+    for seen in upstream.seen() {
+        assert!(
+            !seen.headers.contains_key("upgrade"),
+            "{} asked the upstream to switch",
+            seen.method
+        );
+    }
+    let (_stream, head) =
+        raw_exchange(&gateway, &handshake(&gateway, &browser, "GET", "websocket")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+#[tokio::test]
+async fn a_tunnel_keeps_its_connection_slot_until_it_idles_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_provider, gateway, _upstream, browser) =
+        proxied(&["--max-connections", "2", "--websocket-idle-timeout", "2s"]).await;
+    // The browser's pooled connections would take slots: only its cookie is kept.
+    let session = browser.jar["__Host-bff"].clone();
+    drop(browser);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let (stream, head) = raw_exchange(
+            &gateway,
+            &handshake_with(&gateway, &session, "GET", "websocket"),
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tunnels.push(stream);
+    }
+    // Traffic keeps a tunnel open past its idle timeout.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        for tunnel in &mut tunnels {
+            tunnel.write_all(b"ping").await.expect("write");
+            let mut echoed = [0u8; 4];
+            tunnel.read_exact(&mut echoed).await.expect("echo");
+        }
+    }
+    // Both slots are taken by the tunnels: a third connection waits.
+    let third = tokio::spawn({
+        let gateway_addr = gateway.addr;
+        let ca = gateway.certs.ca_der.clone();
+        async move {
+            let mut stream =
+                crate::support::raw::tls_connect_to(gateway_addr, &[&ca], &[b"http/1.1"]).await;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buffer = [0u8; 64];
+            let n = stream.read(&mut buffer).await.expect("read");
+            String::from_utf8_lossy(&buffer[..n]).into_owned()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(!third.is_finished(), "a tunnel gave up its connection slot");
+    // Silent for the idle timeout: both close, and the third connection gets its answer.
+    for tunnel in &mut tunnels {
+        assert!(
+            closed_within(tunnel, Duration::from_secs(5)).await,
+            "an idle tunnel stayed open"
+        );
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third connection is served once the tunnels closed")
+        .expect("task");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn logout_closes_the_sessions_tunnels_and_lifetime_ends_them() {
+    let (_provider, gateway, _upstream, mut browser) =
+        proxied(&["--websocket-max-lifetime", "3s"]).await;
+    let (mut tunnel, head) =
+        raw_exchange(&gateway, &handshake(&gateway, &browser, "GET", "websocket")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let logout_url = browser.user().await.json()["logoutUrl"]
+        .as_str()
+        .expect("logoutUrl")
+        .to_owned();
+    assert_eq!(browser.get(&logout_url, &[]).await.status, 302);
+    assert!(
+        closed_within(&mut tunnel, Duration::from_secs(1)).await,
+        "the tunnel outlived its session's logout"
+    );
+
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    let (mut tunnel, head) =
+        raw_exchange(&gateway, &handshake(&gateway, &browser, "GET", "websocket")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(!closed_within(&mut tunnel, Duration::from_secs(2)).await);
+    assert!(
+        closed_within(&mut tunnel, Duration::from_secs(3)).await,
+        "the tunnel outlived --websocket-max-lifetime"
+    );
 }

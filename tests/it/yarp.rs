@@ -240,3 +240,49 @@ async fn encoded_paths_cannot_reach_a_route_that_a_blocked_route_shadows() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(public.seen()[0].target, "/base/Products");
 }
+
+#[tokio::test]
+async fn a_route_can_refuse_websocket_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let json = format!(
+        r#"{{"Routes": {{
+    "live": {{ "ClusterId": "c", "AuthorizationPolicy": "anonymous",
+              "Match": {{ "Path": "/live/{{**rest}}" }} }},
+    "plain": {{ "ClusterId": "c", "AuthorizationPolicy": "anonymous",
+               "Metadata": {{ "oidc-bff.WebSockets": "false" }},
+               "Match": {{ "Path": "/plain/{{**rest}}" }} }} }},
+  "Clusters": {{ "c": {{ "Destinations": {{ "a": {{ "Address": "{}" }} }} }} }} }}"#,
+        upstream.url
+    );
+    let (_dir, path) = write_config(&json);
+    let (_provider, gateway) = setup(&["--proxy-config", path.to_str().expect("utf-8")]).await;
+    for (path, expected) in [
+        ("/live/socket", "HTTP/1.1 101"),
+        ("/plain/socket", "HTTP/1.1 200"),
+    ] {
+        let mut stream = crate::support::raw::tls_connect(&gateway).await;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\n\
+             upgrade: websocket\r\norigin: {}\r\n\r\n",
+            gateway.base
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut buffer = vec![0u8; 4096];
+        let n = stream.read(&mut buffer).await.expect("read");
+        let head = String::from_utf8_lossy(&buffer[..n]);
+        assert!(head.starts_with(expected), "{path}: {head}");
+    }
+
+    let bad = r#"{"Routes": { "r": { "ClusterId": "c", "Match": { "Path": "/x" },
+        "Metadata": { "oidc-bff.WebSockets": "maybe" } } },
+      "Clusters": { "c": { "Destinations": { "a": { "Address": "http://127.0.0.1:1" } } } } }"#;
+    let (_dir, path) = write_config(bad);
+    let problems = oidc_bff::proxy::yarp::load(&path).expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|problem| problem.contains("oidc-bff.WebSockets")),
+        "{problems:?}"
+    );
+}

@@ -140,12 +140,10 @@ async fn answer(
     seen: &Mutex<Vec<Seen>>,
     behaviour: &Mutex<Behaviour>,
 ) -> Response<Full<Bytes>> {
-    // `Upgrade: echo`: switch protocols, then send every byte back (a stand-in for WebSocket).
-    if request
-        .headers()
-        .get("upgrade")
-        .is_some_and(|value| value == "echo")
-    {
+    // `Upgrade: websocket`: switch protocols, then send every byte back (a stand-in for a
+    // WebSocket server, without the framing). Any other protocol is switched to as well, so a
+    // test sees whether the gateway let the request ask.
+    if let Some(protocol) = request.headers().get("upgrade").cloned() {
         let upgrade = hyper::upgrade::on(&mut request);
         seen.lock().expect("seen").push(Seen {
             method: request.method().to_string(),
@@ -163,7 +161,7 @@ async fn answer(
         return Response::builder()
             .status(101)
             .header("connection", "upgrade")
-            .header("upgrade", "echo")
+            .header("upgrade", protocol)
             .body(Full::new(Bytes::new()))
             .expect("101");
     }
