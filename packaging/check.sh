@@ -35,7 +35,9 @@ man -w oidc-bff
 [ "$(man -w oidc-bff)" = /usr/share/man/man1/oidc-bff.1.gz ] || fail "man -w oidc-bff"
 getent passwd oidc-bff >/dev/null || fail "no oidc-bff system user"
 [ "$(getent passwd oidc-bff | cut -d: -f7)" = /usr/sbin/nologin ] || fail "the oidc-bff user has a login shell"
-[ "$(stat -c %a /etc/oidc-bff)" = 700 ] || fail "/etc/oidc-bff is not 0700"
+[ "$(stat -c %a:%U:%G /etc/oidc-bff)" = 750:root:oidc-bff ] || fail "/etc/oidc-bff is $(stat -c %a:%U:%G /etc/oidc-bff), not 750:root:oidc-bff"
+[ "$(stat -c %a:%U:%G /etc/default/oidc-bff)" = 640:root:oidc-bff ] || fail "/etc/default/oidc-bff is $(stat -c %a:%U:%G /etc/default/oidc-bff), not 640:root:oidc-bff"
+grep -q '^ExecReload=/bin/kill -HUP \$MAINPID' /lib/systemd/system/oidc-bff.service || fail "the unit has no ExecReload"
 systemd-analyze verify /lib/systemd/system/oidc-bff.service
 systemd-analyze security --offline=true --threshold=20 /lib/systemd/system/oidc-bff.service | tail -1
 if [ -d /run/systemd/system ]; then
@@ -47,7 +49,10 @@ echo "== .deb: upgrade keeps the configuration and the data"
 echo 'OIDC_BFF_CLIENT_ID=kept-by-upgrade' >> /etc/default/oidc-bff
 install -d -o oidc-bff -g oidc-bff -m 0700 /var/lib/oidc-bff
 echo marker > /var/lib/oidc-bff/marker
+# The operator's own permissions on /etc/oidc-bff (as for a TLS key kept there) must survive.
+chmod 0710 /etc/oidc-bff
 DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold "$deb"
+[ "$(stat -c %a:%G /etc/oidc-bff)" = 710:oidc-bff ] || fail "the upgrade reset /etc/oidc-bff to $(stat -c %a:%G /etc/oidc-bff)"
 grep -q kept-by-upgrade /etc/default/oidc-bff || fail "the upgrade replaced /etc/default/oidc-bff"
 [ -f /var/lib/oidc-bff/marker ] || fail "the upgrade lost /var/lib/oidc-bff"
 
