@@ -394,6 +394,16 @@ pub struct ServeArgs {
     )]
     pub max_connections: NonZeroUsize,
 
+    /// Most connections (WebSocket tunnels included) from one client address (an IPv6 client
+    /// counts by its /64); more are closed at once, so one address cannot take every slot.
+    #[arg(
+        long,
+        env = "OIDC_BFF_MAX_CONNECTIONS_PER_IP",
+        default_value = "256",
+        value_name = "N"
+    )]
+    pub max_connections_per_ip: NonZeroUsize,
+
     /// Time allowed for a TLS handshake.
     #[arg(long, env = "OIDC_BFF_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration,
           value_name = "DURATION")]
@@ -629,6 +639,8 @@ impl CookieConfig {
 pub struct ServerLimits {
     /// Concurrent connections.
     pub max_connections: usize,
+    /// Concurrent connections from one address (an IPv6 /64).
+    pub max_connections_per_ip: usize,
     /// TLS handshake deadline.
     pub handshake_timeout: Duration,
     /// Request-header deadline.
@@ -865,6 +877,7 @@ impl ServeArgs {
             },
             limits: ServerLimits {
                 max_connections: self.max_connections.get(),
+                max_connections_per_ip: self.max_connections_per_ip.get(),
                 handshake_timeout: self.handshake_timeout,
                 header_timeout: self.header_timeout,
                 keepalive_timeout: self.keepalive_timeout,

@@ -16,9 +16,12 @@
 //! timeout and `--upstream-timeout`. HTTP/2 (by ALPN) has no header deadline; its limits are
 //! its stream cap, header-list size and keep-alive pings.
 //!
-//! An idle connection is closed gracefully (a request in flight finishes first); one that is
-//! still idle a second idle timeout later is dropped: a client that stops reading a response
-//! stalls it with nothing in flight but the gateway's own writes.
+//! A connection is idle when no exchange is open and none has started for the idle timeout
+//! (HTTP/2: no open stream and no new HEADERS; PINGs, SETTINGS and WINDOW_UPDATEs either way
+//! do not count), or when an exchange is open but no byte has moved either way for as long.
+//! An idle connection is closed gracefully (a request in flight finishes first, HTTP/2 says
+//! GOAWAY); one that is still there a second idle timeout later is dropped: a client that
+//! stops reading a response stalls it with nothing in flight but the gateway's own writes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,6 +51,8 @@ pub struct Activity {
     head_since: AtomicU64,
     /// Exchanges between their head and the end of their response.
     open: AtomicUsize,
+    /// The last time an exchange opened or ended.
+    last_exchange: AtomicU64,
     /// Whether heads are timed (HTTP/1.1).
     heads: bool,
 }
@@ -75,6 +80,7 @@ impl Activity {
             last: AtomicU64::new(0),
             head_since: AtomicU64::new(NO_HEAD),
             open: AtomicUsize::new(0),
+            last_exchange: AtomicU64::new(0),
             heads,
         }
     }
@@ -109,7 +115,12 @@ impl Activity {
 
     /// A request head arrived whole: its exchange is open until the returned guard is dropped.
     pub fn exchange(self: &Arc<Self>) -> OpenExchange {
+        self.exchange_at(self.now())
+    }
+
+    fn exchange_at(self: &Arc<Self>, now: u64) -> OpenExchange {
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.last_exchange.fetch_max(now, Ordering::Relaxed);
         self.head_since.store(NO_HEAD, Ordering::Relaxed);
         OpenExchange(Arc::clone(self))
     }
@@ -125,7 +136,16 @@ impl Activity {
         if head_since != NO_HEAD && since(head_since) >= header {
             return Due::HeadTooSlow;
         }
-        let idle_for = since(self.last.load(Ordering::Relaxed));
+        // With an exchange open, silence is what counts: no byte either way. With none open,
+        // only requests count: the gateway's own HTTP/2 PINGs, a client's PINGs, SETTINGS and
+        // WINDOW_UPDATEs move bytes but ask for nothing, and must not keep a connection (and
+        // its slot) forever. A head being read counts from its first byte.
+        let idle_for = if self.open.load(Ordering::Relaxed) > 0 {
+            since(self.last.load(Ordering::Relaxed))
+        } else {
+            let head = if head_since == NO_HEAD { 0 } else { head_since };
+            since(self.last_exchange.load(Ordering::Relaxed).max(head))
+        };
         if idle_for >= Due::stalled_after(idle) {
             return Due::Stalled;
         }
@@ -164,6 +184,9 @@ pub struct OpenExchange(Arc<Activity>);
 
 impl Drop for OpenExchange {
     fn drop(&mut self) {
+        self.0
+            .last_exchange
+            .fetch_max(self.0.now(), Ordering::Relaxed);
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -308,9 +331,9 @@ mod tests {
     fn an_idle_connection_lives_for_the_idle_timeout_not_the_header_timeout() {
         let activity = Arc::new(Activity::new(true));
         activity.read_at(0);
-        let exchange = activity.exchange();
+        let exchange = activity.exchange_at(0);
         activity.wrote_at(seconds(1)); // the response written
-        drop(exchange);
+        ended_at(exchange, seconds(1));
         assert_eq!(
             activity.due_at(seconds(30), IDLE, HEADER),
             Due::LookAgainIn(HEADER)
@@ -357,17 +380,57 @@ mod tests {
         );
     }
 
+    /// An exchange ended at `now` (the drop itself records the real time, which is earlier).
+    fn ended_at(exchange: OpenExchange, now: u64) {
+        exchange.0.last_exchange.fetch_max(now, Ordering::Relaxed);
+        drop(exchange);
+    }
+
     #[test]
     fn heads_are_not_timed_on_http2() {
         let activity = Arc::new(Activity::new(false));
         activity.read_at(seconds(1));
         assert_eq!(
             activity.due_at(seconds(30), IDLE, HEADER),
-            Due::LookAgainIn(Duration::from_secs(31))
+            Due::LookAgainIn(Duration::from_secs(30))
         );
+    }
+
+    #[test]
+    fn pings_and_settings_do_not_keep_a_connection_without_requests_open() {
+        for http2 in [true, false] {
+            let activity = Arc::new(Activity::new(!http2));
+            ended_at(activity.exchange_at(seconds(5)), seconds(10));
+            // Frames either way every few seconds (PING, its ACK, WINDOW_UPDATE) and no stream.
+            for second in (11..=69).step_by(3) {
+                activity.read_at(seconds(second));
+                activity.wrote_at(seconds(second));
+                activity.head_since.store(NO_HEAD, Ordering::Relaxed);
+            }
+            assert_eq!(
+                activity.due_at(seconds(70), IDLE, HEADER),
+                Due::Idle(Duration::from_secs(60)),
+                "http2: {http2}"
+            );
+            // Still there (a client that ignores GOAWAY): dropped after a second idle timeout.
+            assert_eq!(
+                activity.due_at(seconds(130), IDLE, HEADER),
+                Due::Stalled,
+                "http2: {http2}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_open_stream_keeps_the_connection_while_bytes_move() {
+        let activity = Arc::new(Activity::new(false));
+        let _stream = activity.exchange_at(0);
+        for second in 1..=100 {
+            activity.wrote_at(seconds(second)); // a long download
+        }
         assert_eq!(
-            activity.due_at(seconds(61), IDLE, HEADER),
-            Due::Idle(Duration::from_secs(60))
+            activity.due_at(seconds(101), IDLE, HEADER),
+            Due::LookAgainIn(Duration::from_secs(59))
         );
     }
 

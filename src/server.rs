@@ -9,6 +9,7 @@
 //! without ALPN `h2` (refused). The deadlines and that check are in [`crate::deadlines`].
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let addresses = Arc::new(AddressShares::new(limits.max_connections_per_ip));
     // Tells every connection to finish its in-flight requests and close.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let builder = Arc::new(http_builder(&limits));
@@ -62,12 +64,22 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // One address (an IPv6 /64) gets at most its share of the slots: past it, the
+        // connection is closed at once, before any TLS work.
+        let Some(address_share) = addresses.take(peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from this address; closing");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let gateway = Arc::clone(&gateway);
         let builder = Arc::clone(&builder);
         let mut stopping = stopping.clone();
-        let hold = Arc::new(ConnectionHold::new(Arc::new(permit), stopping.clone()));
+        let hold = Arc::new(ConnectionHold::new(
+            Arc::new((permit, address_share)),
+            stopping.clone(),
+        ));
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -155,6 +167,77 @@ pub async fn serve(
     }
 }
 
+/// Connections open per client address, capped. IPv6 clients count by their /64, which one
+/// host usually has whole.
+#[derive(Debug)]
+struct AddressShares {
+    limit: usize,
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One connection's share of its address's count, given back when dropped.
+#[derive(Debug)]
+struct AddressShare {
+    shares: Arc<AddressShares>,
+    address: IpAddr,
+}
+
+impl AddressShares {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn counted(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let mut octets = v6.octets();
+                    octets[8..].fill(0);
+                    IpAddr::V6(octets.into())
+                }
+            },
+        }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<IpAddr, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A share for one more connection from `ip`, unless its address has all it may have.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressShare> {
+        let address = Self::counted(ip);
+        let mut open = self.open();
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressShare {
+            shares: Arc::clone(self),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressShare {
+    fn drop(&mut self) {
+        let mut open = self.shares.open();
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
 fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -177,4 +260,46 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_its_share_and_gets_it_back() {
+        let shares = Arc::new(AddressShares::new(2));
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let first = shares.take(ip).expect("first");
+        let _second = shares.take(ip).expect("second");
+        assert!(shares.take(ip).is_none(), "third over the share");
+        assert!(shares.take("192.0.2.2".parse().expect("ip")).is_some());
+        drop(first);
+        assert!(shares.take(ip).is_some(), "a share given back");
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let shares = Arc::new(AddressShares::new(1));
+        let _one = shares
+            .take("2001:db8:1:2::1".parse().expect("ip"))
+            .expect("one");
+        assert!(
+            shares
+                .take("2001:db8:1:2:ffff::9".parse().expect("ip"))
+                .is_none(),
+            "same /64"
+        );
+        assert!(
+            shares
+                .take("2001:db8:1:3::1".parse().expect("ip"))
+                .is_some()
+        );
+        let _v4 = shares.take("192.0.2.7".parse().expect("ip")).expect("v4");
+        assert!(
+            shares
+                .take("::ffff:192.0.2.7".parse().expect("ip"))
+                .is_none()
+        );
+    }
 }

@@ -22,23 +22,27 @@ use std::time::{Duration, Instant};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 
 use crate::session::SessionId;
 use crate::tickets::{Activity, TicketStore};
 
-/// What a browser connection lends the tunnel made from it: its connection slot, held until the
-/// tunnel ends, and the server's shutdown signal.
+/// What a browser connection lends the tunnel made from it: its connection slot (the
+/// server's permit and its address's share), held until the tunnel ends, and the server's
+/// shutdown signal.
 #[derive(Debug, Clone)]
 pub struct ConnectionHold {
-    slot: Arc<OwnedSemaphorePermit>,
+    slot: Arc<dyn std::any::Any + Send + Sync>,
     stopping: watch::Receiver<bool>,
 }
 
 impl ConnectionHold {
-    /// The hold of a connection that took `slot`, for a server that says `true` on `stopping`
-    /// when it shuts down.
-    pub fn new(slot: Arc<OwnedSemaphorePermit>, stopping: watch::Receiver<bool>) -> Self {
+    /// The hold of a connection whose `slot` is released when the connection and every tunnel
+    /// made from it have ended, for a server that says `true` on `stopping` when it shuts down.
+    pub fn new(
+        slot: Arc<dyn std::any::Any + Send + Sync>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         Self { slot, stopping }
     }
 }

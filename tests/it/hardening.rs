@@ -225,8 +225,16 @@ async fn every_response_carries_hsts_even_errors() {
 
 #[tokio::test]
 async fn a_thousand_half_open_connections_do_not_stop_a_login() {
-    let (_provider, gateway) =
-        setup(&["--handshake-timeout", "30s", "--header-timeout", "30s"]).await;
+    // All from 127.0.0.1 here, as if from many addresses: the per-address cap is lifted.
+    let (_provider, gateway) = setup(&[
+        "--handshake-timeout",
+        "30s",
+        "--header-timeout",
+        "30s",
+        "--max-connections-per-ip",
+        "2000",
+    ])
+    .await;
     let mut parked = Vec::new();
     // Half of them never start TLS; the other half finish TLS and dribble one header line.
     for index in 0..1_000 {
@@ -349,4 +357,75 @@ async fn only_the_first_session_cookie_value_is_looked_up() {
     assert_eq!((reply.status, reply.body.as_str()), (200, "false"));
     let after = metric(&gateway.metrics().await, "session_cache_misses");
     assert!(after - before <= 1.0, "{} lookups", after - before);
+}
+
+/// An HTTP/2 PING frame (8 bytes of opaque data) and a SETTINGS acknowledgement.
+const H2_PING: &[u8] = b"\0\0\x08\x06\0\0\0\0\0pingpong";
+const H2_SETTINGS_ACK: &[u8] = b"\0\0\0\x04\x01\0\0\0\0";
+
+#[tokio::test]
+async fn http2_connections_without_streams_close_even_when_they_ping() {
+    let (_provider, gateway) =
+        setup(&["--keepalive-timeout", "1s", "--max-connections", "2"]).await;
+    let started = std::time::Instant::now();
+    let mut pingers = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tls_connect_alpn(&gateway, &[b"h2"]).await;
+        stream
+            .write_all(H2_PREFACE_AND_SETTINGS)
+            .await
+            .expect("preface");
+        stream.write_all(H2_SETTINGS_ACK).await.expect("ack");
+        // Never a stream: only PINGs every 200 ms for at most 8 s, reading what comes back.
+        pingers.push(tokio::spawn(async move {
+            let (mut reader, mut writer) = tokio::io::split(stream);
+            let reading = tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                loop {
+                    match reader.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+            for _ in 0..40 {
+                if reading.is_finished() || writer.write_all(H2_PING).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let closed = reading.is_finished();
+            reading.abort();
+            closed
+        }));
+    }
+    for pinger in pingers {
+        assert!(
+            pinger.await.expect("pinger"),
+            "a pinging connection without streams stayed open"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let mut third = tls_connect(&gateway).await;
+    assert!(healthz_answered(&mut third).await, "the slots came back");
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let (_provider, gateway) = setup(&["--max-connections-per-ip", "2"]).await;
+    let mut first = tls_connect(&gateway).await;
+    let mut second = tls_connect(&gateway).await;
+    assert!(healthz_answered(&mut first).await);
+    assert!(healthz_answered(&mut second).await);
+    // The third from the same address is closed before any TLS.
+    let mut tcp = TcpStream::connect(gateway.addr).await.expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut byte))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = tls_connect(&gateway).await;
+    assert!(healthz_answered(&mut again).await, "a share given back");
 }
