@@ -136,6 +136,7 @@ pub async fn run(
         Arc::clone(&tickets),
         Arc::clone(&deps.clock),
         Arc::clone(&metrics),
+        config.sweeps.refresh_interval,
     ));
     let refresher_for_sweeps = Arc::clone(&refresher);
     let auth = Auth::new(
@@ -175,7 +176,6 @@ pub async fn run(
     let refresh_sweeps = tokio::spawn(sweeper::refresh_loop(
         Arc::clone(&tickets),
         Arc::clone(&refresher_for_sweeps),
-        Arc::clone(&deps.clock),
         config.sweeps,
         Arc::clone(&metrics),
     ));

@@ -8,6 +8,11 @@
 //! Outcomes: new tokens are stored (a rotated refresh token replaces the old one); a dead grant
 //! (`invalid_grant`, `unauthorized_client`, or tokens for another subject) ends the session; a
 //! provider outage keeps it, and the caller gets the old token while it is still valid.
+//!
+//! Load the provider cannot be made to bear: after a failed refresh a session backs off (one
+//! `--refresh-interval`, then twice that, … at most five minutes), and neither its calls nor the
+//! sweep try again before the step is over; meanwhile calls use the access token while it is
+//! valid and get 503 after. At most [`MAX_IN_FLIGHT`] refreshes run at once, gateway-wide.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +36,41 @@ pub enum FreshnessError {
     ProviderUnavailable(String),
 }
 
+/// Most refresh calls to the provider at once, on demand and sweep together.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// The longest backoff step.
+const MAX_BACKOFF_SECONDS: u64 = 300;
+
+/// Per-session backoff after failed refreshes: 1, 2, 4 … `base` (at least a second), at most
+/// five minutes.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: HashMap<SessionId, (u32, u64)>,
+}
+
+impl Backoff {
+    /// Whether the session may try a refresh at `now` (Unix seconds).
+    pub fn ready(&self, id: SessionId, now: u64) -> bool {
+        self.failures.get(&id).is_none_or(|(_, next)| *next <= now)
+    }
+
+    fn failed(&mut self, id: SessionId, now: u64, base: Duration) {
+        let entry = self.failures.entry(id).or_insert((0, now));
+        let delay = base
+            .as_secs()
+            .max(1)
+            .saturating_mul(1u64 << entry.0.min(12))
+            .min(MAX_BACKOFF_SECONDS);
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now.saturating_add(delay);
+    }
+
+    fn done(&mut self, id: SessionId) {
+        self.failures.remove(&id);
+    }
+}
+
 /// Refreshes sessions on demand, one at a time per session.
 pub struct Refresher {
     provider: Arc<Provider>,
@@ -38,6 +78,9 @@ pub struct Refresher {
     clock: Arc<dyn Clock>,
     in_flight: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
     metrics: Arc<Metrics>,
+    backoff: Mutex<Backoff>,
+    backoff_base: Duration,
+    calls: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -48,11 +91,14 @@ impl std::fmt::Debug for Refresher {
 
 impl Refresher {
     /// A refresher over a provider and a store, counting its grants in `metrics`.
+    /// A failed refresh backs its session off for `backoff_base` (the refresh interval), then
+    /// twice that, and so on.
     pub fn new(
         provider: Arc<Provider>,
         tickets: Arc<TicketStore>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        backoff_base: Duration,
     ) -> Self {
         Self {
             provider,
@@ -60,7 +106,21 @@ impl Refresher {
             clock,
             in_flight: Mutex::new(HashMap::new()),
             metrics,
+            backoff: Mutex::new(Backoff::default()),
+            backoff_base,
+            calls: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the session may try a refresh now (it is not backing off after a failure).
+    pub fn ready(&self, id: SessionId) -> bool {
+        self.backoff().ready(id, self.clock.unix_now())
     }
 
     /// Returns the session with an access token that is valid beyond the refresh skew,
@@ -157,15 +217,30 @@ impl Refresher {
             // then sends the SPA through login again.
             return Ok(Outcome::Current(current));
         };
-        match self
+        if !self.backoff().ready(id, now) {
+            return Ok(Outcome::Failed {
+                session: current,
+                reason: "backing off after a failed refresh".into(),
+            });
+        }
+        // The semaphore is never closed; a closed one would only mean no cap.
+        let _call = self.calls.acquire().await.ok();
+        let result = self
             .provider
             .refresh(
                 &refresh_token,
                 &current.ticket.subject,
                 &current.ticket.tokens,
             )
-            .await
-        {
+            .await;
+        match &result {
+            Err(RefreshError::Transient(_)) => {
+                self.backoff()
+                    .failed(id, self.clock.unix_now(), self.backoff_base);
+            }
+            _ => self.backoff().done(id),
+        }
+        match result {
             Ok(refreshed) => {
                 self.metrics.refresh(trigger, RefreshOutcome::Refreshed);
                 let ticket = Ticket {
@@ -216,4 +291,36 @@ pub enum Outcome {
         /// Why, for the log.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes_and_clears_on_success() {
+        let id = SessionId {
+            created_ms: 1,
+            hash: [1; 32],
+        };
+        let mut backoff = Backoff::default();
+        assert!(backoff.ready(id, 0));
+        backoff.failed(id, 0, Duration::from_secs(60));
+        assert!(!backoff.ready(id, 59));
+        assert!(backoff.ready(id, 60));
+        backoff.failed(id, 60, Duration::from_secs(60));
+        assert!(!backoff.ready(id, 179));
+        assert!(backoff.ready(id, 180));
+        for _ in 0..20 {
+            backoff.failed(id, 0, Duration::from_secs(60));
+        }
+        assert!(!backoff.ready(id, 299));
+        assert!(backoff.ready(id, 300));
+        backoff.done(id);
+        assert!(backoff.ready(id, 0));
+        // A sub-second interval still waits a second.
+        backoff.failed(id, 10, Duration::from_millis(100));
+        assert!(!backoff.ready(id, 10));
+        assert!(backoff.ready(id, 11));
+    }
 }

@@ -7,17 +7,14 @@
 //! itself to `--refresh-concurrency` refreshes at a time, and backs off per session when the
 //! provider fails, so an hour-long outage costs no session that is still inside its lifetime.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::oidc::error_chain;
 use crate::refresh::{Outcome, Refresher};
-use crate::session::SessionId;
 use crate::tickets::TicketStore;
 
 /// Sessions removed per eviction transaction: large enough that the random pages of the sid and
@@ -50,41 +47,12 @@ pub struct RefreshReport {
     pub backing_off: usize,
 }
 
-/// Per-session backoff after failed refreshes: 1, 2, 4 … intervals, at most an hour.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    failures: HashMap<SessionId, (u32, u64)>,
-}
-
-impl Backoff {
-    fn ready(&self, id: SessionId, now: u64) -> bool {
-        self.failures.get(&id).is_none_or(|(_, next)| *next <= now)
-    }
-
-    fn failed(&mut self, id: SessionId, now: u64, interval: Duration) {
-        let entry = self.failures.entry(id).or_insert((0, now));
-        entry.0 = entry.0.saturating_add(1);
-        let delay = interval
-            .as_secs()
-            .max(1)
-            .saturating_mul(1u64 << entry.0.min(12))
-            .min(3_600);
-        entry.1 = now.saturating_add(delay);
-    }
-
-    fn done(&mut self, id: SessionId) {
-        self.failures.remove(&id);
-    }
-}
-
 /// One refresh sweep: every refreshable session whose token expires within `refresh_ahead`,
 /// at most `refresh_concurrency` at a time.
 pub async fn refresh_once(
     tickets: &Arc<TicketStore>,
     refresher: &Arc<Refresher>,
-    clock: &Arc<dyn Clock>,
     config: &SweepConfig,
-    backoff: &mut Backoff,
 ) -> RefreshReport {
     let mut report = RefreshReport::default();
     let candidates = match tickets
@@ -97,13 +65,13 @@ pub async fn refresh_once(
             return report;
         }
     };
-    let now = clock.unix_now();
     let mut queue = candidates.into_iter();
     let mut running = JoinSet::new();
     loop {
         while running.len() < config.refresh_concurrency.max(1) {
             let Some(id) = queue.next() else { break };
-            if !backoff.ready(id, now) {
+            // The refresher's backoff, shared with on-demand refreshes.
+            if !refresher.ready(id) {
                 report.backing_off += 1;
                 continue;
             }
@@ -116,22 +84,12 @@ pub async fn refresh_once(
         };
         let Ok((id, outcome)) = joined else { continue };
         match outcome {
-            Ok(Outcome::Refreshed(_)) => {
-                report.refreshed += 1;
-                backoff.done(id);
-            }
-            Ok(Outcome::Ended) => {
-                report.ended += 1;
-                backoff.done(id);
-            }
-            Ok(Outcome::Current(_)) => backoff.done(id),
-            Ok(Outcome::Failed { .. }) => {
-                report.failed += 1;
-                backoff.failed(id, now, config.refresh_interval);
-            }
+            Ok(Outcome::Refreshed(_)) => report.refreshed += 1,
+            Ok(Outcome::Ended) => report.ended += 1,
+            Ok(Outcome::Current(_)) => {}
+            Ok(Outcome::Failed { .. }) => report.failed += 1,
             Err(error) => {
                 report.failed += 1;
-                backoff.failed(id, now, config.refresh_interval);
                 tracing::error!(session = %id, error = %error_chain(&error), "refresh sweep failed");
             }
         }
@@ -143,15 +101,13 @@ pub async fn refresh_once(
 pub async fn refresh_loop(
     tickets: Arc<TicketStore>,
     refresher: Arc<Refresher>,
-    clock: Arc<dyn Clock>,
     config: SweepConfig,
     metrics: Arc<Metrics>,
 ) {
-    let mut backoff = Backoff::default();
     loop {
         tokio::time::sleep(jittered(config.refresh_interval)).await;
         let started = std::time::Instant::now();
-        let report = refresh_once(&tickets, &refresher, &clock, &config, &mut backoff).await;
+        let report = refresh_once(&tickets, &refresher, &config).await;
         metrics.refresh_sweep(started.elapsed());
         if report != RefreshReport::default() {
             tracing::info!(?report, "refresh sweep");
@@ -191,26 +147,6 @@ fn jittered(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_an_hour_and_clears_on_success() {
-        let id = SessionId {
-            created_ms: 1,
-            hash: [1; 32],
-        };
-        let mut backoff = Backoff::default();
-        assert!(backoff.ready(id, 0));
-        backoff.failed(id, 0, Duration::from_secs(60));
-        assert!(!backoff.ready(id, 119));
-        assert!(backoff.ready(id, 120));
-        for _ in 0..20 {
-            backoff.failed(id, 0, Duration::from_secs(60));
-        }
-        assert!(!backoff.ready(id, 3_599));
-        assert!(backoff.ready(id, 3_600));
-        backoff.done(id);
-        assert!(backoff.ready(id, 0));
-    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {

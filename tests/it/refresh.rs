@@ -81,10 +81,9 @@ async fn a_provider_outage_keeps_the_session_and_a_later_refresh_succeeds() {
         let reply = browser.user().await;
         assert_eq!(reply.status, 200, "claims still served during a {status}");
         assert!(browser.is_auth().await, "session kept after a {status}");
+        // Past the session's backoff step (60 s, 120 s, 240 s with the default interval).
+        provider.clock().advance(Duration::from_secs(300));
     }
-    provider.set_down(true);
-    assert_eq!(browser.user().await.status, 200);
-    provider.set_down(false);
     let before = provider.refresh_count();
     assert_eq!(browser.user().await.status, 200);
     assert_eq!(provider.refresh_count(), before + 1);
@@ -95,6 +94,31 @@ async fn a_provider_outage_keeps_the_session_and_a_later_refresh_succeeds() {
         grants_before,
         "refreshed once, then fresh"
     );
+}
+
+#[tokio::test]
+async fn a_failed_refresh_backs_off_instead_of_retrying_on_every_call() {
+    let (provider, gateway) = setup(&[]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    provider.clock().advance(EXPIRED);
+    provider.fail_next_refresh(RefreshFailure::Status(503));
+    assert_eq!(browser.user().await.status, 200);
+    let after_failure = provider.refresh_count();
+    assert_eq!(after_failure, 1, "one attempt");
+    // Twenty calls within the backoff step: none reaches the provider.
+    for _ in 0..20 {
+        browser.user().await;
+    }
+    assert_eq!(
+        provider.refresh_count(),
+        after_failure,
+        "calls during the backoff retried the refresh"
+    );
+    // The step is over: the next call tries again, and succeeds.
+    provider.clock().advance(Duration::from_secs(61));
+    assert_eq!(browser.user().await.status, 200);
+    assert_eq!(provider.refresh_count(), after_failure + 1);
 }
 
 #[tokio::test]
