@@ -426,10 +426,19 @@ pub async fn backchannel_logout(
             "exactly one logout_token form field is required".into(),
         ));
     };
-    let target = verifier
+    let verified = verifier
         .verify(token)
         .await
         .map_err(|error| invalid(error.to_string()))?;
+    // Recorded durably before any session ends: a token captured and played again, even after
+    // a restart, ends nothing (it could end a session created after the logout).
+    if !tickets
+        .remember_logout_jti(&verified.jti, verified.forget_after)
+        .await?
+    {
+        return Err(invalid("logout token replayed".into()));
+    }
+    let target = verified.target;
     let removed = match (&target.sid, &target.sub) {
         (Some(sid), _) => tickets.remove_by_provider_sid(sid).await?,
         (None, Some(sub)) => tickets.remove_by_subject(sub).await?,

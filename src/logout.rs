@@ -4,11 +4,11 @@
 //! The token arrives from the network, unauthenticated until its signature checks out, so every
 //! rule here is an attack stopped: a forged or re-signed token (signature with the provider's
 //! keys, asymmetric algorithms only), a token for another client or from another issuer (`aud`,
-//! `iss`), an ID token passed off as a logout token (`events` required, `nonce` forbidden), a
-//! captured token played again (`jti` remembered), and JWKS refetch floods (an unknown `kid`
-//! refetches at most every 10 s).
+//! `iss`), an ID token passed off as a logout token (`events` required, `nonce` forbidden, a
+//! `typ` other than `logout+jwt` refused), a captured token played again (its `jti` is kept in
+//! the session database by the caller, so a restart forgets nothing), and JWKS refetch floods
+//! (an unknown `kid` refetches at most every 10 s).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,6 @@ const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 const MAX_AGE: u64 = 600;
 /// Clock skew tolerated for `iat` in the future.
 const SKEW: u64 = 300;
-/// Remembered `jti`s at most; past this the oldest are forgotten (they are also too old to pass).
-const MAX_REMEMBERED: usize = 100_000;
 /// Least time between JWKS refetches caused by logout tokens.
 const REFETCH_EVERY: Duration = Duration::from_secs(10);
 
@@ -44,9 +42,6 @@ pub enum LogoutTokenError {
     /// A claim is missing or wrong.
     #[error("logout token claims rejected: {0}")]
     Claims(String),
-    /// This `jti` was seen before.
-    #[error("logout token replayed")]
-    Replayed,
     /// The provider has not been discovered yet.
     #[error("the provider is not discovered yet")]
     NotReady,
@@ -61,11 +56,21 @@ pub struct LogoutTarget {
     pub sub: Option<String>,
 }
 
-/// Validates logout tokens and remembers their `jti`s.
+/// A logout token that passed every check but the replay check, which needs the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedLogout {
+    /// Whom it logs out.
+    pub target: LogoutTarget,
+    /// Its `jti`: the caller refuses a token whose `jti` it has recorded before.
+    pub jti: String,
+    /// When the `jti` may be forgotten (Unix seconds): the token is too old to pass by then.
+    pub forget_after: u64,
+}
+
+/// Validates logout tokens.
 pub struct LogoutVerifier {
     provider: Arc<Provider>,
     clock: Arc<dyn Clock>,
-    seen: Mutex<HashMap<String, u64>>,
     last_refetch: Mutex<Option<Instant>>,
 }
 
@@ -91,13 +96,13 @@ impl LogoutVerifier {
         Self {
             provider,
             clock,
-            seen: Mutex::new(HashMap::new()),
             last_refetch: Mutex::new(None),
         }
     }
 
-    /// Checks a logout token completely; on success its `jti` is remembered.
-    pub async fn verify(&self, token: &str) -> Result<LogoutTarget, LogoutTokenError> {
+    /// Checks a logout token's signature and claims. Whether its `jti` was seen before is the
+    /// caller's check ([`VerifiedLogout::jti`]).
+    pub async fn verify(&self, token: &str) -> Result<VerifiedLogout, LogoutTokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -105,6 +110,16 @@ impl LogoutVerifier {
             return Err(LogoutTokenError::Malformed("not a compact JWS"));
         };
         let header_json = decode_json(header)?;
+        // OpenID Back-Channel Logout 1.0 §2.4: explicit typing, when present, must say this is a
+        // logout token (not an ID token or an access token signed by the same keys).
+        if let Some(typ) = header_json.get("typ") {
+            let typ = typ.as_str().unwrap_or_default().to_ascii_lowercase();
+            if typ != "logout+jwt" && typ != "application/logout+jwt" {
+                return Err(LogoutTokenError::Claims(format!(
+                    "typ {typ:?} is not logout+jwt"
+                )));
+            }
+        }
         let alg: CoreJwsSigningAlgorithm = header_json
             .get("alg")
             .cloned()
@@ -136,8 +151,18 @@ impl LogoutVerifier {
         }
         let claims = decode_json(payload)?;
         let target = self.check_claims(&claims)?;
-        self.remember(&claims)?;
-        Ok(target)
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
+        let now = self.clock.unix_now();
+        Ok(VerifiedLogout {
+            target,
+            jti,
+            forget_after: iat.saturating_add(MAX_AGE).max(now.saturating_add(SKEW)),
+        })
     }
 
     async fn refetch(&self) -> Option<CoreJsonWebKeySet> {
@@ -215,40 +240,6 @@ impl LogoutVerifier {
             return reject("jti missing");
         }
         Ok(target)
-    }
-
-    fn remember(&self, claims: &serde_json::Map<String, Value>) -> Result<(), LogoutTokenError> {
-        let jti = claims
-            .get("jti")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
-        let now = self.clock.unix_now();
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A jti can be forgotten once its token is too old to be accepted again anyway.
-        seen.retain(|_, expires| *expires > now);
-        if seen.contains_key(&jti) {
-            return Err(LogoutTokenError::Replayed);
-        }
-        let oldest = (seen.len() >= MAX_REMEMBERED)
-            .then(|| {
-                seen.iter()
-                    .min_by_key(|(_, expires)| **expires)
-                    .map(|(jti, _)| jti.clone())
-            })
-            .flatten();
-        if let Some(oldest) = oldest {
-            seen.remove(&oldest);
-        }
-        seen.insert(
-            jti,
-            iat.saturating_add(MAX_AGE).max(now.saturating_add(SKEW)),
-        );
-        Ok(())
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Gateway {
     pub(crate) callback_path: String,
     /// Longest request target.
     pub(crate) max_uri_bytes: usize,
+    /// Time allowed to read a body the gateway reads itself (`--header-timeout`): a slow
+    /// sender cannot hold a connection slot with a trickle.
+    pub(crate) body_timeout: Duration,
     /// Request, login and upstream counters.
     pub(crate) metrics: Arc<Metrics>,
     /// Anti-framing and referrer headers for the gateway's own answers and the app's files.
@@ -305,9 +308,14 @@ impl Gateway {
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return Ok(response);
         }
-        let form = Limited::new(request.into_body(), MAX_LOGOUT_FORM)
-            .collect()
+        let reading = Limited::new(request.into_body(), MAX_LOGOUT_FORM).collect();
+        let form = tokio::time::timeout(self.body_timeout, reading)
             .await
+            .map_err(|_| {
+                HttpError::client(StatusCode::REQUEST_TIMEOUT, "request body too slow")
+                    .json()
+                    .close_connection()
+            })?
             .map_err(|_| {
                 HttpError::client(StatusCode::BAD_REQUEST, "invalid_request")
                     .json()

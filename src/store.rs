@@ -44,6 +44,9 @@ const BY_DEADLINE: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::
 const BY_SID: TableDefinition<IdentityKey, ()> = TableDefinition::new("by_sid_day");
 const BY_SUB: TableDefinition<IdentityKey, ()> = TableDefinition::new("by_sub_day");
 const BY_REFRESH: TableDefinition<(u64, u64, [u8; 32]), ()> = TableDefinition::new("by_refresh");
+/// Back-channel logout tokens seen: keyed hash of the `jti` → the Unix second after which it
+/// may be forgotten (the token is then too old to be accepted anyway).
+const LOGOUT_JTIS: TableDefinition<[u8; 32], u64> = TableDefinition::new("logout_jtis");
 /// The identity indexes of files written before they were keyed by day: migrated on open.
 const LEGACY_BY_SID: TableDefinition<LegacyIndexKey, ()> = TableDefinition::new("by_sid");
 const LEGACY_BY_SUB: TableDefinition<LegacyIndexKey, ()> = TableDefinition::new("by_sub");
@@ -255,6 +258,7 @@ impl SessionDb {
             .map_err(db_error)?;
         let txn = db.begin_write().map_err(db_error)?;
         Tables::open(&txn)?;
+        txn.open_table(LOGOUT_JTIS).map_err(db_error)?;
         migrate_identity_indexes(&txn)?;
         txn.commit().map_err(db_error)?;
         Ok(Self {
@@ -287,6 +291,34 @@ impl SessionDb {
         let committed = txn.commit().map_err(db_error);
         *self.reader_slot() = None;
         committed
+    }
+
+    /// Records a back-channel logout token's `jti` (its keyed hash) until `forget_after`,
+    /// durably, so that a restart does not make a captured token playable again. False when it
+    /// was recorded before and not yet forgotten: a replay. Forgotten entries are dropped here.
+    pub fn remember_logout_jti(
+        &self,
+        jti: [u8; 32],
+        forget_after: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(LOGOUT_JTIS).map_err(db_error)?;
+            let seen = table
+                .get(jti)
+                .map_err(db_error)?
+                .is_some_and(|until| until.value() > now);
+            if seen {
+                return Ok(false);
+            }
+            // Only tokens with a valid provider signature get here: a handful per logout, so
+            // the scan stays short.
+            table.retain(|_, until| until > now).map_err(db_error)?;
+            table.insert(jti, forget_after).map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)?;
+        Ok(true)
     }
 
     /// Stores a new session durably (the commit is on disk when this returns), or replaces one

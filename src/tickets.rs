@@ -634,6 +634,19 @@ impl TicketStore {
         self.remove_all(ids).await
     }
 
+    /// Records a back-channel logout token's `jti` until `forget_after` (Unix seconds),
+    /// durably; false when the token was seen before (a replay, even across restarts).
+    pub async fn remember_logout_jti(
+        &self,
+        jti: &str,
+        forget_after: u64,
+    ) -> Result<bool, StoreError> {
+        let hash = self.keyer.hash("jti", jti.as_bytes());
+        let now = self.clock.unix_now();
+        self.blocking(move |db| db.remember_logout_jti(hash, forget_after, now))
+            .await
+    }
+
     /// Number of sessions in the file.
     pub async fn count(&self) -> Result<u64, StoreError> {
         self.blocking(|db| db.count()).await

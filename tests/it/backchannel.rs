@@ -159,3 +159,84 @@ async fn only_post_with_one_token_is_accepted() {
         .await;
     assert_eq!(reply.status, 400);
 }
+
+#[tokio::test]
+async fn a_logout_token_replayed_after_a_restart_ends_no_new_session() {
+    let (provider, mut gateway) = setup(&[]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    let token = provider.logout_token(&LogoutSpec::default());
+    assert_eq!(post_logout(&gateway, &token).await.status, 200);
+    assert!(!browser.is_auth().await);
+    gateway.restart().await;
+    // The same user signs in again after the logout.
+    let mut again = gateway.browser();
+    again.login_ok().await;
+    let reply = post_logout(&gateway, &token).await;
+    assert_eq!(reply.status, 400, "a captured token played after a restart");
+    assert!(again.is_auth().await, "the replay ended a newer session");
+}
+
+#[tokio::test]
+async fn a_typ_other_than_logout_jwt_is_refused() {
+    let (provider, gateway) = setup(&[]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    for typ in ["JWT", "at+jwt", ""] {
+        let token = provider.logout_token(&LogoutSpec {
+            typ: Some(typ.into()),
+            ..LogoutSpec::default()
+        });
+        assert_eq!(post_logout(&gateway, &token).await.status, 400, "{typ:?}");
+    }
+    assert!(browser.is_auth().await);
+    // Without typ (it is optional), or typed as the specification says, it is accepted.
+    let untyped = provider.logout_token(&LogoutSpec {
+        typ: None,
+        ..LogoutSpec::default()
+    });
+    assert_eq!(post_logout(&gateway, &untyped).await.status, 200);
+    assert!(!browser.is_auth().await);
+    let typed = provider.logout_token(&LogoutSpec {
+        typ: Some("application/logout+jwt".into()),
+        ..LogoutSpec::default()
+    });
+    assert_eq!(post_logout(&gateway, &typed).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_slow_logout_form_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_provider, gateway) = setup(&["--header-timeout", "1s"]).await;
+    let mut stream = crate::support::raw::tls_connect(&gateway).await;
+    stream
+        .write_all(
+            b"POST /backchannel-logout HTTP/1.1\r\nhost: localhost\r\n\
+              content-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\n\
+              logout_token=",
+        )
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    // A byte every 300 ms: never silent long enough for the idle timeout.
+    let mut answer = Vec::new();
+    for _ in 0..20 {
+        if stream.write_all(b"a").await.is_err() {
+            break;
+        }
+        let mut buffer = [0u8; 512];
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            stream.read(&mut buffer),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buffer[..n]),
+            Err(_) => {}
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+}

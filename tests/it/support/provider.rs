@@ -152,6 +152,8 @@ pub struct LogoutSpec {
     pub with_nonce: bool,
     pub bad_signature: bool,
     pub iat_offset: i64,
+    /// The header's `typ`; `None` leaves it out.
+    pub typ: Option<String>,
 }
 
 impl Default for LogoutSpec {
@@ -166,6 +168,7 @@ impl Default for LogoutSpec {
             with_nonce: false,
             bad_signature: false,
             iat_offset: 0,
+            typ: Some("logout+jwt".into()),
         }
     }
 }
@@ -485,7 +488,10 @@ impl FakeProvider {
         }
         self.with(|s| {
             let key = &s.keys[s.signing];
-            let mut header = json!({"alg": key.alg(), "typ": "logout+jwt"});
+            let mut header = json!({"alg": key.alg()});
+            if let Some(typ) = &spec.typ {
+                header["typ"] = json!(typ);
+            }
             if let Some(kid) = &key.kid {
                 header["kid"] = json!(kid);
             }
