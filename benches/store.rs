@@ -23,7 +23,7 @@ use oidc_bff::clock::SystemClock;
 use oidc_bff::config::StorageConfig;
 use oidc_bff::seal::{Sealer, random_bytes};
 use oidc_bff::session::{AccessToken, Secret, SessionKey, SessionPolicy, Ticket, Tokens};
-use oidc_bff::tickets::{Activity, TicketStore, open_data_dir};
+use oidc_bff::tickets::{Activity, MissingKey, TicketStore, open_data_dir};
 
 const DEFAULT_CACHE: usize = 10_000;
 const BATCH: usize = 10_000;
@@ -132,9 +132,15 @@ fn open_store(dir: &std::path::Path) -> TicketStore {
         lifetime: Duration::from_secs(7 * 86_400),
         refresh_skew: Duration::from_secs(30),
     };
-    open_data_dir(&storage, cache, policy, Arc::new(SystemClock))
-        .expect("open")
-        .0
+    open_data_dir(
+        &storage,
+        cache,
+        policy,
+        Arc::new(SystemClock),
+        MissingKey::Create,
+    )
+    .expect("open")
+    .0
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -19,7 +19,7 @@ use oidc_bff::clock::{Clock, ManualClock};
 use oidc_bff::config::StorageConfig;
 use oidc_bff::seal::random_bytes;
 use oidc_bff::session::{AccessToken, Secret, SessionKey, SessionPolicy, Ticket, Tokens};
-use oidc_bff::tickets::{Activity, TicketStore, open_data_dir};
+use oidc_bff::tickets::{Activity, MissingKey, TicketStore, open_data_dir};
 
 const BATCH: usize = 10_000;
 /// How long the due sessions have been idle: more than a day, so that they were created on an
@@ -101,7 +101,8 @@ fn main() {
         lifetime: Duration::from_secs(7 * 86_400),
         refresh_skew: Duration::from_secs(30),
     };
-    let (store, _) = open_data_dir(&storage, cache, policy, clock.clone()).expect("open");
+    let (store, _) =
+        open_data_dir(&storage, cache, policy, clock.clone(), MissingKey::Create).expect("open");
     let store = Arc::new(store);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -17,7 +17,7 @@ use oidc_bff::clock::{Clock, SystemClock};
 use oidc_bff::config::StorageConfig;
 use oidc_bff::seal::random_bytes;
 use oidc_bff::session::{AccessToken, Secret, SessionPolicy, Ticket, Tokens};
-use oidc_bff::tickets::open_data_dir;
+use oidc_bff::tickets::{MissingKey, open_data_dir};
 
 fn token(payload: &serde_json::Value) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"seed","typ":"JWT"}"#);
@@ -76,7 +76,8 @@ fn main() {
     };
     let clock = Arc::new(SystemClock);
     let now = clock.unix_now();
-    let (store, _) = open_data_dir(&storage, cache, policy, clock).expect("open the data dir");
+    let (store, _) = open_data_dir(&storage, cache, policy, clock, MissingKey::Create)
+        .expect("open the data dir");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -117,6 +117,16 @@ pub struct SessionsArgs {
     )]
     pub admin_socket: Option<PathBuf>,
 
+    /// The ticket key the gateway uses (`serve --ticket-key-file`) [default: <data dir>/ticket.key];
+    /// read when the server is stopped and the file is opened directly, never created.
+    #[arg(
+        long,
+        env = "OIDC_BFF_TICKET_KEY_FILE",
+        value_name = "PATH",
+        global = true
+    )]
+    pub ticket_key_file: Option<PathBuf>,
+
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,

@@ -98,7 +98,7 @@ pub async fn run(
     let storage = config.storage.clone();
     let (cache, session, clock) = (config.cache, config.session, Arc::clone(&deps.clock));
     let (tickets, master) = tokio::task::spawn_blocking(move || {
-        tickets::open_data_dir(&storage, cache, session, clock)
+        tickets::open_data_dir(&storage, cache, session, clock, tickets::MissingKey::Create)
     })
     .await
     .map_err(|_| StoreError::TaskFailed)??;

@@ -127,7 +127,7 @@ fn sessions(args: oidc_bff::config::SessionsArgs) -> ExitCode {
         .unwrap_or_else(|| data_dir.join("admin.sock"));
     let answer = match oidc_bff::admin::ask_server(&socket, &request) {
         Ok(Some(answer)) => Ok(answer),
-        Ok(None) => local_sessions(&data_dir, request.clone()),
+        Ok(None) => local_sessions(&data_dir, args.ticket_key_file, request.clone()),
         Err(error) => Err(error),
     };
     match answer {
@@ -149,11 +149,13 @@ fn sessions(args: oidc_bff::config::SessionsArgs) -> ExitCode {
 /// Runs a session command on the file itself, when no server is running.
 fn local_sessions(
     data_dir: &std::path::Path,
+    ticket_key_file: Option<std::path::PathBuf>,
     request: oidc_bff::admin::AdminRequest,
 ) -> Result<serde_json::Value, String> {
     let storage = oidc_bff::config::StorageConfig {
         data_dir: data_dir.to_owned(),
-        ticket_key_file: data_dir.join("ticket.key"),
+        // The same key as `serve` uses, and never a new one.
+        ticket_key_file: ticket_key_file.unwrap_or_else(|| data_dir.join("ticket.key")),
         db_cache_bytes: 16 << 20,
     };
     let database = storage.database_path();
@@ -182,6 +184,7 @@ fn local_sessions(
             cache,
             policy,
             std::sync::Arc::new(SystemClock),
+            oidc_bff::tickets::MissingKey::Refuse,
         )
         .map_err(|error| {
             format!(

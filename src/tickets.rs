@@ -75,14 +75,25 @@ pub enum OpenStoreError {
     Store(#[from] StoreError),
 }
 
-/// Opens the store of a data directory: creates the directory (mode 0700) and the key file when
-/// missing, opens `sessions.redb`. Blocking; returns the store and the master key (whose other
-/// derived keys the caller may need).
+/// What to do when the ticket key file is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingKey {
+    /// Create a new key (the server's first start).
+    Create,
+    /// Fail: a tool that reads an existing file must not make a key that opens nothing and
+    /// that the next server start would then use.
+    Refuse,
+}
+
+/// Opens the store of a data directory: creates the directory (mode 0700) and, if `missing`
+/// says so, the key file, opens `sessions.redb`. Blocking; returns the store and the master key
+/// (whose other derived keys the caller may need).
 pub fn open_data_dir(
     storage: &StorageConfig,
     cache: CachePolicy,
     policy: SessionPolicy,
     clock: Arc<dyn Clock>,
+    missing: MissingKey,
 ) -> Result<(TicketStore, MasterKey), OpenStoreError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -93,7 +104,10 @@ pub fn open_data_dir(
             path: storage.data_dir.clone(),
             source,
         })?;
-    let master = MasterKey::load_or_create(&storage.ticket_key_file)?;
+    let master = match missing {
+        MissingKey::Create => MasterKey::load_or_create(&storage.ticket_key_file)?,
+        MissingKey::Refuse => MasterKey::load(&storage.ticket_key_file)?,
+    };
     let db = SessionDb::open(&storage.database_path(), storage.db_cache_bytes)?;
     let store = TicketStore::new(
         Arc::new(db),

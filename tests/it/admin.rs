@@ -110,3 +110,29 @@ async fn with_the_server_stopped_the_file_is_used_directly() {
     assert_ne!(code, 0);
     assert!(err.contains("no session database"), "{err}");
 }
+
+#[tokio::test]
+async fn the_file_is_opened_with_the_servers_key_file_and_no_key_is_ever_made() {
+    let keys = tempfile::tempdir().expect("key dir");
+    let key = keys.path().join("gateway.key");
+    let key_arg = key.to_str().expect("utf-8").to_owned();
+    let (_provider, mut gateway) = setup(&["--ticket-key-file", &key_arg]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    gateway.stop().await;
+    let dir = gateway.data_dir.path().to_owned();
+    assert!(!dir.join("ticket.key").exists());
+
+    // Without the server's key file: refused, and no new key in the data directory.
+    let (code, _, err) = sessions(&dir, &["stats", "--json"]);
+    assert_ne!(code, 0, "opened without the key");
+    assert!(err.contains("ticket.key"), "{err}");
+    assert!(
+        !dir.join("ticket.key").exists(),
+        "a key was created that the next start would use"
+    );
+    // With it, the same sessions as the server sees.
+    let (code, out, err) = sessions(&dir, &["stats", "--json", "--ticket-key-file", &key_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["sessions"], 1);
+}

@@ -10,7 +10,7 @@ use oidc_bff::cache::CachePolicy;
 use oidc_bff::clock::{ManualClock, SystemClock};
 use oidc_bff::config::StorageConfig;
 use oidc_bff::session::{SessionKey, SessionPolicy};
-use oidc_bff::tickets::{Activity, open_data_dir};
+use oidc_bff::tickets::{Activity, MissingKey, open_data_dir};
 
 use crate::support::browser::Browser;
 use crate::support::certs::TestCerts;
@@ -80,8 +80,14 @@ async fn sigkill_during_logins_loses_no_acknowledged_session() {
         lifetime: Duration::from_secs(7 * 86_400),
         refresh_skew: Duration::from_secs(30),
     };
-    let (store, _) = open_data_dir(&storage, cache, policy, Arc::new(SystemClock))
-        .expect("the file reopens after SIGKILL");
+    let (store, _) = open_data_dir(
+        &storage,
+        cache,
+        policy,
+        Arc::new(SystemClock),
+        MissingKey::Create,
+    )
+    .expect("the file reopens after SIGKILL");
     let mut missing = BTreeMap::new();
     for cookie in &acknowledged {
         let key = SessionKey::parse(cookie).expect("cookie is a key");
