@@ -103,53 +103,26 @@ impl LogoutVerifier {
     /// Checks a logout token's signature and claims. Whether its `jti` was seen before is the
     /// caller's check ([`VerifiedLogout::jti`]).
     pub async fn verify(&self, token: &str) -> Result<VerifiedLogout, LogoutTokenError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(LogoutTokenError::Malformed("not a compact JWS"));
-        };
-        let header_json = decode_json(header)?;
-        // OpenID Back-Channel Logout 1.0 §2.4: explicit typing, when present, must say this is a
-        // logout token (not an ID token or an access token signed by the same keys).
-        if let Some(typ) = header_json.get("typ") {
-            let typ = typ.as_str().unwrap_or_default().to_ascii_lowercase();
-            if typ != "logout+jwt" && typ != "application/logout+jwt" {
-                return Err(LogoutTokenError::Claims(format!(
-                    "typ {typ:?} is not logout+jwt"
-                )));
-            }
-        }
-        let alg: CoreJwsSigningAlgorithm = header_json
-            .get("alg")
-            .cloned()
-            .and_then(|alg| serde_json::from_value(alg).ok())
-            .ok_or(LogoutTokenError::Malformed("no usable alg"))?;
-        if !crate::oidc::ACCEPTED_ALGS.contains(&alg) {
-            return Err(LogoutTokenError::Signature);
-        }
-        let kid = header_json
-            .get("kid")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| LogoutTokenError::Malformed("signature is not base64url"))?;
-        let signed = &token[..header.len() + 1 + payload.len()];
-
+        let parsed = parse(token)?;
+        let (kid, alg, signed, signature) = (
+            parsed.kid.as_deref(),
+            &parsed.alg,
+            parsed.signed.as_bytes(),
+            parsed.signature.as_slice(),
+        );
         let keys = self
             .provider
             .signing_keys()
             .ok_or(LogoutTokenError::NotReady)?;
-        if !verify_with(&keys, kid.as_deref(), &alg, signed.as_bytes(), &signature) {
+        if !verify_with(&keys, kid, alg, signed, signature) {
             // Perhaps the provider rotated its keys: look again, but not on every request, since
             // anyone can send a token with an unknown kid.
             let keys = self.refetch().await.ok_or(LogoutTokenError::Signature)?;
-            if !verify_with(&keys, kid.as_deref(), &alg, signed.as_bytes(), &signature) {
+            if !verify_with(&keys, kid, alg, signed, signature) {
                 return Err(LogoutTokenError::Signature);
             }
         }
-        let claims = decode_json(payload)?;
+        let claims = parsed.claims;
         let target = self.check_claims(&claims)?;
         let jti = claims
             .get("jti")
@@ -241,6 +214,66 @@ impl LogoutVerifier {
         }
         Ok(target)
     }
+}
+
+/// A logout token taken apart, before its signature is checked: nothing in it is trusted yet.
+#[derive(Debug)]
+pub struct ParsedToken<'a> {
+    /// The signing algorithm the header names (an accepted asymmetric one).
+    pub alg: CoreJwsSigningAlgorithm,
+    /// The key id the header names, if any.
+    pub kid: Option<String>,
+    /// The signed part: `header.payload` as sent.
+    pub signed: &'a str,
+    /// The signature, decoded.
+    pub signature: Vec<u8>,
+    /// The payload's claims.
+    pub claims: serde_json::Map<String, Value>,
+}
+
+/// Takes a compact JWS apart: three base64url parts, a JSON object header with an accepted
+/// `alg` and, if typed, `typ: logout+jwt`, and a JSON object payload. Pure (fuzzed).
+pub fn parse(token: &str) -> Result<ParsedToken<'_>, LogoutTokenError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(LogoutTokenError::Malformed("not a compact JWS"));
+    };
+    let header_json = decode_json(header)?;
+    // OpenID Back-Channel Logout 1.0 §2.4: explicit typing, when present, must say this is a
+    // logout token (not an ID token or an access token signed by the same keys).
+    if let Some(typ) = header_json.get("typ") {
+        let typ = typ.as_str().unwrap_or_default().to_ascii_lowercase();
+        if typ != "logout+jwt" && typ != "application/logout+jwt" {
+            return Err(LogoutTokenError::Claims(format!(
+                "typ {typ:?} is not logout+jwt"
+            )));
+        }
+    }
+    let alg: CoreJwsSigningAlgorithm = header_json
+        .get("alg")
+        .cloned()
+        .and_then(|alg| serde_json::from_value(alg).ok())
+        .ok_or(LogoutTokenError::Malformed("no usable alg"))?;
+    if !crate::oidc::ACCEPTED_ALGS.contains(&alg) {
+        return Err(LogoutTokenError::Signature);
+    }
+    let kid = header_json
+        .get("kid")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| LogoutTokenError::Malformed("signature is not base64url"))?;
+    let claims = decode_json(payload)?;
+    Ok(ParsedToken {
+        alg,
+        kid,
+        signed: &token[..header.len() + 1 + payload.len()],
+        signature,
+        claims,
+    })
 }
 
 /// Whether a key of the set (the one named by `kid`, or any compatible one without a kid)
