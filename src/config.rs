@@ -22,12 +22,12 @@ pub const EXIT_CONFIG: u8 = 64;
 
 /// The `oidc-bff` command line.
 /// The version `--version` prints: the package version and the commit it was built from
-/// (`OIDC_BFF_COMMIT` at build time; the packaging script sets it from git).
+/// (`OIDC_BFF_COMMIT` at build time: from the environment, else from git, see `build.rs`).
 pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{} (commit {})",
         env!("CARGO_PKG_VERSION"),
-        option_env!("OIDC_BFF_COMMIT").unwrap_or("unknown")
+        env!("OIDC_BFF_COMMIT")
     )
 });
 
@@ -555,6 +555,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Threads serving requests.
     pub worker_threads: std::num::NonZeroUsize,
+    /// Settings that work but weaken the gateway, one line each naming the flag; logged at
+    /// start and printed by `check-config`.
+    pub warnings: Vec<String>,
 }
 
 /// Provider settings.
@@ -698,6 +701,41 @@ impl Environment for ProcessEnvironment {
 }
 
 impl ServeArgs {
+    /// Settings that work but weaken the gateway (see [`Config::warnings`]).
+    fn warnings(&self, env: &dyn Environment) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.client_secret_file.is_none()
+            && env
+                .var("OIDC_BFF_CLIENT_SECRET")
+                .is_some_and(|secret| !secret.is_empty())
+        {
+            warnings.push(
+                "OIDC_BFF_CLIENT_SECRET: the client secret comes from the environment, which the \
+                 process's user (and root) can read in /proc for as long as it runs; prefer \
+                 --client-secret-file or systemd's LoadCredential"
+                    .into(),
+            );
+        }
+        if !self.cookie_name.starts_with("__Host-") {
+            warnings.push(format!(
+                "--cookie-name {}: without the __Host- prefix, a sibling subdomain can plant a \
+                 cookie of that name for this host (session fixation); keep __Host-",
+                self.cookie_name
+            ));
+        }
+        if let Some(address) = self
+            .metrics_listen
+            .filter(|address| !address.ip().is_loopback())
+        {
+            warnings.push(format!(
+                "--metrics-listen {address}: not a loopback address; anyone who reaches it reads \
+                 session and request counts without authentication (firewall it, or listen on \
+                 127.0.0.1)"
+            ));
+        }
+        warnings
+    }
+
     /// Checks the flags together, reads the client secret, and produces the [`Config`].
     pub fn resolve(self, env: &dyn Environment) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
@@ -739,6 +777,7 @@ impl ServeArgs {
                 None
             }
         };
+        let warnings = self.warnings(env);
 
         let mut scopes: Vec<String> = vec!["openid".into()];
         for scope in self.scopes.split_whitespace() {
@@ -867,6 +906,7 @@ impl ServeArgs {
             },
             admin_socket,
             metrics_listen: self.metrics_listen,
+            warnings,
             // Respects the CPU affinity mask and cgroup quota (taskset, systemd's CPUAffinity=).
             worker_threads: self.worker_threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN)
@@ -1248,6 +1288,40 @@ mod tests {
             };
             assert_eq!(serve.resolve(&no_env()).is_ok(), ok, "{issuer}");
         }
+    }
+
+    #[test]
+    fn weakening_settings_are_named_as_warnings() {
+        let config = args(&[])
+            .expect("parse")
+            .resolve(&no_env())
+            .expect("resolve");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let env = MapEnv(HashMap::from([(
+            "OIDC_BFF_CLIENT_SECRET",
+            "from-env".into(),
+        )]));
+        let config = args(&["--cookie-name", "bff", "--metrics-listen", "0.0.0.0:9100"])
+            .expect("parse")
+            .resolve(&env)
+            .expect("resolve");
+        let named = |flag: &str| config.warnings.iter().any(|line| line.starts_with(flag));
+        assert!(named("OIDC_BFF_CLIENT_SECRET"), "{:?}", config.warnings);
+        assert!(named("--cookie-name bff"), "{:?}", config.warnings);
+        assert!(
+            named("--metrics-listen 0.0.0.0:9100"),
+            "{:?}",
+            config.warnings
+        );
+        assert!(
+            !config.warnings.iter().any(|line| line.contains("from-env")),
+            "a warning carried the secret"
+        );
+        let config = args(&["--metrics-listen", "127.0.0.1:9100"])
+            .expect("parse")
+            .resolve(&no_env())
+            .expect("resolve");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     }
 
     #[test]

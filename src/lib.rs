@@ -233,6 +233,9 @@ pub async fn run(
             }
         })
     });
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration");
+    }
     notify::notify("READY=1");
     tracing::info!(
         listen = %config.listen,

@@ -77,6 +77,9 @@ fn check_config(args: oidc_bff::config::ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     println!("flags: ok");
+    for warning in &config.warnings {
+        eprintln!("oidc-bff: warning: {warning}");
+    }
     match oidc_bff::tls::certified_key(&config.tls) {
         Ok(_) => println!("TLS certificate and key: ok"),
         Err(error) => {

@@ -378,8 +378,13 @@ impl Collector for StoreCollector {
     }
 }
 
-/// Most concurrent scrapes; more wait in the kernel backlog.
-const MAX_CONNECTIONS: usize = 16;
+/// Most concurrent scrape connections; more wait in the kernel backlog, in arrival order.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Time a scrape connection has to send its request. Short, and one request per connection:
+/// idle connections cannot hold every slot for long, so a real scrape waits about this long at
+/// most behind them (16 idle connections used to delay one by 10 s).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Serves `GET /metrics` on `listener` (plain HTTP/1.1) until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, tickets: Arc<TicketStore>) {
@@ -405,10 +410,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, tickets: Arc<Ti
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(REQUEST_DEADLINE)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), service);
-            // A scrape is quick; a connection that lingers is cut.
-            let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
+            // A scrape is quick; a connection that lingers (a client that reads slowly) is cut.
+            let _ = tokio::time::timeout(Duration::from_secs(10), connection).await;
         });
     }
 }

@@ -112,6 +112,17 @@ fn help_documents_every_flag_with_its_variable_and_version_works() {
     let (code, stdout, _) = run(&["--version"]);
     assert_eq!(code, 0);
     assert!(stdout.starts_with("oidc-bff "), "{stdout}");
+    // A plain `cargo build` in a clone names its commit (build.rs asks git).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+    if let Some(head) = head {
+        assert!(stdout.contains(&format!("commit {head}")), "{stdout}");
+    }
 }
 
 #[test]

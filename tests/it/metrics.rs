@@ -168,3 +168,28 @@ async fn metrics_parse_and_count_requests_logins_upstream_errors_and_sessions() 
     assert_eq!(scrape(metrics_addr, "GET", "/").await.0, 404);
     assert_eq!(scrape(metrics_addr, "POST", "/metrics").await.0, 405);
 }
+
+#[tokio::test]
+async fn idle_connections_do_not_starve_a_scrape() {
+    let (_provider, gateway) = setup(&[]).await;
+    // Connections that never send a request, more than the listener serves at once.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(
+            tokio::net::TcpStream::connect(gateway.metrics_addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let started = std::time::Instant::now();
+    let text = tokio::time::timeout(std::time::Duration::from_secs(5), gateway.metrics())
+        .await
+        .expect("a scrape within 5 s");
+    assert!(text.contains("oidc_bff_"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "the scrape waited {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
