@@ -20,6 +20,9 @@ use crate::tickets::TicketStore;
 /// Largest request line accepted on the socket.
 const MAX_REQUEST: usize = 64 * 1024;
 
+/// Time a client of the socket has to send its request line (the CLI sends it at once).
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A command, as sent over the socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
@@ -33,6 +36,9 @@ pub enum AdminRequest {
     Show {
         /// Its id (80 hex digits, as `list` prints it).
         id: String,
+        /// Every user claim of its ID token (email, groups, …), not only who and when.
+        #[serde(default)]
+        claims: bool,
     },
     /// End sessions.
     Revoke {
@@ -99,7 +105,7 @@ pub async fn execute(
                     .collect(),
             ))
         }
-        AdminRequest::Show { id } => {
+        AdminRequest::Show { id, claims } => {
             let id = parse_id(&id)?;
             let rows = tickets
                 .list(
@@ -116,7 +122,11 @@ pub async fn execute(
                 .find(|(found, _, _)| *found == id)
                 .ok_or_else(|| "no such session".to_owned())?;
             let mut value = summary(id, &meta, ticket.as_ref());
-            if let Some(id_token) = ticket.as_ref().and_then(|t| t.tokens.id_token.as_ref()) {
+            // Personal data (email, groups, …) only when asked for: an operator looking at
+            // who and when does not need it on screen or in a ticket paste.
+            if claims
+                && let Some(id_token) = ticket.as_ref().and_then(|t| t.tokens.id_token.as_ref())
+            {
                 value["claims"] = Value::Object(crate::oidc::user_claims(id_token.expose()));
             }
             Ok(value)
@@ -191,7 +201,16 @@ pub async fn serve_socket(
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let owner = std::fs::metadata(&path)?.uid();
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: passing, so back off and keep serving
+                // (returning would close the socket for the rest of the process's life).
+                tracing::warn!(%error, "admin socket: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let peer = stream.peer_cred().map(|cred| cred.uid()).ok();
         if !peer.is_some_and(|uid| uid == owner || uid == 0) {
             tracing::warn!(
@@ -209,8 +228,14 @@ pub async fn serve_socket(
                 reader,
                 MAX_REQUEST as u64,
             ));
-            if reader.read_line(&mut line).await.is_err() {
-                return;
+            // A client that connects and says nothing holds a task and a descriptor: cut off.
+            match tokio::time::timeout(REQUEST_DEADLINE, reader.read_line(&mut line)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!("admin socket: no request in time");
+                    return;
+                }
             }
             let answer = match serde_json::from_str::<AdminRequest>(&line) {
                 Ok(request) => {

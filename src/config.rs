@@ -145,6 +145,9 @@ pub enum SessionsAction {
     Show {
         /// The session id, as `list --json` prints it.
         id: String,
+        /// Also print every user claim of the session's ID token (email, groups, …).
+        #[arg(long)]
+        claims: bool,
     },
     /// End sessions: one by id, or all of a subject, of a provider sid, or every one.
     Revoke {
@@ -171,7 +174,10 @@ impl SessionsAction {
         use crate::admin::{AdminRequest, RevokeTarget};
         match self {
             SessionsAction::List { limit } => AdminRequest::List { limit: *limit },
-            SessionsAction::Show { id } => AdminRequest::Show { id: id.clone() },
+            SessionsAction::Show { id, claims } => AdminRequest::Show {
+                id: id.clone(),
+                claims: *claims,
+            },
             SessionsAction::Revoke { id, sub, sid, all } => AdminRequest::Revoke {
                 target: match (id, sub, sid, all) {
                     (Some(id), _, _, _) => RevokeTarget::Id(id.clone()),

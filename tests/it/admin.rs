@@ -56,7 +56,21 @@ async fn sessions_are_listed_shown_and_revoked_while_the_server_runs() {
 
     let (code, out, _) = tokio::task::spawn_blocking({
         let dir = dir.clone();
-        move || sessions(&dir, &["show", &id])
+        let id = id.clone();
+        move || sessions(&dir, &["show", &id, "--json"])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0);
+    let shown = json(&out);
+    assert_eq!(shown["subject"], "alice");
+    assert!(
+        !out.contains("alice@example.com"),
+        "personal claims without --claims: {out}"
+    );
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || sessions(&dir, &["show", &id, "--claims"])
     })
     .await
     .expect("task");
@@ -135,4 +149,28 @@ async fn the_file_is_opened_with_the_servers_key_file_and_no_key_is_ever_made() 
     let (code, out, err) = sessions(&dir, &["stats", "--json", "--ticket-key-file", &key_arg]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["sessions"], 1);
+}
+
+#[tokio::test]
+async fn a_silent_admin_client_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let (_provider, gateway) = setup(&[]).await;
+    let socket = gateway.data_dir.path().join("admin.sock");
+    let mut stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("connect");
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("the server closed a connection that sent nothing");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // The socket still answers.
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let dir = gateway.data_dir.path().to_owned();
+        move || sessions(&dir, &["stats", "--json"])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["sessions"], 0);
 }
