@@ -14,6 +14,7 @@ pub mod deadlines;
 pub mod error;
 pub mod flow;
 pub mod http_client;
+pub mod logging;
 pub mod logout;
 pub mod metrics;
 pub mod notify;

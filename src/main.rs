@@ -30,9 +30,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Text lines escape every control character in every field: outside text (a provider's
+    // answer, a path) cannot forge a line or reach the reader's terminal.
     match (cli.log_format, journald) {
-        (LogFormat::Text, false) => logs.init(),
-        (LogFormat::Text, true) => logs.without_time().init(),
+        (LogFormat::Text, false) => logs.fmt_fields(oidc_bff::logging::EscapedFields).init(),
+        (LogFormat::Text, true) => logs
+            .fmt_fields(oidc_bff::logging::EscapedFields)
+            .without_time()
+            .init(),
         (LogFormat::Json, _) => logs.json().flatten_event(true).init(),
     }
     match cli.command {

@@ -112,3 +112,47 @@ async fn discovery_without_s256_or_with_a_plain_http_endpoint_is_refused() {
         "S256 among others"
     );
 }
+
+#[tokio::test]
+async fn provider_text_cannot_forge_a_log_line() {
+    use tokio::io::AsyncReadExt;
+    let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
+    // An issuer that parses as a URL (which drops the newline) but is quoted as it came in the
+    // mismatch error.
+    provider.set_discovery_issuer(
+        "https://evil.example/\n2026-12-05 ERROR oidc_bff forged line\r\x1b[2J",
+    );
+    let certs = TestCerts::new();
+    let data = tempfile::tempdir().expect("data dir");
+    let port = crate::support::process::free_port();
+    let mut child = crate::support::process::gateway_command(&provider, &certs, data.path(), port)
+        .env("RUST_LOG", "info")
+        .env("OIDC_BFF_LOG_FORMAT", "text")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut log = Vec::new();
+    // Discovery fails at once and is retried after a second: read about two seconds of log.
+    let _ = tokio::time::timeout(Duration::from_millis(2_500), async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            log.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    child.kill().await.expect("kill");
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        log.contains("evil"),
+        "the discovery error was logged: {log}"
+    );
+    assert!(
+        !log.lines().any(|line| line.starts_with("2026-12-05 ERROR")),
+        "a forged line: {log}"
+    );
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+}
