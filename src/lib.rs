@@ -157,6 +157,7 @@ pub async fn run(
         spa,
         callback_path: config.oidc.callback_path.clone(),
         max_uri_bytes: config.limits.max_uri_bytes,
+        max_header_bytes: config.limits.max_header_bytes,
         body_timeout: config.limits.header_timeout,
         metrics: Arc::clone(&metrics),
         framing: reply::Framing::new(&config.frame_ancestors),

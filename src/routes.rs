@@ -62,6 +62,8 @@ pub struct Gateway {
     pub(crate) callback_path: String,
     /// Longest request target.
     pub(crate) max_uri_bytes: usize,
+    /// Most header bytes in a request.
+    pub(crate) max_header_bytes: usize,
     /// Time allowed to read a body the gateway reads itself (`--header-timeout`): a slow
     /// sender cannot hold a connection slot with a trickle.
     pub(crate) body_timeout: Duration,
@@ -216,6 +218,20 @@ impl Gateway {
                 StatusCode::URI_TOO_LONG,
                 "request target too long",
             ));
+        }
+        // The header fields' own limit (the read buffer also holds the target): name, value
+        // and the `: ` and CRLF around them, as they came on the wire.
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if header_bytes > self.max_header_bytes {
+            return Err(HttpError::client(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large",
+            )
+            .close_connection());
         }
         // TRACE (and Microsoft's TRACK) echo the request, bearer token included, when an
         // upstream answers them; CONNECT would open a tunnel. None is ever forwarded.

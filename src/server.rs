@@ -245,9 +245,16 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         // The header deadline is the connection's own (crate::deadlines), not hyper's.
         .header_read_timeout(None)
         .max_headers(limits.max_headers)
-        // hyper answers 431 when a request head does not fit the read buffer; 8 KiB is
-        // hyper's smallest allowed buffer.
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // hyper answers 431 when a request head does not fit the read buffer (8 KiB is its
+        // smallest). Room for the longest target and the largest header fields both, so that
+        // an overlong target reaches the router and gets 414, and too many header bytes get 431
+        // there; only a head past both limits together gets hyper's 431.
+        .max_buf_size(
+            limits
+                .max_header_bytes
+                .saturating_add(limits.max_uri_bytes)
+                .max(8192),
+        )
         // Head and body into one buffer before TLS: one record and one write per small
         // response instead of two.
         .writev(false)
@@ -256,7 +263,11 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_h2_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // The list counts `:path` too: room for the longest target, as over HTTP/1.1.
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_add(limits.max_uri_bytes))
+                .unwrap_or(u32::MAX),
+        )
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     builder

@@ -60,6 +60,18 @@ async fn an_overlong_request_target_gets_414() {
     );
     let (response, _) = exchange(&gateway, request.as_bytes(), Duration::from_secs(5)).await;
     assert!(status_line(&response).contains("414"), "{response}");
+    // Longer than the header limit too (16 KiB): still 414, not hyper's 431.
+    for length in [17_000, 20_000] {
+        let request = format!(
+            "GET /api/isAuth?pad={} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+            "a".repeat(length)
+        );
+        let (response, _) = exchange(&gateway, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(
+            status_line(&response).contains("414"),
+            "{length}: {response}"
+        );
+    }
 }
 
 #[tokio::test]
