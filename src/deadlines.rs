@@ -55,6 +55,8 @@ pub struct Activity {
     last_exchange: AtomicU64,
     /// Whether heads are timed (HTTP/1.1).
     heads: bool,
+    /// A request head carried both `Content-Length` and `Transfer-Encoding`.
+    framing_conflict: std::sync::atomic::AtomicBool,
 }
 
 /// What a look at the deadlines found.
@@ -82,6 +84,7 @@ impl Activity {
             open: AtomicUsize::new(0),
             last_exchange: AtomicU64::new(0),
             heads,
+            framing_conflict: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -111,6 +114,14 @@ impl Activity {
         {
             self.head_since.store(now, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a request head read on this connection carried both `Content-Length` and
+    /// `Transfer-Encoding` (RFC 9112 §6.3: a request-smuggling shape). hyper lets
+    /// `Transfer-Encoding` win and drops `Content-Length` from the request it hands over, so
+    /// only the bytes show it; the server refuses such a request and closes the connection.
+    pub fn framing_conflict(&self) -> bool {
+        self.framing_conflict.load(Ordering::Relaxed)
     }
 
     /// A request head arrived whole: its exchange is open until the returned guard is dropped.
@@ -240,6 +251,67 @@ pub struct Tracked<T> {
     activity: Arc<Activity>,
     /// Bytes of [`H2_PREFACE`] matched by the first bytes read, or [`NOT_H2`].
     preface: usize,
+    /// The framing headers of the HTTP/1.1 head being read.
+    framing: FramingScan,
+}
+
+/// Finds `Content-Length` and `Transfer-Encoding` lines in request heads as they are read,
+/// a line at a time, across reads. Bytes read while an exchange is open are a body and are not
+/// looked at; after a head without either header (no body) the next bytes are the next head.
+#[derive(Debug, Default)]
+struct FramingScan {
+    /// Scanning a head now.
+    active: bool,
+    /// The start of the current line, lower-cased (only as much as the names need).
+    line: [u8; 18],
+    line_len: usize,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+impl FramingScan {
+    /// Reads head bytes; true when a head with both framing headers has ended.
+    fn scan(&mut self, bytes: &[u8]) -> bool {
+        for &byte in bytes {
+            if !self.active {
+                return false;
+            }
+            if byte != b'\n' {
+                if self.line_len < self.line.len() {
+                    self.line[self.line_len] = byte.to_ascii_lowercase();
+                }
+                self.line_len += 1;
+                continue;
+            }
+            let line = &self.line[..self.line_len.min(self.line.len())];
+            if self.line_len <= 1 && line.iter().all(|&byte| byte == b'\r') {
+                // The head's end.
+                if self.content_length && self.transfer_encoding {
+                    return true;
+                }
+                // A body follows: its bytes are not a head. Without one, the next head does.
+                self.active = !(self.content_length || self.transfer_encoding);
+                self.content_length = false;
+                self.transfer_encoding = false;
+            } else if line.starts_with(b"content-length:") {
+                self.content_length = true;
+            } else if line.starts_with(b"transfer-encoding:") {
+                self.transfer_encoding = true;
+            }
+            self.line_len = 0;
+        }
+        false
+    }
+
+    /// A new head may start (no exchange is open).
+    fn start(&mut self) {
+        if !self.active {
+            *self = Self {
+                active: true,
+                ..Self::default()
+            };
+        }
+    }
 }
 
 impl<T> Tracked<T> {
@@ -250,6 +322,7 @@ impl<T> Tracked<T> {
             inner,
             activity,
             preface,
+            framing: FramingScan::default(),
         }
     }
 
@@ -283,6 +356,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.read();
+            if self.activity.heads {
+                if self.activity.open.load(Ordering::Relaxed) == 0 {
+                    self.framing.start();
+                }
+                let this = &mut *self;
+                if this.framing.scan(&buf.filled()[before..]) {
+                    this.activity
+                        .framing_conflict
+                        .store(true, Ordering::Relaxed);
+                }
+            }
             if self.preface != NOT_H2
                 && let Err(error) = self.check_preface(&buf.filled()[before..])
             {
@@ -384,6 +468,35 @@ mod tests {
     fn ended_at(exchange: OpenExchange, now: u64) {
         exchange.0.last_exchange.fetch_max(now, Ordering::Relaxed);
         drop(exchange);
+    }
+
+    #[test]
+    fn both_framing_headers_in_one_head_are_seen_across_reads() {
+        let mut scan = FramingScan::default();
+        scan.start();
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (first, second) = head.split_at(40);
+        assert!(!scan.scan(first));
+        assert!(scan.scan(second));
+
+        // One of them is fine; a body's bytes are not a head.
+        let mut scan = FramingScan::default();
+        scan.start();
+        assert!(!scan.scan(
+            b"POST /x HTTP/1.1\r\ncontent-length: 40\r\n\r\ntransfer-encoding: x\r\ncontent-length: 1\r\n\r\n"
+        ));
+        // After a head without a body, the next head (pipelined) is looked at too.
+        let mut scan = FramingScan::default();
+        scan.start();
+        assert!(scan.scan(
+            b"GET / HTTP/1.1\r\nhost: a\r\n\r\nPOST / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\nContent-Length: 3\r\n\r\n"
+        ));
+        // A value that only mentions the names is not the header.
+        let mut scan = FramingScan::default();
+        scan.start();
+        assert!(!scan.scan(
+            b"GET / HTTP/1.1\r\nx-note: content-length: 1\r\nx-other: transfer-encoding: chunked\r\n\r\n"
+        ));
     }
 
     #[test]

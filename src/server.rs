@@ -105,8 +105,22 @@ pub async fn serve(
                 let open = exchanges.exchange();
                 let gateway = Arc::clone(&gateway);
                 let hold = Arc::clone(&hold);
+                // Both framings in one head (request smuggling): hyper kept one of them, an
+                // upstream might believe the other. Refused before routing; the connection
+                // closes after the answer.
+                let smuggling = exchanges.framing_conflict();
                 async move {
-                    let response = gateway.handle(request, peer, &hold).await;
+                    let response = if smuggling {
+                        tracing::debug!(%peer, "request with both Content-Length and Transfer-Encoding");
+                        crate::error::HttpError::client(
+                            hyper::StatusCode::BAD_REQUEST,
+                            "both content-length and transfer-encoding",
+                        )
+                        .close_connection()
+                        .into_response()
+                    } else {
+                        gateway.handle(request, peer, &hold).await
+                    };
                     Ok::<_, std::convert::Infallible>(
                         response.map(|body| ExchangeBody::new(body, open)),
                     )
