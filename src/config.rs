@@ -711,14 +711,16 @@ impl ServeArgs {
     fn warnings(&self, env: &dyn Environment) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.client_secret_file.is_none()
-            && env
-                .var("OIDC_BFF_CLIENT_SECRET")
+            && (env
+                .var(CLIENT_SECRET_VARIABLE)
                 .is_some_and(|secret| !secret.is_empty())
+                || env.var(CLIENT_SECRET_FD_VARIABLE).is_some())
         {
             warnings.push(
-                "OIDC_BFF_CLIENT_SECRET: the client secret comes from the environment, which the \
-                 process's user (and root) can read in /proc for as long as it runs; prefer \
-                 --client-secret-file or systemd's LoadCredential"
+                "OIDC_BFF_CLIENT_SECRET: the client secret comes from the environment (this \
+                 process took it out of its own, but whatever started it still has it, and \
+                 the defaults file keeps it on disk); prefer --client-secret-file or systemd's \
+                 LoadCredential"
                     .into(),
             );
         }
@@ -1003,6 +1005,14 @@ fn first_path(state_directory: &str) -> PathBuf {
     PathBuf::from(state_directory.split(':').next().unwrap_or(state_directory))
 }
 
+/// The variable that may hold the client secret (the binary moves it out of its environment
+/// at start, see `main.rs`).
+pub const CLIENT_SECRET_VARIABLE: &str = "OIDC_BFF_CLIENT_SECRET";
+
+/// Names the inherited pipe the binary hands the secret of [`CLIENT_SECRET_VARIABLE`] over
+/// through, after taking it out of its environment.
+pub const CLIENT_SECRET_FD_VARIABLE: &str = "OIDC_BFF_CLIENT_SECRET_FD";
+
 fn read_client_secret(
     file: Option<&Path>,
     env: &dyn Environment,
@@ -1019,8 +1029,20 @@ fn read_client_secret(
     if let Some(path) = file {
         return from_file(path, "--client-secret-file");
     }
-    if let Some(secret) = env.var("OIDC_BFF_CLIENT_SECRET").filter(|s| !s.is_empty()) {
+    if let Some(secret) = env.var(CLIENT_SECRET_VARIABLE).filter(|s| !s.is_empty()) {
         return Ok(Some(Secret::new(secret)));
+    }
+    if let Some(fd) = env.var(CLIENT_SECRET_FD_VARIABLE) {
+        // The pipe the binary wrote the variable's value to before re-executing itself
+        // without it; read through /proc, which needs no unsafe file-descriptor adoption.
+        let fd: u32 = fd
+            .parse()
+            .map_err(|_| format!("{CLIENT_SECRET_FD_VARIABLE}: {fd:?} is not a descriptor"))?;
+        let secret = std::fs::read_to_string(format!("/proc/self/fd/{fd}"))
+            .map_err(|error| format!("{CLIENT_SECRET_VARIABLE}: cannot read it back: {error}"))?;
+        if !secret.is_empty() {
+            return Ok(Some(Secret::new(secret)));
+        }
     }
     if let Some(dir) = env.var("CREDENTIALS_DIRECTORY") {
         let path = Path::new(&dir).join("client-secret");

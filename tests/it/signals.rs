@@ -469,3 +469,24 @@ async fn a_head_dribbled_during_the_drain_does_not_hold_it() {
     assert_eq!(status.code(), Some(0));
     dribble.abort();
 }
+
+#[tokio::test]
+async fn a_client_secret_from_the_environment_leaves_the_process_environment() {
+    let fixture = setup().await;
+    let mut child = fixture.spawn(&[]).await;
+    child.expect("READY=1").await;
+    let pid = child.process.id().expect("running");
+    // What any process of the same user can read for as long as the gateway runs.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains(crate::support::provider::CLIENT_SECRET),
+        "the secret is still in /proc/{pid}/environ"
+    );
+    assert!(environ.contains("NOTIFY_SOCKET="), "the rest is kept");
+    // The gateway still has the secret: the code exchange authenticates with it.
+    let mut browser = Browser::new(&fixture.base(), &fixture.certs);
+    browser.wait_healthy().await;
+    browser.login_ok().await;
+    child.terminate();
+}
