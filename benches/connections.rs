@@ -1,15 +1,18 @@
-//! Memory an idle keep-alive connection costs the gateway (default 5,000 connections; set
-//! `IDLE_CONNECTIONS` to change it).
+//! Memory the gateway spends on connections, two ways:
 //!
-//! Starts the release binary on loopback with a test certificate, opens the connections over
-//! TLS 1.3 (HTTP/1.1 by ALPN), sends one `GET /healthz` on each and reads the answer, then leaves
-//! them open and reads the server's RSS (`/proc/<pid>/status`) before and after. Prints the RSS
-//! and the cost per connection. No provider is needed: `/healthz` answers 503 until discovery,
-//! which is all a keep-alive exchange needs.
+//! 1. Idle keep-alive connections (default 5,000; `IDLE_CONNECTIONS`): each gets one
+//!    `GET /healthz` over TLS 1.3 (HTTP/1.1 by ALPN) and is then left open; the cost per
+//!    connection is the RSS growth divided by their number. No provider is needed: `/healthz`
+//!    answers 503 until discovery, which is all a keep-alive exchange needs. For comparison, the
+//!    review measured nginx at 17 KB per connection (96 MB for 5,000) in the same kind of test.
+//! 2. Slow downloads of a large static file (default 10 readers of a 200 MiB file;
+//!    `DOWNLOADS`, `DOWNLOAD_MIB`): each reads the head and 1 MiB, then stops reading; the RSS
+//!    growth must not depend on the file's size (the gateway streams files; reading them whole,
+//!    ten such readers took it to 2 GB).
 //!
-//! Run: `cargo bench --bench idle` (raise `ulimit -n` first: two descriptors per connection,
-//! one in each process). For comparison, the review measured nginx at 17 KB per connection
-//! (96 MB for 5,000) in the same kind of test.
+//! The release binary runs on loopback with a test certificate; RSS is read from
+//! `/proc/<pid>/status`. Run: `cargo bench --bench connections` (raise `ulimit -n` first for
+//! many connections: two descriptors each, one in each process).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -57,22 +60,35 @@ async fn open(
     (n > 0 && buffer.starts_with(b"HTTP/1.1 ")).then_some(tls)
 }
 
-fn main() {
-    let count: usize = std::env::var("IDLE_CONNECTIONS")
+fn number(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|text| text.parse().ok())
-        .unwrap_or(5_000);
+        .unwrap_or(default)
+}
+
+fn main() {
+    let count = number("IDLE_CONNECTIONS", 5_000);
+    let downloads = number("DOWNLOADS", 10);
+    let file_mib = number("DOWNLOAD_MIB", 200);
     let dir = tempfile::tempdir().expect("dir");
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, certified.cert.pem()).expect("cert");
     std::fs::write(&key, certified.signing_key.serialize_pem()).expect("key");
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).expect("site");
+    std::fs::write(site.join("index.html"), b"<!doctype html>").expect("index");
+    // Sparse: the size is what matters, not the disk.
+    std::fs::File::create(site.join("big.bin"))
+        .and_then(|file| file.set_len(file_mib as u64 * 1024 * 1024))
+        .expect("big file");
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
         probe.local_addr().expect("addr").port()
     };
-    let limit = (count + 100).to_string();
+    let limit = (count + downloads + 200).to_string();
     // `IDLE_WRAP="heaptrack -o /tmp/idle"` runs the server under a profiler (the RSS figures
     // are then the profiler's).
     let wrap = std::env::var("IDLE_WRAP").unwrap_or_default();
@@ -91,6 +107,7 @@ fn main() {
         .args(["--public-url", &format!("https://localhost:{port}")])
         .args(["--tls-cert", cert.to_str().expect("utf-8")])
         .args(["--tls-key", key.to_str().expect("utf-8")])
+        .args(["--static-dir", site.to_str().expect("utf-8")])
         .args([
             "--data-dir",
             dir.path().join("data").to_str().expect("utf-8"),
@@ -129,7 +146,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut buffer = vec![0u8; 4096];
+        let mut buffer = vec![0u8; 64 * 1024];
         let started = Instant::now();
         while open(port, &connector, &mut buffer).await.is_none() {
             assert!(
@@ -165,5 +182,37 @@ fn main() {
             per / 1024.0
         );
         drop(idle);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let before = rss_kib(pid);
+        let mut readers = Vec::with_capacity(downloads);
+        for _ in 0..downloads {
+            let tcp = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut tls = connector.connect(name, tcp).await.expect("handshake");
+            tls.write_all(b"GET /big.bin HTTP/1.1\r\nhost: localhost\r\n\r\n")
+                .await
+                .expect("request");
+            // The head and about a mebibyte, then the reader stops reading.
+            let mut received = 0;
+            while received < 1 << 20 {
+                let n = tls.read(&mut buffer).await.expect("read");
+                assert!(n > 0, "the download ended early");
+                received += n;
+            }
+            readers.push(tls);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = rss_kib(pid);
+        println!(
+            "slow downloads: {downloads} readers of a {file_mib} MiB file, stalled after 1 MiB; \
+             gateway RSS {:.1} MiB before, {:.1} MiB during (+{:.1} MiB)",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            after.saturating_sub(before) as f64 / 1024.0
+        );
+        drop(readers);
     });
 }
