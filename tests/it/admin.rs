@@ -174,3 +174,65 @@ async fn a_silent_admin_client_is_cut_off() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["sessions"], 0);
 }
+
+#[tokio::test]
+async fn running_out_of_descriptors_does_not_close_the_admin_socket() {
+    use crate::support::process::{free_port, serve_args};
+    let provider = crate::support::FakeProvider::start(std::sync::Arc::new(
+        oidc_bff::clock::ManualClock::starting_now(),
+    ))
+    .await;
+    let certs = crate::support::certs::TestCerts::new();
+    let data = tempfile::tempdir().expect("dir");
+    let dir = data.path().join("data");
+    let port = free_port();
+    // A gateway allowed few descriptors, so that admin clients can exhaust them.
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_oidc-bff"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(serve_args(
+            &provider.issuer,
+            &format!("https://localhost:{port}"),
+            &certs,
+            &dir,
+        ))
+        .env(
+            "OIDC_BFF_CLIENT_SECRET",
+            crate::support::provider::CLIENT_SECRET,
+        )
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the binary");
+    let socket = dir.join("admin.sock");
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // More silent clients than the gateway has descriptors: accept() fails for some.
+    let mut clients = Vec::new();
+    for _ in 0..120 {
+        if let Ok(stream) = tokio::net::UnixStream::connect(&socket).await {
+            clients.push(stream);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(clients);
+    // Past the request deadline the server has let go of them; the socket still answers.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || sessions(&dir, &["stats", "--json"])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["sessions"], 0);
+    child.kill().await.expect("kill");
+}
