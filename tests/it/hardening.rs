@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::support::raw::{tls_connect, tls_connect_alpn};
+use crate::support::raw::{closes_within, tls_connect, tls_connect_alpn};
 use crate::support::{TestGateway, setup};
 
 /// Sends raw bytes and reads until the server closes (bounded by `limit`).
@@ -124,22 +124,6 @@ async fn read_response(stream: &mut TlsStream<TcpStream>) -> String {
         .expect("a response in time")
         .expect("read");
     String::from_utf8_lossy(&buffer[..n]).into_owned()
-}
-
-/// Whether the server closes the connection within `limit` (what it sends meanwhile is read
-/// and dropped).
-async fn closes_within(stream: &mut TlsStream<TcpStream>, limit: Duration) -> bool {
-    let mut buffer = [0u8; 1024];
-    tokio::time::timeout(limit, async {
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
 }
 
 /// Sends `GET /healthz` on a kept-alive connection; whether it was answered 200.

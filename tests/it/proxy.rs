@@ -698,25 +698,6 @@ fn handshake_with(gateway: &TestGateway, session: &str, method: &str, upgrade: &
     )
 }
 
-/// Whether the server closes `stream` within `limit` (reading and dropping what comes).
-async fn closed_within(
-    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    limit: Duration,
-) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buffer = [0u8; 1024];
-    tokio::time::timeout(limit, async {
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 #[tokio::test]
 async fn only_websocket_handshakes_on_get_become_tunnels() {
     let (_provider, gateway, upstream, browser) = proxied(&[]).await;
@@ -789,7 +770,7 @@ async fn a_tunnel_keeps_its_connection_slot_until_it_idles_out() {
     // Silent for the idle timeout: both close, and the third connection gets its answer.
     for tunnel in &mut tunnels {
         assert!(
-            closed_within(tunnel, Duration::from_secs(5)).await,
+            crate::support::raw::closes_within(tunnel, Duration::from_secs(5)).await,
             "an idle tunnel stayed open"
         );
     }
@@ -813,7 +794,7 @@ async fn logout_closes_the_sessions_tunnels_and_lifetime_ends_them() {
         .to_owned();
     assert_eq!(browser.get(&logout_url, &[]).await.status, 302);
     assert!(
-        closed_within(&mut tunnel, Duration::from_secs(1)).await,
+        crate::support::raw::closes_within(&mut tunnel, Duration::from_secs(1)).await,
         "the tunnel outlived its session's logout"
     );
 
@@ -822,9 +803,9 @@ async fn logout_closes_the_sessions_tunnels_and_lifetime_ends_them() {
     let (mut tunnel, head) =
         raw_exchange(&gateway, &handshake(&gateway, &browser, "GET", "websocket")).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(!closed_within(&mut tunnel, Duration::from_secs(2)).await);
+    assert!(!crate::support::raw::closes_within(&mut tunnel, Duration::from_secs(2)).await);
     assert!(
-        closed_within(&mut tunnel, Duration::from_secs(3)).await,
+        crate::support::raw::closes_within(&mut tunnel, Duration::from_secs(3)).await,
         "the tunnel outlived --websocket-max-lifetime"
     );
 }

@@ -44,3 +44,20 @@ pub async fn tls_connect_to(
 pub async fn tls_connect(gateway: &TestGateway) -> TlsStream<TcpStream> {
     tls_connect_alpn(gateway, &[b"http/1.1"]).await
 }
+
+/// Whether the server closes `stream` within `limit` (what it sends meanwhile is read and
+/// dropped).
+pub async fn closes_within(stream: &mut TlsStream<TcpStream>, limit: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
