@@ -159,7 +159,9 @@ try {
     '--issuer', urls.provider, '--client-id', 'oidc-bff', '--client-secret-file', join(dir, 'client-secret'),
     '--tls-cert', certs.cert, '--tls-key', certs.key, '--ca-file', certs.ca, '--data-dir', dataDir,
     '--route', `/api/OtherApi1=${urls.upstream}`, '--route', `/api/Files=http://127.0.0.1:${ports.files}`,
-    '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn'];
+    '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn',
+    // Every client here is 127.0.0.1, and the memory check opens 1,000 connections.
+    '--max-connections-per-ip', '4096'];
   const gateway = start('oidc-bff', bin, gatewayArgs, {});
   await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
 
