@@ -270,21 +270,29 @@ struct FramingScan {
 }
 
 impl FramingScan {
-    /// Reads head bytes; true when a head with both framing headers has ended.
-    fn scan(&mut self, bytes: &[u8]) -> bool {
-        for &byte in bytes {
-            if !self.active {
-                return false;
-            }
-            if byte != b'\n' {
-                if self.line_len < self.line.len() {
-                    self.line[self.line_len] = byte.to_ascii_lowercase();
-                }
-                self.line_len += 1;
+    /// Reads head bytes; true when a head with both framing headers has ended. Runs on every
+    /// request head: the line ends are found with `memchr`, and only the few bytes at the start
+    /// of each line are looked at.
+    fn scan(&mut self, mut bytes: &[u8]) -> bool {
+        while self.active && !bytes.is_empty() {
+            let (line, rest, complete) = match memchr::memchr(b'\n', bytes) {
+                Some(end) => (&bytes[..end], &bytes[end + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            bytes = rest;
+            // The start of the line, kept across reads until the line is complete.
+            let stored = self.line_len.min(self.line.len());
+            let take = line.len().min(self.line.len() - stored);
+            self.line[stored..stored + take].copy_from_slice(&line[..take]);
+            self.line_len = self.line_len.saturating_add(line.len());
+            if !complete {
                 continue;
             }
-            let line = &self.line[..self.line_len.min(self.line.len())];
-            if self.line_len <= 1 && line.iter().all(|&byte| byte == b'\r') {
+            let seen = self.line_len;
+            let stored = seen.min(self.line.len());
+            let start = &mut self.line[..stored];
+            start.make_ascii_lowercase();
+            if seen <= 1 && start.iter().all(|&byte| byte == b'\r') {
                 // The head's end.
                 if self.content_length && self.transfer_encoding {
                     return true;
@@ -293,9 +301,9 @@ impl FramingScan {
                 self.active = !(self.content_length || self.transfer_encoding);
                 self.content_length = false;
                 self.transfer_encoding = false;
-            } else if line.starts_with(b"content-length:") {
+            } else if start.starts_with(b"content-length:") {
                 self.content_length = true;
-            } else if line.starts_with(b"transfer-encoding:") {
+            } else if start.starts_with(b"transfer-encoding:") {
                 self.transfer_encoding = true;
             }
             self.line_len = 0;
@@ -478,6 +486,13 @@ mod tests {
         let (first, second) = head.split_at(40);
         assert!(!scan.scan(first));
         assert!(scan.scan(second));
+        // Byte by byte, as a slow client sends it.
+        let mut scan = FramingScan::default();
+        scan.start();
+        assert!(
+            head.iter()
+                .any(|byte| scan.scan(std::slice::from_ref(byte)))
+        );
 
         // One of them is fine; a body's bytes are not a head.
         let mut scan = FramingScan::default();

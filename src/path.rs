@@ -90,9 +90,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
     // Fast path: plain ASCII without escapes is checked in one pass and returned as it is.
-    if !bytes.iter().any(|&byte| byte == b'%' || !byte.is_ascii()) {
-        check_plain(path)?;
-        return Ok(Cow::Borrowed(path));
+    match check_plain(path, Escapes::Decode) {
+        Ok(Plain::Yes) => return Ok(Cow::Borrowed(path)),
+        Ok(Plain::NeedsDecoding) => {}
+        Err(error) => return Err(error),
     }
     let mut out = String::with_capacity(path.len());
     // The fully decoded bytes, to check the UTF-8 and the characters they spell.
@@ -138,14 +139,31 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     {
         return Err(PathError::LookAlike);
     }
-    check_plain(&out)?;
+    check_plain(&out, Escapes::Keep)?;
     Ok(Cow::Owned(out))
 }
 
-/// The segment rules on a path whose escapes of unreserved characters are already decoded: no
-/// empty, `.` or `..` segment (a trailing slash is allowed), no `;`, no backslash, no ASCII
-/// control character.
-fn check_plain(path: &str) -> Result<(), PathError> {
+/// What [`check_plain`] does on a `%` or a non-ASCII byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escapes {
+    /// Stop: the path needs the decoding pass.
+    Decode,
+    /// Go on: the decoding pass is done, what is left stays escaped.
+    Keep,
+}
+
+/// What [`check_plain`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plain {
+    /// The path follows every rule as it is.
+    Yes,
+    /// It holds escapes or non-ASCII characters (only with [`Escapes::Decode`]).
+    NeedsDecoding,
+}
+
+/// The segment rules, in one pass: no empty, `.` or `..` segment (a trailing slash is allowed),
+/// no `;`, no backslash, no ASCII control character.
+fn check_plain(path: &str, escapes: Escapes) -> Result<Plain, PathError> {
     let bytes = path.as_bytes();
     let mut segment_start = 1;
     for (index, &byte) in bytes.iter().enumerate().skip(1) {
@@ -156,15 +174,17 @@ fn check_plain(path: &str) -> Result<(), PathError> {
             }
             b'\\' => return Err(PathError::Separator),
             b';' => return Err(PathError::Parameters),
+            b'%' if escapes == Escapes::Decode => return Ok(Plain::NeedsDecoding),
+            0x80.. if escapes == Escapes::Decode => return Ok(Plain::NeedsDecoding),
             byte if byte.is_ascii_control() => return Err(PathError::LookAlike),
             _ => {}
         }
     }
     let last = &bytes[segment_start..];
-    if last.is_empty() {
-        return Ok(());
+    if !last.is_empty() {
+        plain_segment(last)?;
     }
-    plain_segment(last)
+    Ok(Plain::Yes)
 }
 
 fn plain_segment(segment: &[u8]) -> Result<(), PathError> {
@@ -204,7 +224,8 @@ fn utf8_width(first: u8) -> usize {
 /// matching does); returns what follows the prefix.
 pub fn strip_prefix_ignore_case<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     let head = path.get(..prefix.len())?;
-    if !head.eq_ignore_ascii_case(prefix) {
+    // The same case, the usual one, is a plain comparison.
+    if head != prefix && !head.eq_ignore_ascii_case(prefix) {
         return None;
     }
     let rest = &path[prefix.len()..];

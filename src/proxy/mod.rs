@@ -211,9 +211,10 @@ pub struct Proxy {
     max_request_body: usize,
     public_origin: String,
     tunnel_limits: TunnelLimits,
-    /// The public URL's `host[:port]`, for `X-Forwarded-Host` and `Forwarded`.
+    /// The public URL's `host[:port]`, for `X-Forwarded-Host`.
     public_host: HeaderValue,
-    public_host_text: String,
+    /// The end of every `Forwarded` value ([`forwarded_suffix`]).
+    forwarded_suffix: Vec<u8>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -288,15 +289,26 @@ fn remove_untrusted(headers: &mut HeaderMap) {
 }
 
 /// The RFC 7239 `Forwarded` value: the client's address (an IPv6 one quoted and bracketed, as
-/// §6 requires), the scheme and the public host.
-fn forwarded_header(ip: std::net::IpAddr, public_host: &str) -> Option<HeaderValue> {
-    let value = match ip {
-        std::net::IpAddr::V4(v4) => format!("for={v4};proto=https;host=\"{public_host}\""),
-        std::net::IpAddr::V6(v6) => {
-            format!("for=\"[{v6}]\";proto=https;host=\"{public_host}\"")
-        }
-    };
-    HeaderValue::from_str(&value).ok()
+/// §6 requires), then `suffix`, the scheme and the public host ([`forwarded_suffix`]). Built
+/// from bytes: every proxied call writes one.
+fn forwarded_header(ip: std::net::IpAddr, suffix: &[u8]) -> Option<HeaderValue> {
+    let address = address_header(ip)?;
+    let mut value = Vec::with_capacity(address.len() + suffix.len() + 8);
+    value.extend_from_slice(b"for=");
+    if ip.is_ipv6() {
+        value.extend_from_slice(b"\"[");
+        value.extend_from_slice(address.as_bytes());
+        value.extend_from_slice(b"]\"");
+    } else {
+        value.extend_from_slice(address.as_bytes());
+    }
+    value.extend_from_slice(suffix);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
+}
+
+/// What follows the address in every `Forwarded` value: `;proto=https;host="HOST"`.
+fn forwarded_suffix(public_host: &str) -> Vec<u8> {
+    format!(";proto=https;host=\"{public_host}\"").into_bytes()
 }
 
 /// Removes the headers of `names` whose bits `mask` sets.
@@ -393,7 +405,7 @@ impl Proxy {
             tunnel_limits: config.tunnel_limits,
             public_host: HeaderValue::from_str(&public_host)
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            public_host_text: public_host,
+            forwarded_suffix: forwarded_suffix(&public_host),
         }
     }
 
@@ -573,7 +585,7 @@ impl Proxy {
         // The public URL's host, never the browser's `Host`: a client can send any `Host`
         // (`evil.example`), and upstreams build links and redirects from this header.
         headers.insert(X_FORWARDED_HOST, self.public_host.clone());
-        if let Some(value) = forwarded_header(peer.ip(), &self.public_host_text) {
+        if let Some(value) = forwarded_header(peer.ip(), &self.forwarded_suffix) {
             headers.insert(header::FORWARDED, value);
         }
         if keep_original_host && let Some(host) = original_host {
@@ -910,12 +922,18 @@ mod tests {
 
     #[test]
     fn forwarded_quotes_ipv6_addresses() {
-        let v4 = forwarded_header("192.0.2.1".parse().expect("ip"), "app.example:8443");
+        let v4 = forwarded_header(
+            "192.0.2.1".parse().expect("ip"),
+            &forwarded_suffix("app.example:8443"),
+        );
         assert_eq!(
             v4.expect("value"),
             "for=192.0.2.1;proto=https;host=\"app.example:8443\""
         );
-        let v6 = forwarded_header("2001:db8::1".parse().expect("ip"), "app.example");
+        let v6 = forwarded_header(
+            "2001:db8::1".parse().expect("ip"),
+            &forwarded_suffix("app.example"),
+        );
         assert_eq!(
             v6.expect("value"),
             "for=\"[2001:db8::1]\";proto=https;host=\"app.example\""
