@@ -255,6 +255,11 @@ pub struct Tracked<T> {
     framing: FramingScan,
 }
 
+fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
+    line.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+}
+
 /// Finds `Content-Length` and `Transfer-Encoding` lines in request heads as they are read,
 /// a line at a time, across reads. Bytes read while an exchange is open are a body and are not
 /// looked at; after a head without either header (no body) the next bytes are the next head.
@@ -280,7 +285,24 @@ impl FramingScan {
                 None => (bytes, &[][..], false),
             };
             bytes = rest;
-            // The start of the line, kept across reads until the line is complete.
+            if complete && self.line_len == 0 {
+                // A whole line in this read, the usual case: looked at in place. Only the
+                // two names matter, so most lines are passed over on their first byte.
+                let first = line.first().map(u8::to_ascii_lowercase);
+                if line.len() <= 1 && matches!(first, None | Some(b'\r')) {
+                    if self.head_ended() {
+                        return true;
+                    }
+                } else if first == Some(b'c') && starts_with_ignore_case(line, b"content-length:") {
+                    self.content_length = true;
+                } else if first == Some(b't')
+                    && starts_with_ignore_case(line, b"transfer-encoding:")
+                {
+                    self.transfer_encoding = true;
+                }
+                continue;
+            }
+            // A line split across reads: its start is kept until the line is complete.
             let stored = self.line_len.min(self.line.len());
             let take = line.len().min(self.line.len() - stored);
             self.line[stored..stored + take].copy_from_slice(&line[..take]);
@@ -293,14 +315,9 @@ impl FramingScan {
             let start = &mut self.line[..stored];
             start.make_ascii_lowercase();
             if seen <= 1 && start.iter().all(|&byte| byte == b'\r') {
-                // The head's end.
-                if self.content_length && self.transfer_encoding {
+                if self.head_ended() {
                     return true;
                 }
-                // A body follows: its bytes are not a head. Without one, the next head does.
-                self.active = !(self.content_length || self.transfer_encoding);
-                self.content_length = false;
-                self.transfer_encoding = false;
             } else if start.starts_with(b"content-length:") {
                 self.content_length = true;
             } else if start.starts_with(b"transfer-encoding:") {
@@ -308,6 +325,18 @@ impl FramingScan {
             }
             self.line_len = 0;
         }
+        false
+    }
+
+    /// The blank line that ends a head: true when it had both framing headers. A body follows
+    /// a head with either, and its bytes are not a head; without one, the next head does.
+    fn head_ended(&mut self) -> bool {
+        if self.content_length && self.transfer_encoding {
+            return true;
+        }
+        self.active = !(self.content_length || self.transfer_encoding);
+        self.content_length = false;
+        self.transfer_encoding = false;
         false
     }
 

@@ -291,8 +291,11 @@ fn remove_untrusted(headers: &mut HeaderMap) {
 /// The RFC 7239 `Forwarded` value: the client's address (an IPv6 one quoted and bracketed, as
 /// §6 requires), then `suffix`, the scheme and the public host ([`forwarded_suffix`]). Built
 /// from bytes: every proxied call writes one.
-fn forwarded_header(ip: std::net::IpAddr, suffix: &[u8]) -> Option<HeaderValue> {
-    let address = address_header(ip)?;
+fn forwarded_header(
+    ip: std::net::IpAddr,
+    address: &HeaderValue,
+    suffix: &[u8],
+) -> Option<HeaderValue> {
     let mut value = Vec::with_capacity(address.len() + suffix.len() + 8);
     value.extend_from_slice(b"for=");
     if ip.is_ipv6() {
@@ -578,15 +581,16 @@ impl Proxy {
             Some(bearer) => headers.insert(header::AUTHORIZATION, bearer),
             None => headers.remove(header::AUTHORIZATION),
         };
-        if let Some(value) = address_header(peer.ip()) {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
+        let address = address_header(peer.ip());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         // The public URL's host, never the browser's `Host`: a client can send any `Host`
         // (`evil.example`), and upstreams build links and redirects from this header.
         headers.insert(X_FORWARDED_HOST, self.public_host.clone());
-        if let Some(value) = forwarded_header(peer.ip(), &self.forwarded_suffix) {
-            headers.insert(header::FORWARDED, value);
+        if let Some(address) = address {
+            if let Some(value) = forwarded_header(peer.ip(), &address, &self.forwarded_suffix) {
+                headers.insert(header::FORWARDED, value);
+            }
+            headers.insert(X_FORWARDED_FOR, address);
         }
         if keep_original_host && let Some(host) = original_host {
             headers.insert(header::HOST, host);
@@ -922,18 +926,19 @@ mod tests {
 
     #[test]
     fn forwarded_quotes_ipv6_addresses() {
-        let v4 = forwarded_header(
-            "192.0.2.1".parse().expect("ip"),
-            &forwarded_suffix("app.example:8443"),
-        );
+        let forwarded = |ip: std::net::IpAddr, host: &str| {
+            forwarded_header(
+                ip,
+                &address_header(ip).expect("address"),
+                &forwarded_suffix(host),
+            )
+        };
+        let v4 = forwarded("192.0.2.1".parse().expect("ip"), "app.example:8443");
         assert_eq!(
             v4.expect("value"),
             "for=192.0.2.1;proto=https;host=\"app.example:8443\""
         );
-        let v6 = forwarded_header(
-            "2001:db8::1".parse().expect("ip"),
-            &forwarded_suffix("app.example"),
-        );
+        let v6 = forwarded("2001:db8::1".parse().expect("ip"), "app.example");
         assert_eq!(
             v6.expect("value"),
             "for=\"[2001:db8::1]\";proto=https;host=\"app.example\""
