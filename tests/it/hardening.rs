@@ -6,27 +6,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::support::raw::{closes_within, tls_connect, tls_connect_alpn};
-use crate::support::{TestGateway, setup};
-
-/// Sends raw bytes and reads until the server closes (bounded by `limit`).
-async fn exchange(gateway: &TestGateway, request: &[u8], limit: Duration) -> (String, bool) {
-    let mut stream = tls_connect(gateway).await;
-    stream.write_all(request).await.expect("write");
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(limit, async {
-        let mut buffer = [0u8; 4096];
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (String::from_utf8_lossy(&received).into_owned(), closed)
-}
+use crate::support::raw::{closes_within, exchange, tls_connect, tls_connect_alpn};
+use crate::support::setup;
 
 fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or_default()

@@ -812,32 +812,19 @@ async fn logout_closes_the_sessions_tunnels_and_lifetime_ends_them() {
 
 #[tokio::test]
 async fn a_proxied_request_with_both_framings_never_reaches_the_upstream() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_provider, gateway, upstream, browser) = proxied(&[]).await;
     for order in [
         "content-length: 4\r\ntransfer-encoding: chunked",
         "Transfer-Encoding: chunked\r\nContent-Length: 4",
     ] {
-        let mut stream = crate::support::raw::tls_connect(&gateway).await;
         let smuggle = format!(
             "POST /api/OtherApi1/orders HTTP/1.1\r\nhost: localhost\r\ncookie: {}\r\nx-csrf: 1\r\n\
              {order}\r\n\r\n0\r\n\r\nGET /api/OtherApi1/admin HTTP/1.1\r\nhost: localhost\r\n\r\n",
             browser.cookies()
         );
-        stream.write_all(smuggle.as_bytes()).await.expect("write");
-        let mut received = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
-            let mut buffer = [0u8; 4096];
-            loop {
-                match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => received.extend_from_slice(&buffer[..n]),
-                }
-            }
-        })
-        .await
-        .is_ok();
-        let response = String::from_utf8_lossy(&received);
+        let (response, closed) =
+            crate::support::raw::exchange(&gateway, smuggle.as_bytes(), Duration::from_secs(5))
+                .await;
         assert!(response.starts_with("HTTP/1.1 400"), "{order}: {response}");
         assert_eq!(response.matches("HTTP/1.1").count(), 1, "{response}");
         assert!(closed, "the connection is closed after a framing error");

@@ -61,3 +61,28 @@ pub async fn closes_within(stream: &mut TlsStream<TcpStream>, limit: std::time::
     .await
     .is_ok()
 }
+
+/// Sends raw bytes on a new connection and reads until the server closes (bounded by `limit`):
+/// what came back, and whether the server closed in time.
+pub async fn exchange(
+    gateway: &TestGateway,
+    request: &[u8],
+    limit: std::time::Duration,
+) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tls_connect(gateway).await;
+    stream.write_all(request).await.expect("write");
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&received).into_owned(), closed)
+}
