@@ -412,6 +412,7 @@ pub struct ServeArgs {
 
     /// Most connections (WebSocket tunnels included) from one client address (an IPv6 client
     /// counts by its /64); more are closed at once, so one address cannot take every slot.
+    /// Behind a load balancer or reverse proxy, whose address every client has, raise it.
     #[arg(
         long,
         env = "OIDC_BFF_MAX_CONNECTIONS_PER_IP",
