@@ -101,6 +101,11 @@ impl Activity {
         self.last.store(now, Ordering::Relaxed);
     }
 
+    /// How long no byte has moved either way.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(self.now().saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+
     /// Bytes were read.
     pub fn read(&self) {
         self.read_at(self.now());

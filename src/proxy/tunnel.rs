@@ -13,17 +13,14 @@
 //! Which requests may become tunnels (only `websocket`, only on GET, only on routes that allow
 //! it) is decided by the proxy before anything is sent upstream.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{broadcast, watch};
 
+use crate::deadlines::{self, Tracked};
 use crate::session::SessionId;
 use crate::tickets::{Activity, TicketStore};
 
@@ -85,15 +82,13 @@ pub async fn run(
             return;
         }
     };
-    let started = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut client = Watched::new(TokioIo::new(client), started, Arc::clone(&last));
-    let mut upstream = Watched::new(TokioIo::new(upstream), started, Arc::clone(&last));
+    // Both sides report to one record of the last byte moved (no request heads to time).
+    let activity = Arc::new(deadlines::Activity::new(false));
+    let mut client = Tracked::new(TokioIo::new(client), Arc::clone(&activity));
+    let mut upstream = Tracked::new(TokioIo::new(upstream), Arc::clone(&activity));
     let idle = async {
         loop {
-            let quiet = started
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            let quiet = activity.silent_for();
             if quiet >= limits.idle {
                 return;
             }
@@ -146,64 +141,5 @@ async fn session_ended(mut removals: broadcast::Receiver<SessionId>, session: &T
             }
             Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }
-    }
-}
-
-/// An I/O object that records when it last moved a byte (milliseconds since `started`).
-struct Watched<T> {
-    inner: T,
-    started: Instant,
-    last: Arc<AtomicU64>,
-}
-
-impl<T> Watched<T> {
-    fn new(inner: T, started: Instant, last: Arc<AtomicU64>) -> Self {
-        Self {
-            inner,
-            started,
-            last,
-        }
-    }
-
-    fn moved(&self) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.moved();
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            self.moved();
-        }
-        result
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
