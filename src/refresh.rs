@@ -45,13 +45,13 @@ const MAX_BACKOFF_SECONDS: u64 = 300;
 /// Per-session backoff after failed refreshes: 1, 2, 4 … `base` (at least a second), at most
 /// five minutes.
 #[derive(Debug, Default)]
-pub struct Backoff {
+struct Backoff {
     failures: HashMap<SessionId, (u32, u64)>,
 }
 
 impl Backoff {
     /// Whether the session may try a refresh at `now` (Unix seconds).
-    pub fn ready(&self, id: SessionId, now: u64) -> bool {
+    fn ready(&self, id: SessionId, now: u64) -> bool {
         self.failures.get(&id).is_none_or(|(_, next)| *next <= now)
     }
 
