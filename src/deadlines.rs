@@ -25,7 +25,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -56,8 +56,19 @@ pub struct Activity {
     /// Whether heads are timed (HTTP/1.1).
     heads: bool,
     /// A request head carried both `Content-Length` and `Transfer-Encoding`.
-    framing_conflict: std::sync::atomic::AtomicBool,
+    framing_conflict: AtomicBool,
+    /// Every byte written has been flushed, and no shutdown has begun.
+    written_out: AtomicBool,
+    /// A hand-back in progress ([`Activity::begin_hand_back`]): one of the `HAND_BACK_*`.
+    hand_back: AtomicU8,
 }
+
+/// No hand-back in progress.
+const HAND_BACK_OFF: u8 = 0;
+/// hyper is being asked to give the stream back.
+const HAND_BACK_ASKED: u8 = 1;
+/// ...and read from it meanwhile: it was not idle.
+const HAND_BACK_DISTURBED: u8 = 2;
 
 /// What a look at the deadlines found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +95,9 @@ impl Activity {
             open: AtomicUsize::new(0),
             last_exchange: AtomicU64::new(0),
             heads,
-            framing_conflict: std::sync::atomic::AtomicBool::new(false),
+            framing_conflict: AtomicBool::new(false),
+            written_out: AtomicBool::new(true),
+            hand_back: AtomicU8::new(HAND_BACK_OFF),
         }
     }
 
@@ -139,6 +152,38 @@ impl Activity {
         self.last_exchange.fetch_max(now, Ordering::Relaxed);
         self.head_since.store(NO_HEAD, Ordering::Relaxed);
         OpenExchange(Arc::clone(self))
+    }
+
+    /// When an HTTP/1.1 connection could be handed back by hyper and parked
+    /// ([`crate::connection`]): `None` if now (no exchange open, no byte read since the last one
+    /// ended, every write flushed, and none of that for `after`), else how long until it is
+    /// worth another look.
+    pub fn parkable_in(&self, after: Duration) -> Option<Duration> {
+        self.parkable_in_at(self.now(), after)
+    }
+
+    fn parkable_in_at(&self, now: u64, after: Duration) -> Option<Duration> {
+        if self.open.load(Ordering::Relaxed) > 0
+            || self.head_since.load(Ordering::Relaxed) != NO_HEAD
+            || !self.written_out.load(Ordering::Relaxed)
+        {
+            return Some(after);
+        }
+        let quiet =
+            Duration::from_millis(now.saturating_sub(self.last_exchange.load(Ordering::Relaxed)));
+        let left = after.saturating_sub(quiet);
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// A hand-back begins: until [`Activity::end_hand_back`], the stream's shutdown is
+    /// withheld from it and any read is noted.
+    pub fn begin_hand_back(&self) {
+        self.hand_back.store(HAND_BACK_ASKED, Ordering::Relaxed);
+    }
+
+    /// The hand-back is over; true if nothing read from the stream meanwhile.
+    pub fn end_hand_back(&self) -> bool {
+        self.hand_back.swap(HAND_BACK_OFF, Ordering::Relaxed) == HAND_BACK_ASKED
     }
 
     /// Looks at both deadlines.
@@ -394,6 +439,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.activity.hand_back.load(Ordering::Relaxed) != HAND_BACK_OFF {
+            self.activity
+                .hand_back
+                .store(HAND_BACK_DISTURBED, Ordering::Relaxed);
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -429,15 +479,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
             self.activity.wrote();
+            self.activity.written_out.store(false, Ordering::Relaxed);
         }
         result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // hyper flushes the stream only once its own write buffer is empty.
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(result, Poll::Ready(Ok(()))) {
+            self.activity.written_out.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.activity.hand_back.load(Ordering::Relaxed) != HAND_BACK_OFF {
+            // hyper is giving the stream back, not closing it.
+            return Poll::Ready(Ok(()));
+        }
+        self.activity.written_out.store(false, Ordering::Relaxed);
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -503,6 +564,39 @@ mod tests {
         assert_eq!(
             activity.due_at(seconds(60), IDLE, HEADER),
             Due::LookAgainIn(HEADER)
+        );
+    }
+
+    #[test]
+    fn a_connection_is_parkable_only_when_quiet_with_nothing_in_flight() {
+        let after = Duration::from_millis(250);
+        let activity = Arc::new(Activity::new(true));
+        activity.read_at(0);
+        let exchange = activity.exchange_at(0);
+        assert_eq!(
+            activity.parkable_in_at(seconds(5), after),
+            Some(after),
+            "open"
+        );
+        activity.written_out.store(false, Ordering::Relaxed); // the response, not yet flushed
+        ended_at(exchange, seconds(5));
+        assert_eq!(
+            activity.parkable_in_at(seconds(6), after),
+            Some(after),
+            "unflushed"
+        );
+        activity.written_out.store(true, Ordering::Relaxed);
+        assert_eq!(
+            activity.parkable_in_at(seconds(5) + 100, after),
+            Some(Duration::from_millis(150)),
+            "quiet for 100 ms of 250"
+        );
+        assert_eq!(activity.parkable_in_at(seconds(5) + 250, after), None);
+        activity.read_at(seconds(6)); // the next head begins
+        assert_eq!(
+            activity.parkable_in_at(seconds(7), after),
+            Some(after),
+            "a head"
         );
     }
 

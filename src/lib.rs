@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod cookies;
 pub mod deadlines;
 pub mod error;

@@ -1,6 +1,6 @@
-//! The accept loop and each connection's life: connection cap, TLS handshake deadline, HTTP/1.1
-//! and HTTP/2 (by ALPN) with header limits and timeouts, idle keep-alive close, and graceful
-//! shutdown that lets in-flight requests finish.
+//! The accept loop: the connection caps (in all and per address), the TLS handshake and its
+//! deadline, and graceful shutdown that lets in-flight requests finish. Each connection's life
+//! after its handshake (HTTP/1.1 or HTTP/2 by ALPN, idle parking) is in [`crate::connection`].
 //!
 //! Hostile clients this stops: slowloris (header deadline; the handshake deadline for those that
 //! never finish TLS; the connection cap bounds memory), oversized heads (431/414 from hyper and
@@ -13,16 +13,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerLimits;
-use crate::deadlines::{Activity, Due, ExchangeBody, Tracked};
+use crate::connection::Protocols;
 use crate::proxy::ConnectionHold;
 use crate::routes::Gateway;
 
@@ -40,7 +36,7 @@ pub async fn serve(
     let addresses = Arc::new(AddressShares::new(limits.max_connections_per_ip));
     // Tells every connection to finish its in-flight requests and close.
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let builder = Arc::new(http_builder(&limits));
+    let protocols = Arc::new(Protocols::new(&limits));
     tokio::pin!(shutdown);
     loop {
         // Take a permit before accepting: past the cap, connections wait in the kernel backlog
@@ -74,98 +70,30 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let gateway = Arc::clone(&gateway);
-        let builder = Arc::clone(&builder);
-        let mut stopping = stopping.clone();
+        let protocols = Arc::clone(&protocols);
+        let stopping = stopping.clone();
         let hold = Arc::new(ConnectionHold::new(
             Arc::new((permit, address_share)),
             stopping.clone(),
         ));
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            // HTTP/2 over TLS is negotiated by ALPN (RFC 9113, section 3.2); anything else is
-            // HTTP/1.1, timed as such, and `Tracked` ends it if it opens with HTTP/2's preface.
-            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-            let activity = Arc::new(Activity::new(!http2));
-            let io = TokioIo::new(Tracked::new(tls, Arc::clone(&activity)));
-            let exchanges = Arc::clone(&activity);
-            // The connection's slot lives as long as the connection, or as a WebSocket tunnel
-            // made from it (which takes its own clone).
-            let service = service_fn(move |request: hyper::Request<Incoming>| {
-                let open = exchanges.exchange();
-                let gateway = Arc::clone(&gateway);
-                let hold = Arc::clone(&hold);
-                // Both framings in one head (request smuggling): hyper kept one of them, an
-                // upstream might believe the other. Refused before routing; the connection
-                // closes after the answer.
-                let smuggling = exchanges.framing_conflict();
-                async move {
-                    let response = if smuggling {
-                        tracing::debug!(%peer, "request with both Content-Length and Transfer-Encoding");
-                        crate::error::HttpError::client(
-                            hyper::StatusCode::BAD_REQUEST,
-                            "both content-length and transfer-encoding",
-                        )
-                        .close_connection()
-                        .into_response()
-                    } else {
-                        gateway.handle(request, peer, &hold).await
-                    };
-                    Ok::<_, std::convert::Infallible>(
-                        response.map(|body| ExchangeBody::new(body, open)),
-                    )
+            // Boxed: the handshake's state is freed once it is done, not kept in the task.
+            let handshake = Box::pin(acceptor.accept(tcp));
+            let tls = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
                 }
-            });
-            let connection = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(connection);
-            let (idle, header) = (limits.keepalive_timeout, limits.header_timeout);
-            let mut wait = Duration::ZERO;
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(%peer, error = %error, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stopping.wait_for(|stop| *stop), if !closing => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    // Still watched while closing: a head being dribbled would hold the drain.
-                    () = tokio::time::sleep(wait) => match activity.due(idle, header) {
-                        Due::LookAgainIn(next) => wait = next,
-                        Due::Idle(idle_for) => {
-                            if !closing {
-                                // Graceful: a request still in flight finishes first.
-                                tracing::trace!(%peer, "closing idle connection");
-                                connection.as_mut().graceful_shutdown();
-                                closing = true;
-                            }
-                            wait = Due::until_stalled(idle, idle_for, header);
-                        }
-                        Due::Stalled => {
-                            tracing::debug!(%peer, "connection stalled; dropping it");
-                            break;
-                        }
-                        Due::HeadTooSlow => {
-                            tracing::debug!(%peer, "request head not received in time; closing");
-                            break;
-                        }
-                    },
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
                 }
-            }
+            };
+            // A task of its own: the connection's task holds the connection and nothing else.
+            tokio::spawn(crate::connection::serve(
+                tls, peer, gateway, hold, protocols, stopping,
+            ));
         });
     }
     drop(listener);
@@ -250,41 +178,6 @@ impl Drop for AddressShare {
             }
         }
     }
-}
-
-fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // The header deadline is the connection's own (crate::deadlines), not hyper's.
-        .header_read_timeout(None)
-        .max_headers(limits.max_headers)
-        // hyper answers 431 when a request head does not fit the read buffer (8 KiB is its
-        // smallest). Room for the longest target and the largest header fields both, so that
-        // an overlong target reaches the router and gets 414, and too many header bytes get 431
-        // there; only a head past both limits together gets hyper's 431.
-        .max_buf_size(
-            limits
-                .max_header_bytes
-                .saturating_add(limits.max_uri_bytes)
-                .max(8192),
-        )
-        // Head and body into one buffer before TLS: one record and one write per small
-        // response instead of two.
-        .writev(false)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_h2_streams)
-        // The list counts `:path` too: room for the longest target, as over HTTP/1.1.
-        .max_header_list_size(
-            u32::try_from(limits.max_header_bytes.saturating_add(limits.max_uri_bytes))
-                .unwrap_or(u32::MAX),
-        )
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    builder
 }
 
 #[cfg(test)]

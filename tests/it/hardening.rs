@@ -130,6 +130,67 @@ async fn a_kept_alive_connection_waits_for_the_idle_timeout_not_the_header_timeo
     );
 }
 
+/// Reads from a kept-alive connection until `count` responses have arrived.
+async fn read_responses(stream: &mut TlsStream<TcpStream>, count: usize) -> String {
+    let mut text = String::new();
+    while text.matches("HTTP/1.1 ").count() < count {
+        text.push_str(&read_response(stream).await);
+    }
+    text
+}
+
+#[tokio::test]
+async fn pipelined_requests_go_on_after_an_idle_pause() {
+    // An idle HTTP/1.1 connection is handed back by hyper and parked (crate::connection):
+    // bytes hyper had read but not used must come back in front of the stream.
+    let (_provider, gateway) =
+        setup(&["--header-timeout", "5s", "--keepalive-timeout", "30s"]).await;
+    let mut stream = tls_connect(&gateway).await;
+    stream
+        .write_all(
+            b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n\
+GET /api/isAuth HTTP/1.1\r\nhost: localhost\r\n\r\nGET /healthz HT",
+        )
+        .await
+        .expect("write");
+    let first = read_responses(&mut stream, 2).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        first.contains("\r\n\r\nfalse"),
+        "isAuth answered second: {first}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stream
+        .write_all(b"TP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let third = read_responses(&mut stream, 1).await;
+    assert!(
+        third.starts_with("HTTP/1.1 200"),
+        "the split head answered: {third}"
+    );
+    // And once more after a pause with nothing buffered.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(healthz_answered(&mut stream).await);
+}
+
+#[tokio::test]
+async fn a_pipelined_head_left_unfinished_is_cut_off_by_the_header_deadline() {
+    let (_provider, gateway) =
+        setup(&["--header-timeout", "1s", "--keepalive-timeout", "30s"]).await;
+    let mut stream = tls_connect(&gateway).await;
+    // A whole request and, in the same write, the start of a head that never ends.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    assert!(
+        closes_within(&mut stream, Duration::from_secs(5)).await,
+        "closed by the header deadline, not after the 30 s idle timeout"
+    );
+}
+
 #[tokio::test]
 async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
     let (_provider, gateway) =
