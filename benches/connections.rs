@@ -1,6 +1,7 @@
 //! Memory the gateway spends on connections, two ways:
 //!
-//! 1. Idle keep-alive connections (default 5,000; `IDLE_CONNECTIONS`): each gets one
+//! 1. Idle keep-alive connections (default 5,000; `IDLE_CONNECTIONS`; opened as fast as the
+//!    client can, or `IDLE_RATE` a second, as clients arriving over time): each gets one
 //!    `GET /healthz` over TLS 1.3 (HTTP/1.1 by ALPN) and is then left open; the cost per
 //!    connection is the RSS growth divided by their number. No provider is needed: `/healthz`
 //!    answers 503 until discovery, which is all a keep-alive exchange needs. For comparison, the
@@ -69,6 +70,7 @@ fn number(name: &str, default: usize) -> usize {
 
 fn main() {
     let count = number("IDLE_CONNECTIONS", 5_000);
+    let rate = number("IDLE_RATE", 0);
     let downloads = number("DOWNLOADS", 10);
     let file_mib = number("DOWNLOAD_MIB", 200);
     let dir = tempfile::tempdir().expect("dir");
@@ -164,14 +166,21 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = rss_kib(pid);
         let mut idle = Vec::with_capacity(count);
-        for _ in 0..count {
+        let pace = (rate > 0).then(|| Duration::from_secs(1) / u32::try_from(rate).unwrap_or(1));
+        let opening = Instant::now();
+        for opened in 0..count {
             idle.push(
                 open(port, &connector, &mut buffer)
                     .await
                     .expect("connection"),
             );
+            if let Some(pace) = pace {
+                let due = pace * u32::try_from(opened + 1).unwrap_or(u32::MAX);
+                tokio::time::sleep(due.saturating_sub(opening.elapsed())).await;
+            }
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Long enough for every connection to be parked (a second without a request).
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let after = rss_kib(pid);
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / count as f64;
         println!(
