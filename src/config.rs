@@ -229,7 +229,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// The origin browsers use to reach the gateway [default: https://localhost:<listen port>].
-    #[arg(long, env = "OIDC_BFF_PUBLIC_URL", value_name = "URL")]
+    #[arg(long, env = "OIDC_BFF_PUBLIC_URL", value_name = "URL", value_parser = crate::urls::absolute)]
     pub public_url: Option<Url>,
 
     /// Path the provider redirects back to after login (register public URL + this path).
@@ -481,6 +481,7 @@ pub struct ServeArgs {
         long,
         env = "OIDC_BFF_FRONTEND_URL",
         value_name = "URL",
+        value_parser = crate::urls::absolute,
         conflicts_with = "static_dir"
     )]
     pub frontend_url: Option<Url>,
@@ -769,9 +770,7 @@ impl ServeArgs {
             ));
         }
 
-        if let Err(problem) = Url::parse(&self.issuer)
-            .map_err(|error| error.to_string())
-            .and_then(|url| check_issuer(&url))
+        if let Err(problem) = crate::urls::absolute(&self.issuer).and_then(|url| check_issuer(&url))
         {
             errors.push(format!("--issuer: {problem}"));
         }
@@ -1124,7 +1123,7 @@ pub fn parse_frame_ancestor(text: &str) -> Result<String, String> {
     if text == "'self'" {
         return Ok(text.to_owned());
     }
-    let url = Url::parse(text).map_err(|error| format!("{text:?}: {error}"))?;
+    let url = crate::urls::absolute(text)?;
     let origin = url.origin().ascii_serialization();
     let plain = matches!(url.path(), "" | "/") && url.query().is_none() && url.fragment().is_none();
     if !plain || !matches!(url.scheme(), "https" | "http") || origin == "null" {
@@ -1190,7 +1189,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 fn parse_issuer(text: &str) -> Result<String, String> {
-    Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    crate::urls::absolute(text)?;
     Ok(text.to_owned())
 }
 

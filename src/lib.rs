@@ -13,6 +13,7 @@ pub mod connection;
 pub mod cookies;
 pub mod deadlines;
 pub mod error;
+pub mod files;
 pub mod flow;
 pub mod http_client;
 pub mod logging;
@@ -33,6 +34,7 @@ pub mod store;
 pub mod sweeper;
 pub mod tickets;
 pub mod tls;
+pub mod urls;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -79,6 +79,33 @@ fn resolve(args: oidc_bff::config::ServeArgs) -> Result<oidc_bff::config::Config
 /// (EX_UNAVAILABLE from sysexits.h).
 const EXIT_UNAVAILABLE: u8 = 69;
 
+/// Exit code when the listening address is taken by another process: the configuration may be
+/// right and a later start succeed (EX_TEMPFAIL from sysexits.h).
+const EXIT_TEMPFAIL: u8 = 75;
+
+/// Says why `address` (from `flag`) could not be listened on; the exit code: 75 when another
+/// process has it, 64 (the flag's value is wrong for this host) otherwise.
+fn bind_failed(flag: &str, address: std::net::SocketAddr, error: &std::io::Error) -> ExitCode {
+    let (reason, code) = match error.kind() {
+        std::io::ErrorKind::AddrInUse => (
+            format!("address in use: another process listens there; stop it or choose another {flag}"),
+            EXIT_TEMPFAIL,
+        ),
+        std::io::ErrorKind::AddrNotAvailable => (
+            "no interface of this host has that address".to_owned(),
+            EXIT_CONFIG,
+        ),
+        std::io::ErrorKind::PermissionDenied => (
+            "permission denied: ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it)"
+                .to_owned(),
+            EXIT_CONFIG,
+        ),
+        _ => (oidc_bff::files::reason(error), EXIT_CONFIG),
+    };
+    eprintln!("oidc-bff: error: {flag} {address}: {reason}");
+    ExitCode::from(code)
+}
+
 fn check_config(args: oidc_bff::config::ServeArgs) -> ExitCode {
     let config = match resolve(args) {
         Ok(config) => config,
@@ -89,9 +116,26 @@ fn check_config(args: oidc_bff::config::ServeArgs) -> ExitCode {
         eprintln!("oidc-bff: warning: {warning}");
     }
     match oidc_bff::tls::certified_key(&config.tls) {
-        Ok(_) => println!("TLS certificate and key: ok"),
+        Ok((_, oidc_bff::tls::CertificateSource::Files)) => {
+            println!("TLS certificate and key: ok, and they belong together");
+        }
+        Ok((_, oidc_bff::tls::CertificateSource::SelfSigned)) => println!(
+            "TLS: no --tls-cert, so each start makes a self-signed certificate for localhost \
+             (for trying it out; browsers warn)"
+        ),
         Err(error) => {
             eprintln!("oidc-bff: error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    match oidc_bff::tickets::check_data_dir(&config.storage) {
+        Ok(found) => {
+            for line in found {
+                println!("{line}");
+            }
+        }
+        Err(error) => {
+            eprintln!("oidc-bff: error: {}", oidc_bff::oidc::error_chain(&error));
             return ExitCode::from(EXIT_CONFIG);
         }
     }
@@ -200,7 +244,7 @@ fn local_sessions(
         .map_err(|error| {
             format!(
                 "{} (is the server running with another --admin-socket?)",
-                anyhow::Error::from(error)
+                oidc_bff::oidc::error_chain(&error)
             )
         })?;
         oidc_bff::admin::execute(&tickets, &database, request).await
@@ -231,19 +275,13 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
-            Err(error) => {
-                eprintln!("oidc-bff: error: --listen {}: {error}", config.listen);
-                return ExitCode::FAILURE;
-            }
+            Err(error) => return bind_failed("--listen", config.listen, &error),
         };
         let metrics_listener = match config.metrics_listen {
             None => None,
             Some(address) => match tokio::net::TcpListener::bind(address).await {
                 Ok(listener) => Some(listener),
-                Err(error) => {
-                    eprintln!("oidc-bff: error: --metrics-listen {address}: {error}");
-                    return ExitCode::FAILURE;
-                }
+                Err(error) => return bind_failed("--metrics-listen", address, &error),
             },
         };
         let (reload, reloads) = tokio::sync::watch::channel(0u64);
@@ -272,11 +310,7 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
                     }
                     RunError::Store(_) => ExitCode::FAILURE,
                 };
-                let chain: Vec<String> = anyhow::Error::from(error)
-                    .chain()
-                    .map(ToString::to_string)
-                    .collect();
-                eprintln!("oidc-bff: error: {}", chain.join(": "));
+                eprintln!("oidc-bff: error: {}", oidc_bff::oidc::error_chain(&error));
                 code
             }
         }

@@ -866,12 +866,32 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
+    // rustls's name for a certificate chain that leads to no trusted root: say what fixes it.
+    if text.contains("UnknownIssuer") {
+        text.push_str(
+            " (the server's certificate is not signed by a CA this host trusts: name that CA's \
+             PEM file with --ca-file)",
+        );
+    }
     text
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{check_endpoints, check_pkce};
+    use super::{check_endpoints, check_pkce, error_chain};
+
+    #[test]
+    fn an_untrusted_provider_certificate_points_to_ca_file() {
+        let error = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let text = error_chain(&error);
+        assert!(
+            text.starts_with("invalid peer certificate: UnknownIssuer"),
+            "{text}"
+        );
+        assert!(text.contains("--ca-file"), "{text}");
+        let other = error_chain(&std::io::Error::other("connection refused"));
+        assert!(!other.contains("--ca-file"), "{other}");
+    }
 
     #[test]
     fn endpoints_behind_an_https_issuer_must_all_be_https() {

@@ -25,24 +25,25 @@ pub const KEY_LEN: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// The file could not be read, created or written.
-    #[error("key file {path}: {source}")]
+    #[error("--ticket-key-file {}: {}", path.display(), crate::files::reason(error))]
     Io {
         /// The key file.
         path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: io::Error,
+        /// What the operating system said (in the message, so not a source as well).
+        error: io::Error,
     },
     /// The file exists but does not hold a 256-bit key.
     #[error(
-        "key file {path}: expected 32 bytes of base64url (43 characters), found something else"
+        "--ticket-key-file {path}: expected 32 bytes of base64url (43 characters), found something else"
     )]
     Malformed {
         /// The key file.
         path: PathBuf,
     },
     /// Other users can read the file, so the key must be presumed leaked.
-    #[error("key file {path}: readable by group or others (mode {mode:o}); run chmod 600 on it")]
+    #[error(
+        "--ticket-key-file {path}: readable by group or others (mode {mode:o}); run chmod 600 on it"
+    )]
     TooOpen {
         /// The key file.
         path: PathBuf,
@@ -85,11 +86,11 @@ impl MasterKey {
     /// Reads the key at `path`, creating it (mode 0600, never overwriting) when it does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyFileError> {
         match Self::load(path) {
-            Err(KeyFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Err(KeyFileError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
                 let key = Self::generate()?;
-                let io_error = |source| KeyFileError::Io {
+                let io_error = |error| KeyFileError::Io {
                     path: path.to_owned(),
-                    source,
+                    error,
                 };
                 // create_new: two processes starting at once must not each write a different key.
                 let mut file = fs::OpenOptions::new()
@@ -110,9 +111,9 @@ impl MasterKey {
 
     /// Reads an existing key file: 43 characters of base64url, surrounding whitespace allowed.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let io_error = |source| KeyFileError::Io {
+        let io_error = |error| KeyFileError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let mode = fs::metadata(path).map_err(io_error)?.permissions().mode();
         if mode & 0o077 != 0 {

@@ -59,13 +59,12 @@ pub struct Session {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenStoreError {
     /// The directory could not be created.
-    #[error("data directory {path}: {source}")]
+    #[error("--data-dir {}: {}", path.display(), crate::files::reason(error))]
     DataDir {
         /// The directory.
         path: std::path::PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: std::io::Error,
+        /// What the operating system said (in the message, so not a source as well).
+        error: std::io::Error,
     },
     /// The ticket key could not be loaded or created.
     #[error(transparent)]
@@ -100,9 +99,9 @@ pub fn open_data_dir(
         .recursive(true)
         .mode(0o700)
         .create(&storage.data_dir)
-        .map_err(|source| OpenStoreError::DataDir {
+        .map_err(|error| OpenStoreError::DataDir {
             path: storage.data_dir.clone(),
-            source,
+            error,
         })?;
     let master = match missing {
         MissingKey::Create => MasterKey::load_or_create(&storage.ticket_key_file)?,
@@ -118,6 +117,71 @@ pub fn open_data_dir(
         clock,
     );
     Ok((store, master))
+}
+
+/// What `serve` would do with a data directory, checked without changing anything a server
+/// uses (for `check-config`): the directory is, or can be made, a writable directory; an
+/// existing key file holds a key and is private; an existing database file is writable. Each
+/// line of the answer says what was found.
+pub fn check_data_dir(storage: &StorageConfig) -> Result<Vec<String>, OpenStoreError> {
+    let dir = &storage.data_dir;
+    let dir_error = |error: std::io::Error| OpenStoreError::DataDir {
+        path: dir.clone(),
+        error,
+    };
+    let mut found = Vec::new();
+    // The directory, or the nearest ancestor it would be made in.
+    let mut existing = dir.as_path();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => {
+                existing = std::path::Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(dir_error(std::io::ErrorKind::NotADirectory.into()));
+    }
+    // Writable is what the kernel says when asked to write, not what the mode bits suggest.
+    let probe = existing.join(format!(".oidc-bff-check-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(dir_error)?;
+    let _ = std::fs::remove_file(&probe);
+    if existing == dir.as_path() {
+        found.push(format!(
+            "--data-dir {}: a writable directory",
+            dir.display()
+        ));
+    } else {
+        found.push(format!(
+            "--data-dir {}: will be made (mode 0700) in {}",
+            dir.display(),
+            existing.display()
+        ));
+    }
+    let key = &storage.ticket_key_file;
+    if key.exists() {
+        MasterKey::load(key)?;
+        found.push(format!(
+            "--ticket-key-file {}: a private 256-bit key",
+            key.display()
+        ));
+    } else {
+        found.push(format!(
+            "--ticket-key-file {}: none yet; the first start makes one",
+            key.display()
+        ));
+    }
+    let database = storage.database_path();
+    if database.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&database)
+            .map_err(dir_error)?;
+        found.push(format!("session database {}: writable", database.display()));
+    }
+    Ok(found)
 }
 
 /// Removals a slow listener may fall behind by before it must look at its session itself.

@@ -22,13 +22,18 @@ use crate::config::TlsConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or parsed.
-    #[error("{path}: {reason}")]
+    #[error("{flag} {path}: {reason}")]
     Pem {
+        /// The flag that named the file.
+        flag: &'static str,
         /// The file.
         path: PathBuf,
         /// What went wrong.
         reason: String,
     },
+    /// The certificate and the key do not belong together.
+    #[error("--tls-cert and --tls-key do not belong together: {0}")]
+    Mismatch(rustls::Error),
     /// rustls refused the certificate, key or settings.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -117,8 +122,8 @@ impl ResolvesServerCert for ReloadableCert {
 pub fn certified_key(tls: &TlsConfig) -> Result<(Arc<CertifiedKey>, CertificateSource), TlsError> {
     let (chain, key, source) = match tls {
         TlsConfig::Files { cert, key } => (
-            load_certificates(cert)?,
-            load_private_key(key)?,
+            load_certificates("--tls-cert", cert)?,
+            load_private_key("--tls-key", key)?,
             CertificateSource::Files,
         ),
         TlsConfig::SelfSigned => {
@@ -126,7 +131,11 @@ pub fn certified_key(tls: &TlsConfig) -> Result<(Arc<CertifiedKey>, CertificateS
             (chain, key, CertificateSource::SelfSigned)
         }
     };
-    let certified = CertifiedKey::from_der(chain, key, &provider())?;
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider()).map_err(|error| match source {
+            CertificateSource::Files => TlsError::Mismatch(error),
+            CertificateSource::SelfSigned => TlsError::Rustls(error),
+        })?;
     Ok((Arc::new(certified), source))
 }
 
@@ -164,8 +173,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
     // Unreadable individual system certificates are skipped, as every TLS client does.
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
-        for certificate in load_certificates(path)? {
+        for certificate in load_certificates("--ca-file", path)? {
             roots.add(certificate).map_err(|error| TlsError::Pem {
+                flag: "--ca-file",
                 path: path.to_owned(),
                 reason: format!("not a usable CA certificate: {error}"),
             })?;
@@ -178,9 +188,13 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
     Ok(config)
 }
 
-/// Reads every certificate in a PEM file; at least one is required.
-pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Reads every certificate in a PEM file (named by `flag`); at least one is required.
+pub fn load_certificates(
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem_error = |reason: String| TlsError::Pem {
+        flag,
         path: path.to_owned(),
         reason,
     };
@@ -189,14 +203,20 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| pem_error(error.to_string()))?;
     if certificates.is_empty() {
-        return Err(pem_error("no CERTIFICATE block found".into()));
+        return Err(pem_error(
+            "no certificate in it (a PEM file with -----BEGIN CERTIFICATE----- blocks)".into(),
+        ));
     }
     Ok(certificates)
 }
 
-/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file (named by `flag`).
+pub fn load_private_key(
+    flag: &'static str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|error| TlsError::Pem {
+        flag,
         path: path.to_owned(),
         reason: error.to_string(),
     })
@@ -222,9 +242,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
-        let error = load_certificates(&empty).expect_err("empty");
+        let error = load_certificates("--tls-cert", &empty).expect_err("empty");
+        assert!(error.to_string().starts_with("--tls-cert "), "{error}");
         assert!(error.to_string().contains("empty.pem"), "{error}");
-        let error = load_private_key(&dir.path().join("absent.pem")).expect_err("absent");
+        let error =
+            load_private_key("--tls-key", &dir.path().join("absent.pem")).expect_err("absent");
+        assert!(error.to_string().starts_with("--tls-key "), "{error}");
         assert!(error.to_string().contains("absent.pem"), "{error}");
     }
 

@@ -66,7 +66,7 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
     }
     let mut destinations = Vec::new();
     for url in urls.split(',') {
-        let parsed = Url::parse(url.trim()).map_err(|error| format!("{url:?}: {error}"))?;
+        let parsed = crate::urls::absolute(url.trim())?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(format!(
                 "{url:?}: destinations must be http:// or https:// URLs"

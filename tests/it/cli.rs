@@ -183,6 +183,11 @@ async fn check_config_validates_files_and_reaches_the_provider() {
         .expect("task");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("discovery and signing keys ok"), "{out}");
+    assert!(
+        out.contains("--data-dir"),
+        "the data directory checked: {out}"
+    );
+    assert!(out.contains("TLS certificate and key: ok"), "{out}");
 
     let port = crate::support::process::free_port();
     let unreachable = args(&format!("http://127.0.0.1:{port}"));
@@ -218,4 +223,143 @@ fn the_manual_page_and_completions_are_generated_from_the_flags() {
             "{shell} completes serve's flags"
         );
     }
+}
+
+/// `serve` with the test certificate and `extra` flags.
+fn serve_with(extra: &[&str]) -> (i32, String, String) {
+    let certs = crate::support::certs::TestCerts::new();
+    let mut args: Vec<String> = with(&[
+        "--tls-cert",
+        certs.cert.to_str().expect("utf-8"),
+        "--tls-key",
+        certs.key.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    run(&args)
+}
+
+#[test]
+fn data_dir_problems_name_the_flag_and_say_it_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    let (code, _, stderr) = serve_with(&["--data-dir", file.to_str().expect("utf-8")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    assert!(stderr.contains("a file is in the way"), "{stderr}");
+    assert!(!stderr.contains("os error"), "no OS error number: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let key = dir.path().join("ticket.key");
+    std::fs::write(&key, "not a key").expect("write");
+    let data = dir.path().join("data");
+    let (code, _, stderr) = serve_with(&[
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--ticket-key-file",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--ticket-key-file"), "{stderr}");
+}
+
+#[test]
+fn certificate_files_that_are_not_pem_name_their_flag() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not pem").expect("write");
+    let certs = crate::support::certs::TestCerts::new();
+    for (flag, cert, key) in [
+        ("--tls-cert", bad.as_path(), certs.key.as_path()),
+        ("--tls-key", certs.cert.as_path(), bad.as_path()),
+    ] {
+        let (code, _, stderr) = run(&with(&[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+            "--data-dir",
+            dir.path().join("data").to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+        ]));
+        assert_eq!(code, 64, "{stderr}");
+        assert!(stderr.contains(&format!("{flag} ")), "{flag}: {stderr}");
+        assert!(stderr.contains("bad.pem"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_relative_route_url_says_what_to_write() {
+    let (code, _, stderr) = run(&with(&["--route", "/api/x=notaurl"]));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--route"), "{stderr}");
+    assert!(stderr.contains("not an absolute URL"), "{stderr}");
+    assert!(stderr.contains("https://host"), "{stderr}");
+    assert!(!stderr.contains("without a base"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_names_the_flag_and_exits_75() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let (code, _, stderr) = run(&with(&[
+        "--listen",
+        &address,
+        "--data-dir",
+        dir.path().join("data").to_str().expect("utf-8"),
+    ]));
+    assert_eq!(code, 75, "EX_TEMPFAIL: {stderr}");
+    assert!(stderr.contains(&format!("--listen {address}")), "{stderr}");
+    assert!(stderr.contains("address in use"), "{stderr}");
+}
+
+#[test]
+fn check_config_checks_the_data_directory_and_key_before_the_provider() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check-config",
+            "--issuer",
+            "https://id.example.com",
+            "--client-id",
+            "spa",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // A file where the directory should be: refused (exit 64) before the provider is asked.
+    let (code, out, stderr) = check(&["--data-dir", file.to_str().expect("utf-8")]);
+    assert_eq!(code, 64, "{out}{stderr}");
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    assert!(
+        out.contains("self-signed"),
+        "without --tls-cert it does not claim a certificate: {out}"
+    );
+    assert!(!out.contains("TLS certificate and key: ok"), "{out}");
+    // Below a file: the directory could never be made.
+    let under = file.join("data");
+    let (code, _, stderr) = check(&["--data-dir", under.to_str().expect("utf-8")]);
+    assert_eq!(code, 64, "{stderr}");
+    // A key file that holds no key.
+    let key = dir.path().join("ticket.key");
+    std::fs::write(&key, "nope").expect("write");
+    let data = dir.path().join("data");
+    let (code, _, stderr) = check(&[
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--ticket-key-file",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--ticket-key-file"), "{stderr}");
+    assert!(!data.exists(), "check-config made nothing");
 }
