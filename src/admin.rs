@@ -304,6 +304,19 @@ pub fn render(request: &AdminRequest, value: &Value) -> String {
             out
         }
         AdminRequest::Revoke { .. } => format!("revoked {} session(s)\n", value["revoked"]),
+        AdminRequest::Stats => {
+            let oldest = value["oldestCreated"]
+                .as_i64()
+                .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+                .map_or_else(
+                    || "-".to_owned(),
+                    |date| date.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                );
+            format!(
+                "sessions:       {}\noldest created: {oldest}\ndatabase file:  {} bytes\n",
+                value["sessions"], value["fileBytes"]
+            )
+        }
         _ => format!(
             "{}\n",
             serde_json::to_string_pretty(value).unwrap_or_default()

@@ -353,10 +353,9 @@ impl Auth {
             "sessionExpiresIn".into(),
             deadline.saturating_sub(self.clock.unix_now()).into(),
         );
-        Ok(reply::json(
-            StatusCode::OK,
-            &serde_json::Value::Object(body),
-        ))
+        let mut response = reply::json(StatusCode::OK, &serde_json::Value::Object(body));
+        crate::access_log::tag_session(&mut response, session.id);
+        Ok(response)
     }
 
     /// `GET /logout?sid=…`: ends the session here and at the provider.
@@ -401,6 +400,7 @@ impl Auth {
             .unwrap_or_else(|| "/".to_owned());
         let mut response = reply::redirect(&location);
         self.expire_session_cookie(&mut response);
+        crate::access_log::tag_session(&mut response, session.id);
         Ok(response)
     }
 }

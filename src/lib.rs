@@ -4,6 +4,7 @@
 //! This file is wiring only: it lists the modules and assembles them in [`run`]. Dependencies
 //! point inward: `routes → auth → refresh → oidc / tickets → cache / store`.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cache;

@@ -20,23 +20,6 @@ use crate::refresh::Refresher;
 use crate::reply::{self, Body, add_security_headers};
 use crate::spa::Spa;
 
-/// What a handler tells the access log beyond method, path and status.
-#[derive(Debug, Clone, Default)]
-pub struct AccessInfo {
-    /// The proxy route that took the request.
-    pub route: Option<String>,
-    /// The destination it went to.
-    pub upstream: Option<String>,
-    /// The session (logged as a short hash of its id, 8 hex digits; never the key).
-    pub session: Option<crate::session::SessionId>,
-}
-
-/// Whether access-log lines are written (`--log-level` info or finer for `oidc_bff::access`):
-/// when they are not, handlers skip gathering what only the log would show.
-pub fn access_log_enabled() -> bool {
-    tracing::enabled!(target: "oidc_bff::access", tracing::Level::INFO)
-}
-
 /// Where the provider posts logout tokens (register public URL + this path).
 pub const BACKCHANNEL_LOGOUT: &str = "/backchannel-logout";
 
@@ -98,7 +81,7 @@ impl Gateway {
         let method = request.method().clone();
         // The path only: queries carry codes and states, which never go to a log. Copied only
         // when the access log is on.
-        let path = access_log_enabled().then(|| request.uri().path().to_owned());
+        let path = crate::access_log::enabled().then(|| request.uri().path().to_owned());
         let mut request = request;
         let endpoint = match normalize_target(&mut request) {
             Ok(()) => self.endpoint(&request),
@@ -116,7 +99,7 @@ impl Gateway {
         }
         let info = response
             .extensions_mut()
-            .remove::<AccessInfo>()
+            .remove::<crate::access_log::AccessInfo>()
             .unwrap_or_default();
         let status = response.status();
         let elapsed = started.elapsed();

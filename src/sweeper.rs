@@ -110,7 +110,13 @@ pub async fn refresh_loop(
         let report = refresh_once(&tickets, &refresher, &config).await;
         metrics.refresh_sweep(started.elapsed());
         if report != RefreshReport::default() {
-            tracing::info!(?report, "refresh sweep");
+            tracing::info!(
+                refreshed = report.refreshed,
+                ended = report.ended,
+                failed = report.failed,
+                backing_off = report.backing_off,
+                "refresh sweep"
+            );
         }
     }
 }

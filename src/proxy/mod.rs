@@ -90,7 +90,10 @@ pub fn route_from_flag(spec: &RouteSpec) -> RouteDef {
         .destinations
         .iter()
         .enumerate()
-        .map(|(index, url)| Destination::new(format!("{index:04}"), url.clone()))
+        .map(|(index, url)| {
+            // Named by place, which keeps the flag's order; logged by address.
+            Destination::new(format!("{index:04}"), url.clone()).labelled_by_address()
+        })
         .collect();
     RouteDef {
         id: spec.prefix.clone(),
@@ -686,9 +689,9 @@ impl Proxy {
             if let Some(protocol) = protocol {
                 parts.headers.insert(header::UPGRADE, protocol);
             }
-            parts.extensions.insert(crate::routes::AccessInfo {
+            parts.extensions.insert(crate::access_log::AccessInfo {
                 route: Some(route.id.clone()),
-                upstream: Some(destination.name.clone()),
+                upstream: Some(destination.label.clone()),
                 session: session_tag,
             });
             return Ok(Response::from_parts(
@@ -700,10 +703,10 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         Transform::rewrite_response(&route.transforms, status, &mut parts.headers);
         drop_gateway_set_cookies(&mut parts.headers, auth);
-        if crate::routes::access_log_enabled() {
-            parts.extensions.insert(crate::routes::AccessInfo {
+        if crate::access_log::enabled() {
+            parts.extensions.insert(crate::access_log::AccessInfo {
                 route: Some(route.id.clone()),
-                upstream: Some(destination.name.clone()),
+                upstream: Some(destination.label.clone()),
                 session: session_tag,
             });
         }

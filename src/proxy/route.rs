@@ -422,6 +422,9 @@ pub enum Policy {
 pub struct Destination {
     /// Name from the configuration.
     pub name: String,
+    /// What the access log calls it: its YARP name, or for a `--route` destination (whose
+    /// name is only its place in the flag) the URL's host and port.
+    pub label: String,
     /// Base URL.
     pub url: Url,
     /// Where to connect, parsed once.
@@ -438,6 +441,7 @@ impl Destination {
     /// A destination.
     pub fn new(name: String, url: Url) -> Self {
         Self {
+            label: name.clone(),
             name,
             address: Address::new(&url),
             connections: Arc::default(),
@@ -446,6 +450,16 @@ impl Destination {
             in_flight: AtomicUsize::new(0),
             unhealthy_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The same destination, logged as its URL's host and port.
+    pub fn labelled_by_address(mut self) -> Self {
+        let host = self.url.host_str().unwrap_or_default();
+        self.label = match self.url.port_or_known_default() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        self
     }
 
     /// The upstream request target (origin form: path and query) for `rest` (the path after

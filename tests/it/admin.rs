@@ -115,6 +115,12 @@ async fn with_the_server_stopped_the_file_is_used_directly() {
     let (code, out, err) = sessions(&dir, &["stats", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["sessions"], 1);
+    // Without --json, lines for a person.
+    let (code, out, err) = sessions(&dir, &["stats"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("sessions:       1\n"), "{out}");
+    assert!(out.contains("oldest created: 20"), "a date: {out}");
+    assert!(!out.contains('{'), "not JSON: {out}");
     let (code, out, _) = sessions(&dir, &["revoke", "--all", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(json(&out)["revoked"], 1);

@@ -295,8 +295,10 @@ async fn json_logs_parse_and_carry_one_access_line_per_request_without_secrets()
     let certs = TestCerts::new();
     let data = tempfile::tempdir().expect("dir");
     let port = free_port();
+    let upstream = crate::support::upstream::Upstream::start().await;
     let mut child = gateway_command(&provider, &certs, data.path(), port)
         .args(["--log-format", "json"])
+        .args(["--route", &format!("/api/up={}", upstream.url)])
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -309,6 +311,16 @@ async fn json_logs_parse_and_carry_one_access_line_per_request_without_secrets()
         .get("/signin-oidc?code=SECRET-CODE-123&state=STATE-456", &[])
         .await;
     assert_eq!(callback.status, 400);
+    let cookie = browser.jar["__Host-bff"].clone();
+    let proxied = browser.get("/api/up/products", &[("X-CSRF", "1")]).await;
+    assert_eq!(proxied.status, 200, "{}", proxied.body);
+    let user = browser.user().await;
+    assert_eq!(user.status, 200);
+    let logout_url = user.json()["logoutUrl"]
+        .as_str()
+        .expect("logoutUrl")
+        .to_owned();
+    assert_eq!(browser.get(&logout_url, &[]).await.status, 302);
     send_signal(&child, "TERM");
     let mut stderr = String::new();
     child
@@ -339,14 +351,32 @@ async fn json_logs_parse_and_carry_one_access_line_per_request_without_secrets()
             .iter()
             .any(|line| line["path"] == "/signin-oidc" && line["status"] == 400)
     );
+    // Every line that acted for the session names it (a short hash), the proxied one its
+    // upstream by address, not by the --route destination's place in the flag.
+    for path in ["/api/user", "/logout", "/api/up/products"] {
+        let line = access
+            .iter()
+            .find(|line| line["path"] == path)
+            .unwrap_or_else(|| panic!("no access line for {path}: {stderr}"));
+        let session = line["session"].as_str().unwrap_or("-");
+        assert!(
+            session.len() == 8 && session != "-",
+            "{path} names the session: {line}"
+        );
+    }
+    let proxied = access
+        .iter()
+        .find(|line| line["path"] == "/api/up/products")
+        .expect("proxied line");
+    let authority = upstream
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    assert_eq!(proxied["upstream"], authority, "{proxied}");
     for secret in provider.issued_secrets() {
         assert!(!stderr.contains(&secret), "a token reached the log");
     }
-    for secret in [
-        "SECRET-CODE-123",
-        "STATE-456",
-        browser.jar["__Host-bff"].as_str(),
-    ] {
+    for secret in ["SECRET-CODE-123", "STATE-456", cookie.as_str()] {
         assert!(!stderr.contains(secret), "{secret} reached the log");
     }
 }
