@@ -6,12 +6,35 @@
 // OIDC_BFF_DEMO_API_PORT (7002). OIDC_BFF_BIN: the binary (default target/release/oidc-bff).
 
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { repo, startStack } from './stack.mjs';
 
 const port = (name, fallback) => Number(process.env[name] ?? fallback);
+const ports = {
+  gateway: ['OIDC_BFF_DEMO_PORT', port('OIDC_BFF_DEMO_PORT', 8443)],
+  provider: ['OIDC_BFF_DEMO_PROVIDER_PORT', port('OIDC_BFF_DEMO_PROVIDER_PORT', 9443)],
+  api: ['OIDC_BFF_DEMO_API_PORT', port('OIDC_BFF_DEMO_API_PORT', 7002)],
+};
+
+/** Whether `number` can be listened on at 127.0.0.1 now. */
+const free = (number) =>
+  new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen(number, '127.0.0.1', () => probe.close(() => resolve(true)));
+  });
+
+// A taken port is named with the variable that moves it, before anything starts.
+for (const [role, [variable, number]] of Object.entries(ports)) {
+  if (!(await free(number))) {
+    console.error(`demo: port ${number} (the ${role}) is in use on 127.0.0.1; stop what listens there or set ${variable} to another port`);
+    process.exit(1);
+  }
+}
+
 const dir = mkdtempSync(join(tmpdir(), 'oidc-bff-demo-'));
 const quiet = new Set(['/healthz']);
 
@@ -20,11 +43,7 @@ try {
   stack = await startStack({
     dir,
     gatewayBin: process.env.OIDC_BFF_BIN ?? join(repo, 'target', 'release', 'oidc-bff'),
-    ports: {
-      gateway: port('OIDC_BFF_DEMO_PORT', 8443),
-      provider: port('OIDC_BFF_DEMO_PROVIDER_PORT', 9443),
-      api: port('OIDC_BFF_DEMO_API_PORT', 7002),
-    },
+    ports: { gateway: ports.gateway[1], provider: ports.provider[1], api: ports.api[1] },
     accessTokenTtl: 60,
     password: 'wonderland',
     echo: (name, line) => {

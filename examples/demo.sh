@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "demo: cargo is missing (https://rustup.rs)" >&2; exit 2; }
 bash examples/prepare.sh
-echo "demo: cargo build --release --locked"
-cargo build --release --locked --quiet
+echo "demo: cargo build --release --locked (the first build takes a few minutes)"
+cargo build --release --locked
 exec node examples/demo.mjs

@@ -3,7 +3,7 @@
 #   target/debian/oidc-bff_<version>-1_<arch>.deb
 #   target/generate-rpm/oidc-bff-<version>-1.<arch>.rpm
 # Needs cargo-deb and cargo-generate-rpm (`cargo install --locked cargo-deb cargo-generate-rpm`).
-# The man page and the bash/zsh/fish completions are generated from the binary's own clap
+# The man pages (one per command) and the bash/zsh/fish completions are generated from the binary's own clap
 # definition, so they always match its flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +25,10 @@ install -m 0755 target/release/oidc-bff "$out/oidc-bff"
 strip --strip-unneeded "$out/oidc-bff"
 "$out/oidc-bff" --version
 
-echo "== man page and completions"
-"$out/oidc-bff" manpage | gzip -9n > "$out/oidc-bff.1.gz"
+echo "== man pages and completions"
+mkdir -p "$out/man"
+"$out/oidc-bff" manpage --dir "$out/man"
+gzip -9n "$out"/man/*.1
 "$out/oidc-bff" completions bash > "$out/completions/oidc-bff.bash"
 "$out/oidc-bff" completions zsh > "$out/completions/_oidc-bff"
 "$out/oidc-bff" completions fish > "$out/completions/oidc-bff.fish"

@@ -17,7 +17,8 @@ fi
 echo "== .deb: contents and metadata"
 contents=$(dpkg-deb -c "$deb")
 for path in ./usr/bin/oidc-bff ./lib/systemd/system/oidc-bff.service ./etc/default/oidc-bff \
-  ./usr/share/man/man1/oidc-bff.1.gz ./usr/share/bash-completion/completions/oidc-bff \
+  ./usr/share/man/man1/oidc-bff.1.gz ./usr/share/man/man1/oidc-bff-serve.1.gz \
+  ./usr/share/bash-completion/completions/oidc-bff \
   ./usr/share/zsh/vendor-completions/_oidc-bff ./usr/share/fish/vendor_completions.d/oidc-bff.fish \
   ./usr/share/doc/oidc-bff/README.md ./usr/share/doc/oidc-bff/copyright; do
   has " $path" "$contents" "$path is not in the .deb"
@@ -33,6 +34,9 @@ version=$(oidc-bff --version)
 has "oidc-bff" "$version" "--version printed: $version"
 man -w oidc-bff
 [ "$(man -w oidc-bff)" = /usr/share/man/man1/oidc-bff.1.gz ] || fail "man -w oidc-bff"
+for page in oidc-bff-serve oidc-bff-sessions oidc-bff-check-config; do
+  [ "$(man -w "$page")" = "/usr/share/man/man1/$page.1.gz" ] || fail "man -w $page"
+done
 getent passwd oidc-bff >/dev/null || fail "no oidc-bff system user"
 [ "$(getent passwd oidc-bff | cut -d: -f7)" = /usr/sbin/nologin ] || fail "the oidc-bff user has a login shell"
 [ "$(stat -c %a:%U:%G /etc/oidc-bff)" = 750:root:oidc-bff ] || fail "/etc/oidc-bff is $(stat -c %a:%U:%G /etc/oidc-bff), not 750:root:oidc-bff"
@@ -70,7 +74,8 @@ echo "== .rpm: files, config files and scripts"
 rpm_files=$(rpm -qlp "$rpm" 2>/dev/null)
 echo "$rpm_files"
 for path in /usr/bin/oidc-bff /usr/lib/systemd/system/oidc-bff.service /etc/sysconfig/oidc-bff \
-  /usr/share/man/man1/oidc-bff.1.gz /usr/share/bash-completion/completions/oidc-bff \
+  /usr/share/man/man1/oidc-bff.1.gz /usr/share/man/man1/oidc-bff-serve.1.gz \
+  /usr/share/bash-completion/completions/oidc-bff \
   /usr/share/zsh/site-functions/_oidc-bff /usr/share/fish/vendor_completions.d/oidc-bff.fish \
   /usr/share/licenses/oidc-bff/LICENSE; do
   has "$path" "$rpm_files" "$path is not in the .rpm"

@@ -38,16 +38,22 @@ pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     about = "Backend-for-Frontend security gateway: OpenID Connect login, server-side sessions, \
              token relay",
     long_about = "oidc-bff keeps every OAuth token server-side. The browser holds only an \
-                  HttpOnly session cookie; sessions live in an encrypted redb file."
+                  HttpOnly session cookie; sessions live in an encrypted redb file.",
+    after_long_help = EXIT_STATUS
 )]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
 
+/// Where log lines go and how many: the flags of every command that logs.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
     /// Log line format: text for people (journald adds the time), json for log pipelines.
     #[arg(
         long,
+        help_heading = "Logging",
         env = "OIDC_BFF_LOG_FORMAT",
         value_enum,
         default_value = "text",
@@ -58,12 +64,22 @@ pub struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG wins when set.
     #[arg(
         long,
+        help_heading = "Logging",
         env = "OIDC_BFF_LOG_LEVEL",
         default_value = "info",
         global = true,
         value_name = "LEVEL"
     )]
     pub log_level: String,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+        }
+    }
 }
 
 /// How log lines are written.
@@ -75,10 +91,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// What `oidc-bff --help` and the manual page say of exit codes.
+const EXIT_STATUS: &str = "Exit status: 0 success (serve: a clean shutdown); 64 a configuration \
+error, with one line per problem naming the flag; 69 (check-config) the provider cannot be \
+reached; 75 (serve) the --listen or --metrics-listen address is taken by another process; \
+1 any other failure (the session database failed while running).
+
+Every flag can also be set as the OIDC_BFF_* variable its help shows. Each command has its own \
+page: oidc-bff-serve(1), oidc-bff-sessions(1), oidc-bff-check-config(1).";
+
+/// The example at the end of `serve --help`: the flags a first installation needs.
+const SERVE_EXAMPLE: &str =
+    "Example (the provider's client is confidential; its secret comes from a file):
+
+  oidc-bff serve \\
+    --issuer https://login.example.com/realms/main --client-id my-spa \\
+    --client-secret-file /etc/oidc-bff/client-secret \\
+    --public-url https://app.example.com --listen 0.0.0.0:443 \\
+    --tls-cert /etc/oidc-bff/cert.pem --tls-key /etc/oidc-bff/key.pem \\
+    --route /api/orders=http://10.0.0.5:8080 --static-dir /srv/my-spa
+
+Every flag can also be set as the OIDC_BFF_* variable shown. `man oidc-bff-serve` has the
+same with room to read.";
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
+    #[command(after_help = SERVE_EXAMPLE)]
     Serve(Box<ServeArgs>),
     /// Inspect and revoke sessions (through the running server's admin socket, or the file
     /// directly when the server is stopped). Never prints tokens.
@@ -87,8 +127,13 @@ pub enum Command {
     /// key, CA file, YARP file, SPA directory) and that the provider's discovery answers.
     /// Takes the same flags as `serve`; exits 0 when all is well.
     CheckConfig(Box<ServeArgs>),
-    /// Print the manual page (roff) to standard output, for packaging.
-    Manpage,
+    /// Print the manual page (roff) to standard output, or write every command's page
+    /// (oidc-bff.1, oidc-bff-serve.1, …) into a directory, for packaging.
+    Manpage {
+        /// Write every command's page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print a shell completion script to standard output, for packaging.
     Completions {
         /// The shell.
@@ -130,6 +175,10 @@ pub struct SessionsArgs {
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Session commands.
@@ -219,21 +268,38 @@ impl SameSite {
 /// Flags of `oidc-bff serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address and port to listen on (TLS).
+    /// The OpenID provider's issuer URL; discovery is read from its
+    /// /.well-known/openid-configuration. Plain http is accepted only on a loopback address.
+    #[arg(help_heading = "Provider", long, env = "OIDC_BFF_ISSUER", value_name = "URL", value_parser = parse_issuer)]
+    pub issuer: String,
+
+    /// The client id registered at the provider.
     #[arg(
+        help_heading = "Provider",
         long,
-        env = "OIDC_BFF_LISTEN",
-        default_value = "127.0.0.1:8443",
-        value_name = "ADDR"
+        env = "OIDC_BFF_CLIENT_ID",
+        value_name = "ID"
     )]
-    pub listen: SocketAddr,
+    pub client_id: String,
+
+    /// File holding the client secret. Alternatives: the OIDC_BFF_CLIENT_SECRET variable, or
+    /// systemd's $CREDENTIALS_DIRECTORY/client-secret. Never a plain flag: argv is visible in ps.
+    /// With none of them the gateway acts as a public client (PKCE only).
+    #[arg(
+        help_heading = "Provider",
+        long,
+        env = "OIDC_BFF_CLIENT_SECRET_FILE",
+        value_name = "PATH"
+    )]
+    pub client_secret_file: Option<PathBuf>,
 
     /// The origin browsers use to reach the gateway [default: https://localhost:<listen port>].
-    #[arg(long, env = "OIDC_BFF_PUBLIC_URL", value_name = "URL", value_parser = crate::urls::absolute)]
+    #[arg(help_heading = "Provider", long, env = "OIDC_BFF_PUBLIC_URL", value_name = "URL", value_parser = crate::urls::absolute)]
     pub public_url: Option<Url>,
 
     /// Path the provider redirects back to after login (register public URL + this path).
     #[arg(
+        help_heading = "Provider",
         long,
         env = "OIDC_BFF_CALLBACK_PATH",
         default_value = "/signin-oidc",
@@ -241,23 +307,9 @@ pub struct ServeArgs {
     )]
     pub callback_path: String,
 
-    /// The OpenID provider's issuer URL; discovery is read from its
-    /// /.well-known/openid-configuration. Plain http is accepted only on a loopback address.
-    #[arg(long, env = "OIDC_BFF_ISSUER", value_name = "URL", value_parser = parse_issuer)]
-    pub issuer: String,
-
-    /// The client id registered at the provider.
-    #[arg(long, env = "OIDC_BFF_CLIENT_ID", value_name = "ID")]
-    pub client_id: String,
-
-    /// File holding the client secret. Alternatives: the OIDC_BFF_CLIENT_SECRET variable, or
-    /// systemd's $CREDENTIALS_DIRECTORY/client-secret. Never a plain flag: argv is visible in ps.
-    /// With none of them the gateway acts as a public client (PKCE only).
-    #[arg(long, env = "OIDC_BFF_CLIENT_SECRET_FILE", value_name = "PATH")]
-    pub client_secret_file: Option<PathBuf>,
-
     /// Scopes to request, separated by spaces; `openid` is always included.
     #[arg(
+        help_heading = "Provider",
         long,
         env = "OIDC_BFF_SCOPES",
         default_value = "openid profile offline_access"
@@ -266,13 +318,99 @@ pub struct ServeArgs {
 
     /// Extra authorization-request parameter, e.g. `prompt=consent` (repeatable; in the
     /// environment, separate several with spaces).
-    #[arg(long = "auth-param", env = "OIDC_BFF_AUTH_PARAMS", value_name = "KEY=VALUE",
+    #[arg(help_heading = "Provider", long = "auth-param", env = "OIDC_BFF_AUTH_PARAMS", value_name = "KEY=VALUE",
           value_parser = parse_key_value, value_delimiter = ' ')]
     pub auth_params: Vec<(String, String)>,
+
+    /// Extra trusted CA certificates (PEM) for connections to the provider and upstreams, on top
+    /// of the system's roots.
+    #[arg(
+        help_heading = "Provider",
+        long,
+        env = "OIDC_BFF_CA_FILE",
+        value_name = "PEM"
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// Route API calls under PREFIX to the upstream URL(s) with the session's access token as
+    /// bearer, e.g. `/api/OtherApi1=http://127.0.0.1:7002` (repeatable; several URLs are
+    /// balanced round-robin; in the environment, separate routes with spaces).
+    #[arg(help_heading = "Routes and the app", long = "route", env = "OIDC_BFF_ROUTES", value_name = "PREFIX=URL[,URL…]",
+          value_parser = crate::proxy::parse_route, value_delimiter = ' ')]
+    pub routes: Vec<crate::proxy::RouteSpec>,
+
+    /// A YARP configuration file: an ASP.NET appsettings.json with a ReverseProxy section, or
+    /// the section alone (Routes, Clusters, Transforms, LoadBalancingPolicy, …).
+    #[arg(
+        help_heading = "Routes and the app",
+        long,
+        env = "OIDC_BFF_PROXY_CONFIG",
+        value_name = "FILE"
+    )]
+    pub proxy_config: Option<PathBuf>,
+
+    /// Serve the built single-page app from DIR (e.g. Angular's dist/app/browser); unknown
+    /// non-API paths get its index.html.
+    #[arg(
+        help_heading = "Routes and the app",
+        long,
+        env = "OIDC_BFF_STATIC_DIR",
+        value_name = "DIR"
+    )]
+    pub static_dir: Option<PathBuf>,
+
+    /// Development: send every path that is not the gateway's own or a route to this dev server
+    /// (e.g. http://127.0.0.1:4200 for `ng serve`), without tokens. Instead of --static-dir.
+    #[arg(help_heading = "Routes and the app", 
+        long,
+        env = "OIDC_BFF_FRONTEND_URL",
+        value_name = "URL",
+        value_parser = crate::urls::absolute,
+        conflicts_with = "static_dir"
+    )]
+    pub frontend_url: Option<Url>,
+
+    /// Pages allowed to frame the gateway's own pages and the app's files (origins such as
+    /// https://portal.example.com, repeatable). Default: none (`frame-ancestors 'none'` and
+    /// `X-Frame-Options: DENY`, against clickjacking).
+    #[arg(help_heading = "Routes and the app", long = "frame-ancestors", env = "OIDC_BFF_FRAME_ANCESTORS", value_name = "ORIGIN",
+          value_parser = parse_frame_ancestor, value_delimiter = ' ')]
+    pub frame_ancestors: Vec<String>,
+
+    /// Time an upstream has to start answering (502 when unreachable, 504 when too slow).
+    #[arg(help_heading = "Routes and the app", long, env = "OIDC_BFF_UPSTREAM_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub upstream_timeout: Duration,
+
+    /// Largest request body forwarded upstream (larger gets 413).
+    #[arg(help_heading = "Routes and the app", long, env = "OIDC_BFF_MAX_REQUEST_BODY", default_value = "10MiB",
+          value_parser = parse_size, value_name = "SIZE")]
+    pub max_request_body: usize,
+
+    /// A WebSocket tunnel with no byte either way for this long is closed.
+    #[arg(help_heading = "Routes and the app", long, env = "OIDC_BFF_WEBSOCKET_IDLE_TIMEOUT", default_value = "10m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub websocket_idle_timeout: Duration,
+
+    /// A WebSocket tunnel is closed after this long in any case (the browser reconnects).
+    #[arg(help_heading = "Routes and the app", long, env = "OIDC_BFF_WEBSOCKET_MAX_LIFETIME", default_value = "24h",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub websocket_max_lifetime: Duration,
+
+    /// Address and port to listen on (TLS).
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "OIDC_BFF_LISTEN",
+        default_value = "127.0.0.1:8443",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
 
     /// TLS certificate chain (PEM). Without --tls-cert and --tls-key a self-signed certificate
     /// for localhost, 127.0.0.1 and ::1 is generated at start.
     #[arg(
+        help_heading = "Listening and TLS",
         long,
         env = "OIDC_BFF_TLS_CERT",
         value_name = "PEM",
@@ -282,6 +420,7 @@ pub struct ServeArgs {
 
     /// TLS private key (PEM) for --tls-cert.
     #[arg(
+        help_heading = "Listening and TLS",
         long,
         env = "OIDC_BFF_TLS_KEY",
         value_name = "PEM",
@@ -289,101 +428,69 @@ pub struct ServeArgs {
     )]
     pub tls_key: Option<PathBuf>,
 
-    /// Extra trusted CA certificates (PEM) for connections to the provider and upstreams, on top
-    /// of the system's roots.
-    #[arg(long, env = "OIDC_BFF_CA_FILE", value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
-
-    /// Directory for sessions.redb and the ticket key [default: $STATE_DIRECTORY when set,
-    /// else ./oidc-bff-data].
-    #[arg(long, env = "OIDC_BFF_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-
-    /// Unix socket for `oidc-bff sessions` while the server runs (mode 0600)
-    /// [default: <data dir>/admin.sock].
-    #[arg(long, env = "OIDC_BFF_ADMIN_SOCKET", value_name = "PATH")]
-    pub admin_socket: Option<PathBuf>,
-
     /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, its own listener; bind it to
     /// a loopback or internal address) [default: off].
-    #[arg(long, env = "OIDC_BFF_METRICS_LISTEN", value_name = "ADDR")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "OIDC_BFF_METRICS_LISTEN",
+        value_name = "ADDR"
+    )]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Threads that serve requests [default: the CPUs this process may run on]. With 1, a
     /// single-threaded scheduler serves everything, which costs less per request on one core.
-    #[arg(long, env = "OIDC_BFF_WORKER_THREADS", value_name = "N")]
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "OIDC_BFF_WORKER_THREADS",
+        value_name = "N"
+    )]
     pub worker_threads: Option<std::num::NonZeroUsize>,
 
+    /// Directory for sessions.redb and the ticket key [default: $STATE_DIRECTORY when set,
+    /// else ./oidc-bff-data].
+    #[arg(
+        help_heading = "Sessions and storage",
+        long,
+        env = "OIDC_BFF_DATA_DIR",
+        value_name = "DIR"
+    )]
+    pub data_dir: Option<PathBuf>,
+
     /// Ticket encryption key file [default: <data dir>/ticket.key, generated on first start].
-    #[arg(long, env = "OIDC_BFF_TICKET_KEY_FILE", value_name = "PATH")]
+    #[arg(
+        help_heading = "Sessions and storage",
+        long,
+        env = "OIDC_BFF_TICKET_KEY_FILE",
+        value_name = "PATH"
+    )]
     pub ticket_key_file: Option<PathBuf>,
 
+    /// Unix socket for `oidc-bff sessions` while the server runs (mode 0600)
+    /// [default: <data dir>/admin.sock].
+    #[arg(
+        help_heading = "Sessions and storage",
+        long,
+        env = "OIDC_BFF_ADMIN_SOCKET",
+        value_name = "PATH"
+    )]
+    pub admin_socket: Option<PathBuf>,
+
     /// A session not used for this long ends (API calls count as use; isAuth does not).
-    #[arg(long, env = "OIDC_BFF_IDLE_TIMEOUT", default_value = "8h", value_parser = parse_duration,
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_IDLE_TIMEOUT", default_value = "8h", value_parser = parse_duration,
           value_name = "DURATION")]
     pub idle_timeout: Duration,
 
     /// A session ends this long after login, however active.
-    #[arg(long, env = "OIDC_BFF_SESSION_LIFETIME", default_value = "7d", value_parser = parse_duration,
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_SESSION_LIFETIME", default_value = "7d", value_parser = parse_duration,
           value_name = "DURATION")]
     pub session_lifetime: Duration,
-
-    /// An access token expiring within this is refreshed before it is used.
-    #[arg(long, env = "OIDC_BFF_REFRESH_SKEW", default_value = "30s", value_parser = parse_duration,
-          value_name = "DURATION")]
-    pub refresh_skew: Duration,
-
-    /// Time between background refresh sweeps (±10 % jitter).
-    #[arg(long, env = "OIDC_BFF_REFRESH_INTERVAL", default_value = "60s",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub refresh_interval: Duration,
-
-    /// The refresh sweep renews access tokens that expire within this.
-    #[arg(long, env = "OIDC_BFF_REFRESH_AHEAD", default_value = "2m",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub refresh_ahead: Duration,
-
-    /// Most refreshes the sweep runs at once.
-    #[arg(
-        long,
-        env = "OIDC_BFF_REFRESH_CONCURRENCY",
-        default_value = "8",
-        value_name = "N"
-    )]
-    pub refresh_concurrency: NonZeroUsize,
-
-    /// Time between eviction sweeps, which remove idle and expired sessions.
-    #[arg(long, env = "OIDC_BFF_SWEEP_INTERVAL", default_value = "5m",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub sweep_interval: Duration,
-
-    /// Sessions kept decrypted in the in-memory LRU cache.
-    #[arg(
-        long,
-        env = "OIDC_BFF_CACHE_CAPACITY",
-        default_value = "10000",
-        value_name = "N"
-    )]
-    pub cache_capacity: NonZeroUsize,
-
-    /// A cached session not used for this long is dropped from the cache.
-    #[arg(long, env = "OIDC_BFF_CACHE_SLIDING", default_value = "15s", value_parser = parse_duration,
-          value_name = "DURATION")]
-    pub cache_sliding: Duration,
-
-    /// A cached session is re-read from disk at least this often.
-    #[arg(long, env = "OIDC_BFF_CACHE_ABSOLUTE", default_value = "100s", value_parser = parse_duration,
-          value_name = "DURATION")]
-    pub cache_absolute: Duration,
-
-    /// Page cache of the session database, e.g. 64MiB.
-    #[arg(long, env = "OIDC_BFF_DB_CACHE", default_value = "64MiB", value_parser = parse_size,
-          value_name = "SIZE")]
-    pub db_cache: usize,
 
     /// Name of the session cookie. Keep the __Host- prefix: it stops subdomains from
     /// overwriting the cookie.
     #[arg(
+        help_heading = "Sessions and storage",
         long,
         env = "OIDC_BFF_COOKIE_NAME",
         default_value = "__Host-bff",
@@ -393,6 +500,7 @@ pub struct ServeArgs {
 
     /// SameSite attribute of the session cookie.
     #[arg(
+        help_heading = "Sessions and storage",
         long,
         env = "OIDC_BFF_COOKIE_SAME_SITE",
         value_enum,
@@ -401,8 +509,64 @@ pub struct ServeArgs {
     )]
     pub cookie_same_site: SameSite,
 
+    /// An access token expiring within this is refreshed before it is used.
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_REFRESH_SKEW", default_value = "30s", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub refresh_skew: Duration,
+
+    /// Time between background refresh sweeps (±10 % jitter).
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_REFRESH_INTERVAL", default_value = "60s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub refresh_interval: Duration,
+
+    /// The refresh sweep renews access tokens that expire within this.
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_REFRESH_AHEAD", default_value = "2m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub refresh_ahead: Duration,
+
+    /// Most refreshes the sweep runs at once.
+    #[arg(
+        help_heading = "Sessions and storage",
+        long,
+        env = "OIDC_BFF_REFRESH_CONCURRENCY",
+        default_value = "8",
+        value_name = "N"
+    )]
+    pub refresh_concurrency: NonZeroUsize,
+
+    /// Time between eviction sweeps, which remove idle and expired sessions.
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_SWEEP_INTERVAL", default_value = "5m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub sweep_interval: Duration,
+
+    /// Sessions kept decrypted in the in-memory LRU cache.
+    #[arg(
+        help_heading = "Sessions and storage",
+        long,
+        env = "OIDC_BFF_CACHE_CAPACITY",
+        default_value = "10000",
+        value_name = "N"
+    )]
+    pub cache_capacity: NonZeroUsize,
+
+    /// A cached session not used for this long is dropped from the cache.
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_CACHE_SLIDING", default_value = "15s", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub cache_sliding: Duration,
+
+    /// A cached session is re-read from disk at least this often.
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_CACHE_ABSOLUTE", default_value = "100s", value_parser = parse_duration,
+          value_name = "DURATION")]
+    pub cache_absolute: Duration,
+
+    /// Page cache of the session database, e.g. 64MiB.
+    #[arg(help_heading = "Sessions and storage", long, env = "OIDC_BFF_DB_CACHE", default_value = "64MiB", value_parser = parse_size,
+          value_name = "SIZE")]
+    pub db_cache: usize,
+
     /// Most connections served at once; more wait in the kernel's backlog.
     #[arg(
+        help_heading = "Connection limits",
         long,
         env = "OIDC_BFF_MAX_CONNECTIONS",
         default_value = "10000",
@@ -414,6 +578,7 @@ pub struct ServeArgs {
     /// counts by its /64); more are closed at once, so one address cannot take every slot.
     /// Behind a load balancer or reverse proxy, whose address every client has, raise it.
     #[arg(
+        help_heading = "Connection limits",
         long,
         env = "OIDC_BFF_MAX_CONNECTIONS_PER_IP",
         default_value = "256",
@@ -422,35 +587,36 @@ pub struct ServeArgs {
     pub max_connections_per_ip: NonZeroUsize,
 
     /// Time allowed for a TLS handshake.
-    #[arg(long, env = "OIDC_BFF_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration,
+    #[arg(help_heading = "Connection limits", long, env = "OIDC_BFF_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration,
           value_name = "DURATION")]
     pub handshake_timeout: Duration,
 
     /// Time allowed to receive a request's headers, from their first byte (HTTP/1.1).
-    #[arg(long, env = "OIDC_BFF_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration,
+    #[arg(help_heading = "Connection limits", long, env = "OIDC_BFF_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration,
           value_name = "DURATION")]
     pub header_timeout: Duration,
 
     /// A connection with no byte read or written for this long is closed (in-flight requests
     /// finish first); one still silent after twice this is dropped, even mid-response (a client
     /// that stopped reading; a streamed response that sends nothing for that long).
-    #[arg(long, env = "OIDC_BFF_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration,
+    #[arg(help_heading = "Connection limits", long, env = "OIDC_BFF_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration,
           value_name = "DURATION")]
     pub keepalive_timeout: Duration,
 
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish before the remaining
     /// connections are closed (0s: close at once).
-    #[arg(long, env = "OIDC_BFF_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration,
+    #[arg(help_heading = "Connection limits", long, env = "OIDC_BFF_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration,
           value_name = "DURATION")]
     pub shutdown_timeout: Duration,
 
     /// Most header bytes in one request (larger gets 431), e.g. 16KiB.
-    #[arg(long, env = "OIDC_BFF_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = parse_size,
+    #[arg(help_heading = "Connection limits", long, env = "OIDC_BFF_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = parse_size,
           value_name = "SIZE")]
     pub max_header_bytes: usize,
 
     /// Most header fields in one request (more gets 431).
     #[arg(
+        help_heading = "Connection limits",
         long,
         env = "OIDC_BFF_MAX_HEADERS",
         default_value = "100",
@@ -459,73 +625,23 @@ pub struct ServeArgs {
     pub max_headers: usize,
 
     /// Longest request target accepted (longer gets 414).
-    #[arg(long, env = "OIDC_BFF_MAX_URI_BYTES", default_value = "8KiB", value_parser = parse_size,
+    #[arg(help_heading = "Connection limits", long, env = "OIDC_BFF_MAX_URI_BYTES", default_value = "8KiB", value_parser = parse_size,
           value_name = "SIZE")]
     pub max_uri_bytes: usize,
 
-    /// Route API calls under PREFIX to the upstream URL(s) with the session's access token as
-    /// bearer, e.g. `/api/OtherApi1=http://127.0.0.1:7002` (repeatable; several URLs are
-    /// balanced round-robin; in the environment, separate routes with spaces).
-    #[arg(long = "route", env = "OIDC_BFF_ROUTES", value_name = "PREFIX=URL[,URL…]",
-          value_parser = crate::proxy::parse_route, value_delimiter = ' ')]
-    pub routes: Vec<crate::proxy::RouteSpec>,
-
-    /// A YARP configuration file: an ASP.NET appsettings.json with a ReverseProxy section, or
-    /// the section alone (Routes, Clusters, Transforms, LoadBalancingPolicy, …).
-    #[arg(long, env = "OIDC_BFF_PROXY_CONFIG", value_name = "FILE")]
-    pub proxy_config: Option<PathBuf>,
-
-    /// Development: send every path that is not the gateway's own or a route to this dev server
-    /// (e.g. http://127.0.0.1:4200 for `ng serve`), without tokens. Instead of --static-dir.
-    #[arg(
-        long,
-        env = "OIDC_BFF_FRONTEND_URL",
-        value_name = "URL",
-        value_parser = crate::urls::absolute,
-        conflicts_with = "static_dir"
-    )]
-    pub frontend_url: Option<Url>,
-
-    /// Serve the built single-page app from DIR (e.g. Angular's dist/app/browser); unknown
-    /// non-API paths get its index.html.
-    #[arg(long, env = "OIDC_BFF_STATIC_DIR", value_name = "DIR")]
-    pub static_dir: Option<PathBuf>,
-
-    /// Pages allowed to frame the gateway's own pages and the app's files (origins such as
-    /// https://portal.example.com, repeatable). Default: none (`frame-ancestors 'none'` and
-    /// `X-Frame-Options: DENY`, against clickjacking).
-    #[arg(long = "frame-ancestors", env = "OIDC_BFF_FRAME_ANCESTORS", value_name = "ORIGIN",
-          value_parser = parse_frame_ancestor, value_delimiter = ' ')]
-    pub frame_ancestors: Vec<String>,
-
-    /// Time an upstream has to start answering (502 when unreachable, 504 when too slow).
-    #[arg(long, env = "OIDC_BFF_UPSTREAM_TIMEOUT", default_value = "30s",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub upstream_timeout: Duration,
-
-    /// Largest request body forwarded upstream (larger gets 413).
-    #[arg(long, env = "OIDC_BFF_MAX_REQUEST_BODY", default_value = "10MiB",
-          value_parser = parse_size, value_name = "SIZE")]
-    pub max_request_body: usize,
-
-    /// A WebSocket tunnel with no byte either way for this long is closed.
-    #[arg(long, env = "OIDC_BFF_WEBSOCKET_IDLE_TIMEOUT", default_value = "10m",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub websocket_idle_timeout: Duration,
-
-    /// A WebSocket tunnel is closed after this long in any case (the browser reconnects).
-    #[arg(long, env = "OIDC_BFF_WEBSOCKET_MAX_LIFETIME", default_value = "24h",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub websocket_max_lifetime: Duration,
-
     /// Most concurrent HTTP/2 streams per connection.
     #[arg(
+        help_heading = "Connection limits",
         long,
         env = "OIDC_BFF_MAX_H2_STREAMS",
         default_value = "100",
         value_name = "N"
     )]
     pub max_h2_streams: u32,
+
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Everything the gateway needs, checked.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use oidc_bff::RunError;
 use oidc_bff::clock::SystemClock;
-use oidc_bff::config::{Cli, Command, EXIT_CONFIG, LogFormat, ProcessEnvironment};
+use oidc_bff::config::{Cli, Command, EXIT_CONFIG, LogArgs, LogFormat, ProcessEnvironment};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -23,8 +23,13 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let log = match &cli.command {
+        Command::Serve(args) | Command::CheckConfig(args) => args.log.clone(),
+        Command::Sessions(args) => args.log.clone(),
+        Command::Manpage { .. } | Command::Completions { .. } => LogArgs::default(),
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .or_else(|_| EnvFilter::try_new(&log.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never into journald or a log file; journald
     // stamps each line itself, so the time is left out there.
@@ -35,7 +40,7 @@ fn main() -> ExitCode {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     // Text lines escape every control character in every field: outside text (a provider's
     // answer, a path) cannot forge a line or reach the reader's terminal.
-    match (cli.log_format, journald) {
+    match (log.log_format, journald) {
         (LogFormat::Text, false) => logs.fmt_fields(oidc_bff::logging::EscapedFields).init(),
         (LogFormat::Text, true) => logs
             .fmt_fields(oidc_bff::logging::EscapedFields)
@@ -47,9 +52,13 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Sessions(args) => sessions(args),
         Command::CheckConfig(args) => check_config(*args),
-        Command::Manpage => {
-            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            match page.render(&mut std::io::stdout()) {
+        Command::Manpage { dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let written = match dir {
+                Some(dir) => clap_mangen::generate_to(command, dir),
+                None => clap_mangen::Man::new(command).render(&mut std::io::stdout()),
+            };
+            match written {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("oidc-bff: error: {error}");

@@ -214,6 +214,27 @@ fn the_manual_page_and_completions_are_generated_from_the_flags() {
         "roff output"
     );
     assert!(page.contains("oidc-bff"));
+    assert!(
+        page.contains("Exit status"),
+        "the exit codes are documented"
+    );
+    // Every command's page, for the packages.
+    let dir = tempfile::tempdir().expect("dir");
+    let (code, _, err) = run(&["manpage", "--dir", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    for name in [
+        "oidc-bff",
+        "oidc-bff-serve",
+        "oidc-bff-sessions",
+        "oidc-bff-sessions-revoke",
+        "oidc-bff-check-config",
+    ] {
+        assert!(dir.path().join(format!("{name}.1")).is_file(), "{name}.1");
+    }
+    let serve = std::fs::read_to_string(dir.path().join("oidc-bff-serve.1")).expect("serve page");
+    for text in ["route", "static\\-dir", "PROVIDER", "CONNECTION LIMITS"] {
+        assert!(serve.contains(text), "the serve page has {text}");
+    }
     for shell in ["bash", "zsh", "fish"] {
         let (code, script, _) = run(&["completions", shell]);
         assert_eq!(code, 0, "{shell}");
@@ -362,4 +383,31 @@ fn check_config_checks_the_data_directory_and_key_before_the_provider() {
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("--ticket-key-file"), "{stderr}");
     assert!(!data.exists(), "check-config made nothing");
+}
+
+#[test]
+fn serve_help_puts_the_essentials_first_in_groups_and_ends_with_an_example() {
+    let (code, help, _) = run(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    let at = |text: &str| {
+        help.find(text)
+            .unwrap_or_else(|| panic!("{text} in serve --help"))
+    };
+    let headings = [
+        "Provider:",
+        "Routes and the app:",
+        "Listening and TLS:",
+        "Sessions and storage:",
+        "Connection limits:",
+        "Logging:",
+    ];
+    for pair in headings.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "{} before {}", pair[0], pair[1]);
+    }
+    assert!(at("--issuer") < at("--route") && at("--route") < at("--max-connections"));
+    assert!(at("--static-dir") < at("--idle-timeout"));
+    assert!(at("Example") > at("--log-level"), "the example comes last");
+    // Commands that do not log have no log flags.
+    let (_, manpage_help, _) = run(&["manpage", "--help"]);
+    assert!(!manpage_help.contains("--log-level"), "{manpage_help}");
 }
