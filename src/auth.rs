@@ -18,11 +18,12 @@ use http::header::{HeaderValue, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 
 use crate::clock::Clock;
-use crate::config::{CookieConfig, SameSite, check_local_path};
 use crate::cookies;
+use crate::cookies::{CookieConfig, SameSite};
 use crate::error::HttpError;
 use crate::flow::{FLOW_TTL, MAX_RETURN_PATH, PendingLogin, PendingLogins};
 use crate::oidc::{Provider, user_claims};
+use crate::path::check_local_path;
 use crate::refresh::{FreshnessError, Refresher};
 use crate::reply::{self, Body};
 use crate::seal::{Sealer, constant_time_eq};

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use lru::LruCache;
 
 use crate::session::{IdHashing, SessionId, Ticket};
+use crate::sync::Locked;
 
 /// A cached session: its ticket and what is known of its activity.
 #[derive(Debug, Clone)]
@@ -99,9 +100,7 @@ impl TicketCache {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere cannot leave the LRU half-updated in a way that matters here: the
         // worst case is a stale entry, which expiry bounds. So keep serving.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.locked()
     }
 
     /// The cached session, if present and not expired at `now`; a hit slides its expiry.

@@ -4,6 +4,7 @@
 //! handlers and background tasks ask a [`Clock`], which tests replace with a [`ManualClock`] so
 //! expiry can be exercised without sleeping.
 
+use crate::sync::Locked;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,20 +50,14 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        let mut now = self
-            .now
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut now = self.now.locked();
         *now += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        *self
-            .now
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self.now.locked()
     }
 }
 

@@ -6,7 +6,7 @@
 //! to, collecting every problem so the operator sees them all at once.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +19,16 @@ use crate::session::{Secret, SessionPolicy};
 
 /// Exit code for a configuration error (EX_USAGE from sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
+
+// The settings types belong to the modules they configure; these names stay for callers of the
+// flags' results.
+pub use crate::cookies::{CookieConfig, SameSite};
+pub use crate::oidc::OidcConfig;
+pub use crate::path::check_local_path;
+pub use crate::server::ServerLimits;
+pub use crate::store::StorageConfig;
+pub use crate::tls::TlsConfig;
+pub use crate::urls::is_loopback_host;
 
 /// The `oidc-bff` command line.
 /// The version `--version` prints: the package version and the commit it was built from
@@ -244,25 +254,6 @@ impl SessionsAction {
 pub fn data_dir(flag: Option<PathBuf>, env: &dyn Environment) -> PathBuf {
     flag.or_else(|| env.var("STATE_DIRECTORY").map(|dirs| first_path(&dirs)))
         .unwrap_or_else(|| PathBuf::from("oidc-bff-data"))
-}
-
-/// SameSite attribute of the session cookie.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SameSite {
-    /// Sent on same-site requests and top-level cross-site navigations.
-    Lax,
-    /// Sent on same-site requests only.
-    Strict,
-}
-
-impl SameSite {
-    /// The attribute value as it appears in `Set-Cookie`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SameSite::Lax => "Lax",
-            SameSite::Strict => "Strict",
-        }
-    }
 }
 
 /// Flags of `oidc-bff serve`.
@@ -684,118 +675,6 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// Provider settings.
-#[derive(Debug, Clone)]
-pub struct OidcConfig {
-    /// Issuer URL exactly as configured (discovery must report the same string).
-    pub issuer: String,
-    /// Client id.
-    pub client_id: String,
-    /// Client secret; `None` for a public client.
-    pub client_secret: Option<Secret>,
-    /// Scopes, `openid` first.
-    pub scopes: Vec<String>,
-    /// Extra authorization-request parameters.
-    pub auth_params: Vec<(String, String)>,
-    /// The callback path.
-    pub callback_path: String,
-    /// Public origin + callback path.
-    pub redirect_uri: Url,
-    /// Where the provider sends the browser after logout: public origin + `/`.
-    pub post_logout_redirect_uri: Url,
-    /// Extra CA certificates for outbound TLS.
-    pub ca_file: Option<PathBuf>,
-}
-
-/// Server certificate source.
-#[derive(Debug, Clone)]
-pub enum TlsConfig {
-    /// Certificate and key files.
-    Files {
-        /// PEM certificate chain.
-        cert: PathBuf,
-        /// PEM private key.
-        key: PathBuf,
-    },
-    /// A self-signed certificate generated at start.
-    SelfSigned,
-}
-
-/// Files on disk.
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
-    /// The data directory.
-    pub data_dir: PathBuf,
-    /// The ticket key file.
-    pub ticket_key_file: PathBuf,
-    /// redb page cache in bytes.
-    pub db_cache_bytes: usize,
-}
-
-impl StorageConfig {
-    /// Path of the session database.
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("sessions.redb")
-    }
-}
-
-/// Cookie settings.
-#[derive(Debug, Clone)]
-pub struct CookieConfig {
-    /// Session cookie name.
-    pub name: String,
-    /// SameSite of the session cookie (the login-flow cookie is always Lax).
-    pub same_site: SameSite,
-}
-
-impl CookieConfig {
-    const FLOW_SUFFIX: &'static str = "-flow";
-
-    /// Name of the short-lived login-flow cookie.
-    pub fn flow_name(&self) -> String {
-        format!("{}{}", self.name, Self::FLOW_SUFFIX)
-    }
-
-    /// Whether `name` is one of the gateway's own cookies (the session or the login-flow one),
-    /// without building the flow cookie's name.
-    pub fn is_own(&self, name: &str) -> bool {
-        name == self.name || name.strip_suffix(Self::FLOW_SUFFIX) == Some(self.name.as_str())
-    }
-
-    /// Whether `text` starts with the name of a gateway cookie, ASCII case ignored (browsers
-    /// compare the `__Host-` prefix so): a nameless cookie with such a value would be sent back
-    /// as that cookie.
-    pub fn starts_with_own(&self, text: &str) -> bool {
-        text.get(..self.name.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(&self.name))
-    }
-}
-
-/// Limits against slow or hostile clients.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerLimits {
-    /// Concurrent connections.
-    pub max_connections: usize,
-    /// Concurrent connections from one address (an IPv6 /64).
-    pub max_connections_per_ip: usize,
-    /// TLS handshake deadline.
-    pub handshake_timeout: Duration,
-    /// Request-header deadline.
-    pub header_timeout: Duration,
-    /// Idle keep-alive deadline.
-    pub keepalive_timeout: Duration,
-    /// How long a shutdown waits for in-flight requests.
-    pub shutdown_timeout: Duration,
-    /// Header bytes per request.
-    pub max_header_bytes: usize,
-    /// Header fields per request.
-    pub max_headers: usize,
-    /// Request-target length.
-    pub max_uri_bytes: usize,
-    /// HTTP/2 streams per connection.
-    pub max_h2_streams: u32,
-}
-
 /// Every problem found in the flags, each naming its flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -1195,34 +1074,6 @@ fn check_issuer(url: &Url) -> Result<(), String> {
         )),
         other => Err(format!("{url}: unsupported scheme {other}")),
     }
-}
-
-/// Whether a URL's host is a loopback address or `localhost`.
-pub fn is_loopback_host(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
-/// Checks that `path` is an absolute local path: one leading `/`, no scheme, no `//` or `/\`
-/// authority trick, no control characters.
-pub fn check_local_path(path: &str) -> Result<(), String> {
-    let bytes = path.as_bytes();
-    if bytes.first() != Some(&b'/') {
-        return Err(format!("{path:?} must start with /"));
-    }
-    if matches!(bytes.get(1), Some(b'/') | Some(b'\\')) {
-        return Err(format!("{path:?} must not start with // or /\\"));
-    }
-    if path.chars().any(|c| c.is_control() || c == '\\') {
-        return Err(format!(
-            "{path:?} contains a backslash or a control character"
-        ));
-    }
-    Ok(())
 }
 
 fn is_cookie_name(name: &str) -> bool {

@@ -37,10 +37,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::ServerLimits;
 use crate::deadlines::{Activity, Due, ExchangeBody, Tracked};
 use crate::proxy::ConnectionHold;
 use crate::routes::Gateway;
+use crate::server::ServerLimits;
 
 /// An HTTP/1.1 connection without a request for this long is parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);

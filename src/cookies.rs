@@ -6,8 +6,6 @@
 use http::HeaderMap;
 use http::header::COOKIE;
 
-use crate::config::SameSite;
-
 /// Every value of cookie `name` in the request, in header order. Browsers send duplicates when
 /// cookies with the same name exist for several paths; callers decide which they accept.
 pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -40,6 +38,57 @@ pub fn expire(name: &str, same_site: SameSite) -> String {
         "{name}=; Path=/; Secure; HttpOnly; SameSite={}; Max-Age=0",
         same_site.as_str()
     )
+}
+
+/// SameSite attribute of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SameSite {
+    /// Sent on same-site requests and top-level cross-site navigations.
+    Lax,
+    /// Sent on same-site requests only.
+    Strict,
+}
+
+impl SameSite {
+    /// The attribute value as it appears in `Set-Cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+/// Cookie settings.
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    /// Session cookie name.
+    pub name: String,
+    /// SameSite of the session cookie (the login-flow cookie is always Lax).
+    pub same_site: SameSite,
+}
+
+impl CookieConfig {
+    const FLOW_SUFFIX: &'static str = "-flow";
+
+    /// Name of the short-lived login-flow cookie.
+    pub fn flow_name(&self) -> String {
+        format!("{}{}", self.name, Self::FLOW_SUFFIX)
+    }
+
+    /// Whether `name` is one of the gateway's own cookies (the session or the login-flow one),
+    /// without building the flow cookie's name.
+    pub fn is_own(&self, name: &str) -> bool {
+        name == self.name || name.strip_suffix(Self::FLOW_SUFFIX) == Some(self.name.as_str())
+    }
+
+    /// Whether `text` starts with the name of a gateway cookie, ASCII case ignored (browsers
+    /// compare the `__Host-` prefix so): a nameless cookie with such a value would be sent back
+    /// as that cookie.
+    pub fn starts_with_own(&self, text: &str) -> bool {
+        text.get(..self.name.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(&self.name))
+    }
 }
 
 #[cfg(test)]

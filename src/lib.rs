@@ -1,8 +1,8 @@
 //! oidc-bff: a Backend-for-Frontend security gateway. The browser holds only an HttpOnly
 //! session cookie; tokens stay in an encrypted redb file on the server.
 //!
-//! This file is wiring only: it lists the modules and assembles them in [`run`]. Dependencies
-//! point inward: `routes → auth → refresh → oidc / tickets → cache / store`.
+//! This file lists the modules and assembles them in [`run`], with the background tasks it
+//! starts. `docs/design.md` describes how the modules depend on each other.
 
 pub mod access_log;
 pub mod admin;
@@ -33,6 +33,7 @@ pub mod session;
 pub mod spa;
 pub mod store;
 pub mod sweeper;
+pub mod sync;
 pub mod tickets;
 pub mod tls;
 pub mod urls;

@@ -86,6 +86,7 @@ pub fn write_escaped(out: &mut impl Write, text: &str) -> fmt::Result {
 
 #[cfg(test)]
 mod tests {
+    use crate::sync::Locked;
     use std::io;
     use std::sync::{Arc, Mutex};
 
@@ -96,10 +97,7 @@ mod tests {
 
     impl io::Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .extend_from_slice(bytes);
+            self.0.locked().extend_from_slice(bytes);
             Ok(bytes.len())
         }
 

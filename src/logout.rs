@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::clock::Clock;
 use crate::oidc::Provider;
+use crate::sync::Locked;
 
 /// The event a logout token must carry.
 const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -140,10 +141,7 @@ impl LogoutVerifier {
 
     async fn refetch(&self) -> Option<CoreJsonWebKeySet> {
         {
-            let mut last = self
-                .last_refetch
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut last = self.last_refetch.locked();
             if last.is_some_and(|at| at.elapsed() < REFETCH_EVERY) {
                 return None;
             }

@@ -31,6 +31,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::sync::{Locked, RwLocked};
 use crate::tickets::TicketStore;
 
 /// Labels of one request: which route or endpoint, and the status it got.
@@ -210,10 +211,7 @@ impl Metrics {
         let status = status.as_u16();
         let seconds = elapsed.as_secs_f64();
         {
-            let series = self
-                .request_series
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let series = self.request_series.read_locked();
             if let Some((_, counter, histogram)) = series
                 .get(route)
                 .and_then(|statuses| statuses.iter().find(|(code, ..)| *code == status))
@@ -232,10 +230,7 @@ impl Metrics {
         let histogram = self.latency.get_or_create(&labels).clone();
         counter.inc();
         histogram.observe(seconds);
-        let mut series = self
-            .request_series
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut series = self.request_series.write_locked();
         let statuses = series.entry(labels.route).or_default();
         if !statuses.iter().any(|(code, ..)| *code == status) {
             statuses.push((status, counter, histogram));
@@ -339,9 +334,7 @@ struct StoreCollector(Mutex<StoreSnapshot>);
 
 impl StoreCollector {
     fn lock(&self) -> std::sync::MutexGuard<'_, StoreSnapshot> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.locked()
     }
 }
 

@@ -32,9 +32,10 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::clock::Clock;
-use crate::config::{OidcConfig, is_loopback_host};
 use crate::http_client::{HttpClient, HttpClientError};
 use crate::session::{AccessToken, Secret, Tokens, jwt_payload};
+use crate::sync::RwLocked;
+use crate::urls::is_loopback_host;
 
 /// Discovery fields openidconnect's core metadata does not model.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -214,10 +215,7 @@ impl Provider {
     }
 
     fn discovered(&self) -> Option<Arc<Discovered>> {
-        self.discovered
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.discovered.read_locked().clone()
     }
 
     fn ready(&self) -> Result<Arc<Discovered>, OidcError> {
@@ -281,10 +279,7 @@ impl Provider {
         )?;
         check_pkce(extra.code_challenge_methods_supported.as_deref())?;
         let jwks = metadata.jwks().clone();
-        *self
-            .discovered
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(Discovered {
+        *self.discovered.write_locked() = Some(Arc::new(Discovered {
             metadata,
             jwks: RwLock::new(jwks),
         }));
@@ -409,11 +404,7 @@ impl Provider {
                 }?;
                 Ok(jwks)
             };
-        let current = discovered
-            .jwks
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let current = discovered.jwks.read_locked().clone();
         match attempt(current.clone()) {
             Ok(jwks) => Ok(jwks),
             Err(ClaimsVerificationError::SignatureVerification(
@@ -433,11 +424,7 @@ impl Provider {
     ) -> Result<CoreJsonWebKeySet, OidcError> {
         // One refetch at a time; a caller that waited gets the set the other one fetched.
         let _guard = self.jwks_refetch.lock().await;
-        let latest = discovered
-            .jwks
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let latest = discovered.jwks.read_locked().clone();
         if latest.keys() != seen.keys() {
             return Ok(latest);
         }
@@ -449,10 +436,7 @@ impl Provider {
                     OidcError::Unreachable(format!("JWKS: {}", error_chain(&error)))
                 })?;
         tracing::info!(keys = jwks.keys().len(), "provider signing keys refetched");
-        *discovered
-            .jwks
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = jwks.clone();
+        *discovered.jwks.write_locked() = jwks.clone();
         Ok(jwks)
     }
 
@@ -677,22 +661,14 @@ impl Provider {
     /// The provider's current signing keys, once discovered.
     pub fn signing_keys(&self) -> Option<CoreJsonWebKeySet> {
         let discovered = self.discovered()?;
-        let keys = discovered
-            .jwks
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let keys = discovered.jwks.read_locked().clone();
         Some(keys)
     }
 
     /// Fetches the signing keys again (after a rotation), sharing one fetch between callers.
     pub async fn refetch_signing_keys(&self) -> Result<CoreJsonWebKeySet, OidcError> {
         let discovered = self.ready()?;
-        let seen = discovered
-            .jwks
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let seen = discovered.jwks.read_locked().clone();
         self.refetch_jwks(&discovered, &seen).await
     }
 
@@ -874,6 +850,29 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         );
     }
     text
+}
+
+/// Provider settings.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Issuer URL exactly as configured (discovery must report the same string).
+    pub issuer: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret; `None` for a public client.
+    pub client_secret: Option<Secret>,
+    /// Scopes, `openid` first.
+    pub scopes: Vec<String>,
+    /// Extra authorization-request parameters.
+    pub auth_params: Vec<(String, String)>,
+    /// The callback path.
+    pub callback_path: String,
+    /// Public origin + callback path.
+    pub redirect_uri: Url,
+    /// Where the provider sends the browser after logout: public origin + `/`.
+    pub post_logout_redirect_uri: Url,
+    /// Extra CA certificates for outbound TLS.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

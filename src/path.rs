@@ -232,6 +232,24 @@ pub fn strip_prefix_ignore_case<'a>(path: &'a str, prefix: &str) -> Option<&'a s
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
+/// Checks that `path` is an absolute local path: one leading `/`, no scheme, no `//` or `/\`
+/// authority trick, no control characters.
+pub fn check_local_path(path: &str) -> Result<(), String> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(format!("{path:?} must start with /"));
+    }
+    if matches!(bytes.get(1), Some(b'/') | Some(b'\\')) {
+        return Err(format!("{path:?} must not start with // or /\\"));
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(format!(
+            "{path:?} contains a backslash or a control character"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ use crate::metrics::{Metrics, RefreshOutcome, RefreshTrigger};
 use crate::oidc::{Provider, RefreshError};
 use crate::session::{SessionId, Ticket};
 use crate::store::StoreError;
+use crate::sync::Locked;
 use crate::tickets::{Activity, Session, TicketStore};
 
 /// A session could not be made fresh.
@@ -42,8 +43,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// The longest backoff step.
 const MAX_BACKOFF_SECONDS: u64 = 300;
 
-/// Per-session backoff after failed refreshes: 1, 2, 4 … `base` (at least a second), at most
-/// five minutes.
+/// Per-session backoff after failed refreshes: one `base` (at least a second), then two, four …
+/// at most five minutes.
 #[derive(Debug, Default)]
 struct Backoff {
     failures: HashMap<SessionId, (u32, u64)>,
@@ -113,9 +114,7 @@ impl Refresher {
     }
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
-        self.backoff
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.backoff.locked()
     }
 
     /// Whether the session may try a refresh now (it is not backing off after a failure).
@@ -174,10 +173,7 @@ impl Refresher {
         trigger: RefreshTrigger,
     ) -> Result<Outcome, StoreError> {
         let lock = {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut in_flight = self.in_flight.locked();
             Arc::clone(in_flight.entry(id).or_default())
         };
         let result = {
@@ -185,10 +181,7 @@ impl Refresher {
             self.refresh_locked(id, window, trigger).await
         };
         {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut in_flight = self.in_flight.locked();
             // Only the map and this call hold the lock now: nobody else is waiting on it.
             if Arc::strong_count(&lock) == 2 {
                 in_flight.remove(&id);

@@ -1,5 +1,6 @@
-//! `match (method, path)`: the only file that knows the gateway's own URL paths, plus the checks
-//! every request passes before any handler runs.
+//! `match (method, path)`: which of the gateway's own endpoints, proxy routes or the SPA takes a
+//! request, and the checks every request passes before any handler runs. (The callback path is
+//! a flag, `config.rs`; the SPA's fallback rules are `spa.rs`'s.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -17,10 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ServerLimits;
 use crate::connection::Protocols;
 use crate::proxy::ConnectionHold;
 use crate::routes::Gateway;
+use crate::sync::Locked;
 
 /// Serves until `shutdown` completes, then drains open connections for at most
 /// `limits.shutdown_timeout`.
@@ -147,9 +147,7 @@ impl AddressShares {
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<IpAddr, usize>> {
-        self.open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.open.locked()
     }
 
     /// A share for one more connection from `ip`, unless its address has all it may have.
@@ -178,6 +176,31 @@ impl Drop for AddressShare {
             }
         }
     }
+}
+
+/// Limits against slow or hostile clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Concurrent connections from one address (an IPv6 /64).
+    pub max_connections_per_ip: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Request-header deadline.
+    pub header_timeout: Duration,
+    /// Idle keep-alive deadline.
+    pub keepalive_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// Header bytes per request.
+    pub max_header_bytes: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
+    /// Request-target length.
+    pub max_uri_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub max_h2_streams: u32,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use crate::seal::random_bytes;
+use crate::sync::Locked;
 
 /// A token, code or other secret string. `Debug` never shows the value.
 ///
@@ -296,9 +297,7 @@ impl KeyIds {
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionKey, SessionId, IdHashing>>
     {
-        self.ids
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ids.locked()
     }
 
     /// The id of `key` if it was remembered.

@@ -7,7 +7,7 @@
 //!
 //! Tables (the layout is documented in docs/design.md). A session id is (created ms, hash), so
 //! new sessions are appended at the end of `sessions` and its pages stay full.
-//! - `sessions`:    (created ms, hash) → metadata (81 bytes) ‖ sealed ticket record
+//! - `sessions`:    (created ms, hash) → metadata (89 bytes) ‖ sealed ticket record
 //! - `by_deadline`: (deadline, created ms, hash) → ()   — sweeps read only what is due
 //! - `by_sid_day`:  (UTC day of creation, keyed hash of provider sid, created ms, hash) → ()
 //! - `by_sub_day`:  (UTC day of creation, keyed hash of subject, created ms, hash) → ()
@@ -29,6 +29,7 @@ use redb::{
 };
 
 use crate::session::SessionId;
+use crate::sync::Locked;
 
 type IdKey = (u64, [u8; 32]);
 type LegacyIndexKey = ([u8; 32], u64, [u8; 32]);
@@ -268,9 +269,7 @@ impl SessionDb {
     }
 
     fn reader_slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<SessionsTable>>> {
-        self.reader
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.reader.locked()
     }
 
     /// The shared snapshot of `sessions`, opened if a commit dropped it. The lock is held while
@@ -886,6 +885,24 @@ impl<'txn> Tables<'txn> {
                 .map_err(db_error)?;
         }
         Ok(true)
+    }
+}
+
+/// Files on disk.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The data directory.
+    pub data_dir: std::path::PathBuf,
+    /// The ticket key file.
+    pub ticket_key_file: std::path::PathBuf,
+    /// redb page cache in bytes.
+    pub db_cache_bytes: usize,
+}
+
+impl StorageConfig {
+    /// Path of the session database.
+    pub fn database_path(&self) -> std::path::PathBuf {
+        self.data_dir.join("sessions.redb")
     }
 }
 

@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use crate::cache::{CachePolicy, CacheStats, Cached, TicketCache};
 use crate::clock::{Clock, unix_seconds};
-use crate::config::StorageConfig;
 use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
 use crate::session::{IdHashing, KeyIds, Secret, SessionId, SessionKey, SessionPolicy, Ticket};
+use crate::store::StorageConfig;
 use crate::store::{Meta, NewRow, Removal, SessionDb, StoreError, Touch};
+use crate::sync::Locked;
 
 /// Version byte in front of every stored record. Bump it (and keep a decoder for the old one)
 /// when the ticket layout changes, so old sessions keep working across an upgrade.
@@ -285,9 +286,7 @@ impl TicketStore {
     }
 
     fn pending(&self) -> MutexGuard<'_, HashMap<SessionId, Touch, IdHashing>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending.locked()
     }
 
     async fn blocking<T, F>(&self, operation: F) -> Result<T, StoreError>

@@ -16,7 +16,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::config::TlsConfig;
+use crate::sync::RwLocked;
 
 /// A TLS setup problem, naming the file involved.
 #[derive(Debug, thiserror::Error)]
@@ -100,21 +100,13 @@ impl ReloadableCert {
 
     /// Serves `key` to every later handshake.
     pub fn replace(&self, key: Arc<CertifiedKey>) {
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = key;
+        *self.current.write_locked() = key;
     }
 }
 
 impl ResolvesServerCert for ReloadableCert {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(
-            &self
-                .current
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        ))
+        Some(Arc::clone(&self.current.read_locked()))
     }
 }
 
@@ -220,6 +212,20 @@ pub fn load_private_key(
         path: path.to_owned(),
         reason: error.to_string(),
     })
+}
+
+/// Server certificate source.
+#[derive(Debug, Clone)]
+pub enum TlsConfig {
+    /// Certificate and key files.
+    Files {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate generated at start.
+    SelfSigned,
 }
 
 #[cfg(test)]

@@ -22,6 +22,16 @@ pub fn absolute(text: &str) -> Result<Url, String> {
     })
 }
 
+/// Whether a URL's host is a loopback address or `localhost`.
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

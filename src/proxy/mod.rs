@@ -35,6 +35,7 @@ use crate::auth::{Auth, require_csrf_header};
 use crate::error::HttpError;
 use crate::refresh::Refresher;
 use crate::reply::{Body, BoxError};
+use crate::sync::RwLocked;
 use crate::tickets::Activity;
 
 pub use tunnel::{ConnectionHold, TunnelLimits};
@@ -431,20 +432,12 @@ impl Proxy {
 
     /// The routes in force (a snapshot: a reload does not disturb requests under way).
     fn routes(&self) -> Arc<Vec<RouteDef>> {
-        Arc::clone(
-            &self
-                .routes
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+        Arc::clone(&self.routes.read_locked())
     }
 
     /// Replaces the routes (SIGHUP reload of the proxy configuration).
     pub fn replace_routes(&self, routes: Vec<RouteDef>) {
-        *self
-            .routes
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(routes);
+        *self.routes.write_locked() = Arc::new(routes);
     }
 
     /// The first route that takes this request, with its route values.

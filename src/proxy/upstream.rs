@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use url::Url;
 
 use crate::reply::Body;
+use crate::sync::Locked;
 
 /// Idle connections kept per destination; beyond this, a returned connection is closed.
 const MAX_IDLE_PER_DESTINATION: usize = 1024;
@@ -136,15 +137,11 @@ struct Idle {
 
 impl Connections {
     fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle.locked()
     }
 
     fn h2(&self) -> MutexGuard<'_, Option<http2::SendRequest<Body>>> {
-        self.h2
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.h2.locked()
     }
 
     /// The most recently used idle connection that can take a request now.
