@@ -864,11 +864,11 @@ impl ServeArgs {
         let admin_socket = self
             .admin_socket
             .clone()
-            .unwrap_or_else(|| data_dir.join("admin.sock"));
+            .unwrap_or_else(|| StorageConfig::default_admin_socket(&data_dir));
         let ticket_key_file = self
             .ticket_key_file
             .clone()
-            .unwrap_or_else(|| data_dir.join("ticket.key"));
+            .unwrap_or_else(|| StorageConfig::default_ticket_key_file(&data_dir));
 
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => TlsConfig::Files {

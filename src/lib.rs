@@ -17,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod flow;
 pub mod http_client;
+pub mod jwt;
 pub mod logging;
 pub mod logout;
 pub mod metrics;

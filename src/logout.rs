@@ -232,10 +232,7 @@ pub struct ParsedToken<'a> {
 /// Takes a compact JWS apart: three base64url parts, a JSON object header with an accepted
 /// `alg` and, if typed, `typ: logout+jwt`, and a JSON object payload. Pure (fuzzed).
 pub fn parse(token: &str) -> Result<ParsedToken<'_>, LogoutTokenError> {
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some([header, payload, signature]) = crate::jwt::compact_parts(token) else {
         return Err(LogoutTokenError::Malformed("not a compact JWS"));
     };
     let header_json = decode_json(header)?;

@@ -188,7 +188,7 @@ fn sessions(args: oidc_bff::config::SessionsArgs) -> ExitCode {
     let data_dir = oidc_bff::config::data_dir(args.data_dir, &ProcessEnvironment);
     let socket = args
         .admin_socket
-        .unwrap_or_else(|| data_dir.join("admin.sock"));
+        .unwrap_or_else(|| oidc_bff::config::StorageConfig::default_admin_socket(&data_dir));
     let answer = match oidc_bff::admin::ask_server(&socket, &request) {
         Ok(Some(answer)) => Ok(answer),
         Ok(None) => local_sessions(&data_dir, args.ticket_key_file, request.clone()),
@@ -219,7 +219,8 @@ fn local_sessions(
     let storage = oidc_bff::config::StorageConfig {
         data_dir: data_dir.to_owned(),
         // The same key as `serve` uses, and never a new one.
-        ticket_key_file: ticket_key_file.unwrap_or_else(|| data_dir.join("ticket.key")),
+        ticket_key_file: ticket_key_file
+            .unwrap_or_else(|| oidc_bff::config::StorageConfig::default_ticket_key_file(data_dir)),
         db_cache_bytes: 16 << 20,
     };
     let database = storage.database_path();

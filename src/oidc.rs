@@ -33,7 +33,8 @@ use url::Url;
 
 use crate::clock::Clock;
 use crate::http_client::{HttpClient, HttpClientError};
-use crate::session::{AccessToken, Secret, Tokens, jwt_payload};
+use crate::jwt::unverified_claims;
+use crate::session::{AccessToken, Secret, Tokens};
 use crate::sync::RwLocked;
 use crate::urls::is_loopback_host;
 
@@ -777,8 +778,7 @@ fn access_expiry(response: &CoreTokenResponse, now: u64) -> Option<u64> {
     }
     // No expires_in: use the access token's own `exp` when it is a JWT. Unverified, and only
     // used to decide when to refresh, never to trust anything.
-    jwt_payload(response.access_token().secret())
-        .and_then(|payload| payload.get("exp").and_then(serde_json::Value::as_u64))
+    crate::jwt::unverified_exp(response.access_token().secret())
 }
 
 /// Claims read from an ID token whose signature has already been verified.
@@ -791,7 +791,7 @@ struct PayloadClaims {
 
 impl PayloadClaims {
     fn from_verified(id_token: &str) -> Result<Self, OidcError> {
-        let payload = jwt_payload(id_token)
+        let payload = unverified_claims(id_token)
             .ok_or_else(|| OidcError::InvalidIdToken("payload is not a JSON object".into()))?;
         let text = |name: &str| {
             payload
@@ -816,7 +816,7 @@ impl PayloadClaims {
 /// token does not decode.
 pub fn user_claims(id_token: &str) -> serde_json::Map<String, serde_json::Value> {
     let mut user = serde_json::Map::new();
-    let Some(payload) = jwt_payload(id_token) else {
+    let Some(payload) = unverified_claims(id_token) else {
         return user;
     };
     if let Some(sub) = payload.get("sub") {
@@ -957,8 +957,8 @@ mod tests {
 
     #[test]
     fn jwt_payload_needs_exactly_three_parts() {
-        assert!(jwt_payload(&jwt(r#"{"exp":5}"#)).is_some());
-        assert!(jwt_payload("opaque-token").is_none());
-        assert!(jwt_payload("a.b.c.d").is_none());
+        assert!(unverified_claims(&jwt(r#"{"exp":5}"#)).is_some());
+        assert!(unverified_claims("opaque-token").is_none());
+        assert!(unverified_claims("a.b.c.d").is_none());
     }
 }

@@ -42,11 +42,7 @@ enum StoredSecret<'a> {
 }
 
 fn jws_parts(token: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
-    let mut parts = token.split('.');
-    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
+    let [header, payload, signature] = crate::jwt::compact_parts(token)?;
     // The strict decoder rejects padding and non-canonical trailing bits, so re-encoding the
     // decoded bytes gives back exactly these strings.
     Some((
@@ -407,26 +403,9 @@ impl Tokens {
     /// The refresh token is read without checking a signature: it came from the provider over
     /// TLS and the value is only ever used to end a session sooner, never to keep one longer.
     pub fn usable_until(&self) -> Option<u64> {
-        let refresh_expiry = jwt_exp(self.refresh_token.as_ref()?.expose())?;
+        let refresh_expiry = crate::jwt::unverified_exp(self.refresh_token.as_ref()?.expose())?;
         Some(refresh_expiry.max(self.access_expires_at.unwrap_or(0)))
     }
-}
-
-/// The `exp` claim of a compact JWS/JWT, when the token is one.
-fn jwt_exp(token: &str) -> Option<u64> {
-    jwt_payload(token)?.get("exp")?.as_u64()
-}
-
-/// The claims of a compact JWS/JWT, read without checking anything: callers either verified
-/// the signature already or use the value only to end something sooner.
-pub(crate) fn jwt_payload(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// Everything the server keeps about one session (the seed's AuthenticationTicket).

@@ -899,10 +899,22 @@ pub struct StorageConfig {
     pub db_cache_bytes: usize,
 }
 
+/// The data directory's layout, in one place: `sessions.redb`, `ticket.key` (unless
+/// `--ticket-key-file` says otherwise) and `admin.sock` (unless `--admin-socket` does).
 impl StorageConfig {
     /// Path of the session database.
     pub fn database_path(&self) -> std::path::PathBuf {
         self.data_dir.join("sessions.redb")
+    }
+
+    /// The ticket key file of `data_dir` when no other is named.
+    pub fn default_ticket_key_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+        data_dir.join("ticket.key")
+    }
+
+    /// The admin socket of `data_dir` when no other is named.
+    pub fn default_admin_socket(data_dir: &std::path::Path) -> std::path::PathBuf {
+        data_dir.join("admin.sock")
     }
 }
 
