@@ -95,7 +95,7 @@ pub async fn execute(
     database: &Path,
     request: AdminRequest,
 ) -> Result<Value, String> {
-    let failed = |error: crate::store::StoreError| crate::oidc::error_chain(&error);
+    let failed = |error: crate::store::StoreError| crate::describe::error_chain(&error);
     match request {
         AdminRequest::List { limit } => {
             let rows = tickets.list(None, limit).await.map_err(failed)?;
@@ -127,7 +127,7 @@ pub async fn execute(
             if claims
                 && let Some(id_token) = ticket.as_ref().and_then(|t| t.tokens.id_token.as_ref())
             {
-                value["claims"] = Value::Object(crate::oidc::user_claims(id_token.expose()));
+                value["claims"] = Value::Object(crate::jwt::user_claims(id_token.expose()));
             }
             Ok(value)
         }
@@ -172,7 +172,7 @@ fn summary(
 ) -> Value {
     let claims = ticket
         .and_then(|ticket| ticket.tokens.id_token.as_ref())
-        .map(|token| crate::oidc::user_claims(token.expose()))
+        .map(|token| crate::jwt::user_claims(token.expose()))
         .unwrap_or_default();
     json!({
         "id": hex(&id.to_bytes()),

@@ -9,7 +9,8 @@
 use http::header::{CONNECTION, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::oidc::{OidcError, error_chain};
+use crate::describe::error_chain;
+use crate::oidc::OidcError;
 use crate::refresh::FreshnessError;
 use crate::reply::{self, Body};
 use crate::store::StoreError;

@@ -30,6 +30,47 @@ pub fn unverified_exp(token: &str) -> Option<u64> {
     unverified_claims(token)?.get("exp")?.as_u64()
 }
 
+/// Claims that describe the protocol rather than the user; left out of `/api/user`.
+const PROTOCOL_CLAIMS: &[&str] = &[
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "nonce",
+    "at_hash",
+    "c_hash",
+    "s_hash",
+    "azp",
+    "jti",
+    "auth_time",
+    "acr",
+    "amr",
+    "sid",
+    "session_state",
+    "typ",
+    "sub",
+];
+
+/// The user claims of an ID token that was validated when it was stored: everything but the
+/// protocol claims (`iss`, `aud`, `nonce`, hashes, times…), with `sub` first. Empty when the
+/// token does not decode.
+pub fn user_claims(id_token: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut user = serde_json::Map::new();
+    let Some(payload) = unverified_claims(id_token) else {
+        return user;
+    };
+    if let Some(sub) = payload.get("sub") {
+        user.insert("sub".into(), sub.clone());
+    }
+    for (name, value) in payload {
+        if !PROTOCOL_CLAIMS.contains(&name.as_str()) {
+            user.insert(name, value);
+        }
+    }
+    user
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

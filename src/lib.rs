@@ -13,8 +13,8 @@ pub mod config;
 pub mod connection;
 pub mod cookies;
 pub mod deadlines;
+pub mod describe;
 pub mod error;
-pub mod files;
 pub mod flow;
 pub mod http_client;
 pub mod jwt;
@@ -176,7 +176,7 @@ pub async fn run(
             loop {
                 interval.tick().await;
                 if let Err(error) = tickets.flush_touches().await {
-                    tracing::error!(error = %oidc::error_chain(&error), "writing last-access times failed");
+                    tracing::error!(error = %describe::error_chain(&error), "writing last-access times failed");
                 }
             }
         }
@@ -301,7 +301,7 @@ fn reload_files(
                 tracing::info!("reload: TLS certificate replaced for new connections");
             }
             Err(error) => tracing::error!(
-                error = %oidc::error_chain(&error),
+                error = %describe::error_chain(&error),
                 "reload: new TLS certificate refused; the old one stays"
             ),
         }

@@ -109,7 +109,7 @@ fn bind_failed(flag: &str, address: std::net::SocketAddr, error: &std::io::Error
                 .to_owned(),
             EXIT_CONFIG,
         ),
-        _ => (oidc_bff::files::reason(error), EXIT_CONFIG),
+        _ => (oidc_bff::describe::io_reason(error), EXIT_CONFIG),
     };
     eprintln!("oidc-bff: error: {flag} {address}: {reason}");
     ExitCode::from(code)
@@ -144,7 +144,10 @@ fn check_config(args: oidc_bff::config::ServeArgs) -> ExitCode {
             }
         }
         Err(error) => {
-            eprintln!("oidc-bff: error: {}", oidc_bff::oidc::error_chain(&error));
+            eprintln!(
+                "oidc-bff: error: {}",
+                oidc_bff::describe::error_chain(&error)
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     }
@@ -254,7 +257,7 @@ fn local_sessions(
         .map_err(|error| {
             format!(
                 "{} (is the server running with another --admin-socket?)",
-                oidc_bff::oidc::error_chain(&error)
+                oidc_bff::describe::error_chain(&error)
             )
         })?;
         oidc_bff::admin::execute(&tickets, &database, request).await
@@ -320,7 +323,10 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
                     }
                     RunError::Store(_) => ExitCode::FAILURE,
                 };
-                eprintln!("oidc-bff: error: {}", oidc_bff::oidc::error_chain(&error));
+                eprintln!(
+                    "oidc-bff: error: {}",
+                    oidc_bff::describe::error_chain(&error)
+                );
                 code
             }
         }

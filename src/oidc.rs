@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::clock::Clock;
+use crate::describe::error_chain;
 use crate::http_client::{HttpClient, HttpClientError};
 use crate::jwt::unverified_claims;
 use crate::session::{AccessToken, Secret, Tokens};
@@ -86,28 +87,6 @@ pub(crate) const ACCEPTED_ALGS: [CoreJwsSigningAlgorithm; 9] = [
 
 /// How far in the future an ID token's `iat` may be (clock skew between provider and gateway).
 const IAT_FUTURE_SKEW: i64 = 300;
-
-/// Claims that describe the protocol rather than the user; left out of `/api/user`.
-const PROTOCOL_CLAIMS: &[&str] = &[
-    "iss",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "nonce",
-    "at_hash",
-    "c_hash",
-    "s_hash",
-    "azp",
-    "jti",
-    "auth_time",
-    "acr",
-    "amr",
-    "sid",
-    "session_state",
-    "typ",
-    "sub",
-];
 
 /// What went wrong talking to the provider.
 #[derive(Debug, thiserror::Error)]
@@ -811,47 +790,6 @@ impl PayloadClaims {
     }
 }
 
-/// The user claims of an ID token that was validated when it was stored: everything but the
-/// protocol claims (`iss`, `aud`, `nonce`, hashes, times…), with `sub` first. Empty when the
-/// token does not decode.
-pub fn user_claims(id_token: &str) -> serde_json::Map<String, serde_json::Value> {
-    let mut user = serde_json::Map::new();
-    let Some(payload) = unverified_claims(id_token) else {
-        return user;
-    };
-    if let Some(sub) = payload.get("sub") {
-        user.insert("sub".into(), sub.clone());
-    }
-    for (name, value) in payload {
-        if !PROTOCOL_CLAIMS.contains(&name.as_str()) {
-            user.insert(name, value);
-        }
-    }
-    user
-}
-
-/// Renders an error and its sources on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    // rustls's name for a certificate chain that leads to no trusted root: say what fixes it.
-    if text.contains("UnknownIssuer") {
-        text.push_str(
-            " (the server's certificate is not signed by a CA this host trusts: name that CA's \
-             PEM file with --ca-file)",
-        );
-    }
-    text
-}
-
 /// Provider settings.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
@@ -877,7 +815,7 @@ pub struct OidcConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_endpoints, check_pkce, error_chain};
+    use super::{check_endpoints, check_pkce};
 
     #[test]
     fn an_untrusted_provider_certificate_points_to_ca_file() {
@@ -926,6 +864,7 @@ mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     use super::*;
+    use crate::jwt::user_claims;
 
     fn jwt(payload: &str) -> String {
         format!(

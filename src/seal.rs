@@ -25,7 +25,7 @@ pub const KEY_LEN: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// The file could not be read, created or written.
-    #[error("--ticket-key-file {}: {}", path.display(), crate::files::reason(error))]
+    #[error("--ticket-key-file {}: {}", path.display(), crate::describe::io_reason(error))]
     Io {
         /// The key file.
         path: PathBuf,

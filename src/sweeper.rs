@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use crate::describe::error_chain;
 use crate::metrics::Metrics;
-use crate::oidc::error_chain;
 use crate::refresh::{Outcome, Refresher};
 use crate::tickets::TicketStore;
 

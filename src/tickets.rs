@@ -60,7 +60,7 @@ pub struct Session {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenStoreError {
     /// The directory could not be created.
-    #[error("--data-dir {}: {}", path.display(), crate::files::reason(error))]
+    #[error("--data-dir {}: {}", path.display(), crate::describe::io_reason(error))]
     DataDir {
         /// The directory.
         path: std::path::PathBuf,

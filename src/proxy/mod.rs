@@ -637,7 +637,7 @@ impl Proxy {
                         "route {} upstream {host} ({}): {}",
                         route.id,
                         destination.name,
-                        crate::oidc::error_chain(&error)
+                        crate::describe::error_chain(&error)
                     ),
                 )
                 .json());
