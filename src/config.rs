@@ -22,10 +22,10 @@ pub const EXIT_CONFIG: u8 = 64;
 
 // The settings types belong to the modules they configure; these names stay for callers of the
 // flags' results.
+pub use crate::connection::ServerLimits;
 pub use crate::cookies::{CookieConfig, SameSite};
 pub use crate::oidc::OidcConfig;
 pub use crate::path::check_local_path;
-pub use crate::server::ServerLimits;
 pub use crate::store::StorageConfig;
 pub use crate::tls::TlsConfig;
 pub use crate::urls::is_loopback_host;

@@ -40,10 +40,34 @@ use tokio_rustls::server::TlsStream;
 use crate::deadlines::{Activity, Due, ExchangeBody, Tracked};
 use crate::proxy::ConnectionHold;
 use crate::routes::Gateway;
-use crate::server::ServerLimits;
 
 /// An HTTP/1.1 connection without a request for this long is parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// Limits against slow or hostile clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Concurrent connections from one address (an IPv6 /64).
+    pub max_connections_per_ip: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Request-header deadline.
+    pub header_timeout: Duration,
+    /// Idle keep-alive deadline.
+    pub keepalive_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// Header bytes per request.
+    pub max_header_bytes: usize,
+    /// Header fields per request.
+    pub max_headers: usize,
+    /// Request-target length.
+    pub max_uri_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub max_h2_streams: u32,
+}
 
 /// hyper's two servers, configured once for every connection.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::connection::Protocols;
+use crate::connection::{Protocols, ServerLimits};
 use crate::proxy::ConnectionHold;
 use crate::routes::Gateway;
 use crate::sync::Locked;
@@ -176,31 +176,6 @@ impl Drop for AddressShare {
             }
         }
     }
-}
-
-/// Limits against slow or hostile clients.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerLimits {
-    /// Concurrent connections.
-    pub max_connections: usize,
-    /// Concurrent connections from one address (an IPv6 /64).
-    pub max_connections_per_ip: usize,
-    /// TLS handshake deadline.
-    pub handshake_timeout: Duration,
-    /// Request-header deadline.
-    pub header_timeout: Duration,
-    /// Idle keep-alive deadline.
-    pub keepalive_timeout: Duration,
-    /// How long a shutdown waits for in-flight requests.
-    pub shutdown_timeout: Duration,
-    /// Header bytes per request.
-    pub max_header_bytes: usize,
-    /// Header fields per request.
-    pub max_headers: usize,
-    /// Request-target length.
-    pub max_uri_bytes: usize,
-    /// HTTP/2 streams per connection.
-    pub max_h2_streams: u32,
 }
 
 #[cfg(test)]
