@@ -71,16 +71,22 @@ pub fn user_claims(id_token: &str) -> serde_json::Map<String, serde_json::Value>
     user
 }
 
+/// A token with `payload` as its claims and no real signature, for tests.
+#[cfg(test)]
+pub(crate) fn unsigned(payload: &str) -> String {
+    format!(
+        "{}.{}.sig",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
+        URL_SAFE_NO_PAD.encode(payload)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn jwt(payload: &str) -> String {
-        format!(
-            "{}.{}.sig",
-            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
-            URL_SAFE_NO_PAD.encode(payload)
-        )
+        unsigned(payload)
     }
 
     #[test]

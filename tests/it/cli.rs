@@ -264,6 +264,26 @@ fn serve_with(extra: &[&str]) -> (i32, String, String) {
     run(&args)
 }
 
+/// `--data-dir DIR/data --ticket-key-file DIR/ticket.key`, the key file holding no key.
+struct UnusableKey(Vec<String>);
+
+impl UnusableKey {
+    fn each(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
+}
+
+fn unusable_key_file(dir: &std::path::Path) -> UnusableKey {
+    let key = dir.join("ticket.key");
+    std::fs::write(&key, "not a key").expect("write");
+    UnusableKey(vec![
+        "--data-dir".into(),
+        dir.join("data").to_str().expect("utf-8").into(),
+        "--ticket-key-file".into(),
+        key.to_str().expect("utf-8").into(),
+    ])
+}
+
 #[test]
 fn data_dir_problems_name_the_flag_and_say_it_once() {
     let dir = tempfile::tempdir().expect("dir");
@@ -276,15 +296,7 @@ fn data_dir_problems_name_the_flag_and_say_it_once() {
     assert!(!stderr.contains("os error"), "no OS error number: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
-    let key = dir.path().join("ticket.key");
-    std::fs::write(&key, "not a key").expect("write");
-    let data = dir.path().join("data");
-    let (code, _, stderr) = serve_with(&[
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--ticket-key-file",
-        key.to_str().expect("utf-8"),
-    ]);
+    let (code, _, stderr) = serve_with(&unusable_key_file(dir.path()).each());
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("--ticket-key-file"), "{stderr}");
 }
@@ -371,15 +383,9 @@ fn check_config_checks_the_data_directory_and_key_before_the_provider() {
     let (code, _, stderr) = check(&["--data-dir", under.to_str().expect("utf-8")]);
     assert_eq!(code, 64, "{stderr}");
     // A key file that holds no key.
-    let key = dir.path().join("ticket.key");
-    std::fs::write(&key, "nope").expect("write");
-    let data = dir.path().join("data");
-    let (code, _, stderr) = check(&[
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "--ticket-key-file",
-        key.to_str().expect("utf-8"),
-    ]);
+    let unusable = unusable_key_file(dir.path());
+    let data = std::path::PathBuf::from(&unusable.0[1]);
+    let (code, _, stderr) = check(&unusable.each());
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("--ticket-key-file"), "{stderr}");
     assert!(!data.exists(), "check-config made nothing");
