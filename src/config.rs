@@ -83,15 +83,6 @@ pub struct LogArgs {
     pub log_level: String,
 }
 
-impl Default for LogArgs {
-    fn default() -> Self {
-        Self {
-            log_format: LogFormat::Text,
-            log_level: "info".to_owned(),
-        }
-    }
-}
-
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -23,30 +23,11 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let log = match &cli.command {
-        Command::Serve(args) | Command::CheckConfig(args) => args.log.clone(),
-        Command::Sessions(args) => args.log.clone(),
-        Command::Manpage { .. } | Command::Completions { .. } => LogArgs::default(),
-    };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal, never into journald or a log file; journald
-    // stamps each line itself, so the time is left out there.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    // Text lines escape every control character in every field: outside text (a provider's
-    // answer, a path) cannot forge a line or reach the reader's terminal.
-    match (log.log_format, journald) {
-        (LogFormat::Text, false) => logs.fmt_fields(oidc_bff::logging::EscapedFields).init(),
-        (LogFormat::Text, true) => logs
-            .fmt_fields(oidc_bff::logging::EscapedFields)
-            .without_time()
-            .init(),
-        (LogFormat::Json, _) => logs.json().flatten_event(true).init(),
+    // The commands that print pages and scripts do not log.
+    match &cli.command {
+        Command::Serve(args) | Command::CheckConfig(args) => init_logging(&args.log),
+        Command::Sessions(args) => init_logging(&args.log),
+        Command::Manpage { .. } | Command::Completions { .. } => {}
     }
     match cli.command {
         Command::Serve(args) => serve(*args),
@@ -71,6 +52,30 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut command, "oidc-bff", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// Logs to stderr as `log` says (`RUST_LOG` wins over `--log-level`).
+fn init_logging(log: &LogArgs) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into journald or a log file; journald
+    // stamps each line itself, so the time is left out there.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Text lines escape every control character in every field: outside text (a provider's
+    // answer, a path) cannot forge a line or reach the reader's terminal.
+    match (log.log_format, journald) {
+        (LogFormat::Text, false) => logs.fmt_fields(oidc_bff::logging::EscapedFields).init(),
+        (LogFormat::Text, true) => logs
+            .fmt_fields(oidc_bff::logging::EscapedFields)
+            .without_time()
+            .init(),
+        (LogFormat::Json, _) => logs.json().flatten_event(true).init(),
     }
 }
 
