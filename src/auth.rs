@@ -20,7 +20,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use crate::clock::Clock;
 use crate::cookies;
 use crate::cookies::{CookieConfig, SameSite};
-use crate::error::HttpError;
+use crate::error::{AuthError, BackchannelError, HttpError, LoginError, RequestError};
 use crate::flow::{FLOW_TTL, MAX_RETURN_PATH, PendingLogin, PendingLogins};
 use crate::jwt::user_claims;
 use crate::oidc::Provider;
@@ -76,10 +76,7 @@ fn single<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a st
     let mut found = pairs.iter().filter(|(key, _)| key == name);
     let first = found.next().map(|(_, value)| value.as_str());
     if found.next().is_some() {
-        return Err(HttpError::client(
-            StatusCode::BAD_REQUEST,
-            "repeated query parameter",
-        ));
+        return Err(RequestError::RepeatedParameter.into());
     }
     Ok(first)
 }
@@ -179,10 +176,7 @@ impl Auth {
         let pairs = query_pairs(request);
         let return_path = single(&pairs, "returnUrl")?.unwrap_or("/").to_owned();
         if return_path.len() > MAX_RETURN_PATH || check_local_path(&return_path).is_err() {
-            return Err(HttpError::client(
-                StatusCode::BAD_REQUEST,
-                "returnUrl must be a local path such as /orders",
-            ));
+            return Err(AuthError::BadReturnUrl.into());
         }
         let now = self.clock.unix_now();
         let login = PendingLogin::start(return_path, now);
@@ -220,15 +214,8 @@ impl Auth {
             now,
         );
         let pairs = query_pairs(request);
-        let state = single(&pairs, "state")?.ok_or_else(|| {
-            HttpError::client(StatusCode::BAD_REQUEST, "invalid login response: no state")
-        })?;
-        let login = pending.take(state).ok_or_else(|| {
-            HttpError::client(
-                StatusCode::BAD_REQUEST,
-                "login not recognised: it expired, was already used, or began in another browser",
-            )
-        })?;
+        let state = single(&pairs, "state")?.ok_or(LoginError::NoState)?;
+        let login = pending.take(state).ok_or(LoginError::UnknownLogin)?;
         // From here the login is consumed whatever happens: write the remaining ones back.
         let flow_cookie = match pending.to_cookie(&self.flow_sealer) {
             Some(value) => cookies::set(&flow_name, &value, SameSite::Lax, Some(FLOW_TTL)),
@@ -247,33 +234,24 @@ impl Auth {
         login: PendingLogin,
     ) -> Result<Response<Body>, HttpError> {
         if let Some(code) = single(pairs, "error")? {
-            return Err(HttpError::client(
-                StatusCode::BAD_REQUEST,
-                "the provider did not sign you in",
-            )
-            .with_detail(format!("provider error {code:?}")));
+            return Err(LoginError::ProviderRefused {
+                code: code.to_owned(),
+            }
+            .into());
         }
         // RFC 9207: a provider that sends `iss` must send ours; one that promised it must send it.
         match single(pairs, "iss")? {
             Some(iss) if iss != self.provider.config().issuer => {
-                return Err(HttpError::client(
-                    StatusCode::BAD_REQUEST,
-                    "login response from an unexpected issuer",
-                ));
+                return Err(LoginError::UnexpectedIssuer.into());
             }
             None if self.provider.sends_iss_parameter() => {
-                return Err(HttpError::client(
-                    StatusCode::BAD_REQUEST,
-                    "login response without the issuer parameter",
-                ));
+                return Err(LoginError::MissingIssuer.into());
             }
             _ => {}
         }
         let code = single(pairs, "code")?
             .filter(|code| !code.is_empty())
-            .ok_or_else(|| {
-                HttpError::client(StatusCode::BAD_REQUEST, "invalid login response: no code")
-            })?;
+            .ok_or(LoginError::NoCode)?;
         let result = self
             .provider
             .exchange_code(code, &login.pkce_verifier, &login.nonce)
@@ -311,9 +289,7 @@ impl Auth {
     pub async fn user(&self, request: &Request<impl Sized>) -> Result<Response<Body>, HttpError> {
         let lookup = self.lookup(request.headers(), Activity::Peek).await?;
         let Some(session) = lookup.session else {
-            let mut response = HttpError::client(StatusCode::UNAUTHORIZED, "no session")
-                .json()
-                .into_response();
+            let mut response = HttpError::from(AuthError::NoSession).into_response();
             if lookup.stale_cookie {
                 self.expire_session_cookie(&mut response);
             }
@@ -323,9 +299,7 @@ impl Auth {
         let session = match self.refresher.fresh(session.clone()).await {
             Ok(Some(session)) => session,
             Ok(None) => {
-                let mut response = HttpError::client(StatusCode::UNAUTHORIZED, "no session")
-                    .json()
-                    .into_response();
+                let mut response = HttpError::from(AuthError::NoSession).into_response();
                 self.expire_session_cookie(&mut response);
                 return Ok(response);
             }
@@ -373,10 +347,7 @@ impl Auth {
         let given = single(&pairs, "sid")?.unwrap_or("");
         // Constant-time: the sid is attacker-supplied and guards the session.
         if !constant_time_eq(given.as_bytes(), self.logout_id(session.id).as_bytes()) {
-            return Err(HttpError::client(
-                StatusCode::BAD_REQUEST,
-                "logout requires the sid from /api/user",
-            ));
+            return Err(AuthError::WrongLogoutSid.into());
         }
         // Read before the session (and its stored ID token) is removed. Without it the
         // provider is still sent to its end-session page, just without the hint.
@@ -414,31 +385,24 @@ pub async fn backchannel_logout(
     tickets: &TicketStore,
     form: &[u8],
 ) -> Result<Response<Body>, HttpError> {
-    let invalid = |detail: String| {
-        HttpError::client(StatusCode::BAD_REQUEST, "invalid_request")
-            .json()
-            .with_detail(detail)
-    };
     let tokens: Vec<String> = url::form_urlencoded::parse(form)
         .filter(|(key, _)| key == "logout_token")
         .map(|(_, value)| value.into_owned())
         .collect();
     let [token] = tokens.as_slice() else {
-        return Err(invalid(
-            "exactly one logout_token form field is required".into(),
-        ));
+        return Err(BackchannelError::FieldCount.into());
     };
     let verified = verifier
         .verify(token)
         .await
-        .map_err(|error| invalid(error.to_string()))?;
+        .map_err(BackchannelError::Invalid)?;
     // Recorded durably before any session ends: a token captured and played again, even after
     // a restart, ends nothing (it could end a session created after the logout).
     if !tickets
         .remember_logout_jti(&verified.jti, verified.forget_after)
         .await?
     {
-        return Err(invalid("logout token replayed".into()));
+        return Err(BackchannelError::Replayed.into());
     }
     let target = verified.target;
     let removed = match (&target.sid, &target.sub) {
@@ -460,6 +424,6 @@ pub async fn backchannel_logout(
 pub fn require_csrf_header(headers: &HeaderMap) -> Result<(), HttpError> {
     match headers.get("x-csrf") {
         Some(value) if value == "1" => Ok(()),
-        _ => Err(HttpError::client(StatusCode::FORBIDDEN, "missing X-CSRF: 1 header").json()),
+        _ => Err(AuthError::MissingCsrf.into()),
     }
 }

@@ -38,8 +38,8 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
 use crate::deadlines::{Activity, Due, ExchangeBody, Tracked};
+use crate::pipeline::Gateway;
 use crate::proxy::ConnectionHold;
-use crate::routes::Gateway;
 
 /// An HTTP/1.1 connection without a request for this long is parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(250);
@@ -150,12 +150,8 @@ pub fn serve(
         async move {
             let response = if smuggling {
                 tracing::debug!(%peer, "request with both Content-Length and Transfer-Encoding");
-                crate::error::HttpError::client(
-                    hyper::StatusCode::BAD_REQUEST,
-                    "both content-length and transfer-encoding",
-                )
-                .close_connection()
-                .into_response()
+                crate::error::HttpError::from(crate::error::RequestError::ConflictingFraming)
+                    .into_response()
             } else {
                 gateway.handle(request, peer, &hold).await
             };

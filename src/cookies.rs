@@ -13,10 +13,42 @@ pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item =
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|line| line.split(';'))
+        .flat_map(pairs)
         .filter_map(move |pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key == name).then_some(value.trim_matches('"'))
+            let value = pair.value?;
+            (pair.name == name).then_some(value.trim_matches('"'))
+        })
+}
+
+/// One `name=value` pair of a `Cookie` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pair<'a> {
+    /// The name, trimmed (the whole pair when it has no `=`).
+    pub name: &'a str,
+    /// The value as sent, quotes included; `None` without `=`.
+    pub value: Option<&'a str>,
+    /// The whole pair, trimmed.
+    pub text: &'a str,
+}
+
+/// The pairs of one `Cookie` header line, in order, empty ones skipped. The one parser of the
+/// header: the session lookup and the proxy (which removes the gateway's cookies before a
+/// request goes upstream) must read the same names.
+pub fn pairs(line: &str) -> impl Iterator<Item = Pair<'_>> {
+    line.split(';')
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(|text| match text.split_once('=') {
+            Some((name, value)) => Pair {
+                name: name.trim(),
+                value: Some(value.trim()),
+                text,
+            },
+            None => Pair {
+                name: text,
+                value: None,
+                text,
+            },
         })
 }
 
@@ -104,6 +136,31 @@ mod tests {
         let found: Vec<_> = values(&headers, "__Host-bff").collect();
         assert_eq!(found, ["xyz", "second"]);
         assert_eq!(values(&headers, "__Host-bf").count(), 0);
+    }
+
+    #[test]
+    fn pairs_keep_their_text_and_tell_names_from_values() {
+        let found: Vec<_> = pairs(" a=1;; b = \"2\" ;flag ").collect();
+        assert_eq!(
+            found,
+            [
+                Pair {
+                    name: "a",
+                    value: Some("1"),
+                    text: "a=1"
+                },
+                Pair {
+                    name: "b",
+                    value: Some("\"2\""),
+                    text: "b = \"2\""
+                },
+                Pair {
+                    name: "flag",
+                    value: None,
+                    text: "flag"
+                },
+            ]
+        );
     }
 
     #[test]

@@ -1,19 +1,216 @@
-//! The one table from errors to HTTP responses, by whose fault they are.
+//! Every way a request can fail, by area, and the one table ([`HttpError::entry`]) that maps
+//! each to its status, its public message, the body's format, its log level and its metric.
 //!
-//! - Client faults (400/401/403/404/405/414): logged at debug, since anyone can cause them.
-//! - Provider faults (502/503/504): logged at warn, naming what failed.
+//! - Client faults (400/401/403/404/405/408/413/414/431): logged at debug, since anyone can
+//!   cause them.
+//! - Provider and upstream faults (502/503/504): logged at warn, naming what failed.
 //! - Internal faults (500): logged at error with the whole `source()` chain.
 //!
-//! Bodies carry only a fixed short message chosen here; never internal text, tokens or secrets.
+//! Bodies carry only the fixed message of the table; never internal text, tokens or secrets.
+//! The details (a provider's error code, an upstream's address and cause) go to the log only.
 
-use http::header::{CONNECTION, HeaderValue};
+use std::time::Duration;
+
+use http::header::{ALLOW, CONNECTION, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::describe::error_chain;
+use crate::logout::LogoutTokenError;
+use crate::metrics::UpstreamError;
 use crate::oidc::OidcError;
+use crate::path::PathError;
 use crate::refresh::FreshnessError;
-use crate::reply::{self, Body};
+use crate::reply::{self, Body, BoxError};
 use crate::store::StoreError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The request itself: its framing, size, method, path or body.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// Sessions and the checks that guard them.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The login callback.
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    /// A back-channel logout request.
+    #[error(transparent)]
+    Backchannel(#[from] BackchannelError),
+    /// A proxied exchange the upstream did not complete.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamFailure),
+    /// The identity provider.
+    #[error(transparent)]
+    Provider(#[from] OidcError),
+    /// The ticket store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An internal failure that is none of the above.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The request is malformed or asks for something no endpoint offers.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The path and query are longer than `--max-uri-bytes`.
+    #[error("request target too long")]
+    TargetTooLong,
+    /// The header fields are larger than `--max-header-bytes`.
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    /// Both `Content-Length` and `Transfer-Encoding` (request smuggling).
+    #[error("both content-length and transfer-encoding")]
+    ConflictingFraming,
+    /// A method the endpoint does not take; `allow` lists the ones it does.
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The `Allow` header's value.
+        allow: &'static str,
+    },
+    /// A path trick (`..`, `%2f`, `//`, `;`, `%252e`, …).
+    #[error("{}", .0.message())]
+    BadPath(PathError),
+    /// Nothing serves this path (`json`: the caller is an API client).
+    #[error("not found")]
+    NotFound {
+        /// Answer in JSON.
+        json: bool,
+    },
+    /// A body on an endpoint that takes none.
+    #[error("unexpected request body")]
+    UnexpectedBody,
+    /// The body did not arrive within `--header-timeout`.
+    #[error("request body too slow")]
+    BodyTooSlow,
+    /// The body is larger than `--max-request-body`.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The path cannot be written as an upstream target.
+    #[error("invalid request target")]
+    BadTarget,
+    /// A query parameter given twice (parameter pollution).
+    #[error("repeated query parameter")]
+    RepeatedParameter,
+}
+
+/// A session is missing, or a check that guards one failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No live session.
+    #[error("no session")]
+    NoSession,
+    /// The session ended while the request was served (its refresh was refused).
+    #[error("session ended")]
+    SessionEnded,
+    /// An API call without `X-CSRF: 1`.
+    #[error("missing X-CSRF: 1 header")]
+    MissingCsrf,
+    /// A WebSocket handshake from another origin.
+    #[error("upgrade requests must come from the application's origin")]
+    ForeignOrigin,
+    /// `/login?returnUrl=` that is not a local path.
+    #[error("returnUrl must be a local path such as /orders")]
+    BadReturnUrl,
+    /// `/logout` without the session's logout id.
+    #[error("logout requires the sid from /api/user")]
+    WrongLogoutSid,
+    /// The session's access token expired and the provider cannot refresh it now; the session
+    /// is kept.
+    #[error("the session's tokens could not be refreshed right now: {0}")]
+    RefreshUnavailable(String),
+}
+
+/// The login callback's query does not complete a login this browser started.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// No `state`.
+    #[error("invalid login response: no state")]
+    NoState,
+    /// A `state` no pending login of this browser has.
+    #[error("login not recognised: it expired, was already used, or began in another browser")]
+    UnknownLogin,
+    /// The provider answered with `error=`.
+    #[error("provider error {code:?}")]
+    ProviderRefused {
+        /// The provider's error code.
+        code: String,
+    },
+    /// `iss` names another issuer (mix-up).
+    #[error("login response from an unexpected issuer")]
+    UnexpectedIssuer,
+    /// `iss` missing although the provider promised it.
+    #[error("login response without the issuer parameter")]
+    MissingIssuer,
+    /// No `code`.
+    #[error("invalid login response: no code")]
+    NoCode,
+}
+
+/// A back-channel logout request that ends nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum BackchannelError {
+    /// The form is too large or broke off.
+    #[error("logout form too large or broken off")]
+    BrokenForm,
+    /// Not exactly one `logout_token` field.
+    #[error("exactly one logout_token form field is required")]
+    FieldCount,
+    /// The token failed verification.
+    #[error(transparent)]
+    Invalid(#[from] LogoutTokenError),
+    /// The token's `jti` was seen before.
+    #[error("logout token replayed")]
+    Replayed,
+}
+
+/// A proxied exchange the upstream did not complete. Each names the route and the upstream
+/// for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamFailure {
+    /// No answer within the route's timeout.
+    #[error("route {route} upstream {upstream} timed out after {after:?}")]
+    TimedOut {
+        /// The route's id.
+        route: String,
+        /// The upstream's host and destination name.
+        upstream: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// No connection, or the exchange broke.
+    #[error("route {route} upstream {upstream}")]
+    Unreachable {
+        /// The route's id.
+        route: String,
+        /// The upstream's host and destination name.
+        upstream: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// `101 Switching Protocols` to a request that asked for no switch.
+    #[error("route {route} upstream {upstream}: 101 to a plain request")]
+    UnexpectedSwitch {
+        /// The route's id.
+        route: String,
+        /// The upstream's host.
+        upstream: String,
+    },
+}
+
+impl From<FreshnessError> for HttpError {
+    fn from(error: FreshnessError) -> Self {
+        match error {
+            FreshnessError::Store(error) => error.into(),
+            FreshnessError::ProviderUnavailable(detail) => {
+                AuthError::RefreshUnavailable(detail).into()
+            }
+        }
+    }
+}
 
 /// Whose fault an error is; decides the log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,155 +232,320 @@ pub enum Format {
     Json,
 }
 
-/// An error on its way to becoming a response.
-#[derive(Debug)]
-pub struct HttpError {
-    status: StatusCode,
-    message: &'static str,
-    blame: Blame,
-    format: Format,
-    close: bool,
-    detail: Option<String>,
+/// One row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The response's status.
+    pub status: StatusCode,
+    /// The body's message: fixed, public, never a detail.
+    pub message: &'static str,
+    /// Whose fault: the log level.
+    pub blame: Blame,
+    /// The body's format.
+    pub format: Format,
+    /// Close the connection after the answer (framing errors, slow bodies).
+    pub close: bool,
 }
 
-impl HttpError {
-    /// A client error with a fixed public message.
-    pub fn client(status: StatusCode, message: &'static str) -> Self {
+impl Entry {
+    const fn new(status: StatusCode, message: &'static str, blame: Blame, format: Format) -> Self {
         Self {
             status,
             message,
-            blame: Blame::Client,
-            format: Format::Plain,
+            blame,
+            format,
             close: false,
-            detail: None,
         }
     }
 
-    /// A provider failure.
-    pub fn provider(status: StatusCode, message: &'static str, detail: String) -> Self {
-        Self {
-            status,
-            message,
-            blame: Blame::Provider,
-            format: Format::Plain,
-            close: false,
-            detail: Some(detail),
-        }
-    }
-
-    /// An internal failure; the detail goes to the log only.
-    pub fn internal(detail: String) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: "internal error",
-            blame: Blame::Internal,
-            format: Format::Plain,
-            close: false,
-            detail: Some(detail),
-        }
-    }
-
-    /// Answers in JSON.
-    pub fn json(mut self) -> Self {
-        self.format = Format::Json;
-        self
-    }
-
-    /// Closes the connection after the response (framing errors).
-    pub fn close_connection(mut self) -> Self {
+    const fn closing(mut self) -> Self {
         self.close = true;
         self
     }
+}
 
-    /// Adds a log-only detail.
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
+impl HttpError {
+    /// The table: every error's status, message, log level, format and connection fate.
+    pub fn entry(&self) -> Entry {
+        use Blame::{Client, Internal, Provider};
+        use Format::{Json, Plain};
+        const LOGIN_FAILED: &str = "login failed";
+        const INVALID_REQUEST: &str = "invalid_request";
+        const UPSTREAM_UNREACHABLE: &str = "the upstream could not be reached";
+        let row = Entry::new;
+        match self {
+            Self::Request(error) => match error {
+                RequestError::TargetTooLong => row(
+                    StatusCode::URI_TOO_LONG,
+                    "request target too long",
+                    Client,
+                    Plain,
+                ),
+                RequestError::HeadersTooLarge => row(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request header fields too large",
+                    Client,
+                    Plain,
+                )
+                .closing(),
+                RequestError::ConflictingFraming => row(
+                    StatusCode::BAD_REQUEST,
+                    "both content-length and transfer-encoding",
+                    Client,
+                    Plain,
+                )
+                .closing(),
+                RequestError::MethodNotAllowed { .. } => row(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed",
+                    Client,
+                    Plain,
+                ),
+                RequestError::BadPath(error) => {
+                    row(StatusCode::BAD_REQUEST, error.message(), Client, Json)
+                }
+                RequestError::NotFound { json } => row(
+                    StatusCode::NOT_FOUND,
+                    "not found",
+                    Client,
+                    if *json { Json } else { Plain },
+                ),
+                RequestError::UnexpectedBody => row(
+                    StatusCode::BAD_REQUEST,
+                    "unexpected request body",
+                    Client,
+                    Plain,
+                )
+                .closing(),
+                RequestError::BodyTooSlow => row(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body too slow",
+                    Client,
+                    Json,
+                )
+                .closing(),
+                RequestError::BodyTooLarge => row(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                    Client,
+                    Json,
+                ),
+                RequestError::BadTarget => row(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target",
+                    Client,
+                    Json,
+                ),
+                RequestError::RepeatedParameter => row(
+                    StatusCode::BAD_REQUEST,
+                    "repeated query parameter",
+                    Client,
+                    Plain,
+                ),
+            },
+            Self::Auth(error) => match error {
+                AuthError::NoSession => row(StatusCode::UNAUTHORIZED, "no session", Client, Json),
+                AuthError::SessionEnded => {
+                    row(StatusCode::UNAUTHORIZED, "session ended", Client, Json)
+                }
+                AuthError::MissingCsrf => row(
+                    StatusCode::FORBIDDEN,
+                    "missing X-CSRF: 1 header",
+                    Client,
+                    Json,
+                ),
+                AuthError::ForeignOrigin => row(
+                    StatusCode::FORBIDDEN,
+                    "upgrade requests must come from the application's origin",
+                    Client,
+                    Json,
+                ),
+                AuthError::BadReturnUrl => row(
+                    StatusCode::BAD_REQUEST,
+                    "returnUrl must be a local path such as /orders",
+                    Client,
+                    Plain,
+                ),
+                AuthError::WrongLogoutSid => row(
+                    StatusCode::BAD_REQUEST,
+                    "logout requires the sid from /api/user",
+                    Client,
+                    Plain,
+                ),
+                AuthError::RefreshUnavailable(_) => row(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the session's tokens could not be refreshed right now",
+                    Provider,
+                    Json,
+                ),
+            },
+            Self::Login(error) => {
+                let message = match error {
+                    LoginError::NoState => "invalid login response: no state",
+                    LoginError::UnknownLogin => {
+                        "login not recognised: it expired, was already used, or began in another browser"
+                    }
+                    LoginError::ProviderRefused { .. } => "the provider did not sign you in",
+                    LoginError::UnexpectedIssuer => "login response from an unexpected issuer",
+                    LoginError::MissingIssuer => "login response without the issuer parameter",
+                    LoginError::NoCode => "invalid login response: no code",
+                };
+                row(StatusCode::BAD_REQUEST, message, Client, Plain)
+            }
+            Self::Backchannel(_) => row(StatusCode::BAD_REQUEST, INVALID_REQUEST, Client, Json),
+            Self::Upstream(error) => match error {
+                UpstreamFailure::TimedOut { .. } => row(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer in time",
+                    Provider,
+                    Json,
+                ),
+                UpstreamFailure::Unreachable { .. } | UpstreamFailure::UnexpectedSwitch { .. } => {
+                    row(
+                        StatusCode::BAD_GATEWAY,
+                        UPSTREAM_UNREACHABLE,
+                        Provider,
+                        Json,
+                    )
+                }
+            },
+            Self::Provider(error) => match error {
+                OidcError::NotReady | OidcError::Discovery(_) => row(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the identity provider is not available yet",
+                    Provider,
+                    Plain,
+                ),
+                OidcError::Unreachable(_) => row(
+                    StatusCode::BAD_GATEWAY,
+                    "the identity provider could not be reached",
+                    Provider,
+                    Plain,
+                ),
+                // A token response that does not parse (an ID token without sub or iat, say)
+                // fails the login like any invalid token, but it is logged as the provider's
+                // fault.
+                OidcError::BadResponse(_) => {
+                    row(StatusCode::BAD_REQUEST, LOGIN_FAILED, Provider, Plain)
+                }
+                // A reused or forged code, or a token that fails validation: the request's
+                // fault (or an attacker's), never a reason to create a session.
+                OidcError::Refused { .. } | OidcError::InvalidIdToken(_) => {
+                    row(StatusCode::BAD_REQUEST, LOGIN_FAILED, Client, Plain)
+                }
+            },
+            Self::Store(_) | Self::Internal(_) => row(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                Internal,
+                Plain,
+            ),
+        }
     }
 
-    /// Logs the error at the level its blame calls for and builds the response.
-    pub fn into_response(self) -> Response<Body> {
-        let detail = self.detail.as_deref().unwrap_or("");
-        match self.blame {
-            Blame::Client => {
-                tracing::debug!(
-                    status = self.status.as_u16(),
-                    message = self.message,
-                    detail
-                )
-            }
-            Blame::Provider => {
-                tracing::warn!(
-                    status = self.status.as_u16(),
-                    message = self.message,
-                    detail
-                )
-            }
-            Blame::Internal => {
-                tracing::error!(
-                    status = self.status.as_u16(),
-                    message = self.message,
-                    detail
-                )
-            }
+    /// The metric a gateway-made upstream answer counts under; `None` for every other error.
+    pub fn upstream_metric(&self) -> Option<UpstreamError> {
+        match self {
+            Self::Upstream(UpstreamFailure::TimedOut { .. }) => Some(UpstreamError::Timeout),
+            Self::Upstream(_) => Some(UpstreamError::Unreachable),
+            _ => None,
         }
-        let mut response = match self.format {
-            Format::Plain => reply::text(self.status, self.message),
-            Format::Json => reply::json(self.status, &serde_json::json!({ "error": self.message })),
+    }
+
+    /// Logs the error at the level its row calls for and builds the response.
+    pub fn into_response(self) -> Response<Body> {
+        let entry = self.entry();
+        // The whole chain, for the log only: the body carries the row's fixed message.
+        let detail = error_chain(&self);
+        let status = entry.status.as_u16();
+        let message = entry.message;
+        match entry.blame {
+            Blame::Client => tracing::debug!(status, message, detail),
+            Blame::Provider => tracing::warn!(status, message, detail),
+            Blame::Internal => tracing::error!(status, message, detail),
+        }
+        let mut response = match entry.format {
+            Format::Plain => reply::text(entry.status, message),
+            Format::Json => reply::json(entry.status, &serde_json::json!({ "error": message })),
         };
-        if self.close {
+        if entry.close {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Self::Request(RequestError::MethodNotAllowed { allow }) = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
         }
         response
     }
 }
 
-impl From<StoreError> for HttpError {
-    fn from(error: StoreError) -> Self {
-        HttpError::internal(error_chain(&error))
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<OidcError> for HttpError {
-    fn from(error: OidcError) -> Self {
-        let detail = error_chain(&error);
-        match error {
-            OidcError::NotReady | OidcError::Discovery(_) => HttpError::provider(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the identity provider is not available yet",
-                detail,
-            ),
-            OidcError::Unreachable(_) => HttpError::provider(
-                StatusCode::BAD_GATEWAY,
-                "the identity provider could not be reached",
-                detail,
-            ),
-            // A token response that does not parse (an ID token without sub or iat, say) fails
-            // the login like any invalid token, but it is logged as the provider's fault.
-            OidcError::BadResponse(_) => {
-                HttpError::provider(StatusCode::BAD_REQUEST, "login failed", detail)
-            }
-            // A reused or forged code, or a token that fails validation: the request's fault
-            // (or an attacker's), never a reason to create a session.
-            OidcError::Refused { .. } | OidcError::InvalidIdToken(_) => {
-                HttpError::client(StatusCode::BAD_REQUEST, "login failed").with_detail(detail)
-            }
-        }
+    #[test]
+    fn upstream_failures_count_by_kind_not_by_status() {
+        let timed_out = HttpError::from(UpstreamFailure::TimedOut {
+            route: "r".into(),
+            upstream: "h".into(),
+            after: Duration::from_secs(1),
+        });
+        assert_eq!(timed_out.entry().status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timed_out.upstream_metric(), Some(UpstreamError::Timeout));
+        let switched = HttpError::from(UpstreamFailure::UnexpectedSwitch {
+            route: "r".into(),
+            upstream: "h".into(),
+        });
+        assert_eq!(switched.upstream_metric(), Some(UpstreamError::Unreachable));
+        // A 503 of the provider is no upstream error.
+        let provider = HttpError::from(OidcError::NotReady);
+        assert_eq!(provider.entry().status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(provider.upstream_metric(), None);
     }
-}
 
-impl From<FreshnessError> for HttpError {
-    fn from(error: FreshnessError) -> Self {
-        match error {
-            FreshnessError::Store(error) => error.into(),
-            FreshnessError::ProviderUnavailable(detail) => HttpError::provider(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the session's tokens could not be refreshed right now",
-                detail,
-            )
-            .json(),
+    #[tokio::test]
+    async fn details_stay_out_of_the_body() {
+        use http_body_util::BodyExt;
+        let error = HttpError::from(UpstreamFailure::Unreachable {
+            route: "orders".into(),
+            upstream: "10.0.0.7 (0000)".into(),
+            source: "connection refused by 10.0.0.7".into(),
+        });
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(
+            &body[..],
+            br#"{"error":"the upstream could not be reached"}"#
+        );
+    }
+
+    #[test]
+    fn a_refused_method_names_the_allowed_ones() {
+        let response =
+            HttpError::from(RequestError::MethodNotAllowed { allow: "POST" }).into_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "POST");
+    }
+
+    #[test]
+    fn framing_errors_and_slow_bodies_close_the_connection() {
+        for error in [
+            RequestError::HeadersTooLarge,
+            RequestError::ConflictingFraming,
+            RequestError::UnexpectedBody,
+            RequestError::BodyTooSlow,
+        ] {
+            assert!(HttpError::from(error).entry().close);
         }
+        assert!(!HttpError::from(AuthError::NoSession).entry().close);
     }
 }

@@ -24,10 +24,10 @@ pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod path;
+pub mod pipeline;
 pub mod proxy;
 pub mod refresh;
 pub mod reply;
-pub mod routes;
 pub mod seal;
 pub mod server;
 pub mod session;
@@ -50,9 +50,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::http_client::HttpClient;
 use crate::oidc::Provider;
+use crate::pipeline::Gateway;
 use crate::proxy::Proxy;
 use crate::refresh::Refresher;
-use crate::routes::Gateway;
 use crate::store::StoreError;
 use crate::tickets::OpenStoreError;
 use crate::tls::{CertificateSource, TlsError};
@@ -121,7 +121,12 @@ pub async fn run(
         );
     }
     let client_tls = tls::client_config(config.oidc.ca_file.as_deref())?;
-    let proxy = Proxy::new(&config.proxy, client_tls.clone());
+    let proxy = Proxy::new(
+        &config.proxy,
+        client_tls.clone(),
+        config.cookie.clone(),
+        Arc::clone(&tickets),
+    );
     let spa = config
         .static_dir
         .as_deref()
@@ -162,6 +167,7 @@ pub async fn run(
         proxy,
         spa,
         callback_path: config.oidc.callback_path.clone(),
+        public_origin: config.proxy.public_origin.clone(),
         max_uri_bytes: config.limits.max_uri_bytes,
         max_header_bytes: config.limits.max_header_bytes,
         body_timeout: config.limits.header_timeout,

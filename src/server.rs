@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{Protocols, ServerLimits};
+use crate::pipeline::Gateway;
 use crate::proxy::ConnectionHold;
-use crate::routes::Gateway;
 use crate::sync::Locked;
 
 /// Serves until `shutdown` completes, then drains open connections for at most

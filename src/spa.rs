@@ -33,7 +33,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 
-use crate::error::HttpError;
+use crate::error::{HttpError, RequestError};
 use crate::reply::{Body, BoxError, full};
 
 /// Bytes read from a file per body frame.
@@ -93,9 +93,9 @@ impl Spa {
         headers: &HeaderMap,
     ) -> Result<Response<Body>, HttpError> {
         if method != Method::GET && method != Method::HEAD {
-            return Err(HttpError::client(StatusCode::NOT_FOUND, "not found").json());
+            return Err(RequestError::NotFound { json: true }.into());
         }
-        let not_found = || HttpError::client(StatusCode::NOT_FOUND, "not found");
+        let not_found = || HttpError::from(RequestError::NotFound { json: false });
         let found = self.find(path, headers).await.ok_or_else(not_found)?;
         let mut file = tokio::fs::File::open(&found.path)
             .await
@@ -173,7 +173,7 @@ impl Spa {
         if method == Method::GET && count > 0 {
             if start > 0 {
                 file.seek(SeekFrom::Start(start)).await.map_err(|error| {
-                    HttpError::internal(format!("seeking {}: {error}", found.path.display()))
+                    HttpError::Internal(format!("seeking {}: {error}", found.path.display()))
                 })?;
             }
             *response.body_mut() = FileBody::new(file, count).boxed();

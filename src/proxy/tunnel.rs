@@ -61,6 +61,20 @@ pub struct TunnelSession {
     pub tickets: Arc<TicketStore>,
 }
 
+/// Whether a request is a WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 GET with
+/// `Connection: upgrade` and `Upgrade: websocket`. Only these become tunnels; any other
+/// `Upgrade` (`h2c`, …) is dropped as the hop-by-hop header it is.
+pub fn is_websocket_handshake<B>(request: &http::Request<B>) -> bool {
+    let has = |name: &http::HeaderName, wanted: &str| {
+        super::headers::list(request.headers(), name)
+            .any(|token| token.eq_ignore_ascii_case(wanted))
+    };
+    request.method() == http::Method::GET
+        && request.version() == http::Version::HTTP_11
+        && has(&http::header::CONNECTION, "upgrade")
+        && has(&http::header::UPGRADE, "websocket")
+}
+
 /// Copies bytes both ways between the browser's and the upstream's upgraded connections until
 /// either side closes or a limit ends the tunnel.
 pub async fn run(

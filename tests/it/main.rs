@@ -7,6 +7,7 @@ mod cli; // the binary's flags: bad values fail fast with exit 64 and the flag n
 mod conformance; // the OpenID Foundation RP test plan cases that apply to a code-flow client
 mod discovery; // provider down at start, issuer mismatch in discovery
 mod hardening; // hostile clients: limits, smuggling, slowloris
+mod layers; // the modules import each other without a cycle; config only from the top
 mod lifecycle; // background refresh sweep: ahead of need, rotation, dead grants, outages
 mod login; // the whole flow: isAuth, login, user, logout, cookies, no token leaks, restart
 mod metrics; // --metrics-listen: Prometheus text that parses and counts what happened
