@@ -4,7 +4,7 @@
 /// What a handler tells the access log beyond method, path and status, carried in the
 /// response's extensions.
 #[derive(Debug, Clone, Default)]
-pub struct AccessInfo {
+pub(crate) struct AccessInfo {
     /// The proxy route that took the request.
     pub route: Option<String>,
     /// The destination it went to ([`crate::proxy::route::Destination::label`]).
@@ -15,12 +15,12 @@ pub struct AccessInfo {
 
 /// Whether access-log lines are written (`--log-level` info or finer for `oidc_bff::access`):
 /// when they are not, handlers skip gathering what only the log would show.
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     tracing::enabled!(target: "oidc_bff::access", tracing::Level::INFO)
 }
 
 /// Tags `response` with the session it acted for, when the access log is on.
-pub fn tag_session<B>(response: &mut http::Response<B>, session: crate::session::SessionId) {
+pub(crate) fn tag_session<B>(response: &mut http::Response<B>, session: crate::session::SessionId) {
     if enabled() {
         response.extensions_mut().insert(AccessInfo {
             session: Some(session),

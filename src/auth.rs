@@ -33,7 +33,7 @@ use crate::tickets::{Activity, Session, TicketStore};
 
 /// A session looked up from the request's cookies.
 #[derive(Debug)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     /// The live session, if any.
     pub session: Option<Session>,
     /// The request carried a session cookie that is not (or no longer) valid: clear it.
@@ -41,7 +41,7 @@ pub struct Lookup {
 }
 
 /// Handlers for the sign-in and sign-out endpoints.
-pub struct Auth {
+pub(crate) struct Auth {
     provider: Arc<Provider>,
     tickets: Arc<TicketStore>,
     refresher: Arc<Refresher>,
@@ -89,7 +89,7 @@ fn append_cookie(response: &mut Response<Body>, cookie: &str) {
 
 impl Auth {
     /// Handlers over the shared services.
-    pub fn new(
+    pub(crate) fn new(
         provider: Arc<Provider>,
         tickets: Arc<TicketStore>,
         refresher: Arc<Refresher>,
@@ -108,17 +108,12 @@ impl Auth {
     }
 
     /// The ticket store.
-    pub fn tickets(&self) -> &Arc<TicketStore> {
+    pub(crate) fn tickets(&self) -> &Arc<TicketStore> {
         &self.tickets
     }
 
-    /// The session cookie settings.
-    pub fn cookie(&self) -> &CookieConfig {
-        &self.cookie
-    }
-
     /// Finds the live session named by the request's session cookie.
-    pub async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         headers: &HeaderMap,
         activity: Activity,
@@ -150,13 +145,13 @@ impl Auth {
 
     /// The id `/logout?sid=` must carry for this session: derived from the session id under a
     /// server key, so it reveals nothing and cannot be guessed from outside.
-    pub fn logout_id(&self, id: SessionId) -> String {
+    pub(crate) fn logout_id(&self, id: SessionId) -> String {
         URL_SAFE_NO_PAD.encode(&self.tickets.keyer().hash("logout", &id.to_bytes())[..16])
     }
 
     /// `GET /api/isAuth`: `true` or `false`, never 401, never cached. Does not slide the idle
     /// timeout.
-    pub async fn is_auth(
+    pub(crate) async fn is_auth(
         &self,
         request: &Request<impl Sized>,
     ) -> Result<Response<Body>, HttpError> {
@@ -172,7 +167,10 @@ impl Auth {
     }
 
     /// `GET /login?returnUrl=/path`: starts an authorization-code flow with PKCE.
-    pub async fn login(&self, request: &Request<impl Sized>) -> Result<Response<Body>, HttpError> {
+    pub(crate) async fn login(
+        &self,
+        request: &Request<impl Sized>,
+    ) -> Result<Response<Body>, HttpError> {
         let pairs = query_pairs(request);
         let return_path = single(&pairs, "returnUrl")?.unwrap_or("/").to_owned();
         if return_path.len() > MAX_RETURN_PATH || check_local_path(&return_path).is_err() {
@@ -202,7 +200,7 @@ impl Auth {
 
     /// The callback: checks the response against the pending login, exchanges the code,
     /// creates the session and sets the cookie. Every failure is a plain 400 and no session.
-    pub async fn callback(
+    pub(crate) async fn callback(
         &self,
         request: &Request<impl Sized>,
     ) -> Result<Response<Body>, HttpError> {
@@ -286,7 +284,10 @@ impl Auth {
 
     /// `GET /api/user` (with `X-CSRF: 1`): the user's claims, the logout URL and the time left.
     /// Does not slide the idle timeout.
-    pub async fn user(&self, request: &Request<impl Sized>) -> Result<Response<Body>, HttpError> {
+    pub(crate) async fn user(
+        &self,
+        request: &Request<impl Sized>,
+    ) -> Result<Response<Body>, HttpError> {
         let lookup = self.lookup(request.headers(), Activity::Peek).await?;
         let Some(session) = lookup.session else {
             let mut response = HttpError::from(AuthError::NoSession).into_response();
@@ -335,7 +336,10 @@ impl Auth {
     }
 
     /// `GET /logout?sid=…`: ends the session here and at the provider.
-    pub async fn logout(&self, request: &Request<impl Sized>) -> Result<Response<Body>, HttpError> {
+    pub(crate) async fn logout(
+        &self,
+        request: &Request<impl Sized>,
+    ) -> Result<Response<Body>, HttpError> {
         let lookup = self.lookup(request.headers(), Activity::Peek).await?;
         let Some(session) = lookup.session else {
             // Nothing to end; make sure the browser forgets any stale cookie.
@@ -380,7 +384,7 @@ impl Auth {
 
 /// `POST /backchannel-logout` (form field `logout_token`): ends the sessions the provider names.
 /// 200 on success; 400 with `Cache-Control: no-store` for anything else (spec §2.8).
-pub async fn backchannel_logout(
+pub(crate) async fn backchannel_logout(
     verifier: &crate::logout::LogoutVerifier,
     tickets: &TicketStore,
     form: &[u8],
@@ -421,7 +425,7 @@ pub async fn backchannel_logout(
 }
 
 /// Requires `X-CSRF: 1`: a custom header forces a CORS preflight, which cross-site pages fail.
-pub fn require_csrf_header(headers: &HeaderMap) -> Result<(), HttpError> {
+pub(crate) fn require_csrf_header(headers: &HeaderMap) -> Result<(), HttpError> {
     match headers.get("x-csrf") {
         Some(value) if value == "1" => Ok(()),
         _ => Err(AuthError::MissingCsrf.into()),

@@ -654,7 +654,7 @@ pub struct Config {
     /// Origins allowed to frame the gateway's pages (`--frame-ancestors`); empty: none.
     pub frame_ancestors: Vec<String>,
     /// Background sweeps.
-    pub sweeps: crate::sweeper::SweepConfig,
+    pub sweeps: crate::tasks::SweepConfig,
     /// The admin socket for `oidc-bff sessions`.
     pub admin_socket: PathBuf,
     /// Where the metrics endpoint listens, if anywhere.
@@ -950,7 +950,7 @@ impl ServeArgs {
             },
             static_dir: self.static_dir,
             frame_ancestors: self.frame_ancestors,
-            sweeps: crate::sweeper::SweepConfig {
+            sweeps: crate::tasks::SweepConfig {
                 refresh_interval: self.refresh_interval,
                 refresh_ahead: self.refresh_ahead,
                 refresh_concurrency: self.refresh_concurrency.get(),

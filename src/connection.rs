@@ -42,7 +42,7 @@ use crate::pipeline::Gateway;
 use crate::proxy::ConnectionHold;
 
 /// An HTTP/1.1 connection without a request for this long is parked.
-pub const PARK_AFTER: Duration = Duration::from_millis(250);
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// Limits against slow or hostile clients.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +71,7 @@ pub struct ServerLimits {
 
 /// hyper's two servers, configured once for every connection.
 #[derive(Debug)]
-pub struct Protocols {
+pub(crate) struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     limits: ServerLimits,
@@ -79,7 +79,7 @@ pub struct Protocols {
 
 impl Protocols {
     /// Both protocols under `limits`.
-    pub fn new(limits: &ServerLimits) -> Self {
+    pub(crate) fn new(limits: &ServerLimits) -> Self {
         let mut http1 = http1::Builder::new();
         http1
             // The header deadline is the connection's own (crate::deadlines), not hyper's.
@@ -123,7 +123,7 @@ impl Protocols {
 ///
 /// The future is what an idle connection costs, so it is built here, not by an `async fn`:
 /// it holds the stream once, not once more for each name the stream had on its way in.
-pub fn serve(
+pub(crate) fn serve(
     tls: TlsStream<TcpStream>,
     peer: SocketAddr,
     gateway: Arc<Gateway>,

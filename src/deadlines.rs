@@ -27,7 +27,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
@@ -43,7 +45,7 @@ const MIN_WAIT: Duration = Duration::from_millis(10);
 
 /// What a connection has been doing, in milliseconds since it was accepted.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     /// The last byte read or written.
     last: AtomicU64,
@@ -72,7 +74,7 @@ const HAND_BACK_DISTURBED: u8 = 2;
 
 /// What a look at the deadlines found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
+pub(crate) enum Due {
     /// Nothing yet: look again after this long.
     LookAgainIn(Duration),
     /// No byte either way for at least the idle timeout (for this long): close once in-flight
@@ -87,7 +89,7 @@ pub enum Due {
 
 impl Activity {
     /// A connection accepted now; `heads` times request heads (HTTP/1.1).
-    pub fn new(heads: bool) -> Self {
+    pub(crate) fn new(heads: bool) -> Self {
         Self {
             start: Instant::now(),
             last: AtomicU64::new(0),
@@ -106,7 +108,7 @@ impl Activity {
     }
 
     /// Bytes were written.
-    pub fn wrote(&self) {
+    pub(crate) fn wrote(&self) {
         self.wrote_at(self.now());
     }
 
@@ -115,12 +117,12 @@ impl Activity {
     }
 
     /// How long no byte has moved either way.
-    pub fn silent_for(&self) -> Duration {
+    pub(crate) fn silent_for(&self) -> Duration {
         Duration::from_millis(self.now().saturating_sub(self.last.load(Ordering::Relaxed)))
     }
 
     /// Bytes were read.
-    pub fn read(&self) {
+    pub(crate) fn read(&self) {
         self.read_at(self.now());
     }
 
@@ -138,12 +140,12 @@ impl Activity {
     /// `Transfer-Encoding` (RFC 9112 §6.3: a request-smuggling shape). hyper lets
     /// `Transfer-Encoding` win and drops `Content-Length` from the request it hands over, so
     /// only the bytes show it; the server refuses such a request and closes the connection.
-    pub fn framing_conflict(&self) -> bool {
+    pub(crate) fn framing_conflict(&self) -> bool {
         self.framing_conflict.load(Ordering::Relaxed)
     }
 
     /// A request head arrived whole: its exchange is open until the returned guard is dropped.
-    pub fn exchange(self: &Arc<Self>) -> OpenExchange {
+    pub(crate) fn exchange(self: &Arc<Self>) -> OpenExchange {
         self.exchange_at(self.now())
     }
 
@@ -158,7 +160,7 @@ impl Activity {
     /// ([`crate::connection`]): `None` if now (no exchange open, no byte read since the last one
     /// ended, every write flushed, and none of that for `after`), else how long until it is
     /// worth another look.
-    pub fn parkable_in(&self, after: Duration) -> Option<Duration> {
+    pub(crate) fn parkable_in(&self, after: Duration) -> Option<Duration> {
         self.parkable_in_at(self.now(), after)
     }
 
@@ -177,17 +179,17 @@ impl Activity {
 
     /// A hand-back begins: until [`Activity::end_hand_back`], the stream's shutdown is
     /// withheld from it and any read is noted.
-    pub fn begin_hand_back(&self) {
+    pub(crate) fn begin_hand_back(&self) {
         self.hand_back.store(HAND_BACK_ASKED, Ordering::Relaxed);
     }
 
     /// The hand-back is over; true if nothing read from the stream meanwhile.
-    pub fn end_hand_back(&self) -> bool {
+    pub(crate) fn end_hand_back(&self) -> bool {
         self.hand_back.swap(HAND_BACK_OFF, Ordering::Relaxed) == HAND_BACK_ASKED
     }
 
     /// Looks at both deadlines.
-    pub fn due(&self, idle: Duration, header: Duration) -> Due {
+    pub(crate) fn due(&self, idle: Duration, header: Duration) -> Due {
         self.due_at(self.now(), idle, header)
     }
 
@@ -231,7 +233,7 @@ impl Due {
 
     /// After [`Due::Idle`] (idle for `idle_for`): when to look again, so that a stall is seen
     /// when it is due and a head dribbled during the graceful close within `header`.
-    pub fn until_stalled(idle: Duration, idle_for: Duration, header: Duration) -> Duration {
+    pub(crate) fn until_stalled(idle: Duration, idle_for: Duration, header: Duration) -> Duration {
         Self::stalled_after(idle)
             .saturating_sub(idle_for)
             .min(header)
@@ -241,7 +243,7 @@ impl Due {
 
 /// An exchange in progress; dropping it ends the exchange.
 #[derive(Debug)]
-pub struct OpenExchange(Arc<Activity>);
+pub(crate) struct OpenExchange(Arc<Activity>);
 
 impl Drop for OpenExchange {
     fn drop(&mut self) {
@@ -253,14 +255,14 @@ impl Drop for OpenExchange {
 }
 
 /// A response body that keeps its exchange open until hyper drops it.
-pub struct ExchangeBody {
+pub(crate) struct ExchangeBody {
     body: Body,
     _open: OpenExchange,
 }
 
 impl ExchangeBody {
     /// `body`, ending `open` when dropped.
-    pub fn new(body: Body, open: OpenExchange) -> Self {
+    pub(crate) fn new(body: Body, open: OpenExchange) -> Self {
         Self { body, _open: open }
     }
 }
@@ -296,7 +298,7 @@ const NOT_H2: usize = usize::MAX;
 /// On a connection timed as HTTP/1.1 it also refuses the HTTP/2 preface: over TLS, HTTP/2 is
 /// chosen by ALPN only (RFC 9113, section 3.3), and hyper-util's server would otherwise speak
 /// HTTP/2 on a connection whose ALPN said `http/1.1` (or nothing), with HTTP/1.1's deadlines.
-pub struct Tracked<T> {
+pub(crate) struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
     /// Bytes of [`H2_PREFACE`] matched by the first bytes read, or [`NOT_H2`].
@@ -403,7 +405,7 @@ impl FramingScan {
 
 impl<T> Tracked<T> {
     /// `inner`, reporting to `activity`.
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
         let preface = if activity.heads { 0 } else { NOT_H2 };
         Self {
             inner,

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// The header, payload and signature of a compact JWS, if `token` has exactly three parts.
-pub fn compact_parts(token: &str) -> Option<[&str; 3]> {
+pub(crate) fn compact_parts(token: &str) -> Option<[&str; 3]> {
     let mut parts = token.split('.');
     let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
     parts
@@ -18,7 +18,7 @@ pub fn compact_parts(token: &str) -> Option<[&str; 3]> {
 }
 
 /// The claims of a compact JWS/JWT, read without checking anything.
-pub fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     let [_, payload, _] = compact_parts(token)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -26,7 +26,7 @@ pub fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_js
 
 /// The `exp` claim of a compact JWS/JWT (seconds since the epoch), read without checking
 /// anything.
-pub fn unverified_exp(token: &str) -> Option<u64> {
+pub(crate) fn unverified_exp(token: &str) -> Option<u64> {
     unverified_claims(token)?.get("exp")?.as_u64()
 }
 
@@ -55,7 +55,7 @@ const PROTOCOL_CLAIMS: &[&str] = &[
 /// The user claims of an ID token that was validated when it was stored: everything but the
 /// protocol claims (`iss`, `aud`, `nonce`, hashes, times…), with `sub` first. Empty when the
 /// token does not decode.
-pub fn user_claims(id_token: &str) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn user_claims(id_token: &str) -> serde_json::Map<String, serde_json::Value> {
     let mut user = serde_json::Map::new();
     let Some(payload) = unverified_claims(id_token) else {
         return user;

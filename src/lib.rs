@@ -4,40 +4,43 @@
 //! This file lists the modules and assembles them in [`run`], with the background tasks it
 //! starts. `docs/design.md` describes how the modules depend on each other.
 
-pub mod access_log;
+// What the tests, benches and fuzz targets do not use is crate-private, and stays so.
+#![warn(unreachable_pub)]
+
+mod access_log;
 pub mod admin;
-pub mod auth;
+mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
-pub mod connection;
+mod connection;
 pub mod cookies;
-pub mod deadlines;
+mod deadlines;
 pub mod describe;
-pub mod error;
+mod error;
 pub mod flow;
 pub mod http_client;
-pub mod jwt;
+mod jwt;
 pub mod logging;
 pub mod logout;
-pub mod metrics;
-pub mod notify;
+mod metrics;
+mod notify;
 pub mod oidc;
 pub mod path;
-pub mod pipeline;
+mod pipeline;
 pub mod proxy;
-pub mod refresh;
-pub mod reply;
+mod refresh;
+mod reply;
 pub mod seal;
-pub mod server;
+mod server;
 pub mod session;
-pub mod spa;
-pub mod store;
-pub mod sweeper;
-pub mod sync;
+mod spa;
+mod store;
+mod sync;
+mod tasks;
 pub mod tickets;
 pub mod tls;
-pub mod urls;
+mod urls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +57,7 @@ use crate::pipeline::Gateway;
 use crate::proxy::Proxy;
 use crate::refresh::Refresher;
 use crate::store::StoreError;
+use crate::tasks::Tasks;
 use crate::tickets::OpenStoreError;
 use crate::tls::{CertificateSource, TlsError};
 
@@ -121,12 +125,12 @@ pub async fn run(
         );
     }
     let client_tls = tls::client_config(config.oidc.ca_file.as_deref())?;
-    let proxy = Proxy::new(
+    let proxy = Arc::new(Proxy::new(
         &config.proxy,
         client_tls.clone(),
         config.cookie.clone(),
         Arc::clone(&tickets),
-    );
+    ));
     let spa = config
         .static_dir
         .as_deref()
@@ -138,7 +142,8 @@ pub async fn run(
         http,
         Arc::clone(&deps.clock),
     ));
-    let discovery = tokio::spawn({
+    let mut tasks = Tasks::default();
+    tasks.spawn({
         let provider = Arc::clone(&provider);
         async move { provider.discover_until_ready().await }
     });
@@ -164,7 +169,7 @@ pub async fn run(
         logout: logout::LogoutVerifier::new(Arc::clone(&provider), Arc::clone(&deps.clock)),
         provider: Arc::clone(&provider),
         refresher,
-        proxy,
+        proxy: Arc::clone(&proxy),
         spa,
         callback_path: config.oidc.callback_path.clone(),
         public_origin: config.proxy.public_origin.clone(),
@@ -174,42 +179,42 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         framing: reply::Framing::new(&config.frame_ancestors),
     });
-    let flusher = tokio::spawn({
-        let tickets = Arc::clone(&tickets);
-        async move {
-            let mut interval = tokio::time::interval(tickets.touch_interval());
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                if let Err(error) = tickets.flush_touches().await {
-                    tracing::error!(error = %describe::error_chain(&error), "writing last-access times failed");
-                }
-            }
-        }
-    });
-
-    let refresh_sweeps = tokio::spawn(sweeper::refresh_loop(
+    tasks.spawn(tasks::flush_loop(Arc::clone(&tickets)));
+    tasks.spawn(tasks::refresh_loop(
         Arc::clone(&tickets),
         Arc::clone(&refresher_for_sweeps),
         config.sweeps,
         Arc::clone(&metrics),
     ));
-    let eviction_sweeps = tokio::spawn(sweeper::eviction_loop(
+    tasks.spawn(tasks::eviction_loop(
         Arc::clone(&tickets),
         config.sweeps,
         Arc::clone(&metrics),
     ));
-    let metrics_endpoint = deps.metrics_listener.map(|listener| {
+    tasks.spawn(tasks::idle_upstreams_loop(Arc::clone(&proxy)));
+    if let Some(interval) = notify::watchdog_interval() {
+        tasks.spawn(tasks::watchdog_loop(interval));
+    }
+    if let Some(reload) = deps.reload.clone() {
+        tasks.spawn(tasks::reload_loop(
+            reload,
+            config.tls.clone(),
+            config.proxy.clone(),
+            Arc::clone(&certificates),
+            Arc::clone(&proxy),
+        ));
+    }
+    if let Some(listener) = deps.metrics_listener {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "metrics at http://{address}/metrics");
         }
-        tokio::spawn(metrics::serve(
+        tasks.spawn(metrics::serve(
             listener,
             Arc::clone(&metrics),
             Arc::clone(&tickets),
-        ))
-    });
-    let admin_socket = tokio::spawn({
+        ));
+    }
+    tasks.spawn({
         let (path, tickets) = (config.admin_socket.clone(), Arc::clone(&tickets));
         let database = config.storage.database_path();
         async move {
@@ -217,35 +222,6 @@ pub async fn run(
                 tracing::error!(socket = %path.display(), %error, "admin socket stopped");
             }
         }
-    });
-
-    let reloads = deps.reload.clone().map(|mut reload| {
-        let (gateway, certificates) = (Arc::clone(&gateway), Arc::clone(&certificates));
-        let (tls_config, proxy_config) = (config.tls.clone(), config.proxy.clone());
-        tokio::spawn(async move {
-            while reload.changed().await.is_ok() {
-                reload_files(&tls_config, &proxy_config, &certificates, &gateway.proxy);
-            }
-        })
-    });
-    let idle_upstreams = tokio::spawn({
-        let gateway = Arc::clone(&gateway);
-        async move {
-            let mut interval = tokio::time::interval(Proxy::IDLE_CHECK);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                gateway.proxy.close_idle_connections();
-            }
-        }
-    });
-    let watchdog = notify::watchdog_interval().map(|interval| {
-        tokio::spawn(async move {
-            loop {
-                notify::notify("WATCHDOG=1");
-                tokio::time::sleep(interval).await;
-            }
-        })
     });
     for warning in &config.warnings {
         tracing::warn!(%warning, "configuration");
@@ -272,58 +248,9 @@ pub async fn run(
     )
     .await;
 
-    if let Some(watchdog) = watchdog {
-        watchdog.abort();
-    }
-    if let Some(reloads) = reloads {
-        reloads.abort();
-    }
-    if let Some(metrics_endpoint) = metrics_endpoint {
-        metrics_endpoint.abort();
-    }
-    discovery.abort();
-    idle_upstreams.abort();
-    flusher.abort();
-    refresh_sweeps.abort();
-    eviction_sweeps.abort();
-    admin_socket.abort();
+    tasks.stop();
     let _ = std::fs::remove_file(&config.admin_socket);
     let flushed = tickets.flush_touches().await?;
     tracing::info!(flushed, "stopped; pending last-access times written");
     Ok(())
-}
-
-/// Reads the certificate and the proxy configuration again; keeps the old ones on any error.
-fn reload_files(
-    tls_config: &config::TlsConfig,
-    proxy_config: &proxy::ProxyConfig,
-    certificates: &tls::ReloadableCert,
-    proxy: &Proxy,
-) {
-    if matches!(tls_config, config::TlsConfig::Files { .. }) {
-        match tls::certified_key(tls_config) {
-            Ok((key, _)) => {
-                certificates.replace(key);
-                tracing::info!("reload: TLS certificate replaced for new connections");
-            }
-            Err(error) => tracing::error!(
-                error = %describe::error_chain(&error),
-                "reload: new TLS certificate refused; the old one stays"
-            ),
-        }
-    }
-    if let Some(file) = &proxy_config.file {
-        match proxy_config.reload() {
-            Ok(routes) => {
-                let count = routes.len();
-                proxy.replace_routes(routes);
-                tracing::info!(routes = count, file = %file.display(), "reload: proxy routes replaced");
-            }
-            Err(problems) => tracing::error!(
-                file = %file.display(),
-                problems = %problems.join("; "),
-                "reload: proxy configuration refused; the old routes stay"
-            ),
-        }
-    }
 }

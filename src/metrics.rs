@@ -81,7 +81,7 @@ fn sweep_histogram() -> Histogram {
 
 /// Who asked for a refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshTrigger {
+pub(crate) enum RefreshTrigger {
     /// A request found the access token about to expire.
     OnDemand,
     /// The background refresh sweep.
@@ -90,7 +90,7 @@ pub enum RefreshTrigger {
 
 /// How a refresh ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshOutcome {
+pub(crate) enum RefreshOutcome {
     /// New tokens were stored.
     Refreshed,
     /// The provider refused the grant (`invalid_grant`, …): the session ended.
@@ -113,7 +113,7 @@ type RequestSeries = HashMap<String, Vec<(u16, Counter, Histogram)>>;
 
 /// The gateway's counters and histograms. One per running gateway.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily<RequestLabels>,
@@ -138,7 +138,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Empty metrics, registered under the `oidc_bff_` prefix.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("oidc_bff");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -207,7 +207,7 @@ impl Metrics {
     }
 
     /// One answered request.
-    pub fn request(&self, route: &str, status: StatusCode, elapsed: Duration) {
+    pub(crate) fn request(&self, route: &str, status: StatusCode, elapsed: Duration) {
         let status = status.as_u16();
         let seconds = elapsed.as_secs_f64();
         {
@@ -238,13 +238,13 @@ impl Metrics {
     }
 
     /// One login callback.
-    pub fn login(&self, success: bool) {
+    pub(crate) fn login(&self, success: bool) {
         let outcome = if success { "success" } else { "failure" };
         self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// One refresh-token grant.
-    pub fn refresh(&self, trigger: RefreshTrigger, outcome: RefreshOutcome) {
+    pub(crate) fn refresh(&self, trigger: RefreshTrigger, outcome: RefreshOutcome) {
         let labels = RefreshLabels {
             trigger: match trigger {
                 RefreshTrigger::OnDemand => "on_demand",
@@ -260,7 +260,7 @@ impl Metrics {
     }
 
     /// One proxied call that got a gateway-made 502 or 504.
-    pub fn upstream_error(&self, route: &str, error: UpstreamError) {
+    pub(crate) fn upstream_error(&self, route: &str, error: UpstreamError) {
         let kind = match error {
             UpstreamError::Unreachable => "unreachable",
             UpstreamError::Timeout => "timeout",
@@ -274,7 +274,7 @@ impl Metrics {
     }
 
     /// One back-channel logout request.
-    pub fn backchannel_logout(&self, accepted: bool) {
+    pub(crate) fn backchannel_logout(&self, accepted: bool) {
         let outcome = if accepted { "accepted" } else { "rejected" };
         self.backchannel_logouts
             .get_or_create(&OutcomeLabels { outcome })
@@ -282,14 +282,14 @@ impl Metrics {
     }
 
     /// One refresh sweep finished.
-    pub fn refresh_sweep(&self, elapsed: Duration) {
+    pub(crate) fn refresh_sweep(&self, elapsed: Duration) {
         self.sweeps
             .get_or_create(&SweepLabels { sweep: "refresh" })
             .observe(elapsed.as_secs_f64());
     }
 
     /// One eviction sweep finished, having removed `evicted` sessions.
-    pub fn eviction_sweep(&self, elapsed: Duration, evicted: usize) {
+    pub(crate) fn eviction_sweep(&self, elapsed: Duration, evicted: usize) {
         self.sweeps
             .get_or_create(&SweepLabels { sweep: "eviction" })
             .observe(elapsed.as_secs_f64());
@@ -298,7 +298,7 @@ impl Metrics {
     }
 
     /// The metrics in the OpenMetrics text format, with the store read now.
-    pub async fn render(&self, tickets: &TicketStore) -> String {
+    pub(crate) async fn render(&self, tickets: &TicketStore) -> String {
         let sessions = match tickets.count().await {
             Ok(count) => Some(count),
             Err(error) => {
@@ -380,7 +380,7 @@ const MAX_CONNECTIONS: usize = 64;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Serves `GET /metrics` on `listener` (plain HTTP/1.1) until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, tickets: Arc<TicketStore>) {
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, tickets: Arc<TicketStore>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {

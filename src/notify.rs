@@ -8,7 +8,7 @@ use std::time::Duration;
 /// Sends one notification; returns whether it was delivered. Never blocks: this runs on the
 /// async workers, and a manager that stops reading (a full socket queue) must not stall the
 /// gateway. A dropped `WATCHDOG=1` is sent again at the next ping.
-pub fn notify(state: &str) -> bool {
+pub(crate) fn notify(state: &str) -> bool {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
         return false;
     };
@@ -31,7 +31,7 @@ pub fn notify(state: &str) -> bool {
 }
 
 /// How often to ping the watchdog: half of `$WATCHDOG_USEC`, when it is meant for this process.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     // WATCHDOG_PID, when set, names the process the watchdog is for.
     let for_us = std::env::var("WATCHDOG_PID").map_or(true, |pid| {

@@ -32,7 +32,7 @@ use crate::spa::Spa;
 use crate::tickets::Activity;
 
 /// Where the provider posts logout tokens (register public URL + this path).
-pub const BACKCHANNEL_LOGOUT: &str = "/backchannel-logout";
+pub(crate) const BACKCHANNEL_LOGOUT: &str = "/backchannel-logout";
 
 /// Largest logout-token form accepted.
 const MAX_LOGOUT_FORM: usize = 64 * 1024;
@@ -42,7 +42,7 @@ const PROXIED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Everything a request can reach.
 #[derive(Debug)]
-pub struct Gateway {
+pub(crate) struct Gateway {
     /// Sign-in and sign-out handlers.
     pub(crate) auth: Auth,
     /// The provider client (for readiness).
@@ -50,7 +50,7 @@ pub struct Gateway {
     /// On-demand refresh for proxied calls.
     pub(crate) refresher: Arc<Refresher>,
     /// The token-relay proxy.
-    pub(crate) proxy: Proxy,
+    pub(crate) proxy: Arc<Proxy>,
     /// The SPA's files, when served.
     pub(crate) spa: Option<Spa>,
     /// Back-channel logout token checks.
@@ -117,13 +117,13 @@ enum Endpoint {
 
 impl Gateway {
     /// Answers one request. Never panics and never fails: errors become responses here.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         hold: &ConnectionHold,
     ) -> Response<Body> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let method = request.method().clone();
         // The path only: queries carry codes and states, which never go to a log. Copied only
         // when the access log is on.

@@ -38,7 +38,7 @@ pub enum FreshnessError {
 }
 
 /// Most refresh calls to the provider at once, on demand and sweep together.
-pub const MAX_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
 
 /// The longest backoff step.
 const MAX_BACKOFF_SECONDS: u64 = 300;
@@ -73,7 +73,7 @@ impl Backoff {
 }
 
 /// Refreshes sessions on demand, one at a time per session.
-pub struct Refresher {
+pub(crate) struct Refresher {
     provider: Arc<Provider>,
     tickets: Arc<TicketStore>,
     clock: Arc<dyn Clock>,
@@ -94,7 +94,7 @@ impl Refresher {
     /// A refresher over a provider and a store, counting its grants in `metrics`.
     /// A failed refresh backs its session off for `backoff_base` (the refresh interval), then
     /// twice that, and so on.
-    pub fn new(
+    pub(crate) fn new(
         provider: Arc<Provider>,
         tickets: Arc<TicketStore>,
         clock: Arc<dyn Clock>,
@@ -118,13 +118,13 @@ impl Refresher {
     }
 
     /// Whether the session may try a refresh now (it is not backing off after a failure).
-    pub fn ready(&self, id: SessionId) -> bool {
+    pub(crate) fn ready(&self, id: SessionId) -> bool {
         self.backoff().ready(id, self.clock.unix_now())
     }
 
     /// Returns the session with an access token that is valid beyond the refresh skew,
     /// refreshing it first when needed. `None` when the refresh ended the session.
-    pub async fn fresh(&self, session: Session) -> Result<Option<Session>, FreshnessError> {
+    pub(crate) async fn fresh(&self, session: Session) -> Result<Option<Session>, FreshnessError> {
         let window = self.tickets.policy().refresh_skew;
         if !self
             .tickets
@@ -141,12 +141,8 @@ impl Refresher {
             Outcome::Current(session) | Outcome::Refreshed(session) => Ok(Some(session)),
             Outcome::Ended => Ok(None),
             Outcome::Failed { session, reason } => {
-                let still_valid = session
-                    .ticket
-                    .tokens
-                    .access_expires_at
-                    .is_some_and(|expiry| self.clock.unix_now() < expiry);
-                if still_valid {
+                let policy = self.tickets.policy();
+                if policy.access_token_valid(&session.ticket, self.clock.unix_now()) {
                     Ok(Some(session))
                 } else {
                     Err(FreshnessError::ProviderUnavailable(reason))
@@ -157,7 +153,7 @@ impl Refresher {
 
     /// Refreshes a session whose access token expires within `window` (the background sweep),
     /// sharing the single flight with on-demand refreshes.
-    pub async fn refresh_ahead(
+    pub(crate) async fn refresh_ahead(
         &self,
         id: SessionId,
         window: Duration,
@@ -270,7 +266,7 @@ impl Refresher {
 
 /// What an attempt to make a session fresh came to.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The token did not need a refresh (or cannot be refreshed): the session as it is.
     Current(Session),
     /// New tokens were stored.

@@ -8,13 +8,13 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 /// Errors a response body can fail with while streaming.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response the gateway sends.
-pub type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// A whole body from bytes.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
@@ -35,17 +35,17 @@ fn uncached(
 }
 
 /// A JSON response that must not be cached (`Cache-Control: no-store`).
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     uncached(status, "application/json", value.to_string())
 }
 
 /// A short plain-text response that must not be cached.
-pub fn text(status: StatusCode, message: &'static str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, message: &'static str) -> Response<Body> {
     uncached(status, "text/plain; charset=utf-8", format!("{message}\n"))
 }
 
 /// A 302 redirect that must not be cached.
-pub fn redirect(location: &str) -> Response<Body> {
+pub(crate) fn redirect(location: &str) -> Response<Body> {
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::FOUND;
     let headers = response.headers_mut();
@@ -64,7 +64,7 @@ pub fn redirect(location: &str) -> Response<Body> {
 }
 
 /// Adds the headers every response carries: HSTS (the gateway only speaks TLS) and nosniff.
-pub fn add_security_headers(response: &mut Response<Body>) {
+pub(crate) fn add_security_headers(response: &mut Response<Body>) {
     let headers = response.headers_mut();
     headers.insert(
         header::STRICT_TRANSPORT_SECURITY,
@@ -79,7 +79,7 @@ pub fn add_security_headers(response: &mut Response<Body>) {
 /// (`--frame-ancestors`): a page of another site cannot frame the login or the app to trick
 /// clicks out of a signed-in user, and no page leaks its URL to the next site.
 #[derive(Debug, Clone)]
-pub struct Framing {
+pub(crate) struct Framing {
     frame_ancestors: HeaderValue,
     deny: bool,
 }
@@ -88,7 +88,7 @@ impl Framing {
     /// `frame-ancestors 'none'` plus `X-Frame-Options: DENY` when `origins` is empty; else
     /// `frame-ancestors` with the origins (`X-Frame-Options` cannot name several, so it is left
     /// out for browsers that know CSP).
-    pub fn new(origins: &[String]) -> Self {
+    pub(crate) fn new(origins: &[String]) -> Self {
         if origins.is_empty() {
             return Self {
                 frame_ancestors: HeaderValue::from_static("frame-ancestors 'none'"),
@@ -105,7 +105,7 @@ impl Framing {
 
     /// Adds the headers; a `Content-Security-Policy` already set (an SVG's) gets the
     /// `frame-ancestors` directive appended.
-    pub fn apply(&self, response: &mut Response<Body>) {
+    pub(crate) fn apply(&self, response: &mut Response<Body>) {
         let headers = response.headers_mut();
         let csp = match headers.get(header::CONTENT_SECURITY_POLICY) {
             Some(existing) => {

@@ -24,7 +24,7 @@ use crate::sync::Locked;
 
 /// Serves until `shutdown` completes, then drains open connections for at most
 /// `limits.shutdown_timeout`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     gateway: Arc<Gateway>,

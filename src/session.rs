@@ -472,6 +472,15 @@ impl SessionPolicy {
         self.expires_within(ticket, now, self.refresh_skew)
     }
 
+    /// Whether the access token is known to be valid at `now` (unknown expiry: not known).
+    /// A failed refresh may still send such a token.
+    pub fn access_token_valid(&self, ticket: &Ticket, now: u64) -> bool {
+        ticket
+            .tokens
+            .access_expires_at
+            .is_some_and(|expiry| now < expiry)
+    }
+
     /// Whether the access token expires within `window` of `now` (unknown expiry: never).
     pub fn expires_within(&self, ticket: &Ticket, now: u64, window: Duration) -> bool {
         ticket
@@ -628,6 +637,16 @@ mod tests {
         let ticket = ticket(10, None);
         let printed = format!("{ticket:?}");
         assert!(!printed.contains("\"at\"") && !printed.contains("\"rt\""));
+    }
+
+    #[test]
+    fn an_access_token_is_valid_only_before_a_known_expiry() {
+        assert!(POLICY.access_token_valid(&ticket(1_000, Some(500)), 499));
+        assert!(!POLICY.access_token_valid(&ticket(1_000, Some(500)), 500));
+        assert!(
+            !POLICY.access_token_valid(&ticket(1_000, None), 0),
+            "an unknown expiry is not known to be valid"
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// The app's files.
 #[derive(Debug)]
-pub struct Spa {
+pub(crate) struct Spa {
     root: PathBuf,
 }
 
@@ -73,7 +73,7 @@ enum RangeAsk {
 
 impl Spa {
     /// Serves `root`, which must be a directory with an `index.html`.
-    pub fn new(root: &Path) -> Result<Self, SpaError> {
+    pub(crate) fn new(root: &Path) -> Result<Self, SpaError> {
         let error = |reason: String| SpaError {
             path: root.to_owned(),
             reason,
@@ -86,7 +86,7 @@ impl Spa {
     }
 
     /// Answers a GET or HEAD for `path` (already normalised and checked by the router).
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         method: &Method,
         path: &str,

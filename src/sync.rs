@@ -5,7 +5,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `lock` without the poison.
-pub trait Locked<T: ?Sized> {
+pub(crate) trait Locked<T: ?Sized> {
     /// The guard, poisoned or not.
     fn locked(&self) -> MutexGuard<'_, T>;
 }
@@ -17,7 +17,7 @@ impl<T: ?Sized> Locked<T> for Mutex<T> {
 }
 
 /// `read` and `write` without the poison.
-pub trait RwLocked<T: ?Sized> {
+pub(crate) trait RwLocked<T: ?Sized> {
     /// A read guard, poisoned or not.
     fn read_locked(&self) -> RwLockReadGuard<'_, T>;
     /// A write guard, poisoned or not.

@@ -4,7 +4,7 @@
 use url::{ParseError, Url};
 
 /// Parses `text` as an absolute URL; the error says what is wrong and shows the form expected.
-pub fn absolute(text: &str) -> Result<Url, String> {
+pub(crate) fn absolute(text: &str) -> Result<Url, String> {
     Url::parse(text).map_err(|error| {
         let why = match error {
             ParseError::RelativeUrlWithoutBase => "is not an absolute URL",

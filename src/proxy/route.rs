@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::Method;
 use http::header::{HeaderName, HeaderValue};
@@ -861,5 +863,16 @@ mod tests {
         }
         round.mark_failed(&round.destinations[1]);
         let _ = round.pick(); // all failed: still answers rather than refusing outright
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_destination_comes_back_after_its_reactivation_time() {
+        let round = cluster(Policy::FirstAlphabetical, &["a", "b"]);
+        round.mark_failed(&round.destinations[0]);
+        assert_eq!(round.pick().0.name, "b");
+        tokio::time::advance(round.reactivation - Duration::from_millis(1)).await;
+        assert_eq!(round.pick().0.name, "b", "still skipped just before");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(round.pick().0.name, "a", "back once the time is up");
     }
 }

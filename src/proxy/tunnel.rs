@@ -54,7 +54,7 @@ pub struct TunnelLimits {
 }
 
 /// The session a tunnel belongs to.
-pub struct TunnelSession {
+pub(super) struct TunnelSession {
     /// Which session.
     pub id: SessionId,
     /// Where its removal is announced.
@@ -77,7 +77,7 @@ pub fn is_websocket_handshake<B>(request: &http::Request<B>) -> bool {
 
 /// Copies bytes both ways between the browser's and the upstream's upgraded connections until
 /// either side closes or a limit ends the tunnel.
-pub async fn run(
+pub(super) async fn run(
     client: OnUpgrade,
     upstream: OnUpgrade,
     limits: TunnelLimits,

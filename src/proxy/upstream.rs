@@ -22,7 +22,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -43,7 +45,7 @@ const MAX_IDLE_PER_DESTINATION: usize = 1024;
 
 /// Why a request did not reach the upstream or got no answer.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(super) enum UpstreamError {
     /// No TCP connection (refused, unreachable, name not resolved).
     #[error("connecting to {authority}: {source}")]
     Connect {
@@ -69,7 +71,7 @@ pub enum UpstreamError {
 
 /// Where a destination lives, parsed once from its URL.
 #[derive(Debug)]
-pub struct Address {
+pub(crate) struct Address {
     scheme: Scheme,
     authority: Authority,
     /// `Host` for HTTP/1.1 requests: the host, and the port when it is not the default.
@@ -83,7 +85,7 @@ pub struct Address {
 
 impl Address {
     /// The address of an `http://` or `https://` URL with a host (checked by the caller).
-    pub fn new(url: &Url) -> Self {
+    pub(crate) fn new(url: &Url) -> Self {
         let https = url.scheme() == "https";
         let host_text = url.host_str().unwrap_or_default();
         let authority_text = match url.port() {
@@ -116,7 +118,7 @@ impl Address {
 
 /// The connections of one destination.
 #[derive(Default)]
-pub struct Connections {
+pub(crate) struct Connections {
     idle: Mutex<Vec<Idle>>,
     /// The shared HTTP/2 connection, once the upstream chose `h2`.
     h2: Mutex<Option<http2::SendRequest<Body>>>,
@@ -168,7 +170,7 @@ impl Connections {
     }
 
     /// Closes idle connections unused for `max_idle_time` or already closed by the upstream.
-    pub fn close_expired(&self, max_idle_time: Duration) {
+    pub(crate) fn close_expired(&self, max_idle_time: Duration) {
         let now = Instant::now();
         self.idle().retain(|entry| {
             now.duration_since(entry.since) < max_idle_time && !entry.sender.is_closed()
@@ -181,7 +183,7 @@ impl Connections {
 }
 
 /// Opens connections to upstreams and sends requests over them.
-pub struct Connector {
+pub(super) struct Connector {
     tls: tokio_rustls::TlsConnector,
     max_idle_time: Duration,
 }
@@ -203,7 +205,7 @@ enum Fresh {
 impl Connector {
     /// A connector trusting what `tls` trusts, offering `h2` and `http/1.1` to https upstreams,
     /// keeping idle connections for `max_idle_time`.
-    pub fn new(mut tls: rustls::ClientConfig, max_idle_time: Duration) -> Self {
+    pub(super) fn new(mut tls: rustls::ClientConfig, max_idle_time: Duration) -> Self {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Self {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
@@ -212,14 +214,14 @@ impl Connector {
     }
 
     /// How long an idle connection is kept.
-    pub fn max_idle_time(&self) -> Duration {
+    pub(super) fn max_idle_time(&self) -> Duration {
         self.max_idle_time
     }
 
     /// Sends `request` (its URI in origin form: path and query) to the destination at
     /// `address`, over a pooled connection when one is ready. The response body hands the
     /// connection back when it has been read to the end.
-    pub async fn send(
+    pub(super) async fn send(
         &self,
         address: &Address,
         connections: &Arc<Connections>,

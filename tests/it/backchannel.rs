@@ -217,7 +217,7 @@ async fn a_slow_logout_form_is_cut_off() {
         )
         .await
         .expect("write");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     // A byte every 300 ms: never silent long enough for the idle timeout.
     let mut answer = Vec::new();
     for _ in 0..20 {

@@ -86,7 +86,7 @@ async fn malformed_request_heads_get_400() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let (_provider, gateway) = setup(&["--header-timeout", "1s"]).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (_, closed) = exchange(
         &gateway,
         b"GET /api/isAuth HTTP/1.1\r\nhost: local",
@@ -211,7 +211,7 @@ async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
             }
         }
     };
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     dribble.await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -405,7 +405,7 @@ const H2_SETTINGS_ACK: &[u8] = b"\0\0\0\x04\x01\0\0\0\0";
 async fn http2_connections_without_streams_close_even_when_they_ping() {
     let (_provider, gateway) =
         setup(&["--keepalive-timeout", "1s", "--max-connections", "2"]).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut pingers = Vec::new();
     for _ in 0..2 {
         let mut stream = tls_connect_alpn(&gateway, &[b"h2"]).await;

@@ -181,7 +181,7 @@ async fn idle_connections_do_not_starve_a_scrape() {
                 .expect("connect"),
         );
     }
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let text = tokio::time::timeout(std::time::Duration::from_secs(5), gateway.metrics())
         .await
         .expect("a scrape within 5 s");

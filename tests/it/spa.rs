@@ -140,7 +140,7 @@ async fn a_client_that_stops_reading_a_response_is_dropped() {
         "--static-dir",
         dir.path().to_str().expect("utf-8"),
         "--keepalive-timeout",
-        "1s",
+        "400ms",
     ])
     .await;
     let mut stream = crate::support::raw::tls_connect(&gateway).await;
@@ -148,8 +148,8 @@ async fn a_client_that_stops_reading_a_response_is_dropped() {
         .write_all(b"GET /big.bin HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await
         .expect("request");
-    // Not a byte read for longer than twice the idle timeout.
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // Not a byte read for four times the idle timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
     let mut received = 0usize;
     let mut buffer = vec![0u8; 1 << 16];
     let drained = tokio::time::timeout(std::time::Duration::from_secs(20), async {

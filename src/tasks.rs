@@ -1,8 +1,10 @@
-//! The two background tasks of the session lifecycle: the refresh sweep (tokens about to expire
-//! are refreshed before any request needs them) and the eviction sweep (sessions past their
-//! idle timeout or lifetime are removed).
+//! Every background loop the gateway runs, and [`Tasks`], the set that stops them together:
+//! - the refresh sweep (tokens about to expire are refreshed before any request needs them)
+//!   and the eviction sweep (sessions past their idle timeout or lifetime are removed);
+//! - the flush of last-access times, the closing of idle upstream connections, the systemd
+//!   watchdog, and the reloads on SIGHUP.
 //!
-//! Both read only what is due from an index, so a sweep costs what it removes or refreshes, not
+//! Both sweeps read only what is due from an index, so a sweep costs what it removes or refreshes, not
 //! what is stored. The refresh sweep shares the single flight of on-demand refreshes, limits
 //! itself to `--refresh-concurrency` refreshes at a time, and backs off per session when the
 //! provider fails, so an hour-long outage costs no session that is still inside its lifetime.
@@ -10,12 +12,112 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::describe::error_chain;
 use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxyConfig};
 use crate::refresh::{Outcome, Refresher};
 use crate::tickets::TicketStore;
+use crate::tls::{ReloadableCert, TlsConfig};
+
+/// Background tasks that end together when the set is stopped (or dropped).
+#[derive(Debug, Default)]
+pub(crate) struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    /// Runs `task` until the set stops.
+    pub(crate) fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(task));
+    }
+
+    /// Ends every task.
+    pub(crate) fn stop(&mut self) {
+        for task in self.0.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every `interval` (the first tick at once, missed ticks not caught up), runs `tick`.
+async fn every(interval: Duration, mut tick: impl FnMut()) {
+    let mut interval = tokio::time::interval(interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        tick();
+    }
+}
+
+/// Writes the sessions' pending last-access times every `--touch-interval`.
+pub(crate) async fn flush_loop(tickets: Arc<TicketStore>) {
+    let mut interval = tokio::time::interval(tickets.touch_interval());
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = tickets.flush_touches().await {
+            tracing::error!(error = %error_chain(&error), "writing last-access times failed");
+        }
+    }
+}
+
+/// Closes upstream connections idle too long, every [`Proxy::IDLE_CHECK`].
+pub(crate) async fn idle_upstreams_loop(proxy: Arc<Proxy>) {
+    every(Proxy::IDLE_CHECK, || proxy.close_idle_connections()).await;
+}
+
+/// Reads the certificate and the proxy configuration again each time `reload` changes
+/// (SIGHUP); keeps the old ones on any error.
+pub(crate) async fn reload_loop(
+    mut reload: tokio::sync::watch::Receiver<u64>,
+    tls_config: TlsConfig,
+    proxy_config: ProxyConfig,
+    certificates: Arc<ReloadableCert>,
+    proxy: Arc<Proxy>,
+) {
+    while reload.changed().await.is_ok() {
+        if matches!(tls_config, TlsConfig::Files { .. }) {
+            match crate::tls::certified_key(&tls_config) {
+                Ok((key, _)) => {
+                    certificates.replace(key);
+                    tracing::info!("reload: TLS certificate replaced for new connections");
+                }
+                Err(error) => tracing::error!(
+                    error = %error_chain(&error),
+                    "reload: new TLS certificate refused; the old one stays"
+                ),
+            }
+        }
+        if let Some(file) = &proxy_config.file {
+            match proxy_config.reload() {
+                Ok(routes) => {
+                    let count = routes.len();
+                    proxy.replace_routes(routes);
+                    tracing::info!(routes = count, file = %file.display(), "reload: proxy routes replaced");
+                }
+                Err(problems) => tracing::error!(
+                    file = %file.display(),
+                    problems = %problems.join("; "),
+                    "reload: proxy configuration refused; the old routes stay"
+                ),
+            }
+        }
+    }
+}
+
+/// Tells systemd the gateway is alive every `interval` (half of `WATCHDOG_USEC`).
+pub(crate) async fn watchdog_loop(interval: Duration) {
+    every(interval, || {
+        crate::notify::notify("WATCHDOG=1");
+    })
+    .await;
+}
 
 /// Sessions removed per eviction transaction: large enough that the random pages of the sid and
 /// sub indexes are shared between removals, small enough to keep the write lock briefly.
@@ -36,7 +138,7 @@ pub struct SweepConfig {
 
 /// What one refresh sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RefreshReport {
+pub(crate) struct RefreshReport {
     /// Sessions that got new tokens.
     pub refreshed: usize,
     /// Sessions the provider ended.
@@ -49,7 +151,7 @@ pub struct RefreshReport {
 
 /// One refresh sweep: every refreshable session whose token expires within `refresh_ahead`,
 /// at most `refresh_concurrency` at a time.
-pub async fn refresh_once(
+pub(crate) async fn refresh_once(
     tickets: &Arc<TicketStore>,
     refresher: &Arc<Refresher>,
     config: &SweepConfig,
@@ -98,7 +200,7 @@ pub async fn refresh_once(
 }
 
 /// Runs refresh sweeps forever, every `refresh_interval` with jitter.
-pub async fn refresh_loop(
+pub(crate) async fn refresh_loop(
     tickets: Arc<TicketStore>,
     refresher: Arc<Refresher>,
     config: SweepConfig,
@@ -106,7 +208,7 @@ pub async fn refresh_loop(
 ) {
     loop {
         tokio::time::sleep(jittered(config.refresh_interval)).await;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let report = refresh_once(&tickets, &refresher, &config).await;
         metrics.refresh_sweep(started.elapsed());
         if report != RefreshReport::default() {
@@ -122,10 +224,14 @@ pub async fn refresh_loop(
 }
 
 /// Runs eviction sweeps forever, every `sweep_interval`.
-pub async fn eviction_loop(tickets: Arc<TicketStore>, config: SweepConfig, metrics: Arc<Metrics>) {
+pub(crate) async fn eviction_loop(
+    tickets: Arc<TicketStore>,
+    config: SweepConfig,
+    metrics: Arc<Metrics>,
+) {
     loop {
         tokio::time::sleep(config.sweep_interval).await;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         match tickets.evict_expired(BATCH).await {
             Ok(removed) => {
                 metrics.eviction_sweep(started.elapsed(), removed);
