@@ -15,11 +15,13 @@
 // (target/release/oidc-bff), SEED_BIN (target/release/examples/seed_sessions), ONLY (measure
 // one target besides nginx, e.g. ONLY=oidc-bff while profiling), UPSTREAM_CPU (0: the tiny
 // upstream shares the servers' CPU; 1 gives it wrk's instead, which shows what the proxies do
-// when their upstream does not compete with them for the core).
+// when their upstream does not compete with them for the core), BASELINE_BIN (a second
+// oidc-bff binary, e.g. the last release or main before a change, measured as one more target
+// in the same interleaved rounds on a copy of the same data: a side-by-side A/B of a change).
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { Service, examples, freePort, makeCertificates, probe, repo, waitFor } from '../examples/stack.mjs';
@@ -60,6 +62,7 @@ try {
   const ports = {
     upstream: await freePort(), nginx: await freePort(), apache: await freePort(),
     gateway: await freePort(), provider: await freePort(), files: await freePort(),
+    baseline: await freePort(),
   };
   const urls = {
     provider: `https://127.0.0.1:${ports.provider}`,
@@ -162,7 +165,7 @@ try {
     '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn',
     // Every client here is 127.0.0.1, and the memory check opens 1,000 connections.
     '--max-connections-per-ip', '4096'];
-  const gateway = start('oidc-bff', bin, gatewayArgs, {});
+  let gateway = start('oidc-bff', bin, gatewayArgs, {});
   await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
 
   const apacheRoot = join(dir, 'apache');
@@ -250,6 +253,24 @@ try {
     if (new URL(page.url()).origin !== origin) throw new Error(`login for ${origin} ended at ${page.url()}`);
   }
   await login(`${urls.gateway}/login?returnUrl=/healthz`, urls.gateway);
+  const baselineBin = process.env.BASELINE_BIN;
+  if (baselineBin) {
+    // The baseline serves a copy of the same data (the session just made included), taken while
+    // the gateway is stopped, on its own port.
+    await services.find((service) => service.child === gateway).stop();
+    const baselineDir = `${dataDir}-baseline`;
+    rmSync(baselineDir, { recursive: true, force: true });
+    cpSync(dataDir, baselineDir, { recursive: true });
+    gateway = start('oidc-bff', bin, gatewayArgs, {});
+    await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
+    const baselineUrl = `https://localhost:${ports.baseline}`;
+    const baselineArgs = gatewayArgs.map((arg) => arg === dataDir ? baselineDir
+      : arg === `127.0.0.1:${ports.gateway}` ? `127.0.0.1:${ports.baseline}`
+      : arg === urls.gateway ? baselineUrl : arg);
+    const baseline = start('oidc-bff baseline', baselineBin, baselineArgs, {});
+    await waitFor('oidc-bff baseline', async () => (await probe(`${baselineUrl}/healthz`, certs.ca)) === 200, baseline);
+    urls.baseline = baselineUrl;
+  }
   await login(`${urls.apache}/api/OtherApi1/products`, urls.apache);
   const cookies = await context.cookies();
   const cookie = (name) => cookies.find((c) => c.name === name)?.value;
@@ -264,6 +285,7 @@ try {
     { name: 'upstream direct', url: `${urls.upstream}/products`, headers: [] },
     { name: 'nginx (TLS, no auth)', url: `${urls.nginx}/api/OtherApi1/products`, headers: [] },
     { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
+    ...(urls.baseline ? [{ name: 'oidc-bff baseline', url: `${urls.baseline}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] }] : []),
     // Not a proxied call: the gateway's TLS and HTTP floor (no session, no upstream), to show
     // how much of its cost is the relay itself.
     { name: 'oidc-bff /healthz only', url: `${urls.gateway}/healthz`, headers: [] },
@@ -348,6 +370,15 @@ try {
     const p99 = ratios('p99');
     console.log(`\noidc-bff vs nginx, round by round: req/s ${list(rps)} (median ${median(rps).toFixed(2)}×); `
       + `p99 ${list(p99)} (median ${median(p99).toFixed(2)}×, no worse in ${p99.filter((ratio) => ratio <= 1).length} of ${p99.length})`);
+  }
+  const baselineRuns = runs['oidc-bff baseline'];
+  if (gatewayRuns && baselineRuns) {
+    const ratios = (field) => gatewayRuns.map((run, round) => run[field] / baselineRuns[round][field]);
+    const list = (values) => values.map((value) => `${value.toFixed(3)}×`).join(', ');
+    const rps = ratios('rps');
+    const p99 = ratios('p99');
+    console.log(`oidc-bff vs the baseline binary, round by round: req/s ${list(rps)} (median ${median(rps).toFixed(3)}×); `
+      + `p99 ${list(p99)} (median ${median(p99).toFixed(3)}×)`);
   }
 
   // --- memory: 10,000 live sessions over 1,000 connections ---------------------------------------

@@ -25,6 +25,7 @@ use crate::flow::{FLOW_TTL, MAX_RETURN_PATH, PendingLogin, PendingLogins};
 use crate::jwt::user_claims;
 use crate::oidc::Provider;
 use crate::path::check_local_path;
+use crate::policy::{Claims, Policies, Policy, Verdict};
 use crate::refresh::{FreshnessError, Refresher};
 use crate::reply::{self, Body};
 use crate::seal::{Sealer, constant_time_eq};
@@ -110,6 +111,45 @@ impl Auth {
     /// The ticket store.
     pub(crate) fn tickets(&self) -> &Arc<TicketStore> {
         &self.tickets
+    }
+
+    /// The claims of the session's ID token (every claim, protocol ones too: policies read
+    /// `acr` and `auth_time`); empty without one.
+    pub(crate) async fn claims(&self, session: &Session) -> Result<Claims, HttpError> {
+        Ok(self
+            .tickets
+            .id_token(session)
+            .await?
+            .and_then(|id_token| crate::jwt::unverified_claims(id_token.expose()))
+            .unwrap_or_default())
+    }
+
+    /// Checks `policy` for the signed-in `session`; returns its claims when a policy or
+    /// `want_claims` needed them, or the refusal that names the policy.
+    pub(crate) async fn authorize(
+        &self,
+        session: &Session,
+        policy: Option<&Policy>,
+        want_claims: bool,
+    ) -> Result<Option<Claims>, HttpError> {
+        if policy.is_none() && !want_claims {
+            return Ok(None);
+        }
+        let claims = self.claims(session).await?;
+        if let Some(policy) = policy {
+            match policy.check(&claims, self.clock.unix_now()) {
+                Verdict::Allowed => {}
+                // Step-up (a new sign-in with acr_values or max_age) is not offered yet: a
+                // policy that fails is refused, whatever rule failed.
+                Verdict::Denied | Verdict::StepUp(_) => {
+                    return Err(AuthError::Forbidden {
+                        policy: policy.name().to_owned(),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(Some(claims))
     }
 
     /// Finds the live session named by the request's session cookie.
@@ -287,6 +327,7 @@ impl Auth {
     pub(crate) async fn user(
         &self,
         request: &Request<impl Sized>,
+        policies: &Policies,
     ) -> Result<Response<Body>, HttpError> {
         let lookup = self.lookup(request.headers(), Activity::Peek).await?;
         let Some(session) = lookup.session else {
@@ -310,12 +351,17 @@ impl Auth {
             Err(error) => return Err(error.into()),
         };
         // The claims come from the newest validated ID token the session holds.
-        let mut body = self
-            .tickets
-            .id_token(&session)
-            .await?
+        let id_token = self.tickets.id_token(&session).await?;
+        let mut body = id_token
+            .as_ref()
             .map(|id_token| user_claims(id_token.expose()))
             .unwrap_or_default();
+        // The policies the user satisfies now, for the app to hide what it cannot use.
+        let all_claims = id_token
+            .and_then(|id_token| crate::jwt::unverified_claims(id_token.expose()))
+            .unwrap_or_default();
+        let satisfied = policies.satisfied(&all_claims, self.clock.unix_now());
+        body.insert("policies".into(), satisfied.into());
         body.entry("sub")
             .or_insert_with(|| session.ticket.subject.clone().into());
         let deadline = self

@@ -316,10 +316,23 @@ pub struct ServeArgs {
 
     /// Route API calls under PREFIX to the upstream URL(s) with the session's access token as
     /// bearer, e.g. `/api/OtherApi1=http://127.0.0.1:7002` (repeatable; several URLs are
-    /// balanced round-robin; in the environment, separate routes with spaces).
-    #[arg(help_heading = "Routes and the app", long = "route", env = "OIDC_BFF_ROUTES", value_name = "PREFIX=URL[,URL…]",
-          value_parser = crate::proxy::parse_route, value_delimiter = ' ')]
-    pub routes: Vec<crate::proxy::RouteSpec>,
+    /// balanced round-robin; in the environment, separate routes with spaces). Options may
+    /// follow the URLs, space-separated: `token=user|optional-user|none` (which token goes
+    /// upstream; `optional-user` sends the user's when signed in, else none and no 401),
+    /// `policy=NAME` (callers must satisfy `--policy NAME`), `identity-headers=on`
+    /// (`X-Auth-Request-User`, `-Email`, `-Preferred-Username`, `-Groups` from the user's claims).
+    #[arg(help_heading = "Routes and the app", long = "route", env = "OIDC_BFF_ROUTES", value_name = "PREFIX=URL[,URL…] [KEY=VALUE…]",
+          value_parser = crate::proxy::parse_route_piece, value_delimiter = ' ')]
+    pub routes: Vec<crate::proxy::RoutePiece>,
+
+    /// An authorization policy routes can require (`policy=NAME`, YARP `AuthorizationPolicy`):
+    /// `NAME=RULE[,RULE…]`, every rule must hold. Rules: `CLAIM:VALUE[|VALUE…]` (the ID token's
+    /// claim equals a value, or is an array holding one), `CLAIM` (present, not false),
+    /// `acr:VALUE[|…]`, `email-domain:DOMAIN[|…]`, `auth-age:DURATION` (signed in within).
+    /// E.g. `admins=groups:admin|owner`. Repeatable; in the environment, space-separated.
+    #[arg(help_heading = "Routes and the app", long = "policy", env = "OIDC_BFF_POLICIES", value_name = "NAME=RULE[,RULE…]",
+          value_parser = crate::policy::Policy::parse, value_delimiter = ' ')]
+    pub policies: Vec<crate::policy::Policy>,
 
     /// A YARP configuration file: an ASP.NET appsettings.json with a ReverseProxy section, or
     /// the section alone (Routes, Clusters, Transforms, LoadBalancingPolicy, …).
@@ -815,18 +828,41 @@ impl ServeArgs {
             errors.push("--max-header-bytes: must be at least 1KiB".into());
         }
 
-        let file_routes = match &self.proxy_config {
-            Some(path) => match crate::proxy::yarp::load(path) {
-                Ok(routes) => routes,
+        let flag_policies = match crate::policy::Policies::new(self.policies) {
+            Ok(policies) => policies,
+            Err(error) => {
+                errors.push(format!("--policy: {error}"));
+                crate::policy::Policies::default()
+            }
+        };
+        let (file_routes, policies) = match &self.proxy_config {
+            Some(path) => match crate::proxy::yarp::load(path, &flag_policies) {
+                Ok(loaded) => loaded,
                 Err(problems) => {
                     for problem in problems {
                         errors.push(format!("--proxy-config {}: {problem}", path.display()));
                     }
-                    Vec::new()
+                    (Vec::new(), flag_policies.clone())
                 }
             },
-            None => Vec::new(),
+            None => (Vec::new(), flag_policies.clone()),
         };
+        let flag_routes = crate::proxy::group_routes(self.routes).unwrap_or_else(|error| {
+            errors.push(format!("--route: {error}"));
+            Vec::new()
+        });
+        let routes = crate::proxy::ProxyConfig::assemble(
+            &flag_routes,
+            file_routes,
+            self.frontend_url.as_ref(),
+            &policies,
+        )
+        .unwrap_or_else(|problems| {
+            for problem in problems {
+                errors.push(format!("--route {problem}"));
+            }
+            Vec::new()
+        });
         if let Some(url) = self
             .frontend_url
             .as_ref()
@@ -933,13 +969,11 @@ impl ServeArgs {
             },
             proxy: crate::proxy::ProxyConfig {
                 public_origin,
-                routes: std::sync::Arc::new(crate::proxy::ProxyConfig::assemble(
-                    &self.routes,
-                    file_routes,
-                    self.frontend_url.as_ref(),
-                )),
+                routes: std::sync::Arc::new(routes),
                 file: self.proxy_config,
-                flag_routes: self.routes,
+                flag_routes,
+                flag_policies,
+                policies: std::sync::Arc::new(policies),
                 frontend: self.frontend_url,
                 upstream_timeout: self.upstream_timeout,
                 max_request_body: self.max_request_body,
@@ -1092,59 +1126,7 @@ pub fn parse_frame_ancestor(text: &str) -> Result<String, String> {
     Ok(origin)
 }
 
-/// Parses durations like `90s`, `15m`, `8h`, `7d`, `250ms`; a bare number means seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (examples: 90s, 15m, 8h, 7d)"))?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(value)),
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    value
-        .checked_mul(seconds_per_unit)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
-}
-
-/// Parses sizes like `64MiB`, `16KiB`, `1GiB`, `4096`; a bare number means bytes.
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: usize = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (examples: 16KiB, 64MiB, 1GiB)"))?;
-    let multiplier: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "k" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use KiB, MiB or GiB)"
-            ));
-        }
-    };
-    value
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
+pub use crate::units::{parse_duration, parse_size};
 
 fn parse_issuer(text: &str) -> Result<String, String> {
     crate::urls::absolute(text)?;

@@ -117,6 +117,12 @@ pub enum AuthError {
     /// `/logout` without the session's logout id.
     #[error("logout requires the sid from /api/user")]
     WrongLogoutSid,
+    /// The signed-in user does not satisfy the route's policy.
+    #[error("policy {policy} refused the user")]
+    Forbidden {
+        /// The policy's name (public: the app may show it).
+        policy: String,
+    },
     /// The session's access token expired and the provider cannot refresh it now; the session
     /// is kept.
     #[error("the session's tokens could not be refreshed right now: {0}")]
@@ -360,6 +366,9 @@ impl HttpError {
                     Client,
                     Json,
                 ),
+                AuthError::Forbidden { .. } => {
+                    row(StatusCode::FORBIDDEN, "forbidden", Client, Json)
+                }
                 AuthError::BadReturnUrl => row(
                     StatusCode::BAD_REQUEST,
                     "returnUrl must be a local path such as /orders",
@@ -464,9 +473,17 @@ impl HttpError {
             Blame::Provider => tracing::warn!(status, message, detail),
             Blame::Internal => tracing::error!(status, message, detail),
         }
-        let mut response = match entry.format {
-            Format::Plain => reply::text(entry.status, message),
-            Format::Json => reply::json(entry.status, &serde_json::json!({ "error": message })),
+        let mut response = match (entry.format, &self) {
+            (Format::Plain, _) => reply::text(entry.status, message),
+            // The app learns which policy refused, to say so (names are configuration, not
+            // secrets).
+            (Format::Json, Self::Auth(AuthError::Forbidden { policy })) => reply::json(
+                entry.status,
+                &serde_json::json!({ "error": message, "policy": policy }),
+            ),
+            (Format::Json, _) => {
+                reply::json(entry.status, &serde_json::json!({ "error": message }))
+            }
         };
         if entry.close {
             response

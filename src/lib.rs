@@ -28,6 +28,7 @@ mod notify;
 pub mod oidc;
 pub mod path;
 mod pipeline;
+pub mod policy;
 pub mod proxy;
 mod refresh;
 mod reply;
@@ -40,6 +41,7 @@ mod sync;
 mod tasks;
 pub mod tickets;
 pub mod tls;
+pub mod units;
 mod urls;
 
 use std::future::Future;

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, ORIGIN, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -25,7 +25,8 @@ use crate::error::{AuthError, BackchannelError, HttpError, RequestError};
 use crate::metrics::{Metrics, UpstreamError};
 use crate::oidc::Provider;
 use crate::path::{PathError, normalize};
-use crate::proxy::{ConnectionHold, Credentials, Proxy, RouteDef, RouteMatch};
+use crate::policy::Claims;
+use crate::proxy::{ConnectionHold, Credentials, Proxy, RouteDef, RouteMatch, TokenType};
 use crate::refresh::Refresher;
 use crate::reply::{self, Body, add_security_headers};
 use crate::spa::Spa;
@@ -253,31 +254,67 @@ impl Gateway {
         }
     }
 
-    /// Step 3, for a proxy route: the credentials its upstream gets, checked before any byte
-    /// goes upstream. The CSRF check (or, for a handshake, the Origin check) comes before the
-    /// session lookup, so that a refused request neither reads the store nor slides the
-    /// session's idle timeout.
+    /// Step 3, for a proxy route: what of the user's its upstream gets, checked before any
+    /// byte goes upstream. Whenever a user's token would be sent, the CSRF header (or, for a
+    /// handshake, the Origin) is required, and checked before the session lookup, so that a
+    /// refused request neither reads the store nor slides the session's idle timeout.
     async fn authenticate(
         &self,
         request: &Request<Incoming>,
         route: &RouteDef,
         websocket: bool,
     ) -> Result<Option<Credentials>, HttpError> {
-        if route.anonymous {
+        let access = &route.access;
+        if !access.reads_session() {
             return Ok(None);
         }
-        if websocket {
+        let guard = if websocket {
             // A browser cannot add a header to a WebSocket handshake, but it always sends
             // the page's Origin: a cross-site page cannot open a socket with the session.
             let origin = request.headers().get(ORIGIN);
             if origin.is_none_or(|origin| origin.as_bytes() != self.public_origin.as_bytes()) {
-                return Err(AuthError::ForeignOrigin.into());
+                Err(HttpError::from(AuthError::ForeignOrigin))
+            } else {
+                Ok(())
             }
         } else {
-            require_csrf_header(request.headers())?;
+            require_csrf_header(request.headers())
+        };
+        if let Err(refused) = guard {
+            if access.needs_session() {
+                return Err(refused);
+            }
+            // An optional-user route: a caller who is not signed in goes on without a token;
+            // a signed-in one would send the user's, and needs the header for that.
+            let lookup = self.auth.lookup(request.headers(), Activity::Peek).await?;
+            return match lookup.session {
+                Some(_) => Err(refused),
+                None => Ok(None),
+            };
         }
         let lookup = self.auth.lookup(request.headers(), Activity::Use).await?;
-        let session = lookup.session.ok_or(AuthError::NoSession)?;
+        let Some(session) = lookup.session else {
+            return if access.needs_session() {
+                Err(AuthError::NoSession.into())
+            } else {
+                Ok(None)
+            };
+        };
+        let claims = self
+            .auth
+            .authorize(&session, access.policy.as_deref(), access.identity_headers)
+            .await?;
+        let identity = match (&claims, access.identity_headers) {
+            (Some(claims), true) => identity_headers(claims),
+            _ => Vec::new(),
+        };
+        if access.token == TokenType::None {
+            return Ok(Some(Credentials {
+                bearer: None,
+                session: session.id,
+                identity,
+            }));
+        }
         // The token expired and the provider cannot refresh it now: 503, session kept.
         let session = self
             .refresher
@@ -285,8 +322,9 @@ impl Gateway {
             .await?
             .ok_or(AuthError::SessionEnded)?;
         Ok(Some(Credentials {
-            bearer: session.ticket.tokens.access_token.bearer(),
+            bearer: Some(session.ticket.tokens.access_token.bearer()),
             session: session.id,
+            identity,
         }))
     }
 
@@ -323,7 +361,7 @@ impl Gateway {
     async fn own(&self, own: Own, request: Request<Incoming>) -> Result<Response<Body>, HttpError> {
         match own {
             Own::IsAuth => self.auth.is_auth(&request).await,
-            Own::User => self.auth.user(&request).await,
+            Own::User => self.auth.user(&request, &self.proxy.policies()).await,
             // Boxed: these talk to the provider, and their futures, kilobytes each, would
             // otherwise be reserved and moved in every request's future, proxied calls included.
             Own::Login => Box::pin(self.auth.login(&request)).await,
@@ -395,6 +433,43 @@ impl Gateway {
             )
         }
     }
+}
+
+/// The identity headers oauth2-proxy sends, from the user's claims: each only when its claim
+/// is there and fits in a header (`X-Auth-Request-Groups`: the string groups, comma-joined).
+fn identity_headers(claims: &Claims) -> Vec<(HeaderName, HeaderValue)> {
+    let text = |name: &str| {
+        claims
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let groups = claims.get("groups").and_then(|groups| match groups {
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        serde_json::Value::String(group) => Some(group.clone()),
+        _ => None,
+    });
+    [
+        ("x-auth-request-user", text("sub")),
+        ("x-auth-request-email", text("email")),
+        (
+            "x-auth-request-preferred-username",
+            text("preferred_username"),
+        ),
+        ("x-auth-request-groups", groups),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| {
+        let value = HeaderValue::from_str(&value?).ok()?;
+        Some((HeaderName::from_static(name), value))
+    })
+    .collect()
 }
 
 /// Puts the request's path in its normal form ([`crate::path::normalize`]), so that the

@@ -96,9 +96,9 @@ pub(crate) async fn reload_loop(
         }
         if let Some(file) = &proxy_config.file {
             match proxy_config.reload() {
-                Ok(routes) => {
+                Ok((routes, policies)) => {
                     let count = routes.len();
-                    proxy.replace_routes(routes);
+                    proxy.replace_routes(routes, policies);
                     tracing::info!(routes = count, file = %file.display(), "reload: proxy routes replaced");
                 }
                 Err(problems) => tracing::error!(

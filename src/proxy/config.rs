@@ -6,21 +6,104 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::route::{Access, TokenType};
 use super::tunnel::TunnelLimits;
 use super::yarp;
 use super::{Cluster, Destination, Policy, RouteDef, Template, Transform, sort_routes};
+use crate::policy::Policies;
 
-/// One `--route PREFIX=URL[,URL…]`.
+/// One `--route "PREFIX=URL[,URL…] [key=value …]"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Path prefix, matched on whole segments and removed before forwarding.
     pub prefix: String,
     /// Destinations of the route's cluster.
     pub destinations: Vec<Url>,
+    /// `token=`: which token goes upstream (default `user`).
+    pub token: TokenType,
+    /// `policy=`: the authorization policy callers must satisfy.
+    pub policy: Option<String>,
+    /// `identity-headers=on`: the user's identity in `X-Auth-Request-*` headers.
+    pub identity_headers: bool,
+}
+
+/// One space-separated piece of a `--route` value: the route itself, or one of its options.
+/// (Clap splits the flag's value, and `OIDC_BFF_ROUTES`, on spaces; [`group_routes`] joins
+/// each route with the options that follow it.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutePiece {
+    /// `PREFIX=URL[,URL…]`.
+    Route(RouteSpec),
+    /// `key=value`, for the route before it.
+    Option(String, String),
+}
+
+/// Parses one piece of a `--route` value.
+pub fn parse_route_piece(text: &str) -> Result<RoutePiece, String> {
+    if text.starts_with('/') {
+        return parse_route_base(text).map(RoutePiece::Route);
+    }
+    match text.split_once('=') {
+        Some((key @ ("token" | "policy" | "identity-headers"), value)) => {
+            Ok(RoutePiece::Option(key.to_owned(), value.to_owned()))
+        }
+        Some((key, _)) if !key.contains('/') => Err(format!(
+            "{key:?} is not a route option (token=, policy=, identity-headers=)"
+        )),
+        _ => parse_route_base(text).map(RoutePiece::Route),
+    }
+}
+
+/// Joins the pieces of every `--route` into routes with their options.
+pub fn group_routes(pieces: Vec<RoutePiece>) -> Result<Vec<RouteSpec>, String> {
+    let mut routes: Vec<RouteSpec> = Vec::new();
+    for piece in pieces {
+        match piece {
+            RoutePiece::Route(route) => routes.push(route),
+            RoutePiece::Option(key, value) => {
+                let Some(route) = routes.last_mut() else {
+                    return Err(format!("{key}={value} comes before any PREFIX=URL"));
+                };
+                let at = &route.prefix;
+                match key.as_str() {
+                    "token" => {
+                        route.token = TokenType::parse_option(&value)
+                            .map_err(|error| format!("{at}: {error}"))?;
+                    }
+                    "policy" if !value.is_empty() => route.policy = Some(value),
+                    "identity-headers" => {
+                        route.identity_headers = match value.as_str() {
+                            "on" => true,
+                            "off" => false,
+                            _ => {
+                                return Err(format!(
+                                    "{at}: identity-headers={value:?} is not on or off"
+                                ));
+                            }
+                        };
+                    }
+                    _ => return Err(format!("{at}: {key}={value:?} needs a value")),
+                }
+            }
+        }
+    }
+    Ok(routes)
+}
+
+/// Parses `"PREFIX=URL[,URL…] [key=value …]"`, a whole `--route` value.
+pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
+    let pieces = text
+        .split_whitespace()
+        .map(parse_route_piece)
+        .collect::<Result<Vec<_>, _>>()?;
+    match group_routes(pieces)?.as_slice() {
+        [route] => Ok(route.clone()),
+        _ => Err(format!("{text:?} must hold one PREFIX=URL[,URL…]")),
+    }
 }
 
 /// Parses `PREFIX=URL[,URL…]`.
-pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
+fn parse_route_base(text: &str) -> Result<RouteSpec, String> {
     let (prefix, urls) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} must look like /prefix=http://host:port[,http://…]"))?;
@@ -46,12 +129,22 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
     Ok(RouteSpec {
         prefix: prefix.to_owned(),
         destinations,
+        token: TokenType::User,
+        policy: None,
+        identity_headers: false,
     })
 }
 
 /// Turns a `--route` flag into a route: everything below the prefix, prefix removed, a
-/// round-robin cluster, session required.
-pub fn route_from_flag(spec: &RouteSpec) -> RouteDef {
+/// round-robin cluster, the user's token unless the options say otherwise. Its `policy=` must
+/// name one of `policies`.
+pub fn route_from_flag(spec: &RouteSpec, policies: &Policies) -> Result<RouteDef, String> {
+    let policy = match &spec.policy {
+        Some(name) => Some(Arc::new(policies.get(name).cloned().ok_or_else(|| {
+            format!("{}: policy={name} names no --policy", spec.prefix)
+        })?)),
+        None => None,
+    };
     let destinations = spec
         .destinations
         .iter()
@@ -61,13 +154,17 @@ pub fn route_from_flag(spec: &RouteSpec) -> RouteDef {
             Destination::new(format!("{index:04}"), url.clone()).labelled_by_address()
         })
         .collect();
-    RouteDef {
+    Ok(RouteDef {
         id: spec.prefix.clone(),
         template: Template::prefix(&spec.prefix),
         methods: None,
         hosts: None,
         order: 0,
-        anonymous: false,
+        access: Access {
+            token: spec.token,
+            policy,
+            identity_headers: spec.identity_headers,
+        },
         websockets: true,
         transforms: vec![Transform::PathRemovePrefix(spec.prefix.clone())],
         cluster: Arc::new(Cluster::new(
@@ -76,7 +173,7 @@ pub fn route_from_flag(spec: &RouteSpec) -> RouteDef {
             Policy::RoundRobin,
             None,
         )),
-    }
+    })
 }
 
 /// The development route of `--frontend-url`: every path no other route takes goes to the dev
@@ -88,7 +185,7 @@ pub fn frontend_route(url: Url) -> RouteDef {
         methods: None,
         hosts: None,
         order: i32::MAX,
-        anonymous: true,
+        access: Access::anonymous(),
         // The dev server's live reload is a WebSocket.
         websockets: true,
         transforms: Vec::new(),
@@ -110,6 +207,10 @@ pub struct ProxyConfig {
     pub file: Option<std::path::PathBuf>,
     /// The `--route` flags.
     pub flag_routes: Vec<RouteSpec>,
+    /// The `--policy` flags.
+    pub flag_policies: Policies,
+    /// Every policy in force: the flags' and the YARP file's.
+    pub policies: Arc<Policies>,
     /// The `--frontend-url` dev server.
     pub frontend: Option<Url>,
     /// Time allowed for the upstream to answer (headers), unless a cluster says otherwise.
@@ -124,30 +225,43 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     /// Combines flag routes, the routes of a YARP file and the dev-server route, ordered for
-    /// matching.
+    /// matching. `policies` are every policy in force.
     pub fn assemble(
         flags: &[RouteSpec],
         file_routes: Vec<RouteDef>,
         frontend: Option<&Url>,
-    ) -> Vec<RouteDef> {
-        let mut routes: Vec<RouteDef> = flags.iter().map(route_from_flag).collect();
+        policies: &Policies,
+    ) -> Result<Vec<RouteDef>, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut routes: Vec<RouteDef> = Vec::new();
+        for spec in flags {
+            match route_from_flag(spec, policies) {
+                Ok(route) => routes.push(route),
+                Err(error) => errors.push(error),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         routes.extend(file_routes);
         routes.extend(frontend.cloned().map(frontend_route));
         sort_routes(&mut routes);
-        routes
+        Ok(routes)
     }
 
-    /// Reads the YARP file again and assembles the routes anew (SIGHUP).
-    pub fn reload(&self) -> Result<Vec<RouteDef>, Vec<String>> {
-        let file_routes = match &self.file {
-            Some(path) => yarp::load(path)?,
-            None => Vec::new(),
+    /// Reads the YARP file again and assembles the routes and policies anew (SIGHUP).
+    pub fn reload(&self) -> Result<(Vec<RouteDef>, Policies), Vec<String>> {
+        let (file_routes, policies) = match &self.file {
+            Some(path) => yarp::load(path, &self.flag_policies)?,
+            None => (Vec::new(), self.flag_policies.clone()),
         };
-        Ok(Self::assemble(
+        let routes = Self::assemble(
             &self.flag_routes,
             file_routes,
             self.frontend.as_ref(),
-        ))
+            &policies,
+        )?;
+        Ok((routes, policies))
     }
 }
 
@@ -178,8 +292,47 @@ mod tests {
     }
 
     #[test]
+    fn route_options_follow_their_route() {
+        let pieces = "/api/public=http://h token=optional-user /api/admin=http://a policy=admins identity-headers=on /api/plain=http://p"
+            .split(' ')
+            .map(parse_route_piece)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("pieces");
+        let routes = group_routes(pieces).expect("routes");
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[0].token, TokenType::OptionalUser);
+        assert_eq!(routes[1].policy.as_deref(), Some("admins"));
+        assert!(routes[1].identity_headers);
+        assert_eq!(routes[1].token, TokenType::User);
+        assert_eq!(routes[2].token, TokenType::User);
+        assert_eq!(routes[2].policy, None);
+
+        for (bad, reason) in [
+            ("token=none", "before any"),
+            ("/a=http://h token=maybe", "not one of"),
+            ("/a=http://h token=client", "not supported yet"),
+            ("/a=http://h identity-headers=yes", "on or off"),
+            ("/a=http://h colour=blue", "not a route option"),
+            ("/a=http://h policy=", "needs a value"),
+        ] {
+            let error = parse_route(bad).expect_err(bad);
+            assert!(error.contains(reason), "{bad}: {error}");
+        }
+        let unknown = route_from_flag(
+            &parse_route("/a=http://h policy=admins").expect("route"),
+            &Policies::default(),
+        )
+        .expect_err("unknown policy");
+        assert!(unknown.contains("names no --policy"), "{unknown}");
+    }
+
+    #[test]
     fn flag_routes_match_whole_segments_and_drop_the_prefix() {
-        let route = route_from_flag(&parse_route("/api/OtherApi1=http://h").expect("route"));
+        let route = route_from_flag(
+            &parse_route("/api/OtherApi1=http://h").expect("route"),
+            &Policies::default(),
+        )
+        .expect("route");
         let rewrite = |path: &str| {
             route.matches(&http::Method::GET, None, path).map(|values| {
                 Transform::rewrite_path(&route.transforms, path, &values).into_owned()

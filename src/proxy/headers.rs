@@ -20,8 +20,10 @@ use crate::cookies::{self, CookieConfig};
 
 /// What the gateway tells an upstream about a request, beyond the request's own headers.
 pub(super) struct Forwarding<'a> {
-    /// The session's access token for `Authorization`; none on anonymous routes.
+    /// The session's access token for `Authorization`; none on routes that send none.
     pub bearer: Option<HeaderValue>,
+    /// The user's identity headers (`X-Auth-Request-*`), on routes that send them.
+    pub identity: Vec<(HeaderName, HeaderValue)>,
     /// The browser's address.
     pub peer: IpAddr,
     /// The public URL's `host[:port]`, for `X-Forwarded-Host`.
@@ -69,6 +71,9 @@ pub(super) fn to_upstream(parts: &mut request::Parts, forwarding: &Forwarding<'_
         }
     }
     // `insert` replaces whatever a transform put there.
+    for (name, value) in &forwarding.identity {
+        headers.insert(name.clone(), value.clone());
+    }
     match &forwarding.bearer {
         Some(bearer) => headers.insert(header::AUTHORIZATION, bearer.clone()),
         None => headers.remove(header::AUTHORIZATION),
@@ -143,7 +148,9 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// Whether a request header must not reach an upstream because only the gateway may say what
 /// it says: the client's address, the scheme and host it used, the original URL or method, or
 /// credentials. Whatever the browser sent under such a name is dropped, never trusted; the
-/// gateway sets `Authorization`, `X-Forwarded-For/Proto/Host` and `Forwarded` itself.
+/// gateway sets `Authorization`, `X-Forwarded-For/Proto/Host` and `Forwarded` itself, and the
+/// `X-Auth-Request-*` identity headers on the routes that ask for them (an upstream written for
+/// oauth2-proxy trusts those as the user's identity).
 ///
 /// Names with `_` are dropped too: several servers (nginx's `underscores_in_headers`, CGI,
 /// WSGI, PHP) read `X_Forwarded_For` as `X-Forwarded-For`.
@@ -163,6 +170,7 @@ fn untrusted(name: &str) -> bool {
             | "x-method-override"
     ) || name.starts_with("x-forwarded-")
         || name.starts_with("x-original-")
+        || name.starts_with("x-auth-request-")
         || name.contains('_')
 }
 
@@ -400,6 +408,9 @@ mod tests {
             "x-method-override",
             "x_forwarded_for",
             "x-auth_request_user",
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "x-auth-request-groups",
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(

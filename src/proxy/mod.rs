@@ -28,15 +28,19 @@ use hyper::body::Incoming;
 
 use crate::cookies::CookieConfig;
 use crate::error::{HttpError, RequestError, UpstreamFailure};
+use crate::policy::Policies;
 use crate::reply::{Body, BoxError};
 use crate::session::SessionId;
 use crate::sync::RwLocked;
 use crate::tickets::TicketStore;
 
-pub use config::{ProxyConfig, RouteSpec, frontend_route, parse_route, route_from_flag};
+pub use config::{
+    ProxyConfig, RoutePiece, RouteSpec, frontend_route, group_routes, parse_route,
+    parse_route_piece, route_from_flag,
+};
 pub use route::{
-    Cluster, Destination, HostPattern, Policy, RouteDef, RouteValues, Template, Transform, When,
-    sort_routes,
+    Access, Cluster, Destination, HostPattern, Policy, RouteDef, RouteValues, Template, TokenType,
+    Transform, When, sort_routes,
 };
 pub use tunnel::{ConnectionHold, TunnelLimits, is_websocket_handshake};
 
@@ -46,10 +50,12 @@ const UPSTREAM_IDLE_TIME: Duration = Duration::from_secs(90);
 /// What a request that passed the session checks carries upstream.
 #[derive(Debug)]
 pub struct Credentials {
-    /// `Bearer <access token>`.
-    pub bearer: HeaderValue,
+    /// `Bearer <access token>`; none on routes that send no token.
+    pub bearer: Option<HeaderValue>,
     /// The session, for the access log and for closing its tunnels when it ends.
     pub session: SessionId,
+    /// `X-Auth-Request-*` headers, on routes that send them.
+    pub identity: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// The route a request matched: a snapshot of the routes (a reload does not disturb it), the
@@ -76,6 +82,8 @@ impl RouteMatch {
 /// The proxy.
 pub struct Proxy {
     routes: std::sync::RwLock<Arc<Vec<RouteDef>>>,
+    /// Every authorization policy in force (replaced with the routes).
+    policies: std::sync::RwLock<Arc<Policies>>,
     connector: upstream::Connector,
     upstream_timeout: Duration,
     max_request_body: usize,
@@ -114,6 +122,7 @@ impl Proxy {
             .to_owned();
         Self {
             routes: std::sync::RwLock::new(Arc::clone(&config.routes)),
+            policies: std::sync::RwLock::new(Arc::clone(&config.policies)),
             connector: upstream::Connector::new(tls, UPSTREAM_IDLE_TIME),
             upstream_timeout: config.upstream_timeout,
             max_request_body: config.max_request_body,
@@ -145,9 +154,15 @@ impl Proxy {
         Arc::clone(&self.routes.read_locked())
     }
 
-    /// Replaces the routes (SIGHUP reload of the proxy configuration).
-    pub fn replace_routes(&self, routes: Vec<RouteDef>) {
+    /// Replaces the routes and the policies (SIGHUP reload of the proxy configuration).
+    pub fn replace_routes(&self, routes: Vec<RouteDef>, policies: Policies) {
         *self.routes.write_locked() = Arc::new(routes);
+        *self.policies.write_locked() = Arc::new(policies);
+    }
+
+    /// Every authorization policy in force.
+    pub fn policies(&self) -> Arc<Policies> {
+        Arc::clone(&self.policies.read_locked())
     }
 
     /// The first route that takes this request, with its route values.
@@ -206,15 +221,20 @@ impl Proxy {
             .uri_for(&path, request.uri().query())
             .map_err(|_| RequestError::BadTarget)?;
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
-        let (session, bearer) = match credentials {
-            Some(credentials) => (Some(credentials.session), Some(credentials.bearer)),
-            None => (None, None),
+        let (session, bearer, identity) = match credentials {
+            Some(credentials) => (
+                Some(credentials.session),
+                credentials.bearer,
+                credentials.identity,
+            ),
+            None => (None, None, Vec::new()),
         };
         let (mut parts, body) = request.into_parts();
         headers::to_upstream(
             &mut parts,
             &headers::Forwarding {
                 bearer,
+                identity,
                 peer: peer.ip(),
                 public_host: &self.public_host,
                 forwarded_suffix: &self.forwarded_suffix,

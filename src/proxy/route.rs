@@ -601,6 +601,78 @@ impl Cluster {
     }
 }
 
+/// Which token a route's upstream gets (`--route … token=`, YARP `Duende.Bff.Yarp.TokenType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// The user's access token; a session is required (the default).
+    User,
+    /// The user's access token when signed in; else no token, and no 401.
+    OptionalUser,
+    /// No token and no session needed (YARP `AuthorizationPolicy: anonymous`).
+    None,
+}
+
+impl TokenType {
+    /// The `--route` option value.
+    pub fn parse_option(value: &str) -> Result<Self, String> {
+        match value {
+            "user" => Ok(Self::User),
+            "optional-user" => Ok(Self::OptionalUser),
+            "none" => Ok(Self::None),
+            "client" | "user-or-client" => Err(format!(
+                "token={value}: client-credentials tokens are not supported yet (user, \
+                 optional-user or none)"
+            )),
+            _ => Err(format!(
+                "token={value:?} is not one of user, optional-user, none"
+            )),
+        }
+    }
+}
+
+/// Who may call a route, and what of the user's its upstream gets.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Which token goes upstream.
+    pub token: TokenType,
+    /// The authorization policy the caller must satisfy; a policy needs a session whatever
+    /// the token type.
+    pub policy: Option<Arc<crate::policy::Policy>>,
+    /// Send `X-Auth-Request-User`, `-Email`, `-Preferred-Username` and `-Groups` from the
+    /// signed-in user's claims.
+    pub identity_headers: bool,
+}
+
+impl Access {
+    /// The user's token, a session required, no policy, no identity headers.
+    pub fn user() -> Self {
+        Self {
+            token: TokenType::User,
+            policy: None,
+            identity_headers: false,
+        }
+    }
+
+    /// No token and no session.
+    pub fn anonymous() -> Self {
+        Self {
+            token: TokenType::None,
+            policy: None,
+            identity_headers: false,
+        }
+    }
+
+    /// Whether a call needs a session.
+    pub fn needs_session(&self) -> bool {
+        self.token == TokenType::User || self.policy.is_some()
+    }
+
+    /// Whether the route reads the session at all.
+    pub fn reads_session(&self) -> bool {
+        self.token != TokenType::None || self.needs_session()
+    }
+}
+
 /// A route: what it matches, how it rewrites, who may use it, where it goes.
 #[derive(Debug)]
 pub struct RouteDef {
@@ -614,8 +686,8 @@ pub struct RouteDef {
     pub hosts: Option<Vec<HostPattern>>,
     /// Lower goes first.
     pub order: i32,
-    /// `AuthorizationPolicy: anonymous`: no session, no token, no CSRF check.
-    pub anonymous: bool,
+    /// Who may call the route and which token its upstream gets.
+    pub access: Access,
     /// Whether WebSocket handshakes become tunnels (YARP `Metadata`
     /// `"oidc-bff.WebSockets": "false"` turns it off).
     pub websockets: bool,

@@ -17,8 +17,10 @@ use serde::Deserialize;
 use url::Url;
 
 use super::route::{
-    Cluster, Destination, HostPattern, Policy, RouteDef, Template, Transform, When,
+    Access, Cluster, Destination, HostPattern, Policy, RouteDef, Template, TokenType, Transform,
+    When,
 };
+use crate::policy::Policies;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
@@ -27,6 +29,9 @@ struct Section {
     routes: BTreeMap<String, RouteJson>,
     #[serde(default)]
     clusters: BTreeMap<String, ClusterJson>,
+    /// Policies of this file, beside the `--policy` flags: `{"NAME": ["RULE", …]}`.
+    #[serde(default, rename = "oidc-bff.Policies")]
+    policies: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,14 +88,19 @@ struct HttpRequestJson {
     activity_timeout: Option<String>,
 }
 
-/// Reads a YARP configuration file; every problem is one line naming where it is.
-pub fn load(path: &Path) -> Result<Vec<RouteDef>, Vec<String>> {
+/// What a YARP file defines: its routes, and every policy in force (the file's and those of
+/// the `--policy` flags).
+pub type Loaded = (Vec<RouteDef>, Policies);
+
+/// Reads a YARP configuration file; every problem is one line naming where it is. Routes may
+/// name the policies of `flag_policies` and of the file.
+pub fn load(path: &Path, flag_policies: &Policies) -> Result<Loaded, Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|error| vec![error.to_string()])?;
-    parse(&text)
+    parse(&text, flag_policies)
 }
 
 /// Parses YARP configuration text.
-pub fn parse(text: &str) -> Result<Vec<RouteDef>, Vec<String>> {
+pub fn parse(text: &str, flag_policies: &Policies) -> Result<Loaded, Vec<String>> {
     let root: serde_json::Value =
         serde_json::from_str(text).map_err(|error| vec![format!("not JSON: {error}")])?;
     let (section, prefix) = match root.get("ReverseProxy") {
@@ -101,17 +111,41 @@ pub fn parse(text: &str) -> Result<Vec<RouteDef>, Vec<String>> {
         let path = error.path().to_string();
         vec![format!("{prefix}{path}: {}", error.inner())]
     })?;
-    build(section, prefix)
+    build(section, prefix, flag_policies)
 }
 
-fn build(section: Section, prefix: &str) -> Result<Vec<RouteDef>, Vec<String>> {
+fn build(section: Section, prefix: &str, flag_policies: &Policies) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
+    let mut file_policies = Vec::new();
+    for (name, rules) in &section.policies {
+        let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+        match crate::policy::Policy::from_rules(name, &rules) {
+            Ok(policy) => file_policies.push(policy),
+            Err(error) => errors.push(format!("{prefix}oidc-bff.Policies.{name}: {error}")),
+        }
+    }
+    let policies = match Policies::new(flag_policies.iter().cloned().chain(file_policies)) {
+        Ok(policies) => policies,
+        Err(error) => {
+            errors.push(format!(
+                "{prefix}oidc-bff.Policies: {error} (a --policy flag and the file)"
+            ));
+            flag_policies.clone()
+        }
+    };
     let mut clusters = BTreeMap::new();
     for (id, cluster) in section.clusters {
         let at = format!("{prefix}Clusters.{id}");
+        let token = match token_metadata(cluster.metadata.as_ref(), &at) {
+            Ok(token) => token,
+            Err(mut problems) => {
+                errors.append(&mut problems);
+                None
+            }
+        };
         match build_cluster(&id, cluster, &at) {
             Ok(cluster) => {
-                clusters.insert(id, Arc::new(cluster));
+                clusters.insert(id, (Arc::new(cluster), token));
             }
             Err(mut problems) => errors.append(&mut problems),
         }
@@ -119,21 +153,70 @@ fn build(section: Section, prefix: &str) -> Result<Vec<RouteDef>, Vec<String>> {
     let mut routes = Vec::new();
     for (id, route) in section.routes {
         let at = format!("{prefix}Routes.{id}");
-        match build_route(&id, route, &clusters, &at) {
+        match build_route(&id, route, &clusters, &policies, &at) {
             Ok(route) => routes.push(route),
             Err(mut problems) => errors.append(&mut problems),
         }
     }
     if errors.is_empty() {
-        Ok(routes)
+        Ok((routes, policies))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Duende.BFF's route and cluster metadata for the token an upstream gets.
+const TOKEN_TYPE_METADATA: &str = "Duende.Bff.Yarp.TokenType";
+const OPTIONAL_USER_TOKEN_METADATA: &str = "Duende.Bff.Yarp.OptionalUserToken";
+const ANTIFORGERY_METADATA: &str = "Duende.Bff.Yarp.AntiforgeryCheck";
+/// This gateway's route metadata.
+const IDENTITY_HEADERS_METADATA: &str = "oidc-bff.IdentityHeaders";
+
+/// The token type a `Metadata` object names (Duende's keys; values as Duende reads them, case
+/// ignored), if any.
+fn token_metadata(
+    metadata: Option<&BTreeMap<String, String>>,
+    at: &str,
+) -> Result<Option<TokenType>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut token = None;
+    for (key, value) in metadata.into_iter().flatten() {
+        if key == TOKEN_TYPE_METADATA {
+            match value.to_ascii_lowercase().as_str() {
+                "user" => token = Some(TokenType::User),
+                "userornone" => token = Some(TokenType::OptionalUser),
+                "none" => token = Some(TokenType::None),
+                "client" | "userorclient" => errors.push(format!(
+                    "{at}.Metadata.{key}: {value:?}: client-credentials tokens are not supported \
+                     yet (User, UserOrNone or None)"
+                )),
+                _ => errors.push(format!(
+                    "{at}.Metadata.{key}: {value:?} is not one of User, UserOrNone, None"
+                )),
+            }
+        } else if key == OPTIONAL_USER_TOKEN_METADATA {
+            match value.to_ascii_lowercase().as_str() {
+                "true" => token = Some(TokenType::OptionalUser),
+                "false" => {}
+                _ => errors.push(format!(
+                    "{at}.Metadata.{key}: {value:?} must be \"true\" or \"false\""
+                )),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(token)
     } else {
         Err(errors)
     }
 }
 
 fn build_cluster(id: &str, json: ClusterJson, at: &str) -> Result<Cluster, Vec<String>> {
-    let _ = json.metadata;
-    let mut errors = Vec::new();
+    let mut errors = unknown_metadata(
+        json.metadata.as_ref(),
+        &[TOKEN_TYPE_METADATA, OPTIONAL_USER_TOKEN_METADATA],
+        at,
+    );
     let policy = match json.load_balancing_policy.as_deref() {
         None | Some("PowerOfTwoChoices") => Policy::PowerOfTwoChoices,
         Some("RoundRobin") => Policy::RoundRobin,
@@ -191,26 +274,78 @@ fn build_cluster(id: &str, json: ClusterJson, at: &str) -> Result<Cluster, Vec<S
 /// The route metadata key that allows (default) or refuses WebSocket tunnels on a route.
 const WEBSOCKETS_METADATA: &str = "oidc-bff.WebSockets";
 
+/// Metadata keys of Duende.BFF or of this gateway that nothing reads: a typo there would
+/// silently drop a token or a check, so it is refused.
+fn unknown_metadata(
+    metadata: Option<&BTreeMap<String, String>>,
+    known: &[&str],
+    at: &str,
+) -> Vec<String> {
+    metadata
+        .into_iter()
+        .flatten()
+        .map(|(key, _)| key)
+        .filter(|key| {
+            let ours = key.starts_with("Duende.Bff") || key.starts_with("oidc-bff.");
+            ours && !known.iter().any(|known| key.eq_ignore_ascii_case(known))
+        })
+        .map(|key| format!("{at}.Metadata.{key}: not a key this gateway knows (a typo?)"))
+        .collect()
+}
+
+/// A `"true"`/`"false"` metadata value.
+fn flag_metadata(key: &str, value: &str, at: &str, errors: &mut Vec<String>) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => {
+            errors.push(format!(
+                "{at}.Metadata.{key}: {value:?} must be \"true\" or \"false\""
+            ));
+            None
+        }
+    }
+}
+
 fn build_route(
     id: &str,
     json: RouteJson,
-    clusters: &BTreeMap<String, Arc<Cluster>>,
+    clusters: &BTreeMap<String, (Arc<Cluster>, Option<TokenType>)>,
+    policies: &Policies,
     at: &str,
 ) -> Result<RouteDef, Vec<String>> {
-    let mut errors = Vec::new();
+    let mut errors = unknown_metadata(
+        json.metadata.as_ref(),
+        &[
+            WEBSOCKETS_METADATA,
+            TOKEN_TYPE_METADATA,
+            OPTIONAL_USER_TOKEN_METADATA,
+            ANTIFORGERY_METADATA,
+            IDENTITY_HEADERS_METADATA,
+        ],
+        at,
+    );
     let mut websockets = true;
+    let mut antiforgery = true;
+    let mut identity_headers = false;
     for (key, value) in json.metadata.iter().flatten() {
         if key.eq_ignore_ascii_case(WEBSOCKETS_METADATA) {
-            match value.to_ascii_lowercase().as_str() {
-                "true" => websockets = true,
-                "false" => websockets = false,
-                _ => errors.push(format!(
-                    "{at}.Metadata.{key}: {value:?} must be \"true\" or \"false\""
-                )),
-            }
+            websockets = flag_metadata(key, value, at, &mut errors).unwrap_or(websockets);
+        } else if key == ANTIFORGERY_METADATA {
+            antiforgery = flag_metadata(key, value, at, &mut errors).unwrap_or(antiforgery);
+        } else if key.eq_ignore_ascii_case(IDENTITY_HEADERS_METADATA) {
+            identity_headers =
+                flag_metadata(key, value, at, &mut errors).unwrap_or(identity_headers);
         }
     }
-    let cluster = clusters.get(&json.cluster_id).cloned();
+    let route_token = token_metadata(json.metadata.as_ref(), at).unwrap_or_else(|mut problems| {
+        errors.append(&mut problems);
+        None
+    });
+    let (cluster, cluster_token) = match clusters.get(&json.cluster_id) {
+        Some((cluster, token)) => (Some(Arc::clone(cluster)), *token),
+        None => (None, None),
+    };
     if cluster.is_none() {
         errors.push(format!(
             "{at}.ClusterId: no cluster named {:?} in Clusters",
@@ -248,18 +383,39 @@ fn build_route(
         .matcher
         .hosts
         .map(|hosts| hosts.iter().map(|host| HostPattern::new(host)).collect());
-    let anonymous = match json.authorization_policy.as_deref() {
-        None => false,
-        Some(policy) if policy.eq_ignore_ascii_case("default") => false,
-        Some(policy) if policy.eq_ignore_ascii_case("anonymous") => true,
-        Some(policy) => {
-            errors.push(format!(
-                "{at}.AuthorizationPolicy: {policy:?} is not supported (use \"anonymous\" or \
-                 \"default\", which requires a session)"
-            ));
-            false
+    // The route's own token type wins over its cluster's; the default sends the user's.
+    let mut access = Access::user();
+    access.token = route_token.or(cluster_token).unwrap_or(TokenType::User);
+    access.identity_headers = identity_headers;
+    match json.authorization_policy.as_deref() {
+        None => {}
+        Some(policy) if policy.eq_ignore_ascii_case("default") => {}
+        Some(policy) if policy.eq_ignore_ascii_case("anonymous") => {
+            if route_token.is_some_and(|token| token != TokenType::None) {
+                errors.push(format!(
+                    "{at}.AuthorizationPolicy: \"anonymous\" sends no token, but the route's \
+                     {TOKEN_TYPE_METADATA} asks for one"
+                ));
+            }
+            access.token = TokenType::None;
         }
-    };
+        Some(name) => match policies.get(name) {
+            Some(policy) => access.policy = Some(Arc::new(policy.clone())),
+            None => errors.push(format!(
+                "{at}.AuthorizationPolicy: {name:?} names no policy (a --policy flag or the \
+                 file's oidc-bff.Policies; or \"anonymous\", or \"default\", which requires a \
+                 session)"
+            )),
+        },
+    }
+    // A user's token never goes upstream without the CSRF check: a route may skip it only
+    // when it sends nothing of the user's.
+    if !antiforgery && access.reads_session() {
+        errors.push(format!(
+            "{at}.Metadata.{ANTIFORGERY_METADATA}: \"false\" is allowed only on routes that send \
+             no user token (TokenType None or AuthorizationPolicy anonymous)"
+        ));
+    }
     let mut transforms = Vec::new();
     for (index, transform) in json.transforms.iter().enumerate() {
         match build_transform(transform) {
@@ -274,7 +430,7 @@ fn build_route(
             methods,
             hosts,
             order: json.order.unwrap_or(0),
-            anonymous,
+            access,
             websockets,
             transforms,
             cluster,
@@ -403,6 +559,11 @@ fn parse_timespan(text: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    /// The routes of a file, without policies of flags.
+    fn routes(text: &str) -> Result<Vec<RouteDef>, Vec<String>> {
+        parse(text, &Policies::default()).map(|(routes, _)| routes)
+    }
+
     /// The example section of ../shared/seed.txt, verbatim.
     const SEED: &str = r#"{
 "ReverseProxy": {
@@ -433,11 +594,11 @@ mod tests {
 
     #[test]
     fn the_seeds_section_loads_as_it_is() {
-        let routes = parse(SEED).expect("seed config");
+        let routes = routes(SEED).expect("seed config");
         assert_eq!(routes.len(), 1);
         let route = &routes[0];
         assert_eq!(route.id, "route1");
-        assert!(!route.anonymous);
+        assert_eq!(route.access.token, TokenType::User);
         let values = route
             .matches(&Method::GET, None, "/sender/products")
             .expect("match");
@@ -452,13 +613,13 @@ mod tests {
     fn a_file_that_is_the_section_itself_loads_too() {
         let section = r#"{"Routes": {"r": {"ClusterId": "c", "Match": {"Path": "/a/{**x}"}}},
                           "Clusters": {"c": {"Destinations": {"d": {"Address": "http://127.0.0.1:1"}}}}}"#;
-        assert_eq!(parse(section).expect("section").len(), 1);
+        assert_eq!(routes(section).expect("section").len(), 1);
     }
 
     #[test]
     fn mistakes_name_the_route_or_cluster_and_the_field() {
         let unknown = SEED.replace("\"Path\":", "\"Pathx\":");
-        let errors = parse(&unknown).expect_err("unknown key");
+        let errors = routes(&unknown).expect_err("unknown key");
         assert!(
             errors[0].contains("ReverseProxy.Routes.route1.Match"),
             "{errors:?}"
@@ -466,28 +627,28 @@ mod tests {
         assert!(errors[0].contains("Pathx"), "{errors:?}");
 
         let missing = SEED.replace("\"ClusterId\": \"cluster1\"", "\"ClusterId\": \"nope\"");
-        let errors = parse(&missing).expect_err("missing cluster");
+        let errors = routes(&missing).expect_err("missing cluster");
         assert!(
             errors[0].starts_with("ReverseProxy.Routes.route1.ClusterId"),
             "{errors:?}"
         );
 
         let pattern = SEED.replace("/sender/{**catch-all}", "/sender/{**catch-all}/x");
-        let errors = parse(&pattern).expect_err("bad pattern");
+        let errors = routes(&pattern).expect_err("bad pattern");
         assert!(
             errors[0].starts_with("ReverseProxy.Routes.route1.Match.Path"),
             "{errors:?}"
         );
 
         let transform = SEED.replace("PathRemovePrefix", "PathRemovePrefixx");
-        let errors = parse(&transform).expect_err("bad transform");
+        let errors = routes(&transform).expect_err("bad transform");
         assert!(
             errors[0].starts_with("ReverseProxy.Routes.route1.Transforms[0]"),
             "{errors:?}"
         );
 
         let address = SEED.replace("https://localhost:7002", "localhost:7002");
-        let errors = parse(&address).expect_err("bad address");
+        let errors = routes(&address).expect_err("bad address");
         assert!(
             errors[0]
                 .starts_with("ReverseProxy.Clusters.cluster1.Destinations.destination1.Address"),
@@ -498,7 +659,7 @@ mod tests {
             "\"Transforms\"",
             "\"AuthorizationPolicy\": \"admins\", \"Transforms\"",
         );
-        let errors = parse(&policy).expect_err("unknown policy");
+        let errors = routes(&policy).expect_err("unknown policy");
         assert!(errors[0].contains("AuthorizationPolicy"), "{errors:?}");
     }
 
@@ -526,9 +687,9 @@ mod tests {
             }
           }
         }}"#;
-        let routes = parse(full).expect("full config");
+        let routes = routes(full).expect("full config");
         let route = &routes[0];
-        assert!(route.anonymous);
+        assert_eq!(route.access.token, TokenType::None);
         assert_eq!(route.order, 5);
         assert_eq!(route.transforms.len(), 9);
         assert_eq!(route.cluster.timeout, Some(Duration::from_secs(90)));

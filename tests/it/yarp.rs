@@ -278,7 +278,8 @@ async fn a_route_can_refuse_websocket_tunnels() {
         "Metadata": { "oidc-bff.WebSockets": "maybe" } } },
       "Clusters": { "c": { "Destinations": { "a": { "Address": "http://127.0.0.1:1" } } } } }"#;
     let (_dir, path) = write_config(bad);
-    let problems = oidc_bff::proxy::yarp::load(&path).expect_err("refused");
+    let problems = oidc_bff::proxy::yarp::load(&path, &oidc_bff::policy::Policies::default())
+        .expect_err("refused");
     assert!(
         problems
             .iter()
