@@ -724,4 +724,139 @@ mod tests {
         assert_eq!(parse_timespan("90s"), None);
         assert_eq!(parse_timespan("00:61:00"), None);
     }
+
+    /// A one-route file whose route carries `route` (JSON members) and whose cluster carries
+    /// `cluster`.
+    fn file(route: &str, cluster: &str) -> String {
+        format!(
+            r#"{{"Routes": {{"r": {{"ClusterId": "c", "Match": {{"Path": "/api/{{**rest}}"}}{route}}}}},
+                "Clusters": {{"c": {{"Destinations": {{"d": {{"Address": "http://127.0.0.1:9"}}}}{cluster}}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn duende_token_metadata_sets_the_token_type_route_over_cluster() {
+        let token = |route: &str, cluster: &str| {
+            routes(&file(route, cluster)).expect("loads")[0]
+                .access
+                .token
+        };
+        assert_eq!(token("", ""), TokenType::User);
+        let route_meta =
+            |value: &str| format!(r#", "Metadata": {{"Duende.Bff.Yarp.TokenType": "{value}"}}"#);
+        assert_eq!(
+            token(&route_meta("UserOrNone"), ""),
+            TokenType::OptionalUser
+        );
+        assert_eq!(token(&route_meta("user"), ""), TokenType::User);
+        assert_eq!(token(&route_meta("None"), ""), TokenType::None);
+        assert_eq!(
+            token("", &route_meta("UserOrNone")),
+            TokenType::OptionalUser,
+            "a cluster's metadata applies to its routes"
+        );
+        assert_eq!(
+            token(&route_meta("User"), &route_meta("None")),
+            TokenType::User
+        );
+        assert_eq!(
+            token(
+                r#", "Metadata": {"Duende.Bff.Yarp.OptionalUserToken": "true"}"#,
+                ""
+            ),
+            TokenType::OptionalUser
+        );
+    }
+
+    #[test]
+    fn metadata_that_would_weaken_a_route_silently_is_refused() {
+        for (route, cluster, reason) in [
+            (
+                r#", "Metadata": {"Duende.Bff.Yarp.AntiforgeryCheck": "false"}"#,
+                "",
+                "only on routes that send no user token",
+            ),
+            (
+                r#", "Metadata": {"Duende.Bff.Yarp.TokenType": "UserOrNone", "Duende.Bff.Yarp.AntiforgeryCheck": "false"}"#,
+                "",
+                "only on routes that send no user token",
+            ),
+            (
+                r#", "Metadata": {"Duende.Bff.Yarp.TokenTyp": "User"}"#,
+                "",
+                "a typo?",
+            ),
+            (
+                "",
+                r#", "Metadata": {"oidc-bff.Resources": "x"}"#,
+                "a typo?",
+            ),
+            (
+                r#", "Metadata": {"Duende.Bff.Yarp.TokenType": "Client"}"#,
+                "",
+                "not supported yet",
+            ),
+            (
+                r#", "Metadata": {"Duende.Bff.Yarp.TokenType": "Admin"}"#,
+                "",
+                "not one of",
+            ),
+            (
+                r#", "AuthorizationPolicy": "anonymous", "Metadata": {"Duende.Bff.Yarp.TokenType": "User"}"#,
+                "",
+                "sends no token",
+            ),
+            (
+                r#", "AuthorizationPolicy": "admins""#,
+                "",
+                "names no policy",
+            ),
+        ] {
+            let errors = routes(&file(route, cluster)).expect_err(route);
+            assert!(
+                errors.iter().any(|error| error.contains(reason)),
+                "{route} {cluster}: {errors:?}"
+            );
+        }
+        // Skipping the check is fine where nothing of the user's is sent.
+        let anonymous = file(
+            r#", "AuthorizationPolicy": "anonymous", "Metadata": {"Duende.Bff.Yarp.AntiforgeryCheck": "false"}"#,
+            "",
+        );
+        assert_eq!(
+            routes(&anonymous).expect("loads")[0].access.token,
+            TokenType::None
+        );
+    }
+
+    #[test]
+    fn file_policies_join_the_flags_and_may_not_redefine_them() {
+        let with_policy = |policies: &str| {
+            let text = file(r#", "AuthorizationPolicy": "admins""#, "");
+            let text = text.replacen('{', &format!(r#"{{"oidc-bff.Policies": {policies}, "#), 1);
+            parse(
+                &text,
+                &Policies::new([crate::policy::Policy::parse("staff=email").expect("flag")])
+                    .expect("set"),
+            )
+        };
+        let (loaded, policies) = with_policy(r#"{"admins": ["groups:admin"]}"#).expect("loads");
+        assert_eq!(
+            loaded[0].access.policy.as_ref().map(|policy| policy.name()),
+            Some("admins")
+        );
+        assert!(policies.get("staff").is_some() && policies.get("admins").is_some());
+        let twice = with_policy(r#"{"admins": ["groups:admin"], "staff": ["groups:staff"]}"#)
+            .expect_err("redefined");
+        assert!(
+            twice.iter().any(|error| error.contains("twice")),
+            "{twice:?}"
+        );
+        let bad = with_policy(r#"{"admins": ["groups:"]}"#).expect_err("bad rule");
+        assert!(
+            bad.iter()
+                .any(|error| error.contains("oidc-bff.Policies.admins")),
+            "{bad:?}"
+        );
+    }
 }

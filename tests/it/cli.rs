@@ -38,6 +38,40 @@ fn a_bad_value_names_its_flag_and_exits_64() {
 }
 
 #[test]
+fn route_options_and_policies_are_checked_before_the_start_and_name_the_flag() {
+    for (extra, flag, reason) in [
+        (
+            vec!["--route", "/api/a=http://127.0.0.1:9 policy=admins"],
+            "--route",
+            "names no --policy",
+        ),
+        (
+            vec!["--route", "/api/a=http://127.0.0.1:9 token=sometimes"],
+            "--route",
+            "token",
+        ),
+        (vec!["--route", "token=none"], "--route", "before any"),
+        (
+            vec!["--policy", "admins=groups:"],
+            "--policy",
+            "empty value",
+        ),
+        (
+            vec!["--policy", "a=groups:x", "--policy", "a=groups:y"],
+            "--policy",
+            "twice",
+        ),
+    ] {
+        let (code, _, stderr) = run(&with(&extra));
+        assert_eq!(code, 64, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(reason),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn zero_worker_threads_is_refused() {
     let (code, _, stderr) = run(&with(&["--worker-threads", "0"]));
     assert_eq!(code, 64, "{stderr}");

@@ -11,6 +11,7 @@ mod layers; // the modules import each other without a cycle; config only from t
 mod lifecycle; // background refresh sweep: ahead of need, rotation, dead grants, outages
 mod login; // the whole flow: isAuth, login, user, logout, cookies, no token leaks, restart
 mod metrics; // --metrics-listen: Prometheus text that parses and counts what happened
+mod policies; // who may call a route, which token its upstream gets, identity headers
 mod proxy; // token relay: bearer, header hygiene, 401/403 first, 502/504, path tricks
 mod refresh; // on-demand refresh: single flight, rotation, invalid_grant, outages
 mod rejections; // callback attacks: state, flow cookie, nonce, code reuse, open redirects, iss

@@ -197,6 +197,8 @@ struct State {
     tamper: Tamper,
     refresh_tamper: Tamper,
     token_ttl: u64,
+    /// Claims added to (or replacing) every ID token's from now on.
+    extra_claims: serde_json::Map<String, Value>,
     /// When set, refresh tokens are JWTs carrying this lifetime as `exp` (as Keycloak's are).
     refresh_ttl: Option<u64>,
     rotate_refresh: bool,
@@ -331,6 +333,15 @@ impl FakeProvider {
     }
 
     /// Lifetime of access tokens (`expires_in`).
+    /// Puts `claims` (a JSON object) into every ID token issued from now on: groups, acr,
+    /// another email…
+    pub fn set_claims(&self, claims: Value) {
+        let Value::Object(claims) = claims else {
+            panic!("claims must be a JSON object");
+        };
+        self.with(|s| s.extra_claims = claims);
+    }
+
     pub fn set_token_ttl(&self, seconds: u64) {
         self.with(|s| s.token_ttl = seconds);
     }
@@ -841,6 +852,9 @@ fn issue(
     });
     if let Some(nonce) = nonce {
         claims["nonce"] = json!(nonce);
+    }
+    for (name, value) in &state.extra_claims {
+        claims[name.as_str()] = value.clone();
     }
     let key = &state.keys[state.signing];
     let mut header = json!({"alg": key.alg(), "typ": "JWT"});

@@ -1,0 +1,236 @@
+//! Route policies: who may call a route (`--policy`, `policy=`), which token its upstream gets
+//! (`token=`), the identity headers, and what `/api/user` says about them.
+
+use serde_json::{Value, json};
+
+use crate::support::{Browser, FakeProvider, TestGateway, Upstream, setup};
+
+const CSRF: (&str, &str) = ("x-csrf", "1");
+
+/// A gateway with `route` (its `--route` value, `{upstream}` replaced) and `extra` flags.
+async fn gateway_with(route: &str, extra: &[&str]) -> (FakeProvider, TestGateway, Upstream) {
+    let upstream = Upstream::start().await;
+    let route = route.replace("{upstream}", &upstream.url);
+    let mut args = vec!["--route", route.as_str()];
+    args.extend_from_slice(extra);
+    let (provider, gateway) = setup(&args).await;
+    (provider, gateway, upstream)
+}
+
+async fn signed_in(gateway: &TestGateway) -> Browser {
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    browser
+}
+
+fn json_body(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"))
+}
+
+#[tokio::test]
+async fn a_policy_refuses_users_without_the_claim_before_anything_goes_upstream() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream} policy=admins",
+        &["--policy", "admins=groups:admin|owner"],
+    )
+    .await;
+    provider.set_claims(json!({"groups": ["staff"]}));
+    let mut staff = signed_in(&gateway).await;
+    let refused = staff.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(
+        json_body(&refused.body),
+        json!({"error": "forbidden", "policy": "admins"})
+    );
+    assert!(upstream.seen().is_empty(), "nothing went upstream");
+
+    provider.set_claims(json!({"groups": ["staff", "owner"]}));
+    let mut owner = signed_in(&gateway).await;
+    let allowed = owner.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(upstream.seen().len(), 1);
+
+    // Without a session a policy route is a 401, as any user route, and the CSRF check still
+    // comes first.
+    let mut anonymous = gateway.browser();
+    assert_eq!(
+        anonymous
+            .get("/api/OtherApi1/products", &[CSRF])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        owner.get("/api/OtherApi1/products", &[]).await.status,
+        403,
+        "missing X-CSRF"
+    );
+    assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn api_user_lists_the_policies_the_user_satisfies() {
+    let (provider, gateway, _upstream) = gateway_with(
+        "/api/OtherApi1={upstream}",
+        &[
+            "--policy",
+            "admins=groups:admin",
+            "--policy",
+            "staff=email-domain:example.com",
+            "--policy",
+            "gold=acr:gold",
+        ],
+    )
+    .await;
+    provider.set_claims(json!({"groups": ["admin"], "acr": "silver"}));
+    let mut browser = signed_in(&gateway).await;
+    let user = browser.get("/api/user", &[CSRF]).await;
+    assert_eq!(user.status, 200, "{}", user.body);
+    assert_eq!(
+        json_body(&user.body)["policies"],
+        json!(["admins", "staff"])
+    );
+}
+
+#[tokio::test]
+async fn optional_user_routes_send_the_token_only_when_signed_in() {
+    let (provider, gateway, upstream) =
+        gateway_with("/api/OtherApi1={upstream} token=optional-user", &[]).await;
+    // Not signed in: no 401, no token, and no X-CSRF needed (nothing of a user's is sent).
+    let mut visitor = gateway.browser();
+    let public = visitor.get("/api/OtherApi1/products", &[]).await;
+    assert_eq!(public.status, 200, "{}", public.body);
+    assert!(!upstream.seen()[0].headers.contains_key("authorization"));
+
+    let mut user = signed_in(&gateway).await;
+    // Signed in, the user's token would go: the CSRF check applies.
+    let forged = user.get("/api/OtherApi1/products", &[]).await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert_eq!(
+        upstream.seen().len(),
+        1,
+        "the refused call did not go upstream"
+    );
+    let call = user.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(call.status, 200, "{}", call.body);
+    assert_eq!(
+        upstream.seen()[1].headers["authorization"],
+        format!("Bearer {}", provider.last_access_token()).as_str()
+    );
+}
+
+#[tokio::test]
+async fn token_none_routes_need_no_session_and_never_send_one() {
+    let (_provider, gateway, upstream) =
+        gateway_with("/api/OtherApi1={upstream} token=none", &[]).await;
+    let mut user = signed_in(&gateway).await;
+    let call = user
+        .get(
+            "/api/OtherApi1/products",
+            &[("authorization", "Bearer forged")],
+        )
+        .await;
+    assert_eq!(call.status, 200, "{}", call.body);
+    let seen = upstream.seen();
+    assert!(!seen[0].headers.contains_key("authorization"));
+    let cookies = seen[0]
+        .headers
+        .get("cookie")
+        .map(|value| value.to_str().expect("text").to_owned())
+        .unwrap_or_default();
+    assert!(!cookies.contains("__Host-bff"), "{cookies}");
+}
+
+#[tokio::test]
+async fn identity_headers_carry_the_users_claims_and_spoofed_ones_never_pass() {
+    let upstream = Upstream::start().await;
+    let identity = format!("/api/Identity={} identity-headers=on", upstream.url);
+    let plain = format!("/api/Plain={}", upstream.url);
+    let (provider, gateway) = setup(&["--route", &identity, "--route", &plain]).await;
+    provider.set_claims(json!({
+        "preferred_username": "alice",
+        "groups": ["staff", "admin"],
+    }));
+    let mut browser = signed_in(&gateway).await;
+    let spoofed = [
+        CSRF,
+        ("x-auth-request-user", "root"),
+        ("x-auth-request-email", "root@example.com"),
+        ("x-auth-request-groups", "admin"),
+    ];
+    assert_eq!(browser.get("/api/Identity/me", &spoofed).await.status, 200);
+    assert_eq!(browser.get("/api/Plain/me", &spoofed).await.status, 200);
+    let seen = upstream.seen();
+    let header = |index: usize, name: &str| {
+        seen[index]
+            .headers
+            .get(name)
+            .map(|value| value.to_str().expect("text").to_owned())
+    };
+    let sub = header(0, "x-auth-request-user").expect("sub");
+    assert_ne!(sub, "root");
+    assert!(!sub.is_empty());
+    assert_eq!(
+        header(0, "x-auth-request-email").as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        header(0, "x-auth-request-preferred-username").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        header(0, "x-auth-request-groups").as_deref(),
+        Some("staff,admin")
+    );
+    for name in [
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+    ] {
+        assert_eq!(header(1, name), None, "{name} reached a plain route");
+    }
+}
+
+#[tokio::test]
+async fn a_yarp_file_with_duende_metadata_and_its_own_policies_loads_and_applies() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("appsettings.json");
+    let config = json!({
+        "Logging": {"LogLevel": {"Default": "Information"}},
+        "ReverseProxy": {
+            "oidc-bff.Policies": {"admins": ["groups:admin"]},
+            "Routes": {
+                "public": {
+                    "ClusterId": "api",
+                    "Match": {"Path": "/api/public/{**rest}"},
+                    "Metadata": {"Duende.Bff.Yarp.TokenType": "UserOrNone"},
+                    "Transforms": [{"PathRemovePrefix": "/api/public"}]
+                },
+                "admin": {
+                    "ClusterId": "api",
+                    "Match": {"Path": "/api/admin/{**rest}"},
+                    "AuthorizationPolicy": "admins",
+                    "Metadata": {
+                        "Duende.Bff.Yarp.TokenType": "User",
+                        "Duende.Bff.Yarp.AntiforgeryCheck": "true"
+                    },
+                    "Transforms": [{"PathRemovePrefix": "/api/admin"}]
+                }
+            },
+            "Clusters": {
+                "api": {"Destinations": {"one": {"Address": upstream.url}}}
+            }
+        }
+    });
+    std::fs::write(&file, config.to_string()).expect("write");
+    let (provider, gateway) = setup(&["--proxy-config", file.to_str().expect("utf-8")]).await;
+    let mut visitor = gateway.browser();
+    assert_eq!(visitor.get("/api/public/items", &[]).await.status, 200);
+    provider.set_claims(json!({"groups": ["staff"]}));
+    let mut staff = signed_in(&gateway).await;
+    let refused = staff.get("/api/admin/items", &[CSRF]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(json_body(&refused.body)["policy"], "admins");
+    assert_eq!(upstream.seen().len(), 1);
+}
