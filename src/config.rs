@@ -402,6 +402,17 @@ pub struct ServeArgs {
     )]
     pub listen: SocketAddr,
 
+    /// Serve on the listening TCP socket given as standard input instead of binding --listen:
+    /// systemd socket activation (a .socket unit, and `StandardInput=socket` in the service),
+    /// which lets the gateway take port 443 without any privilege of its own, or inetd.
+    #[arg(
+        help_heading = "Listening and TLS",
+        long,
+        env = "OIDC_BFF_LISTEN_STDIN",
+        conflicts_with = "listen"
+    )]
+    pub listen_stdin: bool,
+
     /// TLS certificate chain (PEM). Without --tls-cert and --tls-key a self-signed certificate
     /// for localhost, 127.0.0.1 and ::1 is generated at start.
     #[arg(
@@ -644,6 +655,8 @@ pub struct ServeArgs {
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Serve on the listening socket that is standard input instead (`--listen-stdin`).
+    pub listen_stdin: bool,
     /// The public origin, without a trailing slash (`https://host[:port]`).
     pub public_origin: String,
     /// Provider settings.
@@ -916,6 +929,7 @@ impl ServeArgs {
 
         Ok(Config {
             listen: self.listen,
+            listen_stdin: self.listen_stdin,
             public_origin: public_origin.clone(),
             oidc: OidcConfig {
                 issuer: self.issuer,

@@ -230,7 +230,9 @@ pub async fn run(
     }
     notify::notify("READY=1");
     tracing::info!(
-        listen = %config.listen,
+        listen = %listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |address| address.to_string()),
         public_url = %config.public_origin,
         issuer = %config.oidc.issuer,
         data_dir = %config.storage.data_dir.display(),

@@ -291,9 +291,23 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
-            Err(error) => return bind_failed("--listen", config.listen, &error),
+        let listener = if config.listen_stdin {
+            match listener_from_stdin() {
+                Ok(listener) => listener,
+                Err(error) => {
+                    eprintln!(
+                        "oidc-bff: error: --listen-stdin: standard input is not a listening TCP \
+                         socket ({error}); under systemd, pair the service with a .socket unit \
+                         and set StandardInput=socket"
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        } else {
+            match tokio::net::TcpListener::bind(config.listen).await {
+                Ok(listener) => listener,
+                Err(error) => return bind_failed("--listen", config.listen, &error),
+            }
         };
         let metrics_listener = match config.metrics_listen {
             None => None,
@@ -336,6 +350,19 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The listening socket that standard input is (systemd's `StandardInput=socket`, inetd).
+fn listener_from_stdin() -> std::io::Result<tokio::net::TcpListener> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+    if !rustix::net::sockopt::socket_acceptconn(&fd)? {
+        return Err(std::io::Error::other("a socket, but not a listening one"));
+    }
+    let listener = std::net::TcpListener::from(fd);
+    listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 /// Completes on SIGTERM or SIGINT.

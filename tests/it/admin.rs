@@ -183,7 +183,7 @@ async fn a_silent_admin_client_is_cut_off() {
 
 #[tokio::test]
 async fn running_out_of_descriptors_does_not_close_the_admin_socket() {
-    use crate::support::process::{free_port, serve_args};
+    use crate::support::process::{Port, serve_args};
     let provider = crate::support::FakeProvider::start(std::sync::Arc::new(
         oidc_bff::clock::ManualClock::starting_now(),
     ))
@@ -191,13 +191,14 @@ async fn running_out_of_descriptors_does_not_close_the_admin_socket() {
     let certs = crate::support::certs::TestCerts::new();
     let data = tempfile::tempdir().expect("dir");
     let dir = data.path().join("data");
-    let port = free_port();
+    let port = Port::bind();
     // A gateway allowed few descriptors, so that admin clients can exhaust them.
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_oidc-bff"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen-stdin"])
+        .stdin(port.stdin())
         .args(serve_args(
             &provider.issuer,
             &format!("https://localhost:{port}"),

@@ -72,6 +72,35 @@ fn route_options_and_policies_are_checked_before_the_start_and_name_the_flag() {
 }
 
 #[test]
+fn listen_stdin_without_a_listening_socket_says_what_systemd_needs() {
+    let data = tempfile::tempdir().expect("dir");
+    let data_dir = data.path().to_str().expect("utf-8");
+    let (code, _, stderr) = run(&with(&["--listen-stdin", "--data-dir", data_dir]));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--listen-stdin") && stderr.contains("StandardInput=socket"),
+        "{stderr}"
+    );
+    // A connected socket is no listening one either.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stream =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let output = Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
+        .args(with(&["--listen-stdin", "--data-dir", data_dir]))
+        .env_remove("OIDC_BFF_CLIENT_SECRET")
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            stream,
+        )))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("not a listening one"), "{stderr}");
+    let (code, _, stderr) = run(&with(&["--listen-stdin", "--listen", "127.0.0.1:9"]));
+    assert_eq!(code, 64, "both: {stderr}");
+}
+
+#[test]
 fn zero_worker_threads_is_refused() {
     let (code, _, stderr) = run(&with(&["--worker-threads", "0"]));
     assert_eq!(code, 64, "{stderr}");
@@ -223,7 +252,7 @@ async fn check_config_validates_files_and_reaches_the_provider() {
     );
     assert!(out.contains("TLS certificate and key: ok"), "{out}");
 
-    let port = crate::support::process::free_port();
+    let port = crate::support::process::closed_port();
     let unreachable = args(&format!("http://127.0.0.1:{port}"));
     let (code, _, err) = tokio::task::spawn_blocking(move || run(&unreachable))
         .await

@@ -124,8 +124,8 @@ async fn provider_text_cannot_forge_a_log_line() {
     );
     let certs = TestCerts::new();
     let data = tempfile::tempdir().expect("data dir");
-    let port = crate::support::process::free_port();
-    let mut child = crate::support::process::gateway_command(&provider, &certs, data.path(), port)
+    let port = crate::support::process::Port::bind();
+    let mut child = crate::support::process::gateway_command(&provider, &certs, data.path(), &port)
         .env("RUST_LOG", "info")
         .env("OIDC_BFF_LOG_FORMAT", "text")
         .stderr(std::process::Stdio::piped())

@@ -8,7 +8,7 @@ use oidc_bff::clock::ManualClock;
 
 use crate::support::browser::Browser;
 use crate::support::certs::TestCerts;
-use crate::support::process::{free_port, gateway_command, send_signal};
+use crate::support::process::{Port, gateway_command, send_signal};
 use crate::support::provider::FakeProvider;
 use crate::support::upstream::Upstream;
 
@@ -19,7 +19,7 @@ struct Setup {
     /// Holds the temporary directory (and with it `data_dir`) for the test's lifetime.
     data: tempfile::TempDir,
     data_dir: std::path::PathBuf,
-    port: u16,
+    port: Port,
 }
 
 async fn setup() -> Setup {
@@ -29,7 +29,7 @@ async fn setup() -> Setup {
         certs: TestCerts::new(),
         data_dir: data.path().join("data"),
         data,
-        port: free_port(),
+        port: Port::bind(),
     }
 }
 
@@ -52,7 +52,7 @@ impl Setup {
         let socket = self.data_dir.with_extension("notify");
         let _ = std::fs::remove_file(&socket);
         let receiver = tokio::net::UnixDatagram::bind(&socket).expect("notify socket");
-        let process = gateway_command(&self.provider, &self.certs, &self.data_dir, self.port)
+        let process = gateway_command(&self.provider, &self.certs, &self.data_dir, &self.port)
             .args(extra)
             .env("NOTIFY_SOCKET", &socket)
             .env("WATCHDOG_USEC", "200000")
@@ -218,7 +218,7 @@ async fn a_notify_socket_nobody_reads_never_stalls_the_gateway() {
         &fixture.provider,
         &fixture.certs,
         &fixture.data_dir,
-        fixture.port,
+        &fixture.port,
     )
     .env("NOTIFY_SOCKET", &socket)
     .env("WATCHDOG_USEC", "10000")
@@ -294,9 +294,9 @@ async fn json_logs_parse_and_carry_one_access_line_per_request_without_secrets()
     let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
     let certs = TestCerts::new();
     let data = tempfile::tempdir().expect("dir");
-    let port = free_port();
+    let port = Port::bind();
     let upstream = crate::support::upstream::Upstream::start().await;
-    let mut child = gateway_command(&provider, &certs, data.path(), port)
+    let mut child = gateway_command(&provider, &certs, data.path(), &port)
         .args(["--log-format", "json"])
         .args(["--route", &format!("/api/up={}", upstream.url)])
         .env("RUST_LOG", "info")
@@ -423,15 +423,15 @@ async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files
     std::fs::write(&routes, route("old")).expect("write");
     // The gateway reads `first`'s files, which the test then overwrites with `second`'s.
     let (first_leaf, second_leaf) = (leaf(&first), leaf(&second));
-    let port = free_port();
-    let mut command = gateway_command(&provider, &first, &data.path().join("data"), port);
+    let port = Port::bind();
+    let mut command = gateway_command(&provider, &first, &data.path().join("data"), &port);
     command.args(["--proxy-config", routes.to_str().expect("utf-8")]);
     let child = command.spawn().expect("start");
     let base = format!("https://localhost:{port}");
     let mut browser = Browser::with_cas(&base, vec![first.ca_der.clone(), second.ca_der.clone()]);
     browser.wait_healthy().await;
     assert_eq!(
-        served_certificate(port, &[&first, &second]).await,
+        served_certificate(port.number, &[&first, &second]).await,
         first_leaf
     );
     assert_eq!(browser.get("/old/x", &[]).await.status, 200);
@@ -442,7 +442,7 @@ async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files
     send_signal(&child, "HUP");
     let mut reloaded = false;
     for _ in 0..100 {
-        if served_certificate(port, &[&first, &second]).await == second_leaf {
+        if served_certificate(port.number, &[&first, &second]).await == second_leaf {
             reloaded = true;
             break;
         }
@@ -459,7 +459,7 @@ async fn sighup_reloads_the_certificate_and_routes_and_keeps_them_when_new_files
     send_signal(&child, "HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        served_certificate(port, &[&first, &second]).await,
+        served_certificate(port.number, &[&first, &second]).await,
         second_leaf
     );
     assert_eq!(fresh.get("/new/x", &[]).await.status, 200);
@@ -477,7 +477,7 @@ async fn a_head_dribbled_during_the_drain_does_not_hold_it() {
     Browser::new(&fixture.base(), &fixture.certs)
         .wait_healthy()
         .await;
-    let mut stream = tls_to(fixture.port, &[&fixture.certs]).await;
+    let mut stream = tls_to(fixture.port.number, &[&fixture.certs]).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")
         .await

@@ -14,7 +14,7 @@ use oidc_bff::tickets::{Activity, MissingKey, open_data_dir};
 
 use crate::support::browser::Browser;
 use crate::support::certs::TestCerts;
-use crate::support::process::{free_port, gateway_command};
+use crate::support::process::{Port, gateway_command};
 use crate::support::provider::FakeProvider;
 
 #[tokio::test]
@@ -22,9 +22,9 @@ async fn sigkill_during_logins_loses_no_acknowledged_session() {
     let provider = FakeProvider::start(Arc::new(ManualClock::starting_now())).await;
     let certs = TestCerts::new();
     let data_dir = tempfile::tempdir().expect("data dir");
-    let port = free_port();
+    let port = Port::bind();
     let base = format!("https://localhost:{port}");
-    let mut child = gateway_command(&provider, &certs, data_dir.path(), port)
+    let mut child = gateway_command(&provider, &certs, data_dir.path(), &port)
         .spawn()
         .expect("start the gateway binary");
 

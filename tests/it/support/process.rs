@@ -29,17 +29,50 @@ pub fn serve_args(issuer: &str, base: &str, certs: &TestCerts, data_dir: &Path) 
     .collect()
 }
 
-/// `oidc-bff serve` for `provider` on 127.0.0.1:`port` with the test certificate and `data_dir`;
-/// quiet, killed when dropped. Callers add environment and spawn it.
+/// A loopback port the test holds bound for its whole life: each gateway it starts gets the
+/// listening socket as standard input (`--listen-stdin`, as systemd socket activation passes
+/// it), so no other process can take the port between a probe and a bind, nor between a stop
+/// and a restart.
+#[derive(Debug)]
+pub struct Port {
+    listener: std::net::TcpListener,
+    /// The port number.
+    pub number: u16,
+}
+
+impl Port {
+    /// A new port on 127.0.0.1.
+    pub fn bind() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let number = listener.local_addr().expect("addr").port();
+        Self { listener, number }
+    }
+
+    /// The listening socket, for a child's standard input.
+    pub fn stdin(&self) -> Stdio {
+        let socket = self.listener.try_clone().expect("clone the listener");
+        Stdio::from(std::os::fd::OwnedFd::from(socket))
+    }
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.number)
+    }
+}
+
+/// `oidc-bff serve` for `provider` on `port` with the test certificate and `data_dir`; quiet,
+/// killed when dropped. Callers add environment and spawn it.
 pub fn gateway_command(
     provider: &FakeProvider,
     certs: &TestCerts,
     data_dir: &Path,
-    port: u16,
+    port: &Port,
 ) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"));
     command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen-stdin"])
+        .stdin(port.stdin())
         .args(serve_args(
             &provider.issuer,
             &format!("https://localhost:{port}"),
@@ -54,8 +87,8 @@ pub fn gateway_command(
     command
 }
 
-/// A free loopback port (bound and released).
-pub fn free_port() -> u16 {
+/// A loopback port nobody listens on (bound and released): for "connection refused".
+pub fn closed_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
     probe.local_addr().expect("addr").port()
 }
