@@ -23,6 +23,7 @@ use crate::cookies::{CookieConfig, SameSite};
 use crate::error::{AuthError, BackchannelError, HttpError, LoginError, RequestError};
 use crate::flow::{FLOW_TTL, MAX_RETURN_PATH, PendingLogin, PendingLogins};
 use crate::jwt::user_claims;
+use crate::login_params::LoginParams;
 use crate::oidc::Provider;
 use crate::path::check_local_path;
 use crate::policy::{Claims, Policies, Policy, Verdict};
@@ -49,6 +50,7 @@ pub(crate) struct Auth {
     flow_sealer: Sealer,
     cookie: CookieConfig,
     clock: Arc<dyn Clock>,
+    login_params: LoginParams,
 }
 
 impl std::fmt::Debug for Auth {
@@ -97,6 +99,7 @@ impl Auth {
         flow_sealer: Sealer,
         cookie: CookieConfig,
         clock: Arc<dyn Clock>,
+        login_params: LoginParams,
     ) -> Self {
         Self {
             provider,
@@ -105,6 +108,7 @@ impl Auth {
             flow_sealer,
             cookie,
             clock,
+            login_params,
         }
     }
 
@@ -139,11 +143,17 @@ impl Auth {
         if let Some(policy) = policy {
             match policy.check(&claims, self.clock.unix_now()) {
                 Verdict::Allowed => {}
-                // Step-up (a new sign-in with acr_values or max_age) is not offered yet: a
-                // policy that fails is refused, whatever rule failed.
-                Verdict::Denied | Verdict::StepUp(_) => {
+                Verdict::Denied => {
                     return Err(AuthError::Forbidden {
                         policy: policy.name().to_owned(),
+                    }
+                    .into());
+                }
+                // Only `acr` or `auth-age` failed: a new sign-in that asks for them can do.
+                Verdict::StepUp(step_up) => {
+                    return Err(AuthError::StepUp {
+                        policy: policy.name().to_owned(),
+                        step_up,
                     }
                     .into());
                 }
@@ -206,21 +216,32 @@ impl Auth {
         Ok(response)
     }
 
-    /// `GET /login?returnUrl=/path`: starts an authorization-code flow with PKCE.
+    /// `GET /login?returnUrl=/path[&prompt=…&max_age=…&acr_values=…&login_hint=…]`: starts an
+    /// authorization-code flow with PKCE, passing on the `--login-params` the query holds (each
+    /// checked; `acr_values` only values some policy of `policies` accepts).
     pub(crate) async fn login(
         &self,
         request: &Request<impl Sized>,
+        policies: &Policies,
     ) -> Result<Response<Body>, HttpError> {
         let pairs = query_pairs(request);
         let return_path = single(&pairs, "returnUrl")?.unwrap_or("/").to_owned();
         if return_path.len() > MAX_RETURN_PATH || check_local_path(&return_path).is_err() {
             return Err(AuthError::BadReturnUrl.into());
         }
+        let known_acr: Vec<&str> = policies.acr_values().collect();
+        let login_params = self
+            .login_params
+            .select(&pairs, &known_acr)
+            .map_err(AuthError::BadLoginParameter)?;
         let now = self.clock.unix_now();
         let login = PendingLogin::start(return_path, now);
-        let location =
-            self.provider
-                .authorization_url(&login.state, &login.nonce, &login.code_challenge())?;
+        let location = self.provider.authorization_url(
+            &login.state,
+            &login.nonce,
+            &login.code_challenge(),
+            &login_params,
+        )?;
         let flow_name = self.cookie.flow_name();
         let mut pending = PendingLogins::from_cookies(
             &self.flow_sealer,
@@ -472,7 +493,9 @@ pub(crate) async fn backchannel_logout(
 
 /// Requires `X-CSRF: 1`: a custom header forces a CORS preflight, which cross-site pages fail.
 pub(crate) fn require_csrf_header(headers: &HeaderMap) -> Result<(), HttpError> {
-    match headers.get("x-csrf") {
+    // A name parsed once, not at every call.
+    static X_CSRF: http::HeaderName = http::HeaderName::from_static("x-csrf");
+    match headers.get(&X_CSRF) {
         Some(value) if value == "1" => Ok(()),
         _ => Err(AuthError::MissingCsrf.into()),
     }

@@ -325,6 +325,14 @@ pub struct ServeArgs {
           value_parser = crate::proxy::parse_route_piece, value_delimiter = ' ')]
     pub routes: Vec<crate::proxy::RoutePiece>,
 
+    /// The sign-in parameters `/login` passes on to the provider, comma-separated, or `none`:
+    /// `prompt` (none, login, consent, select_account), `login_hint` (up to 256 characters),
+    /// `acr_values` (only values a policy's `acr:` rule names), `max_age` (seconds). Any other
+    /// parameter, or a bad value, is a 400.
+    #[arg(help_heading = "Routes and the app", long, env = "OIDC_BFF_LOGIN_PARAMS", value_name = "NAME[,NAME…]",
+          default_value = "prompt,login_hint,acr_values,max_age", value_parser = crate::login_params::LoginParams::parse)]
+    pub login_params: crate::login_params::LoginParams,
+
     /// An authorization policy routes can require (`policy=NAME`, YARP `AuthorizationPolicy`):
     /// `NAME=RULE[,RULE…]`, every rule must hold. Rules: `CLAIM:VALUE[|VALUE…]` (the ID token's
     /// claim equals a value, or is an array holding one), `CLAIM` (present, not false),
@@ -657,6 +665,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Serve on the listening socket that is standard input instead (`--listen-stdin`).
     pub listen_stdin: bool,
+    /// What `/login` passes on to the provider.
+    pub login_params: crate::login_params::LoginParams,
     /// The public origin, without a trailing slash (`https://host[:port]`).
     pub public_origin: String,
     /// Provider settings.
@@ -930,6 +940,7 @@ impl ServeArgs {
         Ok(Config {
             listen: self.listen,
             listen_stdin: self.listen_stdin,
+            login_params: self.login_params,
             public_origin: public_origin.clone(),
             oidc: OidcConfig {
                 issuer: self.issuer,

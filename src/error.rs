@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use http::header::{ALLOW, CONNECTION, HeaderValue};
+use http::header::{ALLOW, CONNECTION, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::describe::error_chain;
@@ -123,6 +123,18 @@ pub enum AuthError {
         /// The policy's name (public: the app may show it).
         policy: String,
     },
+    /// The user satisfies the route's policy only after signing in again with `acr_values` or
+    /// `max_age` (RFC 9470 step-up).
+    #[error("policy {policy} needs a stronger or fresher sign-in")]
+    StepUp {
+        /// The policy's name.
+        policy: String,
+        /// What the new sign-in asks for.
+        step_up: crate::policy::StepUp,
+    },
+    /// A `/login` parameter that is not passed on, or a bad value.
+    #[error("{0}")]
+    BadLoginParameter(String),
     /// The session's access token expired and the provider cannot refresh it now; the session
     /// is kept.
     #[error("the session's tokens could not be refreshed right now: {0}")]
@@ -369,6 +381,18 @@ impl HttpError {
                 AuthError::Forbidden { .. } => {
                     row(StatusCode::FORBIDDEN, "forbidden", Client, Json)
                 }
+                AuthError::StepUp { .. } => row(
+                    StatusCode::UNAUTHORIZED,
+                    "insufficient_user_authentication",
+                    Client,
+                    Json,
+                ),
+                AuthError::BadLoginParameter(_) => row(
+                    StatusCode::BAD_REQUEST,
+                    "invalid login parameter",
+                    Client,
+                    Plain,
+                ),
                 AuthError::BadReturnUrl => row(
                     StatusCode::BAD_REQUEST,
                     "returnUrl must be a local path such as /orders",
@@ -481,6 +505,20 @@ impl HttpError {
                 entry.status,
                 &serde_json::json!({ "error": message, "policy": policy }),
             ),
+            (Format::Json, Self::Auth(AuthError::StepUp { policy, step_up })) => {
+                let mut response = reply::json(
+                    entry.status,
+                    &serde_json::json!({
+                        "error": message,
+                        "policy": policy,
+                        "loginUrl": step_up_login_url(step_up),
+                    }),
+                );
+                if let Ok(value) = HeaderValue::from_str(&step_up_challenge(step_up)) {
+                    response.headers_mut().insert(WWW_AUTHENTICATE, value);
+                }
+                response
+            }
             (Format::Json, _) => {
                 reply::json(entry.status, &serde_json::json!({ "error": message }))
             }
@@ -497,6 +535,32 @@ impl HttpError {
         }
         response
     }
+}
+
+/// Where the app sends the browser for a step-up: `/login` asking for what the policy needs;
+/// back to `/` afterwards (the app may replace `returnUrl` with its current path).
+fn step_up_login_url(step_up: &crate::policy::StepUp) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("returnUrl", "/");
+    if let Some(acr_values) = &step_up.acr_values {
+        query.append_pair("acr_values", acr_values);
+    }
+    if let Some(max_age) = step_up.max_age {
+        query.append_pair("max_age", &max_age.to_string());
+    }
+    format!("/login?{}", query.finish())
+}
+
+/// The RFC 9470 challenge: `Bearer error="insufficient_user_authentication", …`.
+fn step_up_challenge(step_up: &crate::policy::StepUp) -> String {
+    let mut challenge = String::from(r#"Bearer error="insufficient_user_authentication""#);
+    if let Some(acr_values) = &step_up.acr_values {
+        challenge.push_str(&format!(r#", acr_values="{acr_values}""#));
+    }
+    if let Some(max_age) = step_up.max_age {
+        challenge.push_str(&format!(", max_age={max_age}"));
+    }
+    challenge
 }
 
 #[cfg(test)]

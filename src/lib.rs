@@ -22,6 +22,7 @@ pub mod flow;
 pub mod http_client;
 mod jwt;
 pub mod logging;
+pub mod login_params;
 pub mod logout;
 mod metrics;
 mod notify;
@@ -165,6 +166,7 @@ pub async fn run(
         master.flow_sealer(),
         config.cookie.clone(),
         Arc::clone(&deps.clock),
+        config.login_params.clone(),
     );
     let gateway = Arc::new(Gateway {
         auth,

@@ -300,6 +300,7 @@ impl Provider {
         state: &str,
         nonce: &str,
         code_challenge: &str,
+        login_params: &[(&str, String)],
     ) -> Result<Url, OidcError> {
         let discovered = self.ready()?;
         let mut url = discovered.metadata.authorization_endpoint().url().clone();
@@ -314,7 +315,13 @@ impl Provider {
                 .append_pair("nonce", nonce)
                 .append_pair("code_challenge", code_challenge)
                 .append_pair("code_challenge_method", "S256");
+            // A parameter of this sign-in (`/login?prompt=login`) replaces the configured one.
             for (key, value) in &self.config.auth_params {
+                if !login_params.iter().any(|(name, _)| name == key) {
+                    query.append_pair(key, value);
+                }
+            }
+            for (key, value) in login_params {
                 query.append_pair(key, value);
             }
         }

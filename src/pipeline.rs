@@ -364,7 +364,7 @@ impl Gateway {
             Own::User => self.auth.user(&request, &self.proxy.policies()).await,
             // Boxed: these talk to the provider, and their futures, kilobytes each, would
             // otherwise be reserved and moved in every request's future, proxied calls included.
-            Own::Login => Box::pin(self.auth.login(&request)).await,
+            Own::Login => Box::pin(self.auth.login(&request, &self.proxy.policies())).await,
             Own::Logout => Box::pin(self.auth.logout(&request)).await,
             Own::Callback => Box::pin(self.auth.callback(&request)).await,
             Own::BackchannelLogout => Box::pin(self.backchannel_logout(request)).await,

@@ -232,7 +232,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         headers::to_upstream(
             &mut parts,
-            &headers::Forwarding {
+            headers::Forwarding {
                 bearer,
                 identity,
                 peer: peer.ip(),

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-30}"
-targets=(path cookie yarp flags flow_cookie sealed_record logout_token admin_request)
+targets=(path cookie yarp flags flow_cookie sealed_record logout_token admin_request policy)
 cargo +nightly fuzz build --fuzz-dir tests/fuzz
 for target in "${targets[@]}"; do
   corpus=$(mktemp -d)

@@ -1,6 +1,7 @@
 //! Route policies: who may call a route (`--policy`, `policy=`), which token its upstream gets
 //! (`token=`), the identity headers, and what `/api/user` says about them.
 
+use oidc_bff::clock::Clock;
 use serde_json::{Value, json};
 
 use crate::support::{Browser, FakeProvider, TestGateway, Upstream, setup};
@@ -233,4 +234,108 @@ async fn a_yarp_file_with_duende_metadata_and_its_own_policies_loads_and_applies
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(json_body(&refused.body)["policy"], "admins");
     assert_eq!(upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_policy_that_needs_a_stronger_sign_in_asks_for_a_step_up_the_app_can_follow() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream} policy=strong",
+        &["--policy", "strong=acr:gold|platinum,auth-age:600s"],
+    )
+    .await;
+    provider.set_claims(json!({"acr": "silver", "auth_time": provider.clock().unix_now()}));
+    let mut browser = signed_in(&gateway).await;
+    let asked = browser.get("/api/OtherApi1/orders", &[CSRF]).await;
+    assert_eq!(asked.status, 401, "{}", asked.body);
+    assert_eq!(
+        asked.headers["www-authenticate"],
+        r#"Bearer error="insufficient_user_authentication", acr_values="gold platinum""#
+    );
+    let body = json_body(&asked.body);
+    assert_eq!(body["error"], "insufficient_user_authentication");
+    assert_eq!(body["policy"], "strong");
+    let login_url = body["loginUrl"].as_str().expect("loginUrl").to_owned();
+    assert_eq!(login_url, "/login?returnUrl=%2F&acr_values=gold+platinum");
+    assert!(upstream.seen().is_empty(), "nothing went upstream");
+
+    // The app follows loginUrl; the provider is asked for gold or platinum and signs the user
+    // in again, more strongly.
+    let authorize = {
+        let reply = browser.get(&login_url, &[]).await;
+        assert_eq!(reply.status, 302, "{}", reply.body);
+        reply.location()
+    };
+    assert_eq!(query_of(&authorize)["acr_values"], "gold platinum");
+    provider.set_claims(json!({"acr": "gold", "auth_time": provider.clock().unix_now()}));
+    let callback = browser.authorize(&authorize).await;
+    assert_eq!(browser.get(&callback, &[]).await.status, 302);
+    let allowed = browser.get("/api/OtherApi1/orders", &[CSRF]).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+
+    // Ten minutes on, the sign-in is too old: a step-up asking for a fresh one.
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(601));
+    let stale = browser.get("/api/OtherApi1/orders", &[CSRF]).await;
+    assert_eq!(stale.status, 401, "{}", stale.body);
+    assert_eq!(
+        stale.headers["www-authenticate"],
+        r#"Bearer error="insufficient_user_authentication", max_age=600"#
+    );
+}
+
+#[tokio::test]
+async fn login_passes_on_only_the_parameters_it_may_and_checks_each() {
+    let (_provider, gateway, _upstream) = gateway_with(
+        "/api/OtherApi1={upstream}",
+        &[
+            "--policy",
+            "strong=acr:gold",
+            "--auth-param",
+            "prompt=consent",
+        ],
+    )
+    .await;
+    let mut browser = gateway.browser();
+    let reply = browser
+        .get(
+            "/login?returnUrl=%2F&prompt=login&max_age=0&login_hint=alice%40example.com",
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 302, "{}", reply.body);
+    let asked = query_of(&reply.location());
+    assert_eq!(
+        asked["prompt"], "login",
+        "the sign-in's prompt replaces --auth-param's"
+    );
+    assert_eq!(asked["max_age"], "0");
+    assert_eq!(asked["login_hint"], "alice@example.com");
+    for query in [
+        "prompt=evil",
+        "prompt=none%20login",
+        "max_age=5m",
+        "acr_values=platinum",
+        "login_hint=a%0d%0aSet-Cookie:x",
+        "redirect_uri=https%3A%2F%2Fevil.example",
+        "scope=openid%20admin",
+        "response_type=token",
+        "max_age=1&max_age=2",
+    ] {
+        let refused = browser.get(&format!("/login?{query}"), &[]).await;
+        assert_eq!(refused.status, 400, "{query}: {}", refused.body);
+        assert!(
+            !refused.headers.contains_key("location"),
+            "{query}: no redirect to the provider"
+        );
+    }
+}
+
+/// The query parameters of a URL.
+fn query_of(url: &str) -> std::collections::HashMap<String, String> {
+    url::Url::parse(url)
+        .expect("url")
+        .query_pairs()
+        .into_owned()
+        .collect()
 }

@@ -55,6 +55,9 @@ async fn sigkill_during_logins_loses_no_acknowledged_session() {
     }
     child.start_kill().expect("SIGKILL");
     child.wait().await.expect("reaped");
+    // The test holds the port open (the gateway got it as standard input): close it too, so
+    // that the workers' next logins are refused instead of waiting in its queue.
+    drop(port);
     for worker in workers {
         let _ = worker.await;
     }
