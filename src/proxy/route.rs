@@ -667,9 +667,11 @@ impl Access {
         self.token == TokenType::User || self.policy.is_some()
     }
 
-    /// Whether the route reads the session at all.
+    /// Whether the route reads the session at all: it sends the user's token or identity, or
+    /// checks a policy. Such a route sends something of the user's whenever one is signed in,
+    /// so the CSRF check applies then.
     pub fn reads_session(&self) -> bool {
-        self.token != TokenType::None || self.needs_session()
+        self.token != TokenType::None || self.identity_headers || self.needs_session()
     }
 }
 

@@ -146,8 +146,18 @@ async fn token_none_routes_need_no_session_and_never_send_one() {
 async fn identity_headers_carry_the_users_claims_and_spoofed_ones_never_pass() {
     let upstream = Upstream::start().await;
     let identity = format!("/api/Identity={} identity-headers=on", upstream.url);
+    // No token, but the user's identity: still only with the CSRF header.
+    let identity_only = format!("/api/Who={} token=none identity-headers=on", upstream.url);
     let plain = format!("/api/Plain={}", upstream.url);
-    let (provider, gateway) = setup(&["--route", &identity, "--route", &plain]).await;
+    let (provider, gateway) = setup(&[
+        "--route",
+        &identity,
+        "--route",
+        &plain,
+        "--route",
+        &identity_only,
+    ])
+    .await;
     provider.set_claims(json!({
         "preferred_username": "alice",
         "groups": ["staff", "admin"],
@@ -190,6 +200,32 @@ async fn identity_headers_carry_the_users_claims_and_spoofed_ones_never_pass() {
     ] {
         assert_eq!(header(1, name), None, "{name} reached a plain route");
     }
+    assert_eq!(
+        browser.get("/api/Who/me", &[]).await.status,
+        403,
+        "no X-CSRF"
+    );
+    assert_eq!(browser.get("/api/Who/me", &[CSRF]).await.status, 200);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 3, "the refused call did not go upstream");
+    assert_eq!(
+        seen[2].headers["x-auth-request-user"]
+            .to_str()
+            .expect("text"),
+        sub
+    );
+    assert!(!seen[2].headers.contains_key("authorization"));
+    let mut visitor = gateway.browser();
+    assert_eq!(
+        visitor.get("/api/Who/me", &[]).await.status,
+        200,
+        "no session: no identity"
+    );
+    assert!(
+        !upstream.seen()[3]
+            .headers
+            .contains_key("x-auth-request-user")
+    );
 }
 
 #[tokio::test]
