@@ -22,7 +22,7 @@ use crate::cookies;
 use crate::cookies::{CookieConfig, SameSite};
 use crate::error::{AuthError, BackchannelError, HttpError, LoginError, RequestError};
 use crate::flow::{FLOW_TTL, MAX_RETURN_PATH, PendingLogin, PendingLogins};
-use crate::jwt::user_claims;
+use crate::jwt::user_claims_of;
 use crate::login_params::LoginParams;
 use crate::oidc::Provider;
 use crate::path::check_local_path;
@@ -372,16 +372,10 @@ impl Auth {
             Err(error) => return Err(error.into()),
         };
         // The claims come from the newest validated ID token the session holds.
-        let id_token = self.tickets.id_token(&session).await?;
-        let mut body = id_token
-            .as_ref()
-            .map(|id_token| user_claims(id_token.expose()))
-            .unwrap_or_default();
+        let claims = self.claims(&session).await?;
         // The policies the user satisfies now, for the app to hide what it cannot use.
-        let all_claims = id_token
-            .and_then(|id_token| crate::jwt::unverified_claims(id_token.expose()))
-            .unwrap_or_default();
-        let satisfied = policies.satisfied(&all_claims, self.clock.unix_now());
+        let satisfied = policies.satisfied(&claims, self.clock.unix_now());
+        let mut body = user_claims_of(claims);
         body.insert("policies".into(), satisfied.into());
         body.entry("sub")
             .or_insert_with(|| session.ticket.subject.clone().into());

@@ -54,68 +54,53 @@ pub enum HttpError {
 
 /// The request is malformed or asks for something no endpoint offers.
 #[derive(Debug, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum RequestError {
     /// The path and query are longer than `--max-uri-bytes`.
-    #[error("request target too long")]
     TargetTooLong,
     /// The header fields are larger than `--max-header-bytes`.
-    #[error("request header fields too large")]
     HeadersTooLarge,
     /// Both `Content-Length` and `Transfer-Encoding` (request smuggling).
-    #[error("both content-length and transfer-encoding")]
     ConflictingFraming,
     /// A method the endpoint does not take; `allow` lists the ones it does.
-    #[error("method not allowed")]
     MethodNotAllowed {
         /// The `Allow` header's value.
         allow: &'static str,
     },
     /// A path trick (`..`, `%2f`, `//`, `;`, `%252e`, …).
-    #[error("{}", .0.message())]
     BadPath(PathError),
     /// Nothing serves this path (`json`: the caller is an API client).
-    #[error("not found")]
     NotFound {
         /// Answer in JSON.
         json: bool,
     },
     /// A body on an endpoint that takes none.
-    #[error("unexpected request body")]
     UnexpectedBody,
     /// The body did not arrive within `--header-timeout`.
-    #[error("request body too slow")]
     BodyTooSlow,
     /// The body is larger than `--max-request-body`.
-    #[error("request body too large")]
     BodyTooLarge,
     /// The path cannot be written as an upstream target.
-    #[error("invalid request target")]
     BadTarget,
     /// A query parameter given twice (parameter pollution).
-    #[error("repeated query parameter")]
     RepeatedParameter,
 }
 
 /// A session is missing, or a check that guards one failed.
 #[derive(Debug, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum AuthError {
     /// No live session.
-    #[error("no session")]
     NoSession,
     /// The session ended while the request was served (its refresh was refused).
-    #[error("session ended")]
     SessionEnded,
     /// An API call without `X-CSRF: 1`.
-    #[error("missing X-CSRF: 1 header")]
     MissingCsrf,
     /// A WebSocket handshake from another origin.
-    #[error("upgrade requests must come from the application's origin")]
     ForeignOrigin,
     /// `/login?returnUrl=` that is not a local path.
-    #[error("returnUrl must be a local path such as /orders")]
     BadReturnUrl,
     /// `/logout` without the session's logout id.
-    #[error("logout requires the sid from /api/user")]
     WrongLogoutSid,
     /// The signed-in user does not satisfy the route's policy.
     #[error("policy {policy} refused the user")]
@@ -143,12 +128,11 @@ pub enum AuthError {
 
 /// The login callback's query does not complete a login this browser started.
 #[derive(Debug, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum LoginError {
     /// No `state`.
-    #[error("invalid login response: no state")]
     NoState,
     /// A `state` no pending login of this browser has.
-    #[error("login not recognised: it expired, was already used, or began in another browser")]
     UnknownLogin,
     /// The provider answered with `error=`.
     #[error("provider error {code:?}")]
@@ -157,13 +141,10 @@ pub enum LoginError {
         code: String,
     },
     /// `iss` names another issuer (mix-up).
-    #[error("login response from an unexpected issuer")]
     UnexpectedIssuer,
     /// `iss` missing although the provider promised it.
-    #[error("login response without the issuer parameter")]
     MissingIssuer,
     /// No `code`.
-    #[error("invalid login response: no code")]
     NoCode,
 }
 
@@ -217,6 +198,59 @@ pub enum UpstreamFailure {
         /// The upstream's host.
         upstream: String,
     },
+}
+
+impl RequestError {
+    /// The public message: the body's text, and the log's unless a variant says more.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::TargetTooLong => "request target too long",
+            Self::HeadersTooLarge => "request header fields too large",
+            Self::ConflictingFraming => "both content-length and transfer-encoding",
+            Self::MethodNotAllowed { .. } => "method not allowed",
+            Self::BadPath(error) => error.message(),
+            Self::NotFound { .. } => "not found",
+            Self::UnexpectedBody => "unexpected request body",
+            Self::BodyTooSlow => "request body too slow",
+            Self::BodyTooLarge => "request body too large",
+            Self::BadTarget => "invalid request target",
+            Self::RepeatedParameter => "repeated query parameter",
+        }
+    }
+}
+
+impl AuthError {
+    /// The public message: the body's text, and the log's unless a variant says more.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::NoSession => "no session",
+            Self::SessionEnded => "session ended",
+            Self::MissingCsrf => "missing X-CSRF: 1 header",
+            Self::ForeignOrigin => "upgrade requests must come from the application's origin",
+            Self::BadReturnUrl => "returnUrl must be a local path such as /orders",
+            Self::WrongLogoutSid => "logout requires the sid from /api/user",
+            Self::Forbidden { .. } => "forbidden",
+            Self::StepUp { .. } => "insufficient_user_authentication",
+            Self::BadLoginParameter(_) => "invalid login parameter",
+            Self::RefreshUnavailable(_) => "the session's tokens could not be refreshed right now",
+        }
+    }
+}
+
+impl LoginError {
+    /// The public message: the body's text, and the log's unless a variant says more.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::NoState => "invalid login response: no state",
+            Self::UnknownLogin => {
+                "login not recognised: it expired, was already used, or began in another browser"
+            }
+            Self::ProviderRefused { .. } => "the provider did not sign you in",
+            Self::UnexpectedIssuer => "login response from an unexpected issuer",
+            Self::MissingIssuer => "login response without the issuer parameter",
+            Self::NoCode => "invalid login response: no code",
+        }
+    }
 }
 
 impl From<FreshnessError> for HttpError {
@@ -288,144 +322,60 @@ impl HttpError {
         use Blame::{Client, Internal, Provider};
         use Format::{Json, Plain};
         const LOGIN_FAILED: &str = "login failed";
-        const INVALID_REQUEST: &str = "invalid_request";
-        const UPSTREAM_UNREACHABLE: &str = "the upstream could not be reached";
         let row = Entry::new;
         match self {
-            Self::Request(error) => match error {
-                RequestError::TargetTooLong => row(
-                    StatusCode::URI_TOO_LONG,
-                    "request target too long",
-                    Client,
-                    Plain,
-                ),
-                RequestError::HeadersTooLarge => row(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request header fields too large",
-                    Client,
-                    Plain,
-                )
-                .closing(),
-                RequestError::ConflictingFraming => row(
-                    StatusCode::BAD_REQUEST,
-                    "both content-length and transfer-encoding",
-                    Client,
-                    Plain,
-                )
-                .closing(),
-                RequestError::MethodNotAllowed { .. } => row(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method not allowed",
-                    Client,
-                    Plain,
-                ),
-                RequestError::BadPath(error) => {
-                    row(StatusCode::BAD_REQUEST, error.message(), Client, Json)
-                }
-                RequestError::NotFound { json } => row(
-                    StatusCode::NOT_FOUND,
-                    "not found",
-                    Client,
-                    if *json { Json } else { Plain },
-                ),
-                RequestError::UnexpectedBody => row(
-                    StatusCode::BAD_REQUEST,
-                    "unexpected request body",
-                    Client,
-                    Plain,
-                )
-                .closing(),
-                RequestError::BodyTooSlow => row(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body too slow",
-                    Client,
-                    Json,
-                )
-                .closing(),
-                RequestError::BodyTooLarge => row(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large",
-                    Client,
-                    Json,
-                ),
-                RequestError::BadTarget => row(
-                    StatusCode::BAD_REQUEST,
-                    "invalid request target",
-                    Client,
-                    Json,
-                ),
-                RequestError::RepeatedParameter => row(
-                    StatusCode::BAD_REQUEST,
-                    "repeated query parameter",
-                    Client,
-                    Plain,
-                ),
-            },
-            Self::Auth(error) => match error {
-                AuthError::NoSession => row(StatusCode::UNAUTHORIZED, "no session", Client, Json),
-                AuthError::SessionEnded => {
-                    row(StatusCode::UNAUTHORIZED, "session ended", Client, Json)
-                }
-                AuthError::MissingCsrf => row(
-                    StatusCode::FORBIDDEN,
-                    "missing X-CSRF: 1 header",
-                    Client,
-                    Json,
-                ),
-                AuthError::ForeignOrigin => row(
-                    StatusCode::FORBIDDEN,
-                    "upgrade requests must come from the application's origin",
-                    Client,
-                    Json,
-                ),
-                AuthError::Forbidden { .. } => {
-                    row(StatusCode::FORBIDDEN, "forbidden", Client, Json)
-                }
-                AuthError::StepUp { .. } => row(
-                    StatusCode::UNAUTHORIZED,
-                    "insufficient_user_authentication",
-                    Client,
-                    Json,
-                ),
-                AuthError::BadLoginParameter(_) => row(
-                    StatusCode::BAD_REQUEST,
-                    "invalid login parameter",
-                    Client,
-                    Plain,
-                ),
-                AuthError::BadReturnUrl => row(
-                    StatusCode::BAD_REQUEST,
-                    "returnUrl must be a local path such as /orders",
-                    Client,
-                    Plain,
-                ),
-                AuthError::WrongLogoutSid => row(
-                    StatusCode::BAD_REQUEST,
-                    "logout requires the sid from /api/user",
-                    Client,
-                    Plain,
-                ),
-                AuthError::RefreshUnavailable(_) => row(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the session's tokens could not be refreshed right now",
-                    Provider,
-                    Json,
-                ),
-            },
-            Self::Login(error) => {
-                let message = match error {
-                    LoginError::NoState => "invalid login response: no state",
-                    LoginError::UnknownLogin => {
-                        "login not recognised: it expired, was already used, or began in another browser"
+            Self::Request(error) => {
+                let (status, format) = match error {
+                    RequestError::TargetTooLong => (StatusCode::URI_TOO_LONG, Plain),
+                    RequestError::HeadersTooLarge => {
+                        (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Plain)
                     }
-                    LoginError::ProviderRefused { .. } => "the provider did not sign you in",
-                    LoginError::UnexpectedIssuer => "login response from an unexpected issuer",
-                    LoginError::MissingIssuer => "login response without the issuer parameter",
-                    LoginError::NoCode => "invalid login response: no code",
+                    RequestError::ConflictingFraming | RequestError::UnexpectedBody => {
+                        (StatusCode::BAD_REQUEST, Plain)
+                    }
+                    RequestError::MethodNotAllowed { .. } => {
+                        (StatusCode::METHOD_NOT_ALLOWED, Plain)
+                    }
+                    RequestError::BadPath(_) | RequestError::BadTarget => {
+                        (StatusCode::BAD_REQUEST, Json)
+                    }
+                    RequestError::NotFound { json } => {
+                        (StatusCode::NOT_FOUND, if *json { Json } else { Plain })
+                    }
+                    RequestError::BodyTooSlow => (StatusCode::REQUEST_TIMEOUT, Json),
+                    RequestError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Json),
+                    RequestError::RepeatedParameter => (StatusCode::BAD_REQUEST, Plain),
                 };
-                row(StatusCode::BAD_REQUEST, message, Client, Plain)
+                let entry = row(status, error.message(), Client, format);
+                // Framing errors and slow bodies leave the connection in a state not worth
+                // keeping.
+                match error {
+                    RequestError::HeadersTooLarge
+                    | RequestError::ConflictingFraming
+                    | RequestError::UnexpectedBody
+                    | RequestError::BodyTooSlow => entry.closing(),
+                    _ => entry,
+                }
             }
-            Self::Backchannel(_) => row(StatusCode::BAD_REQUEST, INVALID_REQUEST, Client, Json),
+            Self::Auth(error) => {
+                let (status, blame, format) = match error {
+                    AuthError::NoSession | AuthError::SessionEnded | AuthError::StepUp { .. } => {
+                        (StatusCode::UNAUTHORIZED, Client, Json)
+                    }
+                    AuthError::MissingCsrf
+                    | AuthError::ForeignOrigin
+                    | AuthError::Forbidden { .. } => (StatusCode::FORBIDDEN, Client, Json),
+                    AuthError::BadLoginParameter(_)
+                    | AuthError::BadReturnUrl
+                    | AuthError::WrongLogoutSid => (StatusCode::BAD_REQUEST, Client, Plain),
+                    AuthError::RefreshUnavailable(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, Provider, Json)
+                    }
+                };
+                row(status, error.message(), blame, format)
+            }
+            Self::Login(error) => row(StatusCode::BAD_REQUEST, error.message(), Client, Plain),
+            Self::Backchannel(_) => row(StatusCode::BAD_REQUEST, "invalid_request", Client, Json),
             Self::Upstream(error) => match error {
                 UpstreamFailure::TimedOut { .. } => row(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -436,7 +386,7 @@ impl HttpError {
                 UpstreamFailure::Unreachable { .. } | UpstreamFailure::UnexpectedSwitch { .. } => {
                     row(
                         StatusCode::BAD_GATEWAY,
-                        UPSTREAM_UNREACHABLE,
+                        "the upstream could not be reached",
                         Provider,
                         Json,
                     )

@@ -56,10 +56,14 @@ const PROTOCOL_CLAIMS: &[&str] = &[
 /// protocol claims (`iss`, `aud`, `nonce`, hashes, times…), with `sub` first. Empty when the
 /// token does not decode.
 pub(crate) fn user_claims(id_token: &str) -> serde_json::Map<String, serde_json::Value> {
+    user_claims_of(unverified_claims(id_token).unwrap_or_default())
+}
+
+/// [`user_claims`] of claims already taken out of their token.
+pub(crate) fn user_claims_of(
+    payload: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut user = serde_json::Map::new();
-    let Some(payload) = unverified_claims(id_token) else {
-        return user;
-    };
     if let Some(sub) = payload.get("sub") {
         user.insert("sub".into(), sub.clone());
     }

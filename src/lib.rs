@@ -158,7 +158,6 @@ pub async fn run(
         Arc::clone(&metrics),
         config.sweeps.refresh_interval,
     ));
-    let refresher_for_sweeps = Arc::clone(&refresher);
     let auth = Auth::new(
         Arc::clone(&provider),
         Arc::clone(&tickets),
@@ -186,7 +185,7 @@ pub async fn run(
     tasks.spawn(tasks::flush_loop(Arc::clone(&tickets)));
     tasks.spawn(tasks::refresh_loop(
         Arc::clone(&tickets),
-        Arc::clone(&refresher_for_sweeps),
+        Arc::clone(&gateway.refresher),
         config.sweeps,
         Arc::clone(&metrics),
     ));

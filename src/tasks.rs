@@ -45,31 +45,33 @@ impl Drop for Tasks {
     }
 }
 
-/// Every `interval` (the first tick at once, missed ticks not caught up), runs `tick`.
-async fn every(interval: Duration, mut tick: impl FnMut()) {
+/// Every `interval` (the first tick at once, missed ticks not caught up), runs `tick` to its
+/// end.
+async fn every<F: Future<Output = ()>>(interval: Duration, mut tick: impl FnMut() -> F) {
     let mut interval = tokio::time::interval(interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        tick();
+        tick().await;
     }
 }
 
 /// Writes the sessions' pending last-access times every `--touch-interval`.
 pub(crate) async fn flush_loop(tickets: Arc<TicketStore>) {
-    let mut interval = tokio::time::interval(tickets.touch_interval());
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
+    every(tickets.touch_interval(), || async {
         if let Err(error) = tickets.flush_touches().await {
             tracing::error!(error = %error_chain(&error), "writing last-access times failed");
         }
-    }
+    })
+    .await;
 }
 
 /// Closes upstream connections idle too long, every [`Proxy::IDLE_CHECK`].
 pub(crate) async fn idle_upstreams_loop(proxy: Arc<Proxy>) {
-    every(Proxy::IDLE_CHECK, || proxy.close_idle_connections()).await;
+    every(Proxy::IDLE_CHECK, || async {
+        proxy.close_idle_connections()
+    })
+    .await;
 }
 
 /// Reads the certificate and the proxy configuration again each time `reload` changes
@@ -113,7 +115,7 @@ pub(crate) async fn reload_loop(
 
 /// Tells systemd the gateway is alive every `interval` (half of `WATCHDOG_USEC`).
 pub(crate) async fn watchdog_loop(interval: Duration) {
-    every(interval, || {
+    every(interval, || async {
         crate::notify::notify("WATCHDOG=1");
     })
     .await;
