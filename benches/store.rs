@@ -74,11 +74,14 @@ fn ticket(index: usize, now: u64) -> Ticket {
             access_expires_at: Some(now + 300),
             refresh_token: Some(Secret::new(URL_SAFE_NO_PAD.encode(random_bytes::<32>()))),
             id_token: Some(Secret::new(jws(id_claims.to_string().as_bytes()))),
+            scope: Some("openid profile email".into()),
         },
         subject: format!("user-{index}"),
         provider_sid: Some(format!("sid-{index}")),
         created_at: now,
         expires_at: now + 7 * 86_400,
+        resource_tokens: Vec::new(),
+        userinfo: None,
     }
 }
 

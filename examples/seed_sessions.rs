@@ -40,11 +40,14 @@ fn ticket(index: usize, now: u64) -> Ticket {
             access_expires_at: Some(now + 86_400),
             refresh_token: None,
             id_token: Some(Secret::new(token(&claims))),
+            scope: Some("openid profile".into()),
         },
         subject,
         provider_sid: None,
         created_at: now,
         expires_at: now + 7 * 86_400,
+        resource_tokens: Vec::new(),
+        userinfo: None,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::jwt::user_claims_of;
 use crate::login_params::LoginParams;
 use crate::oidc::Provider;
 use crate::path::check_local_path;
-use crate::policy::{Claims, Policies, Policy, Verdict};
+use crate::policy::{Claims, Policies, Policy, Principal, Verdict};
 use crate::refresh::{FreshnessError, Refresher};
 use crate::reply::{self, Body};
 use crate::seal::{Sealer, constant_time_eq};
@@ -117,31 +117,39 @@ impl Auth {
         &self.tickets
     }
 
-    /// The claims of the session's ID token (every claim, protocol ones too: policies read
-    /// `acr` and `auth_time`); empty without one.
-    pub(crate) async fn claims(&self, session: &Session) -> Result<Claims, HttpError> {
-        Ok(self
+    /// What policies judge about the session: the claims of its ID token (every claim,
+    /// protocol ones too: policies read `acr` and `auth_time`), with the UserInfo claims it
+    /// holds over them (`--userinfo`), and its token's granted scope.
+    pub(crate) async fn principal(&self, session: &Session) -> Result<Principal, HttpError> {
+        let mut claims: Claims = self
             .tickets
             .id_token(session)
             .await?
             .and_then(|id_token| crate::jwt::unverified_claims(id_token.expose()))
-            .unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(userinfo) = session.ticket.userinfo.as_deref() {
+            merge_userinfo(&mut claims, userinfo);
+        }
+        Ok(Principal {
+            claims,
+            scope: session.ticket.tokens.scope.clone(),
+        })
     }
 
-    /// Checks `policy` for the signed-in `session`; returns its claims when a policy or
-    /// `want_claims` needed them, or the refusal that names the policy.
+    /// Checks `policy` for the signed-in `session`; returns what it judged when a policy or
+    /// `want_claims` needed it, or the refusal that names the policy.
     pub(crate) async fn authorize(
         &self,
         session: &Session,
         policy: Option<&Policy>,
         want_claims: bool,
-    ) -> Result<Option<Claims>, HttpError> {
+    ) -> Result<Option<Principal>, HttpError> {
         if policy.is_none() && !want_claims {
             return Ok(None);
         }
-        let claims = self.claims(session).await?;
+        let principal = self.principal(session).await?;
         if let Some(policy) = policy {
-            match policy.check(&claims, self.clock.unix_now()) {
+            match policy.check(&principal, self.clock.unix_now()) {
                 Verdict::Allowed => {}
                 Verdict::Denied => {
                     return Err(AuthError::Forbidden {
@@ -159,7 +167,7 @@ impl Auth {
                 }
             }
         }
-        Ok(Some(claims))
+        Ok(Some(principal))
     }
 
     /// Finds the live session named by the request's session cookie.
@@ -322,6 +330,8 @@ impl Auth {
             subject: result.subject,
             provider_sid: result.provider_sid,
             created_at: now,
+            resource_tokens: Vec::new(),
+            userinfo: None,
         };
         // A session the browser held before this login is replaced, not left behind.
         let previous = self.lookup(request.headers(), Activity::Peek).await?;
@@ -371,11 +381,11 @@ impl Auth {
             Err(FreshnessError::ProviderUnavailable(_)) => session,
             Err(error) => return Err(error.into()),
         };
-        // The claims come from the newest validated ID token the session holds.
-        let claims = self.claims(&session).await?;
+        // The claims come from the newest validated ID token the session holds (and UserInfo).
+        let principal = self.principal(&session).await?;
         // The policies the user satisfies now, for the app to hide what it cannot use.
-        let satisfied = policies.satisfied(&claims, self.clock.unix_now());
-        let mut body = user_claims_of(claims);
+        let satisfied = policies.satisfied(&principal, self.clock.unix_now());
+        let mut body = user_claims_of(principal.claims);
         body.insert("policies".into(), satisfied.into());
         body.entry("sub")
             .or_insert_with(|| session.ticket.subject.clone().into());
@@ -483,6 +493,18 @@ pub(crate) async fn backchannel_logout(
     let mut response = reply::text(StatusCode::OK, "");
     *response.body_mut() = reply::full(bytes::Bytes::new());
     Ok(response)
+}
+
+/// Lays the UserInfo claims (a JSON object) over the ID token's. `sub` is never replaced:
+/// OIDC Core §5.3.2 requires UserInfo's to match, and the refresh that fetched it checked so.
+fn merge_userinfo(claims: &mut Claims, userinfo: &str) {
+    if let Ok(serde_json::Value::Object(extra)) = serde_json::from_str(userinfo) {
+        for (name, value) in extra {
+            if name != "sub" {
+                claims.insert(name, value);
+            }
+        }
+    }
 }
 
 /// Requires `X-CSRF: 1`: a custom header forces a CORS preflight, which cross-site pages fail.

@@ -464,6 +464,10 @@ impl Provider {
                     .refresh_token()
                     .map(|token| Secret::new(token.secret().clone())),
                 id_token: Some(Secret::new(id_token.to_string())),
+                // RFC 6749 §5.1: a response without `scope` granted what was asked for.
+                scope: Some(
+                    granted_scope(&response).unwrap_or_else(|| self.config.scopes.join(" ")),
+                ),
             },
             subject: claims.subject,
             provider_sid: claims.sid,
@@ -566,6 +570,8 @@ impl Provider {
                     .map(|token| Secret::new(token.secret().clone()))
                     .or_else(|| previous.refresh_token.clone()),
                 id_token: id_token_text,
+                // RFC 6749 §6: without `scope`, the refreshed token has the scope it had.
+                scope: granted_scope(&response).or_else(|| previous.scope.clone()),
             },
         })
     }
@@ -795,6 +801,18 @@ impl PayloadClaims {
             subject,
         })
     }
+}
+
+/// The scope a token response names, space-separated, if it names one.
+fn granted_scope(response: &CoreTokenResponse) -> Option<String> {
+    let scopes = response.scopes()?;
+    Some(
+        scopes
+            .iter()
+            .map(|scope| scope.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 /// Provider settings.

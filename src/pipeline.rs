@@ -300,29 +300,29 @@ impl Gateway {
                 Ok(None)
             };
         };
-        let claims = self
+        // A token to send is made fresh first, so that the policy judges the token that goes
+        // (a refresh can narrow its scope). It expired and the provider cannot refresh it
+        // now: 503, session kept.
+        let session = if access.token == TokenType::None {
+            session
+        } else {
+            self.refresher
+                .fresh(session)
+                .await?
+                .ok_or(AuthError::SessionEnded)?
+        };
+        let principal = self
             .auth
             .authorize(&session, access.policy.as_deref(), access.identity_headers)
             .await?;
-        let identity = match (&claims, access.identity_headers) {
-            (Some(claims), true) => identity_headers(claims),
+        let identity = match (&principal, access.identity_headers) {
+            (Some(principal), true) => identity_headers(&principal.claims),
             _ => Vec::new(),
         };
-        if access.token == TokenType::None {
-            return Ok(Some(Credentials {
-                bearer: None,
-                session: session.id,
-                identity,
-            }));
-        }
-        // The token expired and the provider cannot refresh it now: 503, session kept.
-        let session = self
-            .refresher
-            .fresh(session)
-            .await?
-            .ok_or(AuthError::SessionEnded)?;
+        let bearer =
+            (access.token != TokenType::None).then(|| session.ticket.tokens.access_token.bearer());
         Ok(Some(Credentials {
-            bearer: Some(session.ticket.tokens.access_token.bearer()),
+            bearer,
             session: session.id,
             identity,
         }))

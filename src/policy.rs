@@ -7,7 +7,8 @@
 //! - `acr:VALUE[|VALUE…]`: the authentication context class (`acr`) is one of the values;
 //! - `email-domain:DOMAIN[|DOMAIN…]`: the `email` claim is at one of the domains (case
 //!   ignored) and not marked unverified (`email_verified: false`);
-//! - `auth-age:DURATION`: the user signed in (`auth_time`) within the duration.
+//! - `auth-age:DURATION`: the user signed in (`auth_time`) within the duration;
+//! - `scope:SCOPE[|SCOPE…]`: the session's access token was granted one of the scopes.
 //!
 //! A claim name may be a URL (`https://example.com/roles:admin`): the name ends at the first
 //! `:` after the scheme's `://`.
@@ -19,8 +20,26 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-/// Claims of the signed-in user (the ID token's).
+/// Claims of the signed-in user (the ID token's, with UserInfo's over them).
 pub type Claims = Map<String, Value>;
+
+/// What a policy judges: the signed-in user's claims and the scope granted to the session's
+/// access token.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Principal {
+    /// The user's claims.
+    pub claims: Claims,
+    /// The granted scope, space-separated; `None` when unknown (`scope:` rules then fail).
+    pub scope: Option<String>,
+}
+
+impl Principal {
+    fn has_scope(&self, scope: &str) -> bool {
+        self.scope
+            .as_deref()
+            .is_some_and(|granted| granted.split_ascii_whitespace().any(|s| s == scope))
+    }
+}
 
 /// One rule of a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +54,8 @@ enum Rule {
     EmailDomain(Vec<String>),
     /// `auth_time` is at most this many seconds ago.
     AuthAge(u64),
+    /// The access token was granted one of the scopes.
+    Scope(Vec<String>),
 }
 
 impl Rule {
@@ -87,11 +108,15 @@ impl Rule {
                 }
                 Rule::AuthAge(age.as_secs().max(1))
             }
-            ("scope", Some(_)) => {
-                return Err(format!(
-                    "{text:?}: scope rules are not supported; a claim rule on the ID token's \
-                     claims (e.g. groups:admin) is"
-                ));
+            ("scope", Some(value)) => {
+                let scopes = alternatives(value)?;
+                if let Some(bad) = scopes.iter().find(|scope| !valid_scope(scope)) {
+                    return Err(format!(
+                        "{text:?}: {bad:?} is not a scope (RFC 6749 §3.3: printable ASCII \
+                         without spaces, quotes or backslashes)"
+                    ));
+                }
+                Rule::Scope(scopes)
             }
             (_, Some(value)) => Rule::Claim {
                 name: name.to_owned(),
@@ -100,8 +125,9 @@ impl Rule {
         })
     }
 
-    /// Whether the rule holds for `claims` at `now` (Unix seconds).
-    fn holds(&self, claims: &Claims, now: u64) -> bool {
+    /// Whether the rule holds for `principal` at `now` (Unix seconds).
+    fn holds(&self, principal: &Principal, now: u64) -> bool {
+        let claims = &principal.claims;
         match self {
             Rule::Claim { name, values } => match claims.get(name) {
                 Some(Value::Array(items)) => items.iter().any(|item| equals_any(item, values)),
@@ -129,6 +155,7 @@ impl Rule {
                 .get("auth_time")
                 .and_then(Value::as_u64)
                 .is_some_and(|auth_time| now <= auth_time.saturating_add(*seconds)),
+            Rule::Scope(scopes) => scopes.iter().any(|scope| principal.has_scope(scope)),
         }
     }
 
@@ -136,6 +163,14 @@ impl Rule {
     fn is_step_up(&self) -> bool {
         matches!(self, Rule::Acr(_) | Rule::AuthAge(_))
     }
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+fn valid_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|byte| matches!(byte, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
 }
 
 /// A string claim equals one of `values`; a number or a boolean is compared in its JSON form.
@@ -218,15 +253,15 @@ impl Policy {
         &self.name
     }
 
-    /// What the policy says about a user with `claims` at `now` (Unix seconds).
-    pub fn check(&self, claims: &Claims, now: u64) -> Verdict {
+    /// What the policy says about `principal` at `now` (Unix seconds).
+    pub fn check(&self, principal: &Principal, now: u64) -> Verdict {
         let mut step_up = StepUp {
             acr_values: None,
             max_age: None,
         };
         let mut failed = false;
         for rule in &self.rules {
-            if rule.holds(claims, now) {
+            if rule.holds(principal, now) {
                 continue;
             }
             if !rule.is_step_up() {
@@ -304,11 +339,11 @@ impl Policies {
         self.0.is_empty()
     }
 
-    /// The names of the policies a user with `claims` satisfies at `now`.
-    pub fn satisfied(&self, claims: &Claims, now: u64) -> Vec<&str> {
+    /// The names of the policies `principal` satisfies at `now`.
+    pub fn satisfied(&self, principal: &Principal, now: u64) -> Vec<&str> {
         self.0
             .values()
-            .filter(|policy| policy.check(claims, now) == Verdict::Allowed)
+            .filter(|policy| policy.check(principal, now) == Verdict::Allowed)
             .map(Policy::name)
             .collect()
     }
@@ -327,8 +362,11 @@ mod tests {
         Policy::parse(text).expect("policy")
     }
 
-    fn claims(json: &str) -> Claims {
-        serde_json::from_str(json).expect("claims")
+    fn claims(json: &str) -> Principal {
+        Principal {
+            claims: serde_json::from_str(json).expect("claims"),
+            scope: None,
+        }
     }
 
     #[test]
@@ -439,6 +477,30 @@ mod tests {
     }
 
     #[test]
+    fn scope_rules_read_the_granted_scope_not_the_claims() {
+        let orders = policy("orders=scope:orders.read|orders.admin");
+        let with_scope = |scope: Option<&str>| Principal {
+            claims: claims(r#"{"scope":"orders.read"}"#).claims,
+            scope: scope.map(str::to_owned),
+        };
+        assert_eq!(
+            orders.check(&with_scope(Some("openid orders.read")), 0),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            orders.check(&with_scope(Some("orders.admin")), 0),
+            Verdict::Allowed
+        );
+        // Whole scopes only, and a `scope` claim in the ID token counts for nothing.
+        assert_eq!(
+            orders.check(&with_scope(Some("openid orders.readonly")), 0),
+            Verdict::Denied
+        );
+        assert_eq!(orders.check(&with_scope(None), 0), Verdict::Denied);
+        assert_eq!(orders.check(&with_scope(Some("")), 0), Verdict::Denied);
+    }
+
+    #[test]
     fn claim_names_may_be_urls() {
         let roles = policy("roles=https://example.com/roles:admin");
         assert_eq!(
@@ -465,7 +527,9 @@ mod tests {
             ("admins=groups:admin,", "empty rule"),
             ("fresh=auth-age:soon", "not a duration"),
             ("fresh=auth-age:0s", "more than zero"),
-            ("s=scope:orders.read", "not supported"),
+            ("s=scope:", "empty value"),
+            ("s=scope:a\"b", "not a scope"),
+            ("s=scope:a\\b", "not a scope"),
         ] {
             let error = Policy::parse(text).expect_err(text);
             assert!(error.contains(reason), "{text}: {error}");

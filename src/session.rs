@@ -393,9 +393,32 @@ pub struct Tokens {
     pub refresh_token: Option<Secret>,
     /// The raw ID token, kept for `id_token_hint` at logout.
     pub id_token: Option<Secret>,
+    /// The scope granted with the access token (space-separated): what the token response
+    /// said, or at login the scope asked for when it said nothing (RFC 6749 §5.1). `None` for
+    /// sessions stored before the gateway kept it.
+    pub scope: Option<String>,
+}
+
+/// An access token whose audience is one resource (RFC 8707), sent only to the routes of that
+/// resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceToken {
+    /// The resource indicator (an absolute URI) the token was asked for.
+    pub resource: String,
+    /// The token.
+    pub access_token: AccessToken,
+    /// When it expires, if the provider said.
+    pub expires_at: Option<u64>,
 }
 
 impl Tokens {
+    /// Whether `scope` is one of the granted scopes.
+    pub fn grants(&self, scope: &str) -> bool {
+        self.scope
+            .as_deref()
+            .is_some_and(|granted| granted.split_ascii_whitespace().any(|s| s == scope))
+    }
+
     /// When these tokens can no longer be used or renewed: the later of the refresh token's
     /// expiry and the access token's. Known only when the refresh token carries its own `exp`
     /// (Keycloak's are JWTs); `None` otherwise, and for sessions without a refresh token.
@@ -421,6 +444,20 @@ pub struct Ticket {
     pub created_at: u64,
     /// The absolute end of the session, whatever its activity.
     pub expires_at: u64,
+    /// Audience-bound access tokens, at most one per resource.
+    pub resource_tokens: Vec<ResourceToken>,
+    /// The UserInfo response (a JSON object) when `--userinfo` is on, merged over the ID
+    /// token's claims.
+    pub userinfo: Option<String>,
+}
+
+impl Ticket {
+    /// The audience-bound token for `resource`, if the session holds one.
+    pub fn resource_token(&self, resource: &str) -> Option<&ResourceToken> {
+        self.resource_tokens
+            .iter()
+            .find(|token| token.resource == resource)
+    }
 }
 
 /// How long sessions live and when their tokens are refreshed.
@@ -520,11 +557,14 @@ mod tests {
                 access_expires_at,
                 refresh_token: Some(Secret::new("rt")),
                 id_token: None,
+                scope: None,
             },
             subject: "alice".into(),
             provider_sid: None,
             created_at: 0,
             expires_at,
+            resource_tokens: Vec::new(),
+            userinfo: None,
         }
     }
 
@@ -684,6 +724,7 @@ mod tests {
             access_expires_at,
             refresh_token: refresh,
             id_token: None,
+            scope: None,
         };
         let created = 1_000;
         // Refresh token valid until 5,000, access token until 1,300: ends at 5,000.

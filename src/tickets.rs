@@ -19,14 +19,61 @@ use std::time::Duration;
 use crate::cache::{CachePolicy, CacheStats, Cached, TicketCache};
 use crate::clock::{Clock, unix_seconds};
 use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
-use crate::session::{IdHashing, KeyIds, Secret, SessionId, SessionKey, SessionPolicy, Ticket};
+use crate::session::{
+    AccessToken, IdHashing, KeyIds, Secret, SessionId, SessionKey, SessionPolicy, Ticket, Tokens,
+};
 use crate::store::StorageConfig;
 use crate::store::{Meta, NewRow, Removal, SessionDb, StoreError, Touch};
 use crate::sync::Locked;
 
 /// Version byte in front of every stored record. Bump it (and keep a decoder for the old one)
 /// when the ticket layout changes, so old sessions keep working across an upgrade.
+/// V1: tokens without their granted scope, no audience-bound tokens, no UserInfo claims.
 const FORMAT_V1: u8 = 1;
+/// V2: the granted scope, the audience-bound tokens and the UserInfo claims.
+const FORMAT_V2: u8 = 2;
+
+/// A ticket as format V1 stored it (read, never written).
+#[derive(serde::Deserialize)]
+struct TicketV1 {
+    tokens: TokensV1,
+    subject: String,
+    provider_sid: Option<String>,
+    created_at: u64,
+    expires_at: u64,
+}
+
+/// The tokens of a [`TicketV1`].
+#[derive(serde::Deserialize)]
+struct TokensV1 {
+    access_token: AccessToken,
+    access_expires_at: Option<u64>,
+    refresh_token: Option<Secret>,
+    id_token: Option<Secret>,
+}
+
+impl From<TicketV1> for Ticket {
+    /// A V1 session has no recorded scope (`scope:` rules deny it until the user signs in
+    /// again or its token is refreshed with a scope), no audience-bound tokens yet (they are
+    /// fetched on first use) and no UserInfo claims (fetched at its next refresh).
+    fn from(old: TicketV1) -> Self {
+        Ticket {
+            tokens: Tokens {
+                access_token: old.tokens.access_token,
+                access_expires_at: old.tokens.access_expires_at,
+                refresh_token: old.tokens.refresh_token,
+                id_token: old.tokens.id_token,
+                scope: None,
+            },
+            subject: old.subject,
+            provider_sid: old.provider_sid,
+            created_at: old.created_at,
+            expires_at: old.expires_at,
+            resource_tokens: Vec::new(),
+            userinfo: None,
+        }
+    }
+}
 
 /// Version byte of a stored ID token. The ID token is sealed on its own, in a table of its own
 /// (read by `/api/user`, logout and the admin command, not by every cold retrieve); its AAD
@@ -313,7 +360,7 @@ impl TicketStore {
             self.seal_record(ID_TOKEN_V1, id, &plaintext)
         });
         Sealed {
-            ticket: self.seal_record(FORMAT_V1, id, &plaintext),
+            ticket: self.seal_record(FORMAT_V2, id, &plaintext),
             id_token,
         }
     }
@@ -348,7 +395,12 @@ impl TicketStore {
 
     /// Decrypts (in place, the record is consumed) and decodes a stored ticket.
     fn open(&self, id: SessionId, record: Vec<u8>) -> Option<Ticket> {
-        self.open_record(FORMAT_V1, "session", id, record)
+        if record.first() == Some(&FORMAT_V1) {
+            return self
+                .open_record::<TicketV1>(FORMAT_V1, "session", id, record)
+                .map(Ticket::from);
+        }
+        self.open_record(FORMAT_V2, "session", id, record)
     }
 
     /// Decrypts (in place, the record is consumed) and decodes a record sealed by
@@ -763,7 +815,6 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::seal::MasterKey;
-    use crate::session::{AccessToken, Secret, Tokens};
     use std::num::NonZeroUsize;
 
     struct Fixture {
@@ -812,11 +863,14 @@ mod tests {
                     access_expires_at: Some(now + 300),
                     refresh_token: Some(Secret::new("refresh")),
                     id_token: Some(Secret::new("id")),
+                    scope: Some("openid profile".into()),
                 },
                 subject: "alice".into(),
                 provider_sid: Some("sid-1".into()),
                 created_at: now,
                 expires_at: now + 86_400,
+                resource_tokens: Vec::new(),
+                userinfo: None,
             }
         }
     }
@@ -888,6 +942,88 @@ mod tests {
             .insert(id, &copied.sealed, None, copied.meta)
             .expect("copy");
         assert!(peek(&store, &key).await.is_none());
+    }
+
+    /// What format V1 wrote, for the test below (the gateway only reads it).
+    #[derive(serde::Serialize)]
+    struct WrittenV1<'a> {
+        tokens: (
+            &'a AccessToken,
+            Option<u64>,
+            Option<&'a Secret>,
+            Option<&'a Secret>,
+        ),
+        subject: &'a str,
+        provider_sid: Option<&'a str>,
+        created_at: u64,
+        expires_at: u64,
+    }
+
+    #[tokio::test]
+    async fn sessions_stored_in_format_v1_are_read_after_an_upgrade() {
+        let fixture = Fixture::new();
+        let store = fixture.store(1);
+        let key = store.store(fixture.ticket("a1")).await.expect("store");
+        let id = key.id();
+        let ticket = fixture.ticket("old-token");
+        let plaintext = postcard::to_stdvec(&WrittenV1 {
+            tokens: (
+                &ticket.tokens.access_token,
+                ticket.tokens.access_expires_at,
+                ticket.tokens.refresh_token.as_ref(),
+                None,
+            ),
+            subject: "bob",
+            provider_sid: Some("sid-9"),
+            created_at: ticket.created_at,
+            expires_at: ticket.expires_at,
+        })
+        .expect("encode");
+        let record = store.db.get(id).expect("get").expect("present");
+        let v1 = store.seal_record(FORMAT_V1, id, &plaintext);
+        store
+            .db
+            .insert(id, &v1, None, record.meta)
+            .expect("rewrite");
+        store.cache.invalidate(id);
+        let session = peek(&store, &key).await.expect("a V1 session is live");
+        assert_eq!(session.ticket.tokens.access_token.expose(), "old-token");
+        assert_eq!(session.ticket.subject, "bob");
+        assert_eq!(session.ticket.provider_sid.as_deref(), Some("sid-9"));
+        assert_eq!(session.ticket.tokens.scope, None, "V1 kept no scope");
+        assert!(session.ticket.resource_tokens.is_empty());
+        // A V1 record under the V2 byte (or the reverse) fails authentication.
+        let mut relabelled = v1.clone();
+        relabelled[0] = FORMAT_V2;
+        store
+            .db
+            .insert(id, &relabelled, None, record.meta)
+            .expect("rewrite");
+        store.cache.invalidate(id);
+        assert!(peek(&store, &key).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn scope_resource_tokens_and_userinfo_survive_a_restart() {
+        let fixture = Fixture::new();
+        let mut ticket = fixture.ticket("a1");
+        ticket.resource_tokens.push(crate::session::ResourceToken {
+            resource: "https://orders.example".into(),
+            access_token: AccessToken::new("orders-token").expect("token"),
+            expires_at: Some(42),
+        });
+        ticket.userinfo = Some(r#"{"groups":["admin"]}"#.into());
+        let key = fixture.store(1).store(ticket.clone()).await.expect("store");
+        let session = peek(&fixture.store(1), &key).await.expect("live");
+        assert!(session.ticket.tokens.grants("profile"));
+        assert!(!session.ticket.tokens.grants("prof"));
+        let orders = session
+            .ticket
+            .resource_token("https://orders.example")
+            .expect("kept");
+        assert_eq!(orders.access_token.expose(), "orders-token");
+        assert_eq!(orders.expires_at, Some(42));
+        assert_eq!(session.ticket.userinfo, ticket.userinfo);
     }
 
     fn exposed(token: Option<Secret>) -> Option<String> {

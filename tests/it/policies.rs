@@ -375,3 +375,43 @@ fn query_of(url: &str) -> std::collections::HashMap<String, String> {
         .into_owned()
         .collect()
 }
+
+#[tokio::test]
+async fn scope_rules_follow_the_scope_granted_to_the_token_at_login_and_at_refresh() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream} policy=orders",
+        &[
+            "--policy",
+            "orders=scope:orders.read",
+            "--scopes",
+            "openid orders.read",
+        ],
+    )
+    .await;
+    // The provider says nothing about scope: the token has the scope asked for (RFC 6749 §5.1).
+    let mut browser = signed_in(&gateway).await;
+    let call = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(call.status, 200, "{}", call.body);
+    // A `scope` claim in the ID token grants nothing.
+    provider.set_claims(json!({"scope": "orders.read"}));
+    provider.set_granted_scope(Some("openid"));
+    let mut narrowed = signed_in(&gateway).await;
+    let refused = narrowed.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(json_body(&refused.body)["policy"], "orders");
+    // A refresh that narrows the scope narrows what the first session may call.
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(290));
+    let after = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(after.status, 403, "{}", after.body);
+    assert_eq!(provider.refresh_count(), 1);
+    // One that names it again restores it.
+    provider.set_granted_scope(Some("openid orders.read"));
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(290));
+    let restored = browser.get("/api/OtherApi1/products", &[CSRF]).await;
+    assert_eq!(restored.status, 200, "{}", restored.body);
+    assert_eq!(upstream.seen().len(), 2);
+}

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use oidc_bff::login_params::LoginParams;
-use oidc_bff::policy::{Policy, Verdict};
+use oidc_bff::policy::{Policy, Principal, Verdict};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -26,8 +26,11 @@ fuzz_target!(|data: &[u8]| {
     if let (Some(policy), Ok(serde_json::Value::Object(claims))) =
         (&policy, serde_json::from_str::<serde_json::Value>(claims))
     {
+        // The granted scope: the claims' `scope` string, when they have one.
+        let scope = claims.get("scope").and_then(|s| s.as_str()).map(str::to_owned);
+        let principal = Principal { claims, scope };
         for now in [0, 1_700_000_000, u64::MAX] {
-            if let Verdict::StepUp(step_up) = policy.check(&claims, now) {
+            if let Verdict::StepUp(step_up) = policy.check(&principal, now) {
                 assert!(step_up.acr_values.is_some() || step_up.max_age.is_some());
             }
         }

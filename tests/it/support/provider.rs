@@ -202,6 +202,8 @@ struct State {
     /// When set, refresh tokens are JWTs carrying this lifetime as `exp` (as Keycloak's are).
     refresh_ttl: Option<u64>,
     rotate_refresh: bool,
+    /// The `scope` every token response names from now on (none when `None`).
+    granted_scope: Option<String>,
     fail_next_refresh: Option<RefreshFailure>,
     down: bool,
     discovery_issuer: Option<String>,
@@ -332,7 +334,6 @@ impl FakeProvider {
         self.with(|s| s.refresh_ttl = Some(seconds));
     }
 
-    /// Lifetime of access tokens (`expires_in`).
     /// Puts `claims` (a JSON object) into every ID token issued from now on: groups, acr,
     /// another email…
     pub fn set_claims(&self, claims: Value) {
@@ -342,6 +343,12 @@ impl FakeProvider {
         self.with(|s| s.extra_claims = claims);
     }
 
+    /// The `scope` every token response names from now on; `None`: responses name none.
+    pub fn set_granted_scope(&self, scope: Option<&str>) {
+        self.with(|s| s.granted_scope = scope.map(str::to_owned));
+    }
+
+    /// Lifetime of access tokens (`expires_in`).
     pub fn set_token_ttl(&self, seconds: u64) {
         self.with(|s| s.token_ttl = seconds);
     }
@@ -924,6 +931,9 @@ fn issue(
     });
     if let Some(token) = refresh_token {
         body["refresh_token"] = json!(token);
+    }
+    if let Some(scope) = &state.granted_scope {
+        body["scope"] = json!(scope);
     }
     json_response(200, &body)
 }
