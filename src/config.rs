@@ -298,6 +298,17 @@ pub struct ServeArgs {
     )]
     pub scopes: String,
 
+    /// Scopes of the gateway's own client-credentials token (routes with `token=client` or
+    /// `user-or-client` that name no `scope=`), separated by spaces; none by default.
+    #[arg(
+        help_heading = "Provider",
+        long,
+        env = "OIDC_BFF_CLIENT_SCOPES",
+        default_value = "",
+        value_name = "SCOPES"
+    )]
+    pub client_scopes: String,
+
     /// Extra authorization-request parameter, e.g. `prompt=consent` (repeatable; in the
     /// environment, separate several with spaces).
     #[arg(help_heading = "Provider", long = "auth-param", env = "OIDC_BFF_AUTH_PARAMS", value_name = "KEY=VALUE",
@@ -317,10 +328,13 @@ pub struct ServeArgs {
     /// Route API calls under PREFIX to the upstream URL(s) with the session's access token as
     /// bearer, e.g. `/api/OtherApi1=http://127.0.0.1:7002` (repeatable; several URLs are
     /// balanced round-robin; in the environment, separate routes with spaces). Options may
-    /// follow the URLs, space-separated: `token=user|optional-user|none` (which token goes
-    /// upstream; `optional-user` sends the user's when signed in, else none and no 401),
-    /// `policy=NAME` (callers must satisfy `--policy NAME`), `identity-headers=on`
-    /// (`X-Auth-Request-User`, `-Email`, `-Preferred-Username`, `-Groups` from the user's claims).
+    /// follow the URLs, space-separated: `token=user|optional-user|client|user-or-client|none`
+    /// (which token goes upstream; `optional-user` sends the user's when signed in, else none
+    /// and no 401; `client` the gateway's own client-credentials token; `user-or-client` the
+    /// user's when signed in, else the gateway's), `scope=A,B` (the client token's scope,
+    /// instead of `--client-scopes`), `policy=NAME` (callers must satisfy `--policy NAME`),
+    /// `identity-headers=on` (`X-Auth-Request-User`, `-Email`, `-Preferred-Username`, `-Groups`
+    /// from the user's claims).
     #[arg(help_heading = "Routes and the app", long = "route", env = "OIDC_BFF_ROUTES", value_name = "PREFIX=URL[,URL…] [KEY=VALUE…]",
           value_parser = crate::proxy::parse_route_piece, value_delimiter = ' ')]
     pub routes: Vec<crate::proxy::RoutePiece>,
@@ -336,7 +350,8 @@ pub struct ServeArgs {
     /// An authorization policy routes can require (`policy=NAME`, YARP `AuthorizationPolicy`):
     /// `NAME=RULE[,RULE…]`, every rule must hold. Rules: `CLAIM:VALUE[|VALUE…]` (the ID token's
     /// claim equals a value, or is an array holding one), `CLAIM` (present, not false),
-    /// `acr:VALUE[|…]`, `email-domain:DOMAIN[|…]`, `auth-age:DURATION` (signed in within).
+    /// `acr:VALUE[|…]`, `email-domain:DOMAIN[|…]`, `auth-age:DURATION` (signed in within),
+    /// `scope:SCOPE[|…]` (granted to the session's access token).
     /// E.g. `admins=groups:admin|owner`. Repeatable; in the environment, space-separated.
     #[arg(help_heading = "Routes and the app", long = "policy", env = "OIDC_BFF_POLICIES", value_name = "NAME=RULE[,RULE…]",
           value_parser = crate::policy::Policy::parse, value_delimiter = ' ')]
@@ -807,6 +822,7 @@ impl ServeArgs {
                 None
             }
         };
+        let confidential_client = client_secret.is_some();
         let warnings = self.warnings(env);
 
         let mut scopes: Vec<String> = vec!["openid".into()];
@@ -815,6 +831,16 @@ impl ServeArgs {
                 scopes.push(scope.to_owned());
             }
         }
+        let client_scopes = if self.client_scopes.trim().is_empty() {
+            Vec::new()
+        } else {
+            crate::proxy::client_scope(self.client_scopes.split_ascii_whitespace())
+                .map(|scope| scope.split(' ').map(str::to_owned).collect())
+                .unwrap_or_else(|problem| {
+                    errors.push(format!("--client-scopes: {problem}"));
+                    Vec::new()
+                })
+        };
         for (key, _) in &self.auth_params {
             if RESERVED_AUTH_PARAMS.contains(&key.as_str()) {
                 errors.push(format!(
@@ -879,6 +905,7 @@ impl ServeArgs {
             file_routes,
             self.frontend_url.as_ref(),
             &policies,
+            confidential_client,
         )
         .unwrap_or_else(|problems| {
             for problem in problems {
@@ -947,6 +974,7 @@ impl ServeArgs {
                 client_id: self.client_id,
                 client_secret,
                 scopes,
+                client_scopes,
                 auth_params: self.auth_params,
                 callback_path: self.callback_path,
                 redirect_uri,
@@ -999,6 +1027,7 @@ impl ServeArgs {
                 flag_routes,
                 flag_policies,
                 policies: std::sync::Arc::new(policies),
+                confidential_client,
                 frontend: self.frontend_url,
                 upstream_timeout: self.upstream_timeout,
                 max_request_body: self.max_request_body,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::header::{ALLOW, CONNECTION, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use crate::client_tokens::ClientTokenError;
 use crate::describe::error_chain;
 use crate::logout::LogoutTokenError;
 use crate::metrics::UpstreamError;
@@ -124,6 +125,9 @@ pub enum AuthError {
     /// is kept.
     #[error("the session's tokens could not be refreshed right now: {0}")]
     RefreshUnavailable(String),
+    /// The route sends the gateway's own token, and none could be had.
+    #[error("no client-credentials token: {0}")]
+    ClientToken(crate::client_tokens::ClientTokenError),
 }
 
 /// The login callback's query does not complete a login this browser started.
@@ -233,6 +237,12 @@ impl AuthError {
             Self::StepUp { .. } => "insufficient_user_authentication",
             Self::BadLoginParameter(_) => "invalid login parameter",
             Self::RefreshUnavailable(_) => "the session's tokens could not be refreshed right now",
+            Self::ClientToken(ClientTokenError::Unavailable(_)) => {
+                "a token for this API could not be obtained right now"
+            }
+            Self::ClientToken(ClientTokenError::Refused(_)) => {
+                "the identity provider refused a token for this API"
+            }
         }
     }
 }
@@ -368,8 +378,13 @@ impl HttpError {
                     AuthError::BadLoginParameter(_)
                     | AuthError::BadReturnUrl
                     | AuthError::WrongLogoutSid => (StatusCode::BAD_REQUEST, Client, Plain),
-                    AuthError::RefreshUnavailable(_) => {
+                    AuthError::RefreshUnavailable(_)
+                    | AuthError::ClientToken(ClientTokenError::Unavailable(_)) => {
                         (StatusCode::SERVICE_UNAVAILABLE, Provider, Json)
+                    }
+                    // The provider refused the gateway's grant: its settings or ours are wrong.
+                    AuthError::ClientToken(ClientTokenError::Refused(_)) => {
+                        (StatusCode::BAD_GATEWAY, Provider, Json)
                     }
                 };
                 row(status, error.message(), blame, format)

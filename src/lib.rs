@@ -11,6 +11,7 @@ mod access_log;
 pub mod admin;
 mod auth;
 pub mod cache;
+mod client_tokens;
 pub mod clock;
 pub mod config;
 mod connection;
@@ -52,6 +53,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::Auth;
+use crate::client_tokens::ClientTokens;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::http_client::HttpClient;
@@ -167,8 +169,15 @@ pub async fn run(
         Arc::clone(&deps.clock),
         config.login_params.clone(),
     );
+    let client_tokens = Arc::new(ClientTokens::new(
+        Arc::clone(&provider),
+        Arc::clone(&deps.clock),
+        config.session.refresh_skew,
+        &config.oidc.client_scopes.join(" "),
+    ));
     let gateway = Arc::new(Gateway {
         auth,
+        client_tokens,
         logout: logout::LogoutVerifier::new(Arc::clone(&provider), Arc::clone(&deps.clock)),
         provider: Arc::clone(&provider),
         refresher,

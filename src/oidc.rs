@@ -26,7 +26,7 @@ use openidconnect::{
     AccessTokenHash, AdditionalProviderMetadata, AuthType, AuthorizationCode,
     ClaimsVerificationError, ClientId, ClientSecret, HttpRequest, HttpResponse, IssuerUrl,
     JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
-    RefreshToken, RequestTokenError, SignatureVerificationError, TokenResponse,
+    RefreshToken, RequestTokenError, Scope, SignatureVerificationError, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -135,6 +135,15 @@ pub struct LoginResult {
     pub subject: String,
     /// The provider's session id, when the ID token carried one.
     pub provider_sid: Option<String>,
+}
+
+/// A token the gateway holds for itself, not for a user.
+#[derive(Debug, Clone)]
+pub struct ClientToken {
+    /// The token.
+    pub access_token: AccessToken,
+    /// When it expires, if the provider said.
+    pub expires_at: Option<u64>,
 }
 
 /// Tokens from a successful refresh.
@@ -576,6 +585,27 @@ impl Provider {
         })
     }
 
+    /// A token of the gateway itself (client-credentials grant, RFC 6749 §4.4) with `scope`
+    /// (space-separated; none asked for when empty).
+    pub async fn client_credentials(&self, scope: &str) -> Result<ClientToken, OidcError> {
+        let discovered = self.ready()?;
+        let client = self.client(&discovered)?;
+        let http = self.http_fn();
+        let mut request = client
+            .exchange_client_credentials()
+            .map_err(|error| OidcError::Discovery(error.to_string()))?;
+        for scope in scope.split_ascii_whitespace() {
+            request = request.add_scope(Scope::new(scope.to_owned()));
+        }
+        let response = request.request_async(&http).await.map_err(token_error)?;
+        let access_token = AccessToken::new(response.access_token().secret().clone())
+            .map_err(|error| OidcError::BadResponse(error.to_string()))?;
+        Ok(ClientToken {
+            access_token,
+            expires_at: access_expiry(&response, self.clock.unix_now()),
+        })
+    }
+
     /// Revokes a refresh token at the provider's RFC 7009 revocation endpoint, if it has one.
     /// Best effort: failures are logged and otherwise ignored.
     ///
@@ -826,6 +856,8 @@ pub struct OidcConfig {
     pub client_secret: Option<Secret>,
     /// Scopes, `openid` first.
     pub scopes: Vec<String>,
+    /// Scopes of the gateway's own client-credentials token (`--client-scopes`).
+    pub client_scopes: Vec<String>,
     /// Extra authorization-request parameters.
     pub auth_params: Vec<(String, String)>,
     /// The callback path.

@@ -21,12 +21,13 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::auth::{Auth, require_csrf_header};
+use crate::client_tokens::ClientTokens;
 use crate::error::{AuthError, BackchannelError, HttpError, RequestError};
 use crate::metrics::{Metrics, UpstreamError};
 use crate::oidc::Provider;
 use crate::path::{PathError, normalize};
 use crate::policy::Claims;
-use crate::proxy::{ConnectionHold, Credentials, Proxy, RouteDef, RouteMatch, TokenType};
+use crate::proxy::{Access, ConnectionHold, Credentials, Proxy, RouteDef, RouteMatch, TokenType};
 use crate::refresh::Refresher;
 use crate::reply::{self, Body, add_security_headers};
 use crate::spa::Spa;
@@ -50,6 +51,8 @@ pub(crate) struct Gateway {
     pub(crate) provider: Arc<Provider>,
     /// On-demand refresh for proxied calls.
     pub(crate) refresher: Arc<Refresher>,
+    /// The gateway's own client-credentials tokens.
+    pub(crate) client_tokens: Arc<ClientTokens>,
     /// The token-relay proxy.
     pub(crate) proxy: Arc<Proxy>,
     /// The SPA's files, when served.
@@ -266,7 +269,8 @@ impl Gateway {
     ) -> Result<Option<Credentials>, HttpError> {
         let access = &route.access;
         if !access.reads_session() {
-            return Ok(None);
+            // Nothing of the user's goes: `token=none`, or the gateway's own token.
+            return self.without_session(access).await;
         }
         let guard = if websocket {
             // A browser cannot add a header to a WebSocket handshake, but it always sends
@@ -284,12 +288,12 @@ impl Gateway {
             if access.needs_session() {
                 return Err(refused);
             }
-            // An optional-user route: a caller who is not signed in goes on without a token;
-            // a signed-in one would send the user's, and needs the header for that.
+            // A route a caller may use signed out: one who is not signed in goes on as such;
+            // a signed-in one would send the user's token or identity, and needs the header.
             let lookup = self.auth.lookup(request.headers(), Activity::Peek).await?;
             return match lookup.session {
                 Some(_) => Err(refused),
-                None => Ok(None),
+                None => self.without_session(access).await,
             };
         }
         let lookup = self.auth.lookup(request.headers(), Activity::Use).await?;
@@ -297,19 +301,19 @@ impl Gateway {
             return if access.needs_session() {
                 Err(AuthError::NoSession.into())
             } else {
-                Ok(None)
+                self.without_session(access).await
             };
         };
         // A token to send is made fresh first, so that the policy judges the token that goes
         // (a refresh can narrow its scope). It expired and the provider cannot refresh it
         // now: 503, session kept.
-        let session = if access.token == TokenType::None {
-            session
-        } else {
+        let session = if access.token.sends_user_token() {
             self.refresher
                 .fresh(session)
                 .await?
                 .ok_or(AuthError::SessionEnded)?
+        } else {
+            session
         };
         let principal = self
             .auth
@@ -319,13 +323,37 @@ impl Gateway {
             (Some(principal), true) => identity_headers(&principal.claims),
             _ => Vec::new(),
         };
-        let bearer =
-            (access.token != TokenType::None).then(|| session.ticket.tokens.access_token.bearer());
+        let bearer = match access.token {
+            token if token.sends_user_token() => Some(session.ticket.tokens.access_token.bearer()),
+            TokenType::Client => Some(self.client_bearer(access).await?),
+            _ => None,
+        };
         Ok(Some(Credentials {
             bearer,
-            session: session.id,
+            session: Some(session.id),
             identity,
         }))
+    }
+
+    /// The credentials of a call without a session: the gateway's own token on routes that
+    /// send one, else none.
+    async fn without_session(&self, access: &Access) -> Result<Option<Credentials>, HttpError> {
+        if !access.token.sends_client_token() {
+            return Ok(None);
+        }
+        Ok(Some(Credentials {
+            bearer: Some(self.client_bearer(access).await?),
+            session: None,
+            identity: Vec::new(),
+        }))
+    }
+
+    /// The gateway's own token for a route of `access`.
+    async fn client_bearer(&self, access: &Access) -> Result<HeaderValue, HttpError> {
+        self.client_tokens
+            .bearer(access.client_scope.as_deref())
+            .await
+            .map_err(|error| AuthError::ClientToken(error).into())
     }
 
     /// Step 4: the handler.

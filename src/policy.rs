@@ -166,7 +166,7 @@ impl Rule {
 }
 
 /// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
-fn valid_scope(scope: &str) -> bool {
+pub fn valid_scope(scope: &str) -> bool {
     !scope.is_empty()
         && scope
             .bytes()

@@ -25,6 +25,8 @@ pub struct RouteSpec {
     pub policy: Option<String>,
     /// `identity-headers=on`: the user's identity in `X-Auth-Request-*` headers.
     pub identity_headers: bool,
+    /// `scope=A,B`: the client token's scope (space-separated here).
+    pub client_scope: Option<String>,
 }
 
 /// One space-separated piece of a `--route` value: the route itself, or one of its options.
@@ -44,11 +46,11 @@ pub fn parse_route_piece(text: &str) -> Result<RoutePiece, String> {
         return parse_route_base(text).map(RoutePiece::Route);
     }
     match text.split_once('=') {
-        Some((key @ ("token" | "policy" | "identity-headers"), value)) => {
+        Some((key @ ("token" | "policy" | "identity-headers" | "scope"), value)) => {
             Ok(RoutePiece::Option(key.to_owned(), value.to_owned()))
         }
         Some((key, _)) if !key.contains('/') => Err(format!(
-            "{key:?} is not a route option (token=, policy=, identity-headers=)"
+            "{key:?} is not a route option (token=, policy=, scope=, identity-headers=)"
         )),
         _ => parse_route_base(text).map(RoutePiece::Route),
     }
@@ -71,6 +73,12 @@ pub fn group_routes(pieces: Vec<RoutePiece>) -> Result<Vec<RouteSpec>, String> {
                             .map_err(|error| format!("{at}: {error}"))?;
                     }
                     "policy" if !value.is_empty() => route.policy = Some(value),
+                    "scope" if !value.is_empty() => {
+                        route.client_scope = Some(
+                            client_scope(value.split(','))
+                                .map_err(|error| format!("{at}: scope={error}"))?,
+                        );
+                    }
                     "identity-headers" => {
                         route.identity_headers = match value.as_str() {
                             "on" => true,
@@ -132,13 +140,44 @@ fn parse_route_base(text: &str) -> Result<RouteSpec, String> {
         token: TokenType::User,
         policy: None,
         identity_headers: false,
+        client_scope: None,
     })
+}
+
+/// A client token's scope from its scopes (each checked, RFC 6749 §3.3), space-separated.
+pub fn client_scope<'a>(scopes: impl Iterator<Item = &'a str>) -> Result<String, String> {
+    let scopes: Vec<&str> = scopes.map(str::trim).filter(|s| !s.is_empty()).collect();
+    if scopes.is_empty() {
+        return Err("no scope".into());
+    }
+    if let Some(bad) = scopes
+        .iter()
+        .find(|scope| !crate::policy::valid_scope(scope))
+    {
+        return Err(format!(
+            "{bad:?} is not a scope (printable ASCII without spaces, quotes or backslashes)"
+        ));
+    }
+    Ok(scopes.join(" "))
+}
+
+/// A route's `scope=` is the scope of a client token: a route that never sends one cannot have
+/// one (it would silently do nothing).
+pub(super) fn check_client_scope(token: TokenType, scope: Option<&String>) -> Result<(), String> {
+    match scope {
+        Some(scope) if !token.sends_client_token() => Err(format!(
+            "a scope ({scope:?}) is for client tokens: only with token=client or user-or-client"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Turns a `--route` flag into a route: everything below the prefix, prefix removed, a
 /// round-robin cluster, the user's token unless the options say otherwise. Its `policy=` must
 /// name one of `policies`.
 pub fn route_from_flag(spec: &RouteSpec, policies: &Policies) -> Result<RouteDef, String> {
+    check_client_scope(spec.token, spec.client_scope.as_ref())
+        .map_err(|error| format!("{}: {error}", spec.prefix))?;
     let policy = match &spec.policy {
         Some(name) => Some(Arc::new(policies.get(name).cloned().ok_or_else(|| {
             format!("{}: policy={name} names no --policy", spec.prefix)
@@ -164,6 +203,7 @@ pub fn route_from_flag(spec: &RouteSpec, policies: &Policies) -> Result<RouteDef
             token: spec.token,
             policy,
             identity_headers: spec.identity_headers,
+            client_scope: spec.client_scope.clone(),
         },
         websockets: true,
         transforms: vec![Transform::PathRemovePrefix(spec.prefix.clone())],
@@ -211,6 +251,8 @@ pub struct ProxyConfig {
     pub flag_policies: Policies,
     /// Every policy in force: the flags' and the YARP file's.
     pub policies: Arc<Policies>,
+    /// The gateway has a client secret, so it can get client-credentials tokens.
+    pub confidential_client: bool,
     /// The `--frontend-url` dev server.
     pub frontend: Option<Url>,
     /// Time allowed for the upstream to answer (headers), unless a cluster says otherwise.
@@ -226,11 +268,13 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// Combines flag routes, the routes of a YARP file and the dev-server route, ordered for
     /// matching. `policies` are every policy in force.
+    /// Without a client secret (`confidential_client` false) no route may send a client token.
     pub fn assemble(
         flags: &[RouteSpec],
         file_routes: Vec<RouteDef>,
         frontend: Option<&Url>,
         policies: &Policies,
+        confidential_client: bool,
     ) -> Result<Vec<RouteDef>, Vec<String>> {
         let mut errors = Vec::new();
         let mut routes: Vec<RouteDef> = Vec::new();
@@ -240,10 +284,22 @@ impl ProxyConfig {
                 Err(error) => errors.push(error),
             }
         }
+        routes.extend(file_routes);
+        if !confidential_client {
+            for route in routes
+                .iter()
+                .filter(|r| r.access.token.sends_client_token())
+            {
+                errors.push(format!(
+                    "{}: a client-credentials token needs a client secret (--client-secret-file, \
+                     OIDC_BFF_CLIENT_SECRET or $CREDENTIALS_DIRECTORY/client-secret)",
+                    route.id
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
-        routes.extend(file_routes);
         routes.extend(frontend.cloned().map(frontend_route));
         sort_routes(&mut routes);
         Ok(routes)
@@ -260,6 +316,7 @@ impl ProxyConfig {
             file_routes,
             self.frontend.as_ref(),
             &policies,
+            self.confidential_client,
         )?;
         Ok((routes, policies))
     }
@@ -310,7 +367,9 @@ mod tests {
         for (bad, reason) in [
             ("token=none", "before any"),
             ("/a=http://h token=maybe", "not one of"),
-            ("/a=http://h token=client", "not supported yet"),
+            ("/a=http://h token=client scope=", "needs a value"),
+            ("/a=http://h token=client scope=a\\b", "not a scope"),
+            ("/a=http://h token=client scope=,", "no scope"),
             ("/a=http://h identity-headers=yes", "on or off"),
             ("/a=http://h colour=blue", "not a route option"),
             ("/a=http://h policy=", "needs a value"),
@@ -318,6 +377,22 @@ mod tests {
             let error = parse_route(bad).expect_err(bad);
             assert!(error.contains(reason), "{bad}: {error}");
         }
+        let client =
+            parse_route("/a=http://h scope=orders.read,orders.write token=client").expect("route");
+        assert_eq!(client.token, TokenType::Client);
+        assert_eq!(
+            client.client_scope.as_deref(),
+            Some("orders.read orders.write")
+        );
+        let user_with_scope = route_from_flag(
+            &parse_route("/a=http://h scope=orders.read").expect("route"),
+            &Policies::default(),
+        )
+        .expect_err("a scope on a user route");
+        assert!(
+            user_with_scope.contains("only with token=client"),
+            "{user_with_scope}"
+        );
         let unknown = route_from_flag(
             &parse_route("/a=http://h policy=admins").expect("route"),
             &Policies::default(),

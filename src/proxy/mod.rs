@@ -35,7 +35,7 @@ use crate::sync::RwLocked;
 use crate::tickets::TicketStore;
 
 pub use config::{
-    ProxyConfig, RoutePiece, RouteSpec, frontend_route, group_routes, parse_route,
+    ProxyConfig, RoutePiece, RouteSpec, client_scope, frontend_route, group_routes, parse_route,
     parse_route_piece, route_from_flag,
 };
 pub use route::{
@@ -52,8 +52,9 @@ const UPSTREAM_IDLE_TIME: Duration = Duration::from_secs(90);
 pub struct Credentials {
     /// `Bearer <access token>`; none on routes that send no token.
     pub bearer: Option<HeaderValue>,
-    /// The session, for the access log and for closing its tunnels when it ends.
-    pub session: SessionId,
+    /// The session, for the access log and for closing its tunnels when it ends; none when
+    /// the gateway's own token goes.
+    pub session: Option<SessionId>,
     /// `X-Auth-Request-*` headers, on routes that send them.
     pub identity: Vec<(http::HeaderName, HeaderValue)>,
 }
@@ -223,7 +224,7 @@ impl Proxy {
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
         let (session, bearer, identity) = match credentials {
             Some(credentials) => (
-                Some(credentials.session),
+                credentials.session,
                 credentials.bearer,
                 credentials.identity,
             ),

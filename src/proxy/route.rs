@@ -608,6 +608,10 @@ pub enum TokenType {
     User,
     /// The user's access token when signed in; else no token, and no 401.
     OptionalUser,
+    /// The gateway's own client-credentials token; no session needed.
+    Client,
+    /// The user's access token when signed in; else the gateway's client token.
+    UserOrClient,
     /// No token and no session needed (YARP `AuthorizationPolicy: anonymous`).
     None,
 }
@@ -618,15 +622,23 @@ impl TokenType {
         match value {
             "user" => Ok(Self::User),
             "optional-user" => Ok(Self::OptionalUser),
+            "client" => Ok(Self::Client),
+            "user-or-client" => Ok(Self::UserOrClient),
             "none" => Ok(Self::None),
-            "client" | "user-or-client" => Err(format!(
-                "token={value}: client-credentials tokens are not supported yet (user, \
-                 optional-user or none)"
-            )),
             _ => Err(format!(
-                "token={value:?} is not one of user, optional-user, none"
+                "token={value:?} is not one of user, optional-user, client, user-or-client, none"
             )),
         }
+    }
+
+    /// Whether a signed-in caller's own access token goes upstream.
+    pub fn sends_user_token(self) -> bool {
+        matches!(self, Self::User | Self::OptionalUser | Self::UserOrClient)
+    }
+
+    /// Whether the gateway's client token may go upstream.
+    pub fn sends_client_token(self) -> bool {
+        matches!(self, Self::Client | Self::UserOrClient)
     }
 }
 
@@ -641,6 +653,8 @@ pub struct Access {
     /// Send `X-Auth-Request-User`, `-Email`, `-Preferred-Username` and `-Groups` from the
     /// signed-in user's claims.
     pub identity_headers: bool,
+    /// The scope of the client token (space-separated); `None`: `--client-scopes`.
+    pub client_scope: Option<String>,
 }
 
 impl Access {
@@ -650,6 +664,7 @@ impl Access {
             token: TokenType::User,
             policy: None,
             identity_headers: false,
+            client_scope: None,
         }
     }
 
@@ -657,8 +672,7 @@ impl Access {
     pub fn anonymous() -> Self {
         Self {
             token: TokenType::None,
-            policy: None,
-            identity_headers: false,
+            ..Self::user()
         }
     }
 
@@ -671,7 +685,7 @@ impl Access {
     /// checks a policy. Such a route sends something of the user's whenever one is signed in,
     /// so the CSRF check applies then.
     pub fn reads_session(&self) -> bool {
-        self.token != TokenType::None || self.identity_headers || self.needs_session()
+        self.token.sends_user_token() || self.identity_headers || self.needs_session()
     }
 }
 

@@ -171,6 +171,7 @@ const OPTIONAL_USER_TOKEN_METADATA: &str = "Duende.Bff.Yarp.OptionalUserToken";
 const ANTIFORGERY_METADATA: &str = "Duende.Bff.Yarp.AntiforgeryCheck";
 /// This gateway's route metadata.
 const IDENTITY_HEADERS_METADATA: &str = "oidc-bff.IdentityHeaders";
+const CLIENT_SCOPE_METADATA: &str = "oidc-bff.ClientScope";
 
 /// The token type a `Metadata` object names (Duende's keys; values as Duende reads them, case
 /// ignored), if any.
@@ -186,12 +187,11 @@ fn token_metadata(
                 "user" => token = Some(TokenType::User),
                 "userornone" => token = Some(TokenType::OptionalUser),
                 "none" => token = Some(TokenType::None),
-                "client" | "userorclient" => errors.push(format!(
-                    "{at}.Metadata.{key}: {value:?}: client-credentials tokens are not supported \
-                     yet (User, UserOrNone or None)"
-                )),
+                "client" => token = Some(TokenType::Client),
+                "userorclient" => token = Some(TokenType::UserOrClient),
                 _ => errors.push(format!(
-                    "{at}.Metadata.{key}: {value:?} is not one of User, UserOrNone, None"
+                    "{at}.Metadata.{key}: {value:?} is not one of User, UserOrNone, Client, \
+                     UserOrClient, None"
                 )),
             }
         } else if key == OPTIONAL_USER_TOKEN_METADATA {
@@ -322,12 +322,14 @@ fn build_route(
             OPTIONAL_USER_TOKEN_METADATA,
             ANTIFORGERY_METADATA,
             IDENTITY_HEADERS_METADATA,
+            CLIENT_SCOPE_METADATA,
         ],
         at,
     );
     let mut websockets = true;
     let mut antiforgery = true;
     let mut identity_headers = false;
+    let mut client_scope = None;
     for (key, value) in json.metadata.iter().flatten() {
         if key.eq_ignore_ascii_case(WEBSOCKETS_METADATA) {
             websockets = flag_metadata(key, value, at, &mut errors).unwrap_or(websockets);
@@ -336,6 +338,11 @@ fn build_route(
         } else if key.eq_ignore_ascii_case(IDENTITY_HEADERS_METADATA) {
             identity_headers =
                 flag_metadata(key, value, at, &mut errors).unwrap_or(identity_headers);
+        } else if key.eq_ignore_ascii_case(CLIENT_SCOPE_METADATA) {
+            match super::config::client_scope(value.split_ascii_whitespace()) {
+                Ok(scope) => client_scope = Some(scope),
+                Err(problem) => errors.push(format!("{at}.Metadata.{key}: {problem}")),
+            }
         }
     }
     let route_token = token_metadata(json.metadata.as_ref(), at).unwrap_or_else(|mut problems| {
@@ -387,6 +394,7 @@ fn build_route(
     let mut access = Access::user();
     access.token = route_token.or(cluster_token).unwrap_or(TokenType::User);
     access.identity_headers = identity_headers;
+    access.client_scope = client_scope;
     match json.authorization_policy.as_deref() {
         None => {}
         Some(policy) if policy.eq_ignore_ascii_case("default") => {}
@@ -407,6 +415,11 @@ fn build_route(
                  session)"
             )),
         },
+    }
+    if let Err(problem) =
+        super::config::check_client_scope(access.token, access.client_scope.as_ref())
+    {
+        errors.push(format!("{at}.Metadata.{CLIENT_SCOPE_METADATA}: {problem}"));
     }
     // A user's token never goes upstream without the CSRF check: a route may skip it only
     // when it sends nothing of the user's.
@@ -750,6 +763,20 @@ mod tests {
         );
         assert_eq!(token(&route_meta("user"), ""), TokenType::User);
         assert_eq!(token(&route_meta("None"), ""), TokenType::None);
+        assert_eq!(token(&route_meta("Client"), ""), TokenType::Client);
+        assert_eq!(
+            token(&route_meta("UserOrClient"), ""),
+            TokenType::UserOrClient
+        );
+        let scoped = routes(&file(
+            r#", "Metadata": {"Duende.Bff.Yarp.TokenType": "Client", "oidc-bff.ClientScope": "orders.read  orders.write"}"#,
+            "",
+        ))
+        .expect("loads");
+        assert_eq!(
+            scoped[0].access.client_scope.as_deref(),
+            Some("orders.read orders.write")
+        );
         assert_eq!(
             token("", &route_meta("UserOrNone")),
             TokenType::OptionalUser,
@@ -792,9 +819,14 @@ mod tests {
                 "a typo?",
             ),
             (
-                r#", "Metadata": {"Duende.Bff.Yarp.TokenType": "Client"}"#,
+                r#", "Metadata": {"oidc-bff.ClientScope": "orders.read"}"#,
                 "",
-                "not supported yet",
+                "only with token=client",
+            ),
+            (
+                r#", "Metadata": {"Duende.Bff.Yarp.TokenType": "Client", "oidc-bff.ClientScope": "a\\b"}"#,
+                "",
+                "not a scope",
             ),
             (
                 r#", "Metadata": {"Duende.Bff.Yarp.TokenType": "Admin"}"#,

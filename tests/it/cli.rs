@@ -52,6 +52,22 @@ fn route_options_and_policies_are_checked_before_the_start_and_name_the_flag() {
         ),
         (vec!["--route", "token=none"], "--route", "before any"),
         (
+            // `run` gives no client secret: a public client has no token of its own.
+            vec!["--route", "/api/a=http://127.0.0.1:9 token=client"],
+            "--route /api/a",
+            "needs a client secret",
+        ),
+        (
+            vec!["--route", "/api/a=http://127.0.0.1:9 scope=orders.read"],
+            "--route",
+            "only with token=client",
+        ),
+        (
+            vec!["--client-scopes", "orders\\read"],
+            "--client-scopes",
+            "not a scope",
+        ),
+        (
             vec!["--policy", "admins=groups:"],
             "--policy",
             "empty value",

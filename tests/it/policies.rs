@@ -415,3 +415,154 @@ async fn scope_rules_follow_the_scope_granted_to_the_token_at_login_and_at_refre
     assert_eq!(restored.status, 200, "{}", restored.body);
     assert_eq!(upstream.seen().len(), 2);
 }
+
+fn bearer_of(seen: &crate::support::upstream::Seen) -> Option<String> {
+    seen.headers
+        .get("authorization")
+        .map(|value| value.to_str().expect("text").to_owned())
+}
+
+#[tokio::test]
+async fn client_token_routes_send_the_gateways_own_token_fetched_once_and_shared() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream} token=client scope=catalog.read",
+        &["--client-scopes", "unused.default"],
+    )
+    .await;
+    // No session, no X-CSRF: nothing of a user's is sent.
+    let mut visitor = gateway.browser();
+    let mut user = signed_in(&gateway).await;
+    let mut concurrent = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut browser = gateway.browser();
+        concurrent.spawn(async move { browser.get("/api/OtherApi1/products", &[]).await.status });
+    }
+    let calls = concurrent.join_all().await;
+    assert!(calls.iter().all(|status| *status == 200), "{calls:?}");
+    assert_eq!(
+        visitor.get("/api/OtherApi1/products", &[]).await.status,
+        200
+    );
+    // A signed-in user's call gets the same client token, never the user's.
+    assert_eq!(
+        user.get("/api/OtherApi1/products", &[CSRF]).await.status,
+        200
+    );
+    let grants = provider.client_grants();
+    assert_eq!(
+        grants.len(),
+        1,
+        "one grant shared by every caller: {grants:?}"
+    );
+    assert_eq!(grants[0].0, "catalog.read", "the route's scope");
+    let expected = format!("Bearer {}", grants[0].1);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 10);
+    assert!(
+        seen.iter()
+            .all(|s| bearer_of(s).as_deref() == Some(expected.as_str()))
+    );
+    assert!(seen.iter().all(|s| !s.headers.contains_key("cookie")));
+    // Renewed within the refresh skew of its expiry (300 s tokens, 30 s skew), once.
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(275));
+    assert_eq!(
+        visitor.get("/api/OtherApi1/products", &[]).await.status,
+        200
+    );
+    assert_eq!(
+        visitor.get("/api/OtherApi1/products", &[]).await.status,
+        200
+    );
+    let grants = provider.client_grants();
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert_eq!(
+        bearer_of(&upstream.seen()[11]),
+        Some(format!("Bearer {}", grants[1].1))
+    );
+    // The gateway's token never reaches a user: not in /api/user, not in any answer.
+    let me = user.get("/api/user", &[CSRF]).await;
+    assert!(!me.body.contains(&grants[1].1));
+}
+
+#[tokio::test]
+async fn user_or_client_routes_send_the_users_token_when_signed_in_else_the_clients() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream} token=user-or-client",
+        &["--client-scopes", "catalog.read catalog.list"],
+    )
+    .await;
+    let mut visitor = gateway.browser();
+    assert_eq!(
+        visitor.get("/api/OtherApi1/products", &[]).await.status,
+        200
+    );
+    let grants = provider.client_grants();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].0, "catalog.list catalog.read", "--client-scopes");
+    assert_eq!(
+        bearer_of(&upstream.seen()[0]),
+        Some(format!("Bearer {}", grants[0].1))
+    );
+    let mut user = signed_in(&gateway).await;
+    // Signed in, the user's token would go: X-CSRF is required.
+    assert_eq!(user.get("/api/OtherApi1/products", &[]).await.status, 403);
+    assert_eq!(
+        user.get("/api/OtherApi1/products", &[CSRF]).await.status,
+        200
+    );
+    assert_eq!(
+        bearer_of(&upstream.seen()[1]),
+        Some(format!("Bearer {}", provider.last_access_token()))
+    );
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_refused_or_unreachable_client_grant_fails_the_call_clearly_and_is_not_retried_per_call()
+{
+    let (provider, gateway, upstream) =
+        gateway_with("/api/OtherApi1={upstream} token=client", &[]).await;
+    provider.refuse_client_grants(Some("unauthorized_client"));
+    let mut visitor = gateway.browser();
+    let refused = visitor.get("/api/OtherApi1/products", &[]).await;
+    assert_eq!(refused.status, 502, "{}", refused.body);
+    assert!(
+        !refused.body.contains("unauthorized_client"),
+        "{}",
+        refused.body
+    );
+    // The next calls within the retry delay do not ask the provider again.
+    assert_eq!(
+        visitor.get("/api/OtherApi1/products", &[]).await.status,
+        502
+    );
+    let asked = || {
+        provider
+            .token_grants()
+            .iter()
+            .filter(|grant| *grant == "client_credentials")
+            .count()
+    };
+    assert_eq!(asked(), 1);
+    provider.refuse_client_grants(None);
+    provider.clock().advance(std::time::Duration::from_secs(6));
+    assert_eq!(
+        visitor.get("/api/OtherApi1/products", &[]).await.status,
+        200
+    );
+    // With a token in hand, a provider outage keeps using it while it is valid.
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(280));
+    provider.set_down(true);
+    assert_eq!(
+        visitor.get("/api/OtherApi1/products", &[]).await.status,
+        200
+    );
+    provider.clock().advance(std::time::Duration::from_secs(30));
+    let down = visitor.get("/api/OtherApi1/products", &[]).await;
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert_eq!(upstream.seen().len(), 2);
+}

@@ -204,6 +204,10 @@ struct State {
     rotate_refresh: bool,
     /// The `scope` every token response names from now on (none when `None`).
     granted_scope: Option<String>,
+    /// Client-credentials grants: the scope each asked for, and the token it got.
+    client_grants: Vec<(String, String)>,
+    /// When set, client-credentials grants are refused with this OAuth error code.
+    refuse_client_grants: Option<String>,
     fail_next_refresh: Option<RefreshFailure>,
     down: bool,
     discovery_issuer: Option<String>,
@@ -348,6 +352,16 @@ impl FakeProvider {
         self.with(|s| s.granted_scope = scope.map(str::to_owned));
     }
 
+    /// The client-credentials grants so far: (scope asked for, token issued).
+    pub fn client_grants(&self) -> Vec<(String, String)> {
+        self.with(|s| s.client_grants.clone())
+    }
+
+    /// Refuses client-credentials grants with `code` from now on (`None`: grants them).
+    pub fn refuse_client_grants(&self, code: Option<&str>) {
+        self.with(|s| s.refuse_client_grants = code.map(str::to_owned));
+    }
+
     /// Lifetime of access tokens (`expires_in`).
     pub fn set_token_ttl(&self, seconds: u64) {
         self.with(|s| s.token_ttl = seconds);
@@ -433,6 +447,11 @@ impl FakeProvider {
             s.advertise_iss = advertise;
             s.callback_iss = value.map(str::to_owned);
         });
+    }
+
+    /// Every grant type the token endpoint was asked for, in order.
+    pub fn token_grants(&self) -> Vec<String> {
+        self.with(|s| s.token_grants.clone())
     }
 
     /// How many refresh grants the token endpoint has seen.
@@ -808,6 +827,24 @@ fn token(
             }
             let tamper = state.refresh_tamper.clone();
             issue(state, now, issuer, None, &sid, &tamper, rotate)
+        }
+        "client_credentials" => {
+            if let Some(code) = state.refuse_client_grants.clone() {
+                return oauth_error(&code);
+            }
+            let scope = form.get("scope").cloned().unwrap_or_default();
+            let token = random_token("cc-");
+            state.client_grants.push((scope.clone(), token.clone()));
+            state.issued_secrets.push(token.clone());
+            let mut body = json!({
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": state.token_ttl,
+            });
+            if !scope.is_empty() {
+                body["scope"] = json!(scope);
+            }
+            json_response(200, &body)
         }
         _ => oauth_error("unsupported_grant_type"),
     }
