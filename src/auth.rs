@@ -30,7 +30,7 @@ use crate::policy::{Claims, Policies, Policy, Principal, Verdict};
 use crate::refresh::{FreshnessError, Refresher};
 use crate::reply::{self, Body};
 use crate::seal::{Sealer, constant_time_eq};
-use crate::session::{SessionId, SessionKey, Ticket};
+use crate::session::{Secret, SessionId, SessionKey, Ticket};
 use crate::tickets::{Activity, Session, TicketStore};
 
 /// A session looked up from the request's cookies.
@@ -51,6 +51,17 @@ pub(crate) struct Auth {
     cookie: CookieConfig,
     clock: Arc<dyn Clock>,
     login_params: LoginParams,
+    /// `--allow`: the policy a user must satisfy to get a session.
+    allow: Option<String>,
+}
+
+/// Who may sign in, and with which parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct SignIn {
+    /// `--login-params`: what `/login` passes on to the provider.
+    pub(crate) params: LoginParams,
+    /// `--allow`: the policy a user must satisfy to get a session.
+    pub(crate) allow: Option<String>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -99,7 +110,7 @@ impl Auth {
         flow_sealer: Sealer,
         cookie: CookieConfig,
         clock: Arc<dyn Clock>,
-        login_params: LoginParams,
+        sign_in: SignIn,
     ) -> Self {
         Self {
             provider,
@@ -108,7 +119,8 @@ impl Auth {
             flow_sealer,
             cookie,
             clock,
-            login_params,
+            login_params: sign_in.params,
+            allow: sign_in.allow,
         }
     }
 
@@ -121,19 +133,8 @@ impl Auth {
     /// protocol ones too: policies read `acr` and `auth_time`), with the UserInfo claims it
     /// holds over them (`--userinfo`), and its token's granted scope.
     pub(crate) async fn principal(&self, session: &Session) -> Result<Principal, HttpError> {
-        let mut claims: Claims = self
-            .tickets
-            .id_token(session)
-            .await?
-            .and_then(|id_token| crate::jwt::unverified_claims(id_token.expose()))
-            .unwrap_or_default();
-        if let Some(userinfo) = session.ticket.userinfo.as_deref() {
-            merge_userinfo(&mut claims, userinfo);
-        }
-        Ok(Principal {
-            claims,
-            scope: session.ticket.tokens.scope.clone(),
-        })
+        let id_token = self.tickets.id_token(session).await?;
+        Ok(principal_of(&session.ticket, id_token.as_ref()))
     }
 
     /// Checks `policy` for the signed-in `session`; returns what it judged when a policy or
@@ -272,6 +273,7 @@ impl Auth {
     pub(crate) async fn callback(
         &self,
         request: &Request<impl Sized>,
+        policies: &Policies,
     ) -> Result<Response<Body>, HttpError> {
         let now = self.clock.unix_now();
         let flow_name = self.cookie.flow_name();
@@ -288,7 +290,7 @@ impl Auth {
             Some(value) => cookies::set(&flow_name, &value, SameSite::Lax, Some(FLOW_TTL)),
             None => cookies::expire(&flow_name, SameSite::Lax),
         };
-        let result = self.finish_login(request, &pairs, login).await;
+        let result = self.finish_login(request, &pairs, login, policies).await;
         let mut response = result.unwrap_or_else(HttpError::into_response);
         append_cookie(&mut response, &flow_cookie);
         Ok(response)
@@ -299,6 +301,7 @@ impl Auth {
         request: &Request<impl Sized>,
         pairs: &[(String, String)],
         login: PendingLogin,
+        policies: &Policies,
     ) -> Result<Response<Body>, HttpError> {
         if let Some(code) = single(pairs, "error")? {
             return Err(LoginError::ProviderRefused {
@@ -331,8 +334,11 @@ impl Auth {
             provider_sid: result.provider_sid,
             created_at: now,
             resource_tokens: Vec::new(),
-            userinfo: None,
+            userinfo: result.userinfo,
         };
+        if let Some(refused) = self.gate(&ticket, policies).await {
+            return Ok(refused);
+        }
         // A session the browser held before this login is replaced, not left behind.
         let previous = self.lookup(request.headers(), Activity::Peek).await?;
         if let Some(previous) = previous.session {
@@ -351,6 +357,50 @@ impl Auth {
             ),
         );
         Ok(response)
+    }
+
+    /// `--allow`: `None` when the new session's user satisfies the policy (or there is none);
+    /// else the page that refuses them. Nothing is stored, the refresh token is revoked (best
+    /// effort: it would never be used), and the provider session is left alone: the page links
+    /// to the provider's sign-out for a user who wants to try another account.
+    async fn gate(&self, ticket: &Ticket, policies: &Policies) -> Option<Response<Body>> {
+        let name = self.allow.as_deref()?;
+        let principal = principal_of(ticket, ticket.tokens.id_token.as_ref());
+        // A policy the configuration no longer has refuses everyone: fail closed.
+        let verdict = policies
+            .get(name)
+            .map(|policy| policy.check(&principal, self.clock.unix_now()));
+        if verdict == Some(Verdict::Allowed) {
+            return None;
+        }
+        tracing::info!(
+            policy = name,
+            "login refused: the user does not satisfy --allow"
+        );
+        if let Some(refresh_token) = &ticket.tokens.refresh_token {
+            let revoke = self.provider.revoke(refresh_token);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), revoke).await;
+        }
+        let sign_out = self
+            .provider
+            .end_session_url(None)
+            .map(|url| {
+                format!(
+                    "<p><a href=\"{}\">Sign out at the identity provider</a> to use another \
+                     account.</p>",
+                    reply::escape_html(url.as_str())
+                )
+            })
+            .unwrap_or_default();
+        Some(reply::html(
+            StatusCode::FORBIDDEN,
+            format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+                 <title>Not allowed</title></head><body><h1>This account is not allowed here</h1>\
+                 <p>You signed in, but this application is not open to your account.</p>\
+                 {sign_out}</body></html>\n"
+            ),
+        ))
     }
 
     /// `GET /api/user` (with `X-CSRF: 1`): the user's claims, the logout URL and the time left.
@@ -493,6 +543,21 @@ pub(crate) async fn backchannel_logout(
     let mut response = reply::text(StatusCode::OK, "");
     *response.body_mut() = reply::full(bytes::Bytes::new());
     Ok(response)
+}
+
+/// What policies judge about a ticket whose ID token is `id_token`: its claims, the UserInfo
+/// claims over them, and the granted scope.
+fn principal_of(ticket: &Ticket, id_token: Option<&Secret>) -> Principal {
+    let mut claims: Claims = id_token
+        .and_then(|id_token| crate::jwt::unverified_claims(id_token.expose()))
+        .unwrap_or_default();
+    if let Some(userinfo) = ticket.userinfo.as_deref() {
+        merge_userinfo(&mut claims, userinfo);
+    }
+    Principal {
+        claims,
+        scope: ticket.tokens.scope.clone(),
+    }
 }
 
 /// Lays the UserInfo claims (a JSON object) over the ID token's. `sub` is never replaced:

@@ -298,6 +298,12 @@ pub struct ServeArgs {
     )]
     pub scopes: String,
 
+    /// Fetch the provider's UserInfo at login and after every refresh, and lay its claims over
+    /// the ID token's for policies, identity headers and /api/user (for providers that keep
+    /// groups or email out of the ID token).
+    #[arg(help_heading = "Provider", long, env = "OIDC_BFF_USERINFO")]
+    pub userinfo: bool,
+
     /// Scopes of the gateway's own client-credentials token (routes with `token=client` or
     /// `user-or-client` that name no `scope=`), separated by spaces; none by default.
     #[arg(
@@ -356,6 +362,17 @@ pub struct ServeArgs {
     #[arg(help_heading = "Routes and the app", long = "policy", env = "OIDC_BFF_POLICIES", value_name = "NAME=RULE[,RULE…]",
           value_parser = crate::policy::Policy::parse, value_delimiter = ' ')]
     pub policies: Vec<crate::policy::Policy>,
+
+    /// Only users who satisfy this policy get a session: anyone else is refused at the
+    /// callback with a page that says the account is not allowed here (like oauth2-proxy's
+    /// allowed groups and email domains). Names a `--policy` or a YARP file's policy.
+    #[arg(
+        help_heading = "Routes and the app",
+        long,
+        env = "OIDC_BFF_ALLOW",
+        value_name = "POLICY"
+    )]
+    pub allow: Option<String>,
 
     /// A YARP configuration file: an ASP.NET appsettings.json with a ReverseProxy section, or
     /// the section alone (Routes, Clusters, Transforms, LoadBalancingPolicy, …).
@@ -913,6 +930,16 @@ impl ServeArgs {
             }
             Vec::new()
         });
+        if let Some(name) = self
+            .allow
+            .as_ref()
+            .filter(|name| policies.get(name).is_none())
+        {
+            errors.push(format!(
+                "--allow: {name:?} names no policy (a --policy flag or the YARP file's \
+                 oidc-bff.Policies)"
+            ));
+        }
         if let Some(url) = self
             .frontend_url
             .as_ref()
@@ -975,6 +1002,7 @@ impl ServeArgs {
                 client_secret,
                 scopes,
                 client_scopes,
+                userinfo: self.userinfo,
                 auth_params: self.auth_params,
                 callback_path: self.callback_path,
                 redirect_uri,
@@ -1028,6 +1056,7 @@ impl ServeArgs {
                 flag_policies,
                 policies: std::sync::Arc::new(policies),
                 confidential_client,
+                allow: self.allow,
                 frontend: self.frontend_url,
                 upstream_timeout: self.upstream_timeout,
                 max_request_body: self.max_request_body,

@@ -167,7 +167,10 @@ pub async fn run(
         master.flow_sealer(),
         config.cookie.clone(),
         Arc::clone(&deps.clock),
-        config.login_params.clone(),
+        auth::SignIn {
+            params: config.login_params.clone(),
+            allow: config.proxy.allow.clone(),
+        },
     );
     let client_tokens = Arc::new(ClientTokens::new(
         Arc::clone(&provider),

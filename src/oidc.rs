@@ -135,6 +135,8 @@ pub struct LoginResult {
     pub subject: String,
     /// The provider's session id, when the ID token carried one.
     pub provider_sid: Option<String>,
+    /// The UserInfo response, with `--userinfo`.
+    pub userinfo: Option<String>,
 }
 
 /// A token the gateway holds for itself, not for a user.
@@ -151,6 +153,9 @@ pub struct ClientToken {
 pub struct Refreshed {
     /// The new tokens (the old refresh token and ID token are kept when none came back).
     pub tokens: Tokens,
+    /// The UserInfo response for the new token, with `--userinfo`; `None` when it could not
+    /// be fetched now (the session keeps the one it has).
+    pub userinfo: Option<String>,
 }
 
 struct Discovered {
@@ -464,8 +469,14 @@ impl Provider {
         let claims = self.extra_checks(id_token, &jwks, &response)?;
         let access_token = AccessToken::new(response.access_token().secret().clone())
             .map_err(|error| OidcError::BadResponse(error.to_string()))?;
+        let userinfo = if self.config.userinfo {
+            Some(self.userinfo(&access_token, &claims.subject).await?)
+        } else {
+            None
+        };
         let now = self.clock.unix_now();
         Ok(LoginResult {
+            userinfo,
             tokens: Tokens {
                 access_token,
                 access_expires_at: access_expiry(&response, now),
@@ -569,8 +580,23 @@ impl Provider {
         // Nothing to relay: the session cannot go on (its old refresh token may be spent).
         let access_token = AccessToken::new(response.access_token().secret().clone())
             .map_err(|error| RefreshError::SessionEnded(error.to_string()))?;
+        let userinfo = if self.config.userinfo {
+            match self.userinfo(&access_token, subject).await {
+                Ok(userinfo) => Some(userinfo),
+                Err(OidcError::InvalidIdToken(reason)) => {
+                    return Err(RefreshError::SessionEnded(reason));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "UserInfo not fetched after a refresh; the claims the session has are kept");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let now = self.clock.unix_now();
         Ok(Refreshed {
+            userinfo,
             tokens: Tokens {
                 access_token,
                 access_expires_at: access_expiry(&response, now),
@@ -583,6 +609,61 @@ impl Provider {
                 scope: granted_scope(&response).or_else(|| previous.scope.clone()),
             },
         })
+    }
+
+    /// The UserInfo response (OIDC Core §5.3) for `access_token`, as JSON object text. Its
+    /// `sub` must be `subject` (§5.3.2), else it is refused; a signed or encrypted response
+    /// (`application/jwt`) is refused too: only plain JSON over TLS is read.
+    pub async fn userinfo(
+        &self,
+        access_token: &AccessToken,
+        subject: &str,
+    ) -> Result<String, OidcError> {
+        let discovered = self.ready()?;
+        let endpoint = discovered.metadata.userinfo_endpoint().ok_or_else(|| {
+            OidcError::BadResponse(
+                "--userinfo: the provider's discovery document has no userinfo_endpoint".into(),
+            )
+        })?;
+        let request = http::Request::get(endpoint.url().as_str())
+            .header(http::header::AUTHORIZATION, access_token.bearer())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|error| OidcError::BadResponse(error.to_string()))?;
+        let response = self.http.execute(request).await.map_err(|error| {
+            OidcError::Unreachable(format!("UserInfo: {}", error_chain(&error)))
+        })?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(OidcError::Unreachable(format!(
+                "UserInfo answered {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(OidcError::Refused {
+                code: format!("UserInfo answered {status}"),
+            });
+        }
+        let is_json = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim_start().starts_with("application/json"));
+        if !is_json {
+            return Err(OidcError::BadResponse(
+                "UserInfo is not application/json (signed or encrypted UserInfo is not read)"
+                    .into(),
+            ));
+        }
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(response.body())
+                .map_err(|_| OidcError::BadResponse("UserInfo is not a JSON object".into()))?;
+        if claims.get("sub").and_then(serde_json::Value::as_str) != Some(subject) {
+            return Err(OidcError::InvalidIdToken(
+                "UserInfo names another subject than the ID token".into(),
+            ));
+        }
+        Ok(serde_json::Value::Object(claims).to_string())
     }
 
     /// A token of the gateway itself (client-credentials grant, RFC 6749 §4.4) with `scope`
@@ -858,6 +939,8 @@ pub struct OidcConfig {
     pub scopes: Vec<String>,
     /// Scopes of the gateway's own client-credentials token (`--client-scopes`).
     pub client_scopes: Vec<String>,
+    /// Fetch UserInfo at login and at every refresh, and merge its claims (`--userinfo`).
+    pub userinfo: bool,
     /// Extra authorization-request parameters.
     pub auth_params: Vec<(String, String)>,
     /// The callback path.

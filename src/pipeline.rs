@@ -394,7 +394,7 @@ impl Gateway {
             // otherwise be reserved and moved in every request's future, proxied calls included.
             Own::Login => Box::pin(self.auth.login(&request, &self.proxy.policies())).await,
             Own::Logout => Box::pin(self.auth.logout(&request)).await,
-            Own::Callback => Box::pin(self.auth.callback(&request)).await,
+            Own::Callback => Box::pin(self.auth.callback(&request, &self.proxy.policies())).await,
             Own::BackchannelLogout => Box::pin(self.backchannel_logout(request)).await,
             Own::Healthz => Ok(self.health()),
         }

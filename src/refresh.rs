@@ -235,6 +235,9 @@ impl Refresher {
                 let ticket = Ticket {
                     expires_at: policy.end_of(current.ticket.created_at, &refreshed.tokens),
                     tokens: refreshed.tokens,
+                    userinfo: refreshed
+                        .userinfo
+                        .or_else(|| current.ticket.userinfo.clone()),
                     ..(*current.ticket).clone()
                 };
                 if !self.tickets.renew(id, ticket.clone()).await? {

@@ -44,6 +44,27 @@ pub(crate) fn text(status: StatusCode, message: &'static str) -> Response<Body> 
     uncached(status, "text/plain; charset=utf-8", format!("{message}\n"))
 }
 
+/// A small HTML page that must not be cached.
+pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
+    uncached(status, "text/html; charset=utf-8", page)
+}
+
+/// `text` safe inside HTML text and double-quoted attributes.
+pub(crate) fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            _ => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// A 302 redirect that must not be cached.
 pub(crate) fn redirect(location: &str) -> Response<Body> {
     let mut response = Response::new(full(Bytes::new()));
@@ -123,5 +144,18 @@ impl Framing {
         headers
             .entry(header::REFERRER_POLICY)
             .or_insert(HeaderValue::from_static("no-referrer"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_html;
+
+    #[test]
+    fn html_escaping_leaves_no_markup_or_attribute_breakout() {
+        assert_eq!(
+            escape_html(r#"https://idp/x?a=1&b="2"<script>'"#),
+            "https://idp/x?a=1&amp;b=&quot;2&quot;&lt;script&gt;&#39;"
+        );
     }
 }

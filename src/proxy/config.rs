@@ -253,6 +253,8 @@ pub struct ProxyConfig {
     pub policies: Arc<Policies>,
     /// The gateway has a client secret, so it can get client-credentials tokens.
     pub confidential_client: bool,
+    /// `--allow`: the policy every user must satisfy to get a session.
+    pub allow: Option<String>,
     /// The `--frontend-url` dev server.
     pub frontend: Option<Url>,
     /// Time allowed for the upstream to answer (headers), unless a cluster says otherwise.
@@ -311,6 +313,15 @@ impl ProxyConfig {
             Some(path) => yarp::load(path, &self.flag_policies)?,
             None => (Vec::new(), self.flag_policies.clone()),
         };
+        if let Some(name) = self
+            .allow
+            .as_ref()
+            .filter(|name| policies.get(name).is_none())
+        {
+            return Err(vec![format!(
+                "--allow {name}: the file no longer defines this policy"
+            )]);
+        }
         let routes = Self::assemble(
             &self.flag_routes,
             file_routes,

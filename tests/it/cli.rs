@@ -62,6 +62,7 @@ fn route_options_and_policies_are_checked_before_the_start_and_name_the_flag() {
             "--route",
             "only with token=client",
         ),
+        (vec!["--allow", "staff"], "--allow", "names no policy"),
         (
             vec!["--client-scopes", "orders\\read"],
             "--client-scopes",

@@ -566,3 +566,98 @@ async fn a_refused_or_unreachable_client_grant_fails_the_call_clearly_and_is_not
     assert_eq!(down.status, 503, "{}", down.body);
     assert_eq!(upstream.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn allow_gates_the_whole_gateway_at_the_callback() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream}",
+        &[
+            "--policy",
+            "staff=email-domain:example.com",
+            "--allow",
+            "staff",
+        ],
+    )
+    .await;
+    provider.set_claims(json!({"email": "mallory@elsewhere.test"}));
+    let mut outsider = gateway.browser();
+    let refused = outsider.login("/orders").await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.headers["content-type"]
+            .to_str()
+            .expect("text")
+            .starts_with("text/html")
+    );
+    assert!(
+        refused.body.contains("not allowed here"),
+        "{}",
+        refused.body
+    );
+    // A link to sign out at the provider, without any token in it.
+    let end_session = format!("{}/end-session?", provider.issuer);
+    assert!(refused.body.contains(&end_session), "{}", refused.body);
+    assert!(!refused.body.contains("id_token_hint"), "{}", refused.body);
+    for secret in provider.issued_secrets() {
+        assert!(!refused.body.contains(&secret), "a token in the page");
+    }
+    // No session: no cookie for one, nothing signed in, and the unused grant revoked.
+    assert!(
+        refused
+            .set_cookies()
+            .iter()
+            .all(|cookie| !cookie.starts_with("__Host-bff=")),
+        "{:?}",
+        refused.set_cookies()
+    );
+    assert!(!outsider.is_auth().await);
+    assert_eq!(outsider.get("/api/OtherApi1/x", &[CSRF]).await.status, 401);
+    assert_eq!(provider.revoked().len(), 1, "the refresh token is revoked");
+    assert!(upstream.seen().is_empty());
+
+    provider.set_claims(json!({"email": "ann@example.com"}));
+    let mut staff = gateway.browser();
+    staff.login_ok().await;
+    assert_eq!(staff.get("/api/OtherApi1/x", &[CSRF]).await.status, 200);
+}
+
+#[tokio::test]
+async fn userinfo_claims_are_merged_over_the_id_tokens_and_follow_refreshes() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream} policy=admins identity-headers=on",
+        &["--policy", "admins=groups:admin", "--userinfo"],
+    )
+    .await;
+    // The groups are only in UserInfo (Entra ID and Okta keep large groups out of ID tokens).
+    provider.set_userinfo(json!({"groups": ["admin"], "email": "ann@corp.example"}));
+    let mut browser = signed_in(&gateway).await;
+    let call = browser.get("/api/OtherApi1/x", &[CSRF]).await;
+    assert_eq!(call.status, 200, "{}", call.body);
+    assert_eq!(upstream.seen()[0].headers["x-auth-request-groups"], "admin");
+    assert_eq!(
+        upstream.seen()[0].headers["x-auth-request-email"],
+        "ann@corp.example",
+        "UserInfo's claim wins over the ID token's"
+    );
+    let user = browser.user().await.json();
+    assert_eq!(user["policies"], json!(["admins"]));
+    assert_eq!(provider.userinfo_calls(), 1);
+    // A refresh fetches it again: the group removed at the provider is gone here too.
+    provider.set_userinfo(json!({"groups": ["staff"]}));
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(290));
+    let after = browser.get("/api/OtherApi1/x", &[CSRF]).await;
+    assert_eq!(after.status, 403, "{}", after.body);
+    assert_eq!(provider.userinfo_calls(), 2);
+    // UserInfo for another subject ends the session at the next refresh (OIDC Core §5.3.2).
+    provider.set_userinfo_subject(Some("mallory"));
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(290));
+    assert_eq!(browser.get("/api/OtherApi1/x", &[CSRF]).await.status, 401);
+    // And fails a login outright.
+    let mut other = gateway.browser();
+    assert_eq!(other.login("/").await.status, 400);
+    assert!(!other.is_auth().await);
+}

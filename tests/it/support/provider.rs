@@ -208,6 +208,12 @@ struct State {
     client_grants: Vec<(String, String)>,
     /// When set, client-credentials grants are refused with this OAuth error code.
     refuse_client_grants: Option<String>,
+    /// Claims the UserInfo endpoint adds to `sub`.
+    userinfo_claims: serde_json::Map<String, Value>,
+    /// When set, UserInfo names this subject instead of the user's.
+    userinfo_sub: Option<String>,
+    /// UserInfo requests answered.
+    userinfo_calls: usize,
     fail_next_refresh: Option<RefreshFailure>,
     down: bool,
     discovery_issuer: Option<String>,
@@ -360,6 +366,24 @@ impl FakeProvider {
     /// Refuses client-credentials grants with `code` from now on (`None`: grants them).
     pub fn refuse_client_grants(&self, code: Option<&str>) {
         self.with(|s| s.refuse_client_grants = code.map(str::to_owned));
+    }
+
+    /// Claims (a JSON object) the UserInfo endpoint returns besides `sub`, from now on.
+    pub fn set_userinfo(&self, claims: Value) {
+        let Value::Object(claims) = claims else {
+            panic!("claims must be a JSON object");
+        };
+        self.with(|s| s.userinfo_claims = claims);
+    }
+
+    /// UserInfo names `sub` instead of the user from now on (`None`: the user).
+    pub fn set_userinfo_subject(&self, sub: Option<&str>) {
+        self.with(|s| s.userinfo_sub = sub.map(str::to_owned));
+    }
+
+    /// How many UserInfo requests were answered.
+    pub fn userinfo_calls(&self) -> usize {
+        self.with(|s| s.userinfo_calls)
     }
 
     /// Lifetime of access tokens (`expires_in`).
@@ -674,6 +698,7 @@ async fn handle(
                     "jwks_uri": format!("{issuer}/jwks"),
                     "end_session_endpoint": format!("{issuer}/end-session"),
                     "revocation_endpoint": format!("{issuer}/revoke"),
+                    "userinfo_endpoint": format!("{issuer}/userinfo"),
                     "response_types_supported": ["code"],
                     "subject_types_supported": ["public"],
                     "id_token_signing_alg_values_supported": ["RS256", "ES256"],
@@ -753,6 +778,25 @@ async fn handle(
             respond(200, "text/plain", "")
         }
         "/end-session" => respond(200, "text/html", "<p>signed out</p>"),
+        "/userinfo" => {
+            let presented = parts
+                .headers
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if !state.issued_access_tokens.iter().any(|t| t == presented) {
+                return json_response(401, &json!({"error": "invalid_token"}));
+            }
+            state.userinfo_calls += 1;
+            let mut claims = state.userinfo_claims.clone();
+            let sub = state
+                .userinfo_sub
+                .clone()
+                .unwrap_or_else(|| USER_SUB.to_owned());
+            claims.insert("sub".into(), json!(sub));
+            json_response(200, &Value::Object(claims))
+        }
         _ => respond(404, "text/plain", "not found"),
     }
 }
