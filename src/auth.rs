@@ -53,6 +53,8 @@ pub(crate) struct Auth {
     login_params: LoginParams,
     /// `--allow`: the policy a user must satisfy to get a session.
     allow: Option<String>,
+    /// `--login-resources all`: name the routes' resources in the authorization request.
+    login_resources: bool,
 }
 
 /// Who may sign in, and with which parameters.
@@ -62,6 +64,8 @@ pub(crate) struct SignIn {
     pub(crate) params: LoginParams,
     /// `--allow`: the policy a user must satisfy to get a session.
     pub(crate) allow: Option<String>,
+    /// `--login-resources all`: name the routes' resources in the authorization request.
+    pub(crate) resources: bool,
 }
 
 impl std::fmt::Debug for Auth {
@@ -121,6 +125,7 @@ impl Auth {
             clock,
             login_params: sign_in.params,
             allow: sign_in.allow,
+            login_resources: sign_in.resources,
         }
     }
 
@@ -228,10 +233,13 @@ impl Auth {
     /// `GET /login?returnUrl=/path[&prompt=…&max_age=…&acr_values=…&login_hint=…]`: starts an
     /// authorization-code flow with PKCE, passing on the `--login-params` the query holds (each
     /// checked; `acr_values` only values some policy of `policies` accepts).
+    /// `resources`: every route's resource indicator, named in the request unless
+    /// `--login-resources none`.
     pub(crate) async fn login(
         &self,
         request: &Request<impl Sized>,
         policies: &Policies,
+        resources: &[String],
     ) -> Result<Response<Body>, HttpError> {
         let pairs = query_pairs(request);
         let return_path = single(&pairs, "returnUrl")?.unwrap_or("/").to_owned();
@@ -250,6 +258,7 @@ impl Auth {
             &login.nonce,
             &login.code_challenge(),
             &login_params,
+            if self.login_resources { resources } else { &[] },
         )?;
         let flow_name = self.cookie.flow_name();
         let mut pending = PendingLogins::from_cookies(

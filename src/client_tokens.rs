@@ -2,7 +2,7 @@
 //! gateway's token rather than a user's (`token=client`, `token=user-or-client` without a
 //! session).
 //!
-//! One token per scope set, shared by every caller, never stored in a user's ticket and never
+//! One token per scope set (and resource, for audience-bound ones), shared by every caller, never stored in a user's ticket and never
 //! written to disk. A token is fetched on first use and again once it is within the refresh
 //! skew of its expiry; one fetch at a time per scope set (the callers that arrive meanwhile
 //! wait for it). When a fetch fails the token in hand is used while it is still valid; the
@@ -109,12 +109,19 @@ impl ClientTokens {
         }
     }
 
-    /// The `Authorization` value for a route with `scope` (`None`: `--client-scopes`).
+    /// The `Authorization` value for a route with `scope` (`None`: `--client-scopes`) and,
+    /// when it names one, the token's audience `resource`.
     pub(crate) async fn bearer(
         &self,
         scope: Option<&str>,
+        resource: Option<&str>,
     ) -> Result<HeaderValue, ClientTokenError> {
-        let key = scope.map_or_else(|| self.default_scope.clone(), scope_key);
+        let scope = scope.map_or_else(|| self.default_scope.clone(), scope_key);
+        // Neither a scope nor a resource indicator holds a control character.
+        let key = match resource {
+            Some(resource) => format!("{scope}\n{resource}"),
+            None => scope.clone(),
+        };
         let slot = {
             let mut slots = self.slots.locked();
             // The keys come from the configuration (routes' scopes), never from requests.
@@ -145,7 +152,7 @@ impl ClientTokens {
         if let Some((error, _)) = recent_failure {
             return still_valid.map(|held| held.bearer).ok_or(error);
         }
-        match self.provider.client_credentials(&key).await {
+        match self.provider.client_credentials(&scope, resource).await {
             Ok(token) => {
                 let now = self.clock.unix_now();
                 let renew_at = match token.expires_at {
@@ -159,13 +166,14 @@ impl ClientTokens {
                     renew_at,
                 });
                 *slot.failure.locked() = None;
-                tracing::debug!(scope = %key, "client-credentials token fetched");
+                tracing::debug!(%scope, resource = resource.unwrap_or("-"), "client-credentials token fetched");
                 Ok(bearer)
             }
             Err(error) => {
                 let error = ClientTokenError::from(error);
                 tracing::warn!(
-                    scope = %key,
+                    %scope,
+                    resource = resource.unwrap_or("-"),
                     %error,
                     retry_in_s = RETRY_AFTER.as_secs(),
                     "client-credentials token not obtained"

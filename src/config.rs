@@ -363,6 +363,12 @@ pub struct ServeArgs {
           value_parser = crate::policy::Policy::parse, value_delimiter = ' ')]
     pub policies: Vec<crate::policy::Policy>,
 
+    /// Whether `/login` names every route's `resource=` in the authorization request (RFC 8707;
+    /// some providers grant only resources named there): `all` or `none`.
+    #[arg(help_heading = "Routes and the app", long, env = "OIDC_BFF_LOGIN_RESOURCES", value_name = "all|none",
+          default_value = "all", value_parser = ["all", "none"])]
+    pub login_resources: String,
+
     /// Only users who satisfy this policy get a session: anyone else is refused at the
     /// callback with a page that says the account is not allowed here (like oauth2-proxy's
     /// allowed groups and email domains). Names a `--policy` or a YARP file's policy.
@@ -699,6 +705,8 @@ pub struct Config {
     pub listen_stdin: bool,
     /// What `/login` passes on to the provider.
     pub login_params: crate::login_params::LoginParams,
+    /// `--login-resources all`: `/login` names every route's resource.
+    pub login_resources: bool,
     /// The public origin, without a trailing slash (`https://host[:port]`).
     pub public_origin: String,
     /// Provider settings.
@@ -995,6 +1003,7 @@ impl ServeArgs {
             listen: self.listen,
             listen_stdin: self.listen_stdin,
             login_params: self.login_params,
+            login_resources: self.login_resources == "all",
             public_origin: public_origin.clone(),
             oidc: OidcConfig {
                 issuer: self.issuer,

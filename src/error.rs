@@ -128,6 +128,14 @@ pub enum AuthError {
     /// The route sends the gateway's own token, and none could be had.
     #[error("no client-credentials token: {0}")]
     ClientToken(crate::client_tokens::ClientTokenError),
+    /// The route sends a token for its resource alone, and the provider refused one.
+    #[error("the provider refused a token for resource {resource}: {reason}")]
+    ResourceRefused {
+        /// The resource indicator.
+        resource: String,
+        /// The provider's error code, or why none could be asked for.
+        reason: String,
+    },
 }
 
 /// The login callback's query does not complete a login this browser started.
@@ -240,7 +248,7 @@ impl AuthError {
             Self::ClientToken(ClientTokenError::Unavailable(_)) => {
                 "a token for this API could not be obtained right now"
             }
-            Self::ClientToken(ClientTokenError::Refused(_)) => {
+            Self::ClientToken(ClientTokenError::Refused(_)) | Self::ResourceRefused { .. } => {
                 "the identity provider refused a token for this API"
             }
         }
@@ -269,6 +277,9 @@ impl From<FreshnessError> for HttpError {
             FreshnessError::Store(error) => error.into(),
             FreshnessError::ProviderUnavailable(detail) => {
                 AuthError::RefreshUnavailable(detail).into()
+            }
+            FreshnessError::ResourceRefused { resource, reason } => {
+                AuthError::ResourceRefused { resource, reason }.into()
             }
         }
     }
@@ -383,7 +394,8 @@ impl HttpError {
                         (StatusCode::SERVICE_UNAVAILABLE, Provider, Json)
                     }
                     // The provider refused the gateway's grant: its settings or ours are wrong.
-                    AuthError::ClientToken(ClientTokenError::Refused(_)) => {
+                    AuthError::ClientToken(ClientTokenError::Refused(_))
+                    | AuthError::ResourceRefused { .. } => {
                         (StatusCode::BAD_GATEWAY, Provider, Json)
                     }
                 };

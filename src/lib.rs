@@ -170,6 +170,7 @@ pub async fn run(
         auth::SignIn {
             params: config.login_params.clone(),
             allow: config.proxy.allow.clone(),
+            resources: config.login_resources,
         },
     );
     let client_tokens = Arc::new(ClientTokens::new(

@@ -35,7 +35,7 @@ use crate::clock::Clock;
 use crate::describe::error_chain;
 use crate::http_client::{HttpClient, HttpClientError};
 use crate::jwt::unverified_claims;
-use crate::session::{AccessToken, Secret, Tokens};
+use crate::session::{AccessToken, ResourceToken, Secret, Tokens};
 use crate::sync::RwLocked;
 use crate::urls::is_loopback_host;
 
@@ -124,6 +124,19 @@ pub enum RefreshError {
     /// The provider is down, slow or misconfigured: keep the session and try again later.
     #[error("refresh failed for now: {0}")]
     Transient(String),
+    /// The provider refused this grant alone (`invalid_target` for a resource it does not
+    /// know, `invalid_scope`): the session and its other tokens go on.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// A token for one resource, from a refresh-token grant.
+#[derive(Debug)]
+pub struct ResourceGrant {
+    /// The token.
+    pub token: ResourceToken,
+    /// The new refresh token, when the provider rotated it.
+    pub refresh_token: Option<Secret>,
 }
 
 /// Tokens and identity from a completed login.
@@ -315,6 +328,7 @@ impl Provider {
         nonce: &str,
         code_challenge: &str,
         login_params: &[(&str, String)],
+        resources: &[String],
     ) -> Result<Url, OidcError> {
         let discovered = self.ready()?;
         let mut url = discovered.metadata.authorization_endpoint().url().clone();
@@ -337,6 +351,11 @@ impl Provider {
             }
             for (key, value) in login_params {
                 query.append_pair(key, value);
+            }
+            // RFC 8707 §2.1: every resource the session's tokens will be asked for, since
+            // some providers grant only resources named here.
+            for resource in resources {
+                query.append_pair("resource", resource);
             }
         }
         Ok(url)
@@ -668,7 +687,12 @@ impl Provider {
 
     /// A token of the gateway itself (client-credentials grant, RFC 6749 §4.4) with `scope`
     /// (space-separated; none asked for when empty).
-    pub async fn client_credentials(&self, scope: &str) -> Result<ClientToken, OidcError> {
+    /// With `resource`, the token's audience is that resource (RFC 8707).
+    pub async fn client_credentials(
+        &self,
+        scope: &str,
+        resource: Option<&str>,
+    ) -> Result<ClientToken, OidcError> {
         let discovered = self.ready()?;
         let client = self.client(&discovered)?;
         let http = self.http_fn();
@@ -678,12 +702,60 @@ impl Provider {
         for scope in scope.split_ascii_whitespace() {
             request = request.add_scope(Scope::new(scope.to_owned()));
         }
+        if let Some(resource) = resource {
+            request = request.add_extra_param("resource", resource.to_owned());
+        }
         let response = request.request_async(&http).await.map_err(token_error)?;
         let access_token = AccessToken::new(response.access_token().secret().clone())
             .map_err(|error| OidcError::BadResponse(error.to_string()))?;
         Ok(ClientToken {
             access_token,
             expires_at: access_expiry(&response, self.clock.unix_now()),
+        })
+    }
+
+    /// An access token whose audience is `resource` alone (RFC 8707 §2.2: a refresh-token
+    /// grant with `resource`), and the rotated refresh token when the provider rotated it.
+    /// The ID token such a response may carry is not kept: the session's stays as it is.
+    pub async fn resource_token(
+        &self,
+        refresh_token: &Secret,
+        resource: &str,
+    ) -> Result<ResourceGrant, RefreshError> {
+        let discovered = self
+            .ready()
+            .map_err(|error| RefreshError::Transient(error.to_string()))?;
+        let client = self
+            .client(&discovered)
+            .map_err(|error| RefreshError::Transient(error.to_string()))?;
+        let http = self.http_fn();
+        let token = RefreshToken::new(refresh_token.expose().to_owned());
+        let response = client
+            .exchange_refresh_token(&token)
+            .map_err(|error| RefreshError::Transient(error.to_string()))?
+            .add_extra_param("resource", resource.to_owned())
+            .request_async(&http)
+            .await
+            .map_err(|error| match token_error(error) {
+                OidcError::Refused { code }
+                    if code == "invalid_grant" || code == "unauthorized_client" =>
+                {
+                    RefreshError::SessionEnded(code)
+                }
+                OidcError::Refused { code } => RefreshError::Refused(code),
+                other => RefreshError::Transient(other.to_string()),
+            })?;
+        let access_token = AccessToken::new(response.access_token().secret().clone())
+            .map_err(|error| RefreshError::Refused(error.to_string()))?;
+        Ok(ResourceGrant {
+            token: ResourceToken {
+                resource: resource.to_owned(),
+                access_token,
+                expires_at: access_expiry(&response, self.clock.unix_now()),
+            },
+            refresh_token: response
+                .refresh_token()
+                .map(|token| Secret::new(token.secret().clone())),
         })
     }
 

@@ -307,7 +307,9 @@ impl Gateway {
         // A token to send is made fresh first, so that the policy judges the token that goes
         // (a refresh can narrow its scope). It expired and the provider cannot refresh it
         // now: 503, session kept.
-        let session = if access.token.sends_user_token() {
+        // A route with a resource sends the session's token for that resource alone, never
+        // the broad one, which then needs no refresh here.
+        let session = if access.token.sends_user_token() && access.resource.is_none() {
             self.refresher
                 .fresh(session)
                 .await?
@@ -323,9 +325,17 @@ impl Gateway {
             (Some(principal), true) => identity_headers(&principal.claims),
             _ => Vec::new(),
         };
-        let bearer = match access.token {
-            token if token.sends_user_token() => Some(session.ticket.tokens.access_token.bearer()),
-            TokenType::Client => Some(self.client_bearer(access).await?),
+        let bearer = match (access.token, &access.resource) {
+            (token, Some(resource)) if token.sends_user_token() => Some(
+                self.refresher
+                    .resource_bearer(session.clone(), resource)
+                    .await?
+                    .ok_or(AuthError::SessionEnded)?,
+            ),
+            (token, None) if token.sends_user_token() => {
+                Some(session.ticket.tokens.access_token.bearer())
+            }
+            (TokenType::Client, _) => Some(self.client_bearer(access).await?),
             _ => None,
         };
         Ok(Some(Credentials {
@@ -351,7 +361,7 @@ impl Gateway {
     /// The gateway's own token for a route of `access`.
     async fn client_bearer(&self, access: &Access) -> Result<HeaderValue, HttpError> {
         self.client_tokens
-            .bearer(access.client_scope.as_deref())
+            .bearer(access.client_scope.as_deref(), access.resource.as_deref())
             .await
             .map_err(|error| AuthError::ClientToken(error).into())
     }
@@ -392,7 +402,14 @@ impl Gateway {
             Own::User => self.auth.user(&request, &self.proxy.policies()).await,
             // Boxed: these talk to the provider, and their futures, kilobytes each, would
             // otherwise be reserved and moved in every request's future, proxied calls included.
-            Own::Login => Box::pin(self.auth.login(&request, &self.proxy.policies())).await,
+            Own::Login => {
+                let resources = self.proxy.resources();
+                Box::pin(
+                    self.auth
+                        .login(&request, &self.proxy.policies(), &resources),
+                )
+                .await
+            }
             Own::Logout => Box::pin(self.auth.logout(&request)).await,
             Own::Callback => Box::pin(self.auth.callback(&request, &self.proxy.policies())).await,
             Own::BackchannelLogout => Box::pin(self.backchannel_logout(request)).await,

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::HeaderValue;
+
 use crate::clock::Clock;
 use crate::metrics::{Metrics, RefreshOutcome, RefreshTrigger};
 use crate::oidc::{Provider, RefreshError};
@@ -35,6 +37,24 @@ pub enum FreshnessError {
     /// The token expired and the provider could not refresh it right now.
     #[error("refresh failed for now: {0}")]
     ProviderUnavailable(String),
+    /// The provider refused a token for this resource (`invalid_target`), or the session
+    /// cannot ask for one; the session and its other routes go on.
+    #[error("no token for resource {resource}: {reason}")]
+    ResourceRefused {
+        /// The resource indicator.
+        resource: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How long a resource the provider refused is answered 502 without asking again: the refusal
+/// is about the resource or the client's registration, not one session.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
+
+/// Whether a token expiring at `expiry` (unknown: never) expires within `window` of `now`.
+fn expires_within(expiry: Option<u64>, now: u64, window: Duration) -> bool {
+    expiry.is_some_and(|expiry| now.saturating_add(window.as_secs()) >= expiry)
 }
 
 /// Most refresh calls to the provider at once, on demand and sweep together.
@@ -82,6 +102,8 @@ pub(crate) struct Refresher {
     backoff: Mutex<Backoff>,
     backoff_base: Duration,
     calls: tokio::sync::Semaphore,
+    /// Resources the provider refused lately: the reason, and until when it is remembered.
+    refused_resources: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -110,6 +132,7 @@ impl Refresher {
             backoff: Mutex::new(Backoff::default()),
             backoff_base,
             calls: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            refused_resources: Mutex::default(),
         }
     }
 
@@ -168,13 +191,19 @@ impl Refresher {
         window: Duration,
         trigger: RefreshTrigger,
     ) -> Result<Outcome, StoreError> {
+        self.single_flight(id, self.refresh_locked(id, window, trigger))
+            .await
+    }
+
+    /// Runs `work` holding the session's flight lock: one grant at a time per session.
+    async fn single_flight<T>(&self, id: SessionId, work: impl Future<Output = T>) -> T {
         let lock = {
             let mut in_flight = self.in_flight.locked();
             Arc::clone(in_flight.entry(id).or_default())
         };
         let result = {
             let _flight = lock.lock().await;
-            self.refresh_locked(id, window, trigger).await
+            work.await
         };
         {
             let mut in_flight = self.in_flight.locked();
@@ -184,6 +213,131 @@ impl Refresher {
             }
         }
         result
+    }
+
+    /// The `Authorization` value of the session's token for `resource` alone (RFC 8707),
+    /// asked for with its refresh token when it has none or it expires within the refresh
+    /// skew; one grant at a time per session, sharing the refresh's flight (a rotated refresh
+    /// token is stored before anyone else uses the old one). `None`: the session is gone.
+    pub(crate) async fn resource_bearer(
+        &self,
+        session: Session,
+        resource: &str,
+    ) -> Result<Option<HeaderValue>, FreshnessError> {
+        let window = self.tickets.policy().refresh_skew;
+        if let Some(token) = session.ticket.resource_token(resource)
+            && !expires_within(token.expires_at, self.clock.unix_now(), window)
+        {
+            return Ok(Some(token.access_token.bearer()));
+        }
+        if let Some(reason) = self.refused_recently(resource) {
+            return Err(FreshnessError::ResourceRefused {
+                resource: resource.to_owned(),
+                reason,
+            });
+        }
+        let id = session.id;
+        Box::pin(self.single_flight(id, self.resource_locked(id, resource, window))).await
+    }
+
+    /// The reason the provider refused `resource` within the last [`REFUSAL_MEMORY`].
+    fn refused_recently(&self, resource: &str) -> Option<String> {
+        let now = self.clock.unix_now();
+        let mut refused = self.refused_resources.locked();
+        refused.retain(|_, (_, until)| now < *until);
+        refused.get(resource).map(|(reason, _)| reason.clone())
+    }
+
+    async fn resource_locked(
+        &self,
+        id: SessionId,
+        resource: &str,
+        window: Duration,
+    ) -> Result<Option<HeaderValue>, FreshnessError> {
+        let Some(current) = self.tickets.retrieve_by_id(id, Activity::Peek).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.unix_now();
+        let held = current.ticket.resource_token(resource).cloned();
+        if let Some(token) = held
+            .as_ref()
+            .filter(|token| !expires_within(token.expires_at, now, window))
+        {
+            return Ok(Some(token.access_token.bearer()));
+        }
+        // What a failure leaves to send: the token in hand while it is valid, nothing broader.
+        let still_valid = held
+            .filter(|token| token.expires_at.is_none_or(|expiry| now < expiry))
+            .map(|token| token.access_token.bearer());
+        let unavailable = |reason: String| match &still_valid {
+            Some(bearer) => Ok(Some(bearer.clone())),
+            None => Err(FreshnessError::ProviderUnavailable(reason)),
+        };
+        let Some(refresh_token) = current.ticket.tokens.refresh_token.clone() else {
+            return Err(FreshnessError::ResourceRefused {
+                resource: resource.to_owned(),
+                reason: "the session has no refresh token to ask for it with (offline_access)"
+                    .into(),
+            });
+        };
+        if !self.backoff().ready(id, now) {
+            return unavailable("backing off after a failed grant".into());
+        }
+        let _call = self.calls.acquire().await.ok();
+        match self.provider.resource_token(&refresh_token, resource).await {
+            Ok(grant) => {
+                self.backoff().done(id);
+                let bearer = grant.token.access_token.bearer();
+                let mut ticket = (*current.ticket).clone();
+                ticket
+                    .resource_tokens
+                    .retain(|token| token.resource != resource);
+                ticket.resource_tokens.push(grant.token);
+                if let Some(rotated) = grant.refresh_token {
+                    ticket.tokens.refresh_token = Some(rotated);
+                    ticket.expires_at = self
+                        .tickets
+                        .policy()
+                        .end_of(ticket.created_at, &ticket.tokens);
+                }
+                if !self.tickets.renew(id, ticket).await? {
+                    return Ok(None);
+                }
+                tracing::debug!(session = %id, %resource, "audience-bound token obtained");
+                Ok(Some(bearer))
+            }
+            Err(RefreshError::SessionEnded(reason)) => {
+                tracing::info!(session = %id, %resource, %reason, "grant rejected; session ended");
+                self.tickets.remove(id).await?;
+                Ok(None)
+            }
+            Err(RefreshError::Refused(reason)) => {
+                tracing::warn!(
+                    session = %id,
+                    %resource,
+                    %reason,
+                    "the provider refused a token for this resource; its routes answer 502 \
+                     (is the resource registered for this client?)"
+                );
+                let until = self
+                    .clock
+                    .unix_now()
+                    .saturating_add(REFUSAL_MEMORY.as_secs());
+                self.refused_resources
+                    .locked()
+                    .insert(resource.to_owned(), (reason.clone(), until));
+                Err(FreshnessError::ResourceRefused {
+                    resource: resource.to_owned(),
+                    reason,
+                })
+            }
+            Err(RefreshError::Transient(reason)) => {
+                self.backoff()
+                    .failed(id, self.clock.unix_now(), self.backoff_base);
+                tracing::warn!(session = %id, %resource, %reason, "audience-bound token not obtained for now");
+                unavailable(reason)
+            }
+        }
     }
 
     async fn refresh_locked(
@@ -255,7 +409,7 @@ impl Refresher {
                 self.tickets.remove(id).await?;
                 Ok(Outcome::Ended)
             }
-            Err(RefreshError::Transient(reason)) => {
+            Err(RefreshError::Transient(reason) | RefreshError::Refused(reason)) => {
                 self.metrics.refresh(trigger, RefreshOutcome::Failed);
                 tracing::warn!(session = %id, %reason, "refresh failed; session kept");
                 Ok(Outcome::Failed {

@@ -27,6 +27,8 @@ pub struct RouteSpec {
     pub identity_headers: bool,
     /// `scope=A,B`: the client token's scope (space-separated here).
     pub client_scope: Option<String>,
+    /// `resource=URI`: the audience of the token sent (RFC 8707).
+    pub resource: Option<String>,
 }
 
 /// One space-separated piece of a `--route` value: the route itself, or one of its options.
@@ -46,11 +48,11 @@ pub fn parse_route_piece(text: &str) -> Result<RoutePiece, String> {
         return parse_route_base(text).map(RoutePiece::Route);
     }
     match text.split_once('=') {
-        Some((key @ ("token" | "policy" | "identity-headers" | "scope"), value)) => {
+        Some((key @ ("token" | "policy" | "identity-headers" | "scope" | "resource"), value)) => {
             Ok(RoutePiece::Option(key.to_owned(), value.to_owned()))
         }
         Some((key, _)) if !key.contains('/') => Err(format!(
-            "{key:?} is not a route option (token=, policy=, scope=, identity-headers=)"
+            "{key:?} is not a route option (token=, policy=, scope=, resource=, identity-headers=)"
         )),
         _ => parse_route_base(text).map(RoutePiece::Route),
     }
@@ -73,6 +75,12 @@ pub fn group_routes(pieces: Vec<RoutePiece>) -> Result<Vec<RouteSpec>, String> {
                             .map_err(|error| format!("{at}: {error}"))?;
                     }
                     "policy" if !value.is_empty() => route.policy = Some(value),
+                    "resource" if !value.is_empty() => {
+                        route.resource = Some(
+                            resource_indicator(&value)
+                                .map_err(|error| format!("{at}: resource={error}"))?,
+                        );
+                    }
                     "scope" if !value.is_empty() => {
                         route.client_scope = Some(
                             client_scope(value.split(','))
@@ -141,7 +149,32 @@ fn parse_route_base(text: &str) -> Result<RouteSpec, String> {
         policy: None,
         identity_headers: false,
         client_scope: None,
+        resource: None,
     })
+}
+
+/// An RFC 8707 resource indicator: an absolute URI without a fragment (§2). Kept as written:
+/// it is compared with the token's audience as a string.
+pub(super) fn resource_indicator(text: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(text).map_err(|_| format!("{text:?} is not an absolute URI"))?;
+    if parsed.fragment().is_some() {
+        return Err(format!("{text:?}: a resource indicator has no fragment"));
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{text:?} holds spaces or control characters"));
+    }
+    Ok(text.to_owned())
+}
+
+/// A route's `resource=` names the audience of the token it sends: a route that sends none
+/// cannot have one.
+pub(super) fn check_resource(token: TokenType, resource: Option<&String>) -> Result<(), String> {
+    match resource {
+        Some(resource) if token == TokenType::None => Err(format!(
+            "a resource ({resource:?}) is the audience of the token sent, and token=none sends none"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A client token's scope from its scopes (each checked, RFC 6749 §3.3), space-separated.
@@ -177,6 +210,7 @@ pub(super) fn check_client_scope(token: TokenType, scope: Option<&String>) -> Re
 /// name one of `policies`.
 pub fn route_from_flag(spec: &RouteSpec, policies: &Policies) -> Result<RouteDef, String> {
     check_client_scope(spec.token, spec.client_scope.as_ref())
+        .and_then(|()| check_resource(spec.token, spec.resource.as_ref()))
         .map_err(|error| format!("{}: {error}", spec.prefix))?;
     let policy = match &spec.policy {
         Some(name) => Some(Arc::new(policies.get(name).cloned().ok_or_else(|| {
@@ -204,6 +238,7 @@ pub fn route_from_flag(spec: &RouteSpec, policies: &Policies) -> Result<RouteDef
             policy,
             identity_headers: spec.identity_headers,
             client_scope: spec.client_scope.clone(),
+            resource: spec.resource.clone(),
         },
         websockets: true,
         transforms: vec![Transform::PathRemovePrefix(spec.prefix.clone())],
@@ -381,6 +416,11 @@ mod tests {
             ("/a=http://h token=client scope=", "needs a value"),
             ("/a=http://h token=client scope=a\\b", "not a scope"),
             ("/a=http://h token=client scope=,", "no scope"),
+            ("/a=http://h resource=orders", "not an absolute URI"),
+            (
+                "/a=http://h resource=https://orders.example/#x",
+                "no fragment",
+            ),
             ("/a=http://h identity-headers=yes", "on or off"),
             ("/a=http://h colour=blue", "not a route option"),
             ("/a=http://h policy=", "needs a value"),
@@ -403,6 +443,20 @@ mod tests {
         assert!(
             user_with_scope.contains("only with token=client"),
             "{user_with_scope}"
+        );
+        let bound = parse_route("/a=http://h resource=https://orders.example/api").expect("route");
+        assert_eq!(
+            bound.resource.as_deref(),
+            Some("https://orders.example/api")
+        );
+        let none_with_resource = route_from_flag(
+            &parse_route("/a=http://h token=none resource=https://orders.example").expect("route"),
+            &Policies::default(),
+        )
+        .expect_err("a resource on a route that sends no token");
+        assert!(
+            none_with_resource.contains("token=none"),
+            "{none_with_resource}"
         );
         let unknown = route_from_flag(
             &parse_route("/a=http://h policy=admins").expect("route"),

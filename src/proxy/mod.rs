@@ -166,6 +166,19 @@ impl Proxy {
         Arc::clone(&self.policies.read_locked())
     }
 
+    /// Every route's resource indicator (RFC 8707), each once, in route order.
+    pub fn resources(&self) -> Vec<String> {
+        let mut resources: Vec<String> = Vec::new();
+        for route in self.routes().iter() {
+            if let Some(resource) = &route.access.resource
+                && !resources.contains(resource)
+            {
+                resources.push(resource.clone());
+            }
+        }
+        resources
+    }
+
     /// The first route that takes this request, with its route values.
     pub fn route_for(&self, request: &Request<Incoming>) -> Option<RouteMatch> {
         let routes = self.routes();

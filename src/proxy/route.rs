@@ -655,6 +655,9 @@ pub struct Access {
     pub identity_headers: bool,
     /// The scope of the client token (space-separated); `None`: `--client-scopes`.
     pub client_scope: Option<String>,
+    /// RFC 8707 resource indicator: the token sent is one whose audience is this resource
+    /// alone (asked for with the session's refresh token, or in the client grant).
+    pub resource: Option<String>,
 }
 
 impl Access {
@@ -665,6 +668,7 @@ impl Access {
             policy: None,
             identity_headers: false,
             client_scope: None,
+            resource: None,
         }
     }
 

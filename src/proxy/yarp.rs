@@ -172,6 +172,7 @@ const ANTIFORGERY_METADATA: &str = "Duende.Bff.Yarp.AntiforgeryCheck";
 /// This gateway's route metadata.
 const IDENTITY_HEADERS_METADATA: &str = "oidc-bff.IdentityHeaders";
 const CLIENT_SCOPE_METADATA: &str = "oidc-bff.ClientScope";
+const RESOURCE_METADATA: &str = "oidc-bff.Resource";
 
 /// The token type a `Metadata` object names (Duende's keys; values as Duende reads them, case
 /// ignored), if any.
@@ -323,6 +324,7 @@ fn build_route(
             ANTIFORGERY_METADATA,
             IDENTITY_HEADERS_METADATA,
             CLIENT_SCOPE_METADATA,
+            RESOURCE_METADATA,
         ],
         at,
     );
@@ -330,6 +332,7 @@ fn build_route(
     let mut antiforgery = true;
     let mut identity_headers = false;
     let mut client_scope = None;
+    let mut resource = None;
     for (key, value) in json.metadata.iter().flatten() {
         if key.eq_ignore_ascii_case(WEBSOCKETS_METADATA) {
             websockets = flag_metadata(key, value, at, &mut errors).unwrap_or(websockets);
@@ -338,6 +341,11 @@ fn build_route(
         } else if key.eq_ignore_ascii_case(IDENTITY_HEADERS_METADATA) {
             identity_headers =
                 flag_metadata(key, value, at, &mut errors).unwrap_or(identity_headers);
+        } else if key.eq_ignore_ascii_case(RESOURCE_METADATA) {
+            match super::config::resource_indicator(value) {
+                Ok(uri) => resource = Some(uri),
+                Err(problem) => errors.push(format!("{at}.Metadata.{key}: {problem}")),
+            }
         } else if key.eq_ignore_ascii_case(CLIENT_SCOPE_METADATA) {
             match super::config::client_scope(value.split_ascii_whitespace()) {
                 Ok(scope) => client_scope = Some(scope),
@@ -395,6 +403,7 @@ fn build_route(
     access.token = route_token.or(cluster_token).unwrap_or(TokenType::User);
     access.identity_headers = identity_headers;
     access.client_scope = client_scope;
+    access.resource = resource;
     match json.authorization_policy.as_deref() {
         None => {}
         Some(policy) if policy.eq_ignore_ascii_case("default") => {}
@@ -420,6 +429,9 @@ fn build_route(
         super::config::check_client_scope(access.token, access.client_scope.as_ref())
     {
         errors.push(format!("{at}.Metadata.{CLIENT_SCOPE_METADATA}: {problem}"));
+    }
+    if let Err(problem) = super::config::check_resource(access.token, access.resource.as_ref()) {
+        errors.push(format!("{at}.Metadata.{RESOURCE_METADATA}: {problem}"));
     }
     // A user's token never goes upstream without the CSRF check: a route may skip it only
     // when it sends nothing of the user's.

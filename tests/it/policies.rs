@@ -661,3 +661,139 @@ async fn userinfo_claims_are_merged_over_the_id_tokens_and_follow_refreshes() {
     assert_eq!(other.login("/").await.status, 400);
     assert!(!other.is_auth().await);
 }
+
+/// A gateway with two audience-bound routes and a plain one, rotating refresh tokens.
+async fn audience_gateway(extra: &[&str]) -> (FakeProvider, TestGateway, Upstream, Upstream) {
+    let orders = Upstream::start().await;
+    let billing = Upstream::start().await;
+    let orders_route = format!(
+        "/api/OtherApi1={} resource=https://orders.example",
+        orders.url
+    );
+    let billing_route = format!(
+        "/api/OtherApi2={} resource=https://billing.example/",
+        billing.url
+    );
+    let plain_route = format!("/api/Plain={}", orders.url);
+    let mut args = vec![
+        "--route",
+        orders_route.as_str(),
+        "--route",
+        billing_route.as_str(),
+        "--route",
+        plain_route.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let (provider, gateway) = setup(&args).await;
+    provider.rotate_refresh_tokens(true);
+    (provider, gateway, orders, billing)
+}
+
+fn token_of(seen: &crate::support::upstream::Seen) -> String {
+    bearer_of(seen)
+        .and_then(|bearer| bearer.strip_prefix("Bearer ").map(str::to_owned))
+        .expect("a bearer token")
+}
+
+#[tokio::test]
+async fn resource_routes_get_a_token_for_their_audience_alone() {
+    let (provider, gateway, orders, billing) = audience_gateway(&[]).await;
+    let mut browser = signed_in(&gateway).await;
+    assert_eq!(
+        provider.authorize_resources(),
+        [["https://orders.example", "https://billing.example/"]],
+        "the sign-in names every route's resource"
+    );
+    let broad = provider.last_access_token();
+    assert_eq!(browser.get("/api/OtherApi1/a", &[CSRF]).await.status, 200);
+    assert_eq!(browser.get("/api/OtherApi1/b", &[CSRF]).await.status, 200);
+    assert_eq!(browser.get("/api/OtherApi2/c", &[CSRF]).await.status, 200);
+    assert_eq!(browser.get("/api/Plain/d", &[CSRF]).await.status, 200);
+    let seen = orders.seen();
+    let (orders_token, plain_token) = (token_of(&seen[0]), token_of(&seen[2]));
+    assert_eq!(token_of(&seen[1]), orders_token, "kept and reused");
+    assert_eq!(
+        provider.audience_of(&orders_token).as_deref(),
+        Some("https://orders.example")
+    );
+    let billing_token = token_of(&billing.seen()[0]);
+    assert_eq!(
+        provider.audience_of(&billing_token).as_deref(),
+        Some("https://billing.example/")
+    );
+    assert_ne!(orders_token, billing_token);
+    assert_eq!(
+        plain_token, broad,
+        "a route without resource gets the broad token"
+    );
+    assert!(provider.audience_of(&broad).is_none());
+    assert_eq!(provider.refresh_count(), 2, "one grant per resource");
+
+    // Expiring within the skew, each is asked for again, once, with the rotated refresh token.
+    provider
+        .clock()
+        .advance(std::time::Duration::from_secs(285));
+    assert_eq!(browser.get("/api/OtherApi1/e", &[CSRF]).await.status, 200);
+    assert_eq!(browser.get("/api/OtherApi1/f", &[CSRF]).await.status, 200);
+    let renewed = token_of(&orders.seen()[3]);
+    assert_ne!(renewed, orders_token);
+    assert_eq!(token_of(&orders.seen()[4]), renewed);
+    assert_eq!(provider.refresh_count(), 3);
+    // The session (and its broad token) lives on: a rotated refresh token was stored.
+    assert_eq!(browser.get("/api/Plain/g", &[CSRF]).await.status, 200);
+    assert_eq!(browser.get("/api/OtherApi2/h", &[CSRF]).await.status, 200);
+    assert_eq!(
+        provider.refresh_count(),
+        5,
+        "billing's and the broad token's renewals"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_calls_share_one_grant_per_resource_under_rotation() {
+    let (provider, gateway, orders, billing) = audience_gateway(&[]).await;
+    let browser = signed_in(&gateway).await;
+    let cookies = browser.cookies();
+    let mut calls = tokio::task::JoinSet::new();
+    for index in 0..12 {
+        let mut caller = gateway.browser();
+        let cookie = cookies.clone();
+        calls.spawn(async move {
+            let path = if index % 2 == 0 {
+                "/api/OtherApi1/x"
+            } else {
+                "/api/OtherApi2/x"
+            };
+            caller
+                .get(path, &[CSRF, ("cookie", cookie.as_str())])
+                .await
+                .status
+        });
+    }
+    let statuses = calls.join_all().await;
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    // A second grant with a spent refresh token would have ended the session.
+    assert_eq!(provider.refresh_count(), 2);
+    assert_eq!(orders.seen().len() + billing.seen().len(), 12);
+}
+
+#[tokio::test]
+async fn a_refused_resource_answers_502_and_never_falls_back_to_the_broad_token() {
+    let (provider, gateway, orders, billing) =
+        audience_gateway(&["--login-resources", "none"]).await;
+    provider.refuse_resource("https://billing.example/");
+    let mut browser = signed_in(&gateway).await;
+    assert_eq!(provider.authorize_resources(), [Vec::<String>::new()]);
+    let refused = browser.get("/api/OtherApi2/x", &[CSRF]).await;
+    assert_eq!(refused.status, 502, "{}", refused.body);
+    assert!(!refused.body.contains("invalid_target"), "{}", refused.body);
+    assert!(billing.seen().is_empty(), "nothing went upstream");
+    // Not asked again for every call.
+    assert_eq!(browser.get("/api/OtherApi2/x", &[CSRF]).await.status, 502);
+    assert_eq!(provider.refresh_count(), 1);
+    // The session and its other routes go on.
+    assert_eq!(browser.get("/api/OtherApi1/x", &[CSRF]).await.status, 200);
+    assert_eq!(browser.get("/api/Plain/x", &[CSRF]).await.status, 200);
+    assert!(browser.is_auth().await);
+    assert_eq!(orders.seen().len(), 2);
+}

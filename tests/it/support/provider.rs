@@ -214,6 +214,12 @@ struct State {
     userinfo_sub: Option<String>,
     /// UserInfo requests answered.
     userinfo_calls: usize,
+    /// Resources refused with `invalid_target`.
+    refused_resources: Vec<String>,
+    /// The audience of each access token issued for a resource.
+    audiences: HashMap<String, String>,
+    /// The resources each authorization request named.
+    authorize_resources: Vec<Vec<String>>,
     fail_next_refresh: Option<RefreshFailure>,
     down: bool,
     discovery_issuer: Option<String>,
@@ -379,6 +385,21 @@ impl FakeProvider {
     /// UserInfo names `sub` instead of the user from now on (`None`: the user).
     pub fn set_userinfo_subject(&self, sub: Option<&str>) {
         self.with(|s| s.userinfo_sub = sub.map(str::to_owned));
+    }
+
+    /// Refuses tokens for `resource` with `invalid_target` from now on.
+    pub fn refuse_resource(&self, resource: &str) {
+        self.with(|s| s.refused_resources.push(resource.to_owned()));
+    }
+
+    /// The resource an access token was issued for (`None`: a broad token, or unknown).
+    pub fn audience_of(&self, access_token: &str) -> Option<String> {
+        self.with(|s| s.audiences.get(access_token).cloned())
+    }
+
+    /// The `resource` parameters of each authorization request so far.
+    pub fn authorize_resources(&self) -> Vec<Vec<String>> {
+        self.with(|s| s.authorize_resources.clone())
     }
 
     /// How many UserInfo requests were answered.
@@ -722,6 +743,17 @@ async fn handle(
         }
         "/authorize" => {
             state.authorize_params.push(query.clone());
+            let resources = parts
+                .uri
+                .query()
+                .map(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .filter(|(key, _)| key == "resource")
+                        .map(|(_, value)| value.into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            state.authorize_resources.push(resources);
             let (Some(redirect_uri), Some(state_param), Some(nonce), Some(challenge)) = (
                 query.get("redirect_uri"),
                 query.get("state"),
@@ -865,12 +897,27 @@ fn token(
             let Some(sid) = state.refresh_tokens.get(&presented).cloned() else {
                 return oauth_error("invalid_grant");
             };
+            let resource = form.get("resource").cloned();
+            if let Some(resource) = &resource
+                && state.refused_resources.contains(resource)
+            {
+                return oauth_error("invalid_target");
+            }
             let rotate = state.rotate_refresh;
             if rotate {
                 state.refresh_tokens.remove(&presented);
             }
             let tamper = state.refresh_tamper.clone();
-            issue(state, now, issuer, None, &sid, &tamper, rotate)
+            let response = issue(state, now, issuer, None, &sid, &tamper, rotate);
+            if let Some(resource) = resource {
+                let token = state
+                    .issued_access_tokens
+                    .last()
+                    .cloned()
+                    .expect("just issued");
+                state.audiences.insert(token, resource);
+            }
+            response
         }
         "client_credentials" => {
             if let Some(code) = state.refuse_client_grants.clone() {
