@@ -338,7 +338,8 @@ pub struct ServeArgs {
     /// (which token goes upstream; `optional-user` sends the user's when signed in, else none
     /// and no 401; `client` the gateway's own client-credentials token; `user-or-client` the
     /// user's when signed in, else the gateway's), `scope=A,B` (the client token's scope,
-    /// instead of `--client-scopes`), `policy=NAME` (callers must satisfy `--policy NAME`),
+    /// instead of `--client-scopes`), `resource=URI` (a token whose audience is that resource
+    /// alone, RFC 8707), `policy=NAME` (callers must satisfy `--policy NAME`),
     /// `identity-headers=on` (`X-Auth-Request-User`, `-Email`, `-Preferred-Username`, `-Groups`
     /// from the user's claims).
     #[arg(help_heading = "Routes and the app", long = "route", env = "OIDC_BFF_ROUTES", value_name = "PREFIX=URL[,URL…] [KEY=VALUE…]",
