@@ -127,7 +127,13 @@ pub async fn execute(
             if claims
                 && let Some(id_token) = ticket.as_ref().and_then(|t| t.tokens.id_token.as_ref())
             {
-                value["claims"] = Value::Object(crate::jwt::user_claims(id_token.expose()));
+                let mut claims = crate::jwt::user_claims(id_token.expose());
+                // With --userinfo, the claims the gateway judges include UserInfo's.
+                let userinfo = ticket.as_ref().and_then(|t| t.userinfo.as_deref());
+                if let Some(Ok(Value::Object(extra))) = userinfo.map(serde_json::from_str) {
+                    claims.extend(extra.into_iter().filter(|(name, _)| name != "sub"));
+                }
+                value["claims"] = Value::Object(claims);
             }
             Ok(value)
         }
@@ -184,6 +190,14 @@ fn summary(
         "expires": meta.deadline,
         "accessTokenExpires": ticket.and_then(|t| t.tokens.access_expires_at),
         "refreshable": ticket.is_some_and(|t| t.tokens.refresh_token.is_some()),
+        "scope": ticket.and_then(|t| t.tokens.scope.clone()),
+        // Which audience-bound tokens the session holds, and until when; never the tokens.
+        "resources": ticket.map_or_else(Vec::new, |t| {
+            t.resource_tokens
+                .iter()
+                .map(|token| json!({ "resource": token.resource, "expires": token.expires_at }))
+                .collect()
+        }),
         "readable": ticket.is_some(),
     })
 }

@@ -243,3 +243,37 @@ async fn running_out_of_descriptors_does_not_close_the_admin_socket() {
     assert_eq!(json(&out)["sessions"], 0);
     child.kill().await.expect("kill");
 }
+
+#[tokio::test]
+async fn show_lists_a_sessions_resources_and_scope_but_never_their_tokens() {
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!(
+        "/api/OtherApi1={} resource=https://orders.example",
+        upstream.url
+    );
+    let (provider, gateway) = setup(&["--route", &route]).await;
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    let call = browser.get("/api/OtherApi1/x", &[("x-csrf", "1")]).await;
+    assert_eq!(call.status, 200, "{}", call.body);
+    let dir = gateway.data_dir.path().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || sessions(&dir, &["list", "--json"])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0, "{err}");
+    let id = json(&out)[0]["id"].as_str().expect("id").to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || sessions(&dir, &["show", &id]))
+        .await
+        .expect("task");
+    assert_eq!(code, 0, "{err}");
+    let shown = json(&out);
+    assert_eq!(shown["resources"][0]["resource"], "https://orders.example");
+    assert!(shown["resources"][0]["expires"].is_u64(), "{out}");
+    assert_eq!(shown["scope"], "openid profile offline_access");
+    for secret in provider.issued_secrets() {
+        assert!(!out.contains(&secret), "a token was printed: {out}");
+    }
+}
