@@ -1,6 +1,7 @@
 // Starts the whole example on loopback: a demo CA and certificate, the OpenID provider
-// (examples/provider), the products API (examples/products-api) and oidc-bff serving the built
-// Angular app (examples/angular). Used by examples/demo.mjs and by the browser tests in
+// (examples/provider), two APIs (examples/products-api: products and reviews, each accepting
+// only tokens meant for it alone) and oidc-bff serving the built Angular app
+// (examples/angular). Used by examples/demo.mjs and by the browser tests in
 // tests/e2e. Node's standard library only; certificates come from the openssl command.
 //
 // Sites, as in production: the provider is https://127.0.0.1:<port> and the gateway is
@@ -170,11 +171,18 @@ export async function startStack(options) {
     gateway: options.ports?.gateway ?? (await freePort()),
     provider: options.ports?.provider ?? (await freePort()),
     api: options.ports?.api ?? (await freePort()),
+    reviews: options.ports?.reviews ?? (await freePort()),
   };
   const urls = {
     gateway: `https://localhost:${ports.gateway}`,
     provider: `https://127.0.0.1:${ports.provider}`,
     api: `https://127.0.0.1:${ports.api}`,
+    reviews: `https://127.0.0.1:${ports.reviews}`,
+  };
+  // RFC 8707 resource indicators: each API accepts only tokens whose audience is its own.
+  const resources = {
+    products: 'https://products.example/',
+    reviews: 'https://reviews.example/',
   };
   const certs = makeCertificates(join(dir, 'tls'));
   const secret = () => randomBytes(24).toString('base64url');
@@ -189,10 +197,11 @@ export async function startStack(options) {
 
   const provider = new Service('provider', logs, options.echo);
   const api = new Service('products-api', logs, options.echo);
+  const reviews = new Service('reviews-api', logs, options.echo);
   const gateway = new Service('oidc-bff', logs, options.echo);
-  const services = { provider, api, gateway };
+  const services = { provider, api, reviews, gateway };
   const stopAll = async () => {
-    await Promise.all([gateway.stop(), api.stop(), provider.stop()]);
+    await Promise.all([gateway.stop(), api.stop(), reviews.stop(), provider.stop()]);
   };
 
   try {
@@ -205,6 +214,10 @@ export async function startStack(options) {
       ACCESS_TOKEN_TTL: String(options.accessTokenTtl ?? 300),
       DEMO_USER: user,
       DEMO_PASSWORD: password,
+      RESOURCE_SERVERS: JSON.stringify({
+        [resources.products]: 'products:read',
+        [resources.reviews]: 'reviews:read',
+      }),
       ...(options.tokenLog ? { TOKEN_LOG: options.tokenLog } : {}),
     });
     api.start(process.execPath, [join(examples, 'products-api', 'server.mjs')], {
@@ -212,10 +225,20 @@ export async function startStack(options) {
       API_LISTEN: urls.api,
       PROVIDER_ISSUER: urls.provider,
       API_SECRET: apiSecret,
+      EXPECTED_AUDIENCE: resources.products,
+    });
+    reviews.start(process.execPath, [join(examples, 'products-api', 'server.mjs')], {
+      ...node, ...tls,
+      API_LISTEN: urls.reviews,
+      API_KIND: 'reviews',
+      PROVIDER_ISSUER: urls.provider,
+      API_SECRET: apiSecret,
+      EXPECTED_AUDIENCE: resources.reviews,
     });
     await waitFor('provider', async () =>
       (await probe(`${urls.provider}/.well-known/openid-configuration`, certs.ca)) === 200, provider.child);
     await waitFor('products-api', async () => (await probe(`${urls.api}/products`, certs.ca)) === 401, api.child);
+    await waitFor('reviews-api', async () => (await probe(`${urls.reviews}/reviews`, certs.ca)) === 401, reviews.child);
 
     const gatewayArgs = [
       'serve',
@@ -224,12 +247,13 @@ export async function startStack(options) {
       '--issuer', urls.provider,
       '--client-id', 'oidc-bff',
       '--client-secret-file', secretFile,
-      '--scopes', 'openid profile email offline_access',
+      '--scopes', 'openid profile email offline_access products:read reviews:read',
       '--tls-cert', certs.cert,
       '--tls-key', certs.key,
       '--ca-file', certs.ca,
       '--data-dir', join(dir, 'data'),
-      '--route', `/api/OtherApi1=${urls.api}`,
+      '--route', `/api/OtherApi1=${urls.api} resource=${resources.products}`,
+      '--route', `/api/Reviews=${urls.reviews} resource=${resources.reviews}`,
       ...(options.frontendUrl
         ? ['--frontend-url', options.frontendUrl]
         : ['--static-dir', options.staticDir ?? angularDist]),
@@ -244,6 +268,7 @@ export async function startStack(options) {
     return {
       dir,
       urls,
+      resources,
       user,
       password,
       certs,

@@ -10,6 +10,9 @@
 //   API_CLIENT_ID       products-api
 //   API_SECRET          the API's client secret
 //   EXPECTED_CLIENT     oidc-bff: tokens must have been issued to this client
+//   EXPECTED_AUDIENCE   when set, tokens must be for this resource alone (`aud`, RFC 8707):
+//                       a token meant for another API is refused here
+//   API_KIND            products (default: GET /products) or reviews (GET /reviews)
 //
 // One JSON line per call goes to stdout (status and the caller's sub, never the token).
 
@@ -30,14 +33,26 @@ const issuer = env('PROVIDER_ISSUER');
 const clientId = env('API_CLIENT_ID', 'products-api');
 const secret = env('API_SECRET');
 const expectedClient = env('EXPECTED_CLIENT', 'oidc-bff');
+const expectedAudience = process.env.EXPECTED_AUDIENCE;
+const kind = env('API_KIND', 'products');
 
 const log = (fields) => process.stdout.write(`${JSON.stringify(fields)}\n`);
 
-const products = [
-  { id: 1, name: 'Espresso machine', price: 249.0 },
-  { id: 2, name: 'Burr grinder', price: 129.5 },
-  { id: 3, name: 'Milk jug', price: 14.9 },
-];
+const data = {
+  products: [
+    { id: 1, name: 'Espresso machine', price: 249.0 },
+    { id: 2, name: 'Burr grinder', price: 129.5 },
+    { id: 3, name: 'Milk jug', price: 14.9 },
+  ],
+  reviews: [
+    { product: 1, stars: 5, text: 'Makes a fine espresso.' },
+    { product: 2, stars: 4, text: 'Even grind, a little loud.' },
+  ],
+};
+if (!data[kind]) {
+  console.error(`products-api: API_KIND must be products or reviews, not ${kind}`);
+  process.exit(64);
+}
 
 let introspectionEndpoint;
 async function introspectionUrl() {
@@ -66,7 +81,8 @@ async function validate(token) {
   const usable = claims.active === true
     && claims.token_type === 'Bearer'
     && claims.client_id === expectedClient
-    && typeof claims.sub === 'string';
+    && typeof claims.sub === 'string'
+    && (!expectedAudience || [claims.aud].flat().includes(expectedAudience));
   return usable ? claims : undefined;
 }
 
@@ -98,9 +114,9 @@ const server = createServer(
       send(res, 401, { error: 'invalid_token' }, { 'www-authenticate': 'Bearer error="invalid_token"' });
       return;
     }
-    if (req.method === 'GET' && pathname === '/products') {
-      log({ path: pathname, status: 200, sub: claims.sub });
-      send(res, 200, { sub: claims.sub, products });
+    if (req.method === 'GET' && pathname === `/${kind}`) {
+      log({ path: pathname, status: 200, sub: claims.sub, aud: claims.aud });
+      send(res, 200, { sub: claims.sub, [kind]: data[kind] });
       return;
     }
     log({ path: pathname, status: 404, sub: claims.sub });

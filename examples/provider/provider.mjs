@@ -18,6 +18,9 @@
 //   DEMO_USER / DEMO_PASSWORD  the test user's credentials
 //   TOKEN_LOG         tests only, see below
 //   EXTRA_CLIENTS     more client registrations, a JSON array (bench/proxy.mjs uses it)
+//   RESOURCE_SERVERS  RFC 8707 resource servers, a JSON object {"URI": "scope …"}: a refresh
+//                     with resource=URI (named at sign-in) gets an access token whose audience
+//                     is that URI alone, with those of its scopes the sign-in asked for
 //
 // One JSON line per protocol event goes to stdout (grant types, logouts, introspections), which
 // the browser tests read to prove what happened server-side. Tokens are never printed.
@@ -26,7 +29,7 @@ import { createServer } from 'node:https';
 import { generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { appendFileSync, readFileSync } from 'node:fs';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const env = (name, fallback) => {
   const value = process.env[name] ?? fallback;
@@ -51,6 +54,7 @@ const user = {
   },
 };
 const accountId = `user-${user.username}`;
+const resourceServers = JSON.parse(process.env.RESOURCE_SERVERS ?? '{}');
 
 const log = (event, fields = {}) =>
   process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`);
@@ -129,6 +133,18 @@ const configuration = {
       },
     },
     revocation: { enabled: true },
+    // RFC 8707: tokens for one API alone. Without `resource` a token is the broad one (for
+    // UserInfo); a resource never named at sign-in is refused (invalid_target).
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async () => undefined,
+      useGrantedResource: async () => false,
+      getResourceServerInfo: async (ctx, indicator) => {
+        const scope = resourceServers[indicator];
+        if (!scope) throw new errors.InvalidTarget();
+        return { scope, audience: indicator, accessTokenFormat: 'opaque', accessTokenTTL: accessTokenTtl };
+      },
+    },
     introspection: {
       enabled: true,
       // Only the resource server and the token's own client may look a token up.
@@ -165,10 +181,11 @@ provider.proxy = false;
 // can prove that none of them ever reaches the browser. Never set it anywhere else.
 const tokenLog = process.env.TOKEN_LOG;
 provider.on('grant.success', (ctx) => {
-  log('grant', { grant_type: ctx.oidc.params.grant_type });
+  const { grant_type, resource } = ctx.oidc.params;
+  log('grant', { grant_type, resource });
   if (tokenLog) {
     const { access_token, refresh_token, id_token } = ctx.body ?? {};
-    appendFileSync(tokenLog, `${JSON.stringify({ access_token, refresh_token, id_token })}\n`, { mode: 0o600 });
+    appendFileSync(tokenLog, `${JSON.stringify({ grant_type, resource, access_token, refresh_token, id_token })}\n`, { mode: 0o600 });
   }
 });
 provider.on('grant.error', (ctx, error) =>
@@ -281,6 +298,9 @@ async function interaction(req, res, uid, action) {
       : new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
     if (missing.length) grant.addOIDCScope(missing.join(' '));
     if (prompt.details.missingOIDCClaims) grant.addOIDCClaims(prompt.details.missingOIDCClaims);
+    for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
     const grantId = await grant.save();
     log('consent', { scopes: missing });
     await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });

@@ -11,6 +11,7 @@
 
 import { createHash, X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 
 import { chromium } from 'playwright-core';
@@ -144,7 +145,9 @@ const isGateway = (url) => new URL(url).origin === urls.gateway;
 const isProvider = (url) => new URL(url).origin === urls.provider;
 const onLoginPage = (target = page) =>
   target.waitForURL((url) => isProvider(url.href) && url.pathname.startsWith('/interaction/'));
-const grants = (type) => provider.events.filter((e) => e.event === 'grant' && e.grant_type === type).length;
+/** Grants of `type`; with `resource` (a URI, or null for the broad token), only those. */
+const grants = (type, resource) => provider.events.filter((e) => e.event === 'grant' && e.grant_type === type
+  && (resource === undefined || (e.resource ?? null) === resource)).length;
 const issuedTokens = () =>
   readFileSync(tokenLog, 'utf8').split('\n').filter(Boolean).map((line) => JSON.parse(line));
 
@@ -274,8 +277,11 @@ await step('3. products load: the API saw a valid token for alice; the browser n
   expect((await page.locator('#api-caller').innerText()).includes('user-alice'), 'the API did not see alice');
   await eventually(() => api.events.some((e) => e.path === '/products' && e.status === 200 && e.sub === 'user-alice'), 5_000,
     'the API log has no validated call for alice');
+  expect(grants('refresh_token', null) === 0, 'a refresh happened before the token expired');
+  // The products route sends a token for the products API alone (RFC 8707): one grant for it.
+  expect(grants('refresh_token', stack.resources.products) === 1,
+    `expected one grant for the products resource, saw ${grants('refresh_token', stack.resources.products)}`);
   refreshesBefore = grants('refresh_token');
-  expect(refreshesBefore === 0, 'a refresh happened before the token expired');
   const checked = await assertNoTokenInBrowser();
   console.log(`\n    (${checked.responses} responses (${checked.unread} bodies discarded by a navigation), cookies and storage searched for ${checked.tokens} tokens)`);
   await screenshot('products');
@@ -297,6 +303,36 @@ await step(`4. past the access-token lifetime (${ACCESS_TOKEN_TTL}s): products s
   expect(api.events.slice(calls).every((e) => e.status === 200), 'the API refused a call after the refresh');
   await assertNoTokenInBrowser();
   await screenshot('products-after-refresh');
+});
+
+/** GET `url` with `token` as bearer, trusting the example CA; resolves to the status. */
+const callWith = (url, token) => new Promise((done, fail) => {
+  const req = httpsRequest(url, { ca: readFileSync(stack.certs.ca), headers: { authorization: `Bearer ${token}` } },
+    (res) => {
+      res.resume();
+      done(res.statusCode);
+    });
+  req.setTimeout(5_000, () => req.destroy(new Error(`${url} did not answer`)));
+  req.on('error', fail);
+  req.end();
+});
+
+await step('4b. audience-bound tokens: each API gets a token for itself alone; a token leaked by one is refused by the other', async () => {
+  const reviews = await page.evaluate(async () => {
+    const response = await fetch('/api/Reviews/reviews', { headers: { 'X-CSRF': '1' } });
+    return { status: response.status, body: await response.json() };
+  });
+  expect(reviews.status === 200 && reviews.body.reviews.length === 2, `reviews: ${JSON.stringify(reviews)}`);
+  const latest = (resource) => issuedTokens().filter((t) => (t.resource ?? null) === resource && t.access_token).at(-1).access_token;
+  const products = latest(stack.resources.products);
+  const review = latest(stack.resources.reviews);
+  const broad = latest(null);
+  expect(await callWith(`${urls.api}/products`, products) === 200, 'the products token does not work at products');
+  expect(await callWith(`${urls.reviews}/reviews`, review) === 200, 'the reviews token does not work at reviews');
+  expect(await callWith(`${urls.reviews}/reviews`, products) === 401, 'the products token was accepted by reviews');
+  expect(await callWith(`${urls.api}/products`, review) === 401, 'the reviews token was accepted by products');
+  expect(await callWith(`${urls.api}/products`, broad) === 401, 'the broad sign-in token was accepted by products');
+  await assertNoTokenInBrowser();
 });
 
 await step('5. restart oidc-bff: still signed in (the session survived in redb)', async () => {
