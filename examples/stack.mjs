@@ -159,7 +159,8 @@ export class Service {
  *
  * Options: `dir` (work directory, created), `gatewayBin` (the oidc-bff binary), `ports`
  * (`gateway`, `provider`, `api`; free ones are picked when absent), `accessTokenTtl` seconds,
- * `gatewayArgs` (extra flags), `frontendUrl` (a dev server such as `ng serve`, instead of the
+ * `gatewayArgs` (extra flags), `stepUpAge` (how recent a sign-in `/api/Account` wants;
+ * default 5m), `frontendUrl` (a dev server such as `ng serve`, instead of the
  * built app), `echo(name, line)` for live output, `tokenLog` (tests only: a file
  * where the provider records the tokens it issues, so a test can look for them in the browser).
  */
@@ -231,6 +232,7 @@ export async function startStack(options) {
       ...node, ...tls,
       API_LISTEN: urls.reviews,
       API_KIND: 'reviews',
+      ALLOW_ANONYMOUS: '1',
       PROVIDER_ISSUER: urls.provider,
       API_SECRET: apiSecret,
       EXPECTED_AUDIENCE: resources.reviews,
@@ -238,7 +240,7 @@ export async function startStack(options) {
     await waitFor('provider', async () =>
       (await probe(`${urls.provider}/.well-known/openid-configuration`, certs.ca)) === 200, provider.child);
     await waitFor('products-api', async () => (await probe(`${urls.api}/products`, certs.ca)) === 401, api.child);
-    await waitFor('reviews-api', async () => (await probe(`${urls.reviews}/reviews`, certs.ca)) === 401, reviews.child);
+    await waitFor('reviews-api', async () => (await probe(`${urls.reviews}/reviews`, certs.ca)) === 200, reviews.child);
 
     const gatewayArgs = [
       'serve',
@@ -252,8 +254,15 @@ export async function startStack(options) {
       '--tls-key', certs.key,
       '--ca-file', certs.ca,
       '--data-dir', join(dir, 'data'),
+      // One API per kind of route (docs/proxy.md "Who may call what"): the user's token for
+      // the products API alone; a public API that is personal when signed in; an admins-only
+      // route; and one that needs a recent sign-in (a step-up when it is older).
       '--route', `/api/OtherApi1=${urls.api} resource=${resources.products}`,
-      '--route', `/api/Reviews=${urls.reviews} resource=${resources.reviews}`,
+      '--route', `/api/Reviews=${urls.reviews} token=optional-user resource=${resources.reviews}`,
+      '--route', `/api/Admin=${urls.api} policy=admins resource=${resources.products}`,
+      '--route', `/api/Account=${urls.api} policy=recent resource=${resources.products}`,
+      '--policy', 'admins=groups:admin',
+      '--policy', `recent=auth-age:${options.stepUpAge ?? '5m'}`,
       ...(options.frontendUrl
         ? ['--frontend-url', options.frontendUrl]
         : ['--static-dir', options.staticDir ?? angularDist]),

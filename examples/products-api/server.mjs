@@ -13,6 +13,8 @@
 //   EXPECTED_AUDIENCE   when set, tokens must be for this resource alone (`aud`, RFC 8707):
 //                       a token meant for another API is refused here
 //   API_KIND            products (default: GET /products) or reviews (GET /reviews)
+//   ALLOW_ANONYMOUS     1: a call without a token is answered too, as an anonymous visitor's
+//                       (a public API; a token that is there must still be valid)
 //
 // One JSON line per call goes to stdout (status and the caller's sub, never the token).
 
@@ -35,6 +37,7 @@ const secret = env('API_SECRET');
 const expectedClient = env('EXPECTED_CLIENT', 'oidc-bff');
 const expectedAudience = process.env.EXPECTED_AUDIENCE;
 const kind = env('API_KIND', 'products');
+const allowAnonymous = process.env.ALLOW_ANONYMOUS === '1';
 
 const log = (fields) => process.stdout.write(`${JSON.stringify(fields)}\n`);
 
@@ -96,6 +99,11 @@ const server = createServer(
   async (req, res) => {
     const { pathname } = new URL(req.url, listen);
     const bearer = /^Bearer ([\x21-\x7e]+)$/.exec(req.headers.authorization ?? '')?.[1];
+    if (!bearer && allowAnonymous && req.method === 'GET' && pathname === `/${kind}`) {
+      log({ path: pathname, status: 200, sub: null });
+      send(res, 200, { sub: null, [kind]: data[kind] });
+      return;
+    }
     if (!bearer) {
       log({ path: pathname, status: 401, reason: 'no bearer token' });
       send(res, 401, { error: 'unauthorized' }, { 'www-authenticate': 'Bearer' });

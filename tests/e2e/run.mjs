@@ -19,6 +19,9 @@ import { chromium } from 'playwright-core';
 import { angularDist, repo, startStack } from '../../examples/stack.mjs';
 
 const ACCESS_TOKEN_TTL = 20; // seconds, at the provider
+// How recent a sign-in /api/Account wants: shorter than the time steps 2 to 4 take (step 4
+// waits out the token lifetime), so the step-up in step 4d must send the user to sign in again.
+const STEP_UP_AGE = '15s';
 const SUITE_LIMIT_MS = 5 * 60_000;
 const artifacts = process.env.E2E_ARTIFACTS ?? join(repo, 'tests', 'e2e', 'artifacts');
 const gatewayBin = process.env.OIDC_BFF_BIN ?? join(repo, 'target', 'debug', 'oidc-bff');
@@ -57,6 +60,7 @@ const stack = await startStack({
   gatewayBin,
   accessTokenTtl: ACCESS_TOKEN_TTL,
   tokenLog,
+  stepUpAge: STEP_UP_AGE,
   // Refresh on demand only (a token is refreshed when it has less than 5 s left), so the test
   // sees exactly when the gateway refreshed.
   gatewayArgs: ['--refresh-skew', '5s', '--refresh-ahead', '5s', '--refresh-interval', '1h'],
@@ -246,6 +250,9 @@ await step('1. logged out: isAuth false, the guard sends the browser via /login 
   await page.goto(`${urls.gateway}/`);
   await page.getByText('You are signed out.').waitFor();
   expect(await isAuth() === false, 'isAuth is not false');
+  // A public API (token=optional-user): answered without a session, as an anonymous visitor.
+  await page.locator('#reviews li').nth(1).waitFor();
+  expect((await page.locator('#reviews-caller').innerText()).includes('anonymous'), 'the reviews were not anonymous');
   await screenshot('signed-out-home');
   const loginHop = page.waitForRequest((r) => isGateway(r.url()) && new URL(r.url()).pathname === '/login');
   await page.goto(`${urls.gateway}${deepLink}`);
@@ -333,6 +340,48 @@ await step('4b. audience-bound tokens: each API gets a token for itself alone; a
   expect(await callWith(`${urls.api}/products`, review) === 401, 'the reviews token was accepted by products');
   expect(await callWith(`${urls.api}/products`, broad) === 401, 'the broad sign-in token was accepted by products');
   await assertNoTokenInBrowser();
+});
+
+await step('4c. the public page is personal when signed in; an admins-only route answers 403 before the API, and the app says so', async () => {
+  await page.goto(`${urls.gateway}/`);
+  await page.locator('#reviews li').nth(1).waitFor();
+  expect((await page.locator('#reviews-caller').innerText()).includes('user-alice'),
+    'the reviews API did not see alice on the public page');
+  const calls = api.events.length;
+  const refused = page.waitForResponse((r) => r.url() === `${urls.gateway}/api/Admin/products`);
+  await page.goto(`${urls.gateway}/admin`);
+  const answer = await refused;
+  expect(answer.status() === 403, `the admin route answered ${answer.status()}`);
+  expect(JSON.stringify(await answer.json()) === '{"error":"forbidden","policy":"admins"}', 'not the policy\'s 403');
+  await page.locator('#admin-forbidden').waitFor();
+  expect((await page.locator('#admin-forbidden').innerText()).includes('admins'), 'the 403 does not name the policy');
+  expect(!(await page.locator('#admin-policies').innerText()).includes('admins'), '/api/user lists admins');
+  expect(api.events.length === calls, 'a refused call reached the API');
+  await screenshot('admin-forbidden');
+});
+
+await step(`4d. step-up: a route that wants a sign-in within ${STEP_UP_AGE} sends the app through the provider again, then loads`, async () => {
+  const codeGrants = grants('authorization_code');
+  const loginHop = page.waitForRequest((r) => isGateway(r.url()) && new URL(r.url()).pathname === '/login');
+  const stepUp = page.waitForResponse((r) => r.url() === `${urls.gateway}/api/Account/products`);
+  await page.goto(`${urls.gateway}/account`);
+  const answer = await stepUp;
+  expect(answer.status() === 401, `the step-up route answered ${answer.status()}`);
+  expect((answer.headers()['www-authenticate'] ?? '').includes('insufficient_user_authentication'),
+    `WWW-Authenticate: ${answer.headers()['www-authenticate']}`);
+  const login = new URL((await loginHop).url());
+  expect(login.searchParams.get('returnUrl') === '/account', `returnUrl was ${login.searchParams.get('returnUrl')}`);
+  expect(login.searchParams.get('max_age') === String(parseInt(STEP_UP_AGE, 10)), `max_age was ${login.searchParams.get('max_age')}`);
+  // The sign-in is older than the policy allows: the provider asks for the password again.
+  await onLoginPage();
+  await screenshot('step-up-login');
+  await signIn(page, `${urls.gateway}/account`);
+  await page.locator('#account-caller').waitFor();
+  expect((await page.locator('#account-caller').innerText()).includes('user-alice'), 'the account page did not load');
+  expect(grants('authorization_code') === codeGrants + 1, 'no new sign-in happened');
+  await screenshot('step-up-done');
+  await page.goto(`${urls.gateway}${deepLink}`);
+  await page.locator('#products tr').nth(3).waitFor();
 });
 
 await step('5. restart oidc-bff: still signed in (the session survived in redb)', async () => {

@@ -9,6 +9,11 @@ import { AuthService } from './auth.service';
   template: `
     <header>
       <a routerLink="/">oidc-bff example</a>
+      <nav>
+        <a routerLink="/products">Products</a>
+        <a routerLink="/admin">Admin</a>
+        <a routerLink="/account">Account</a>
+      </nav>
       <span class="spacer"></span>
       @if (auth.user(); as user) {
         <span id="header-user">{{ user.name ?? user.sub }}</span>

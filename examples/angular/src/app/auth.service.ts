@@ -18,6 +18,8 @@ export interface User {
   logoutUrl: string;
   /** Seconds until the session ends (idle or absolute), whichever comes first. */
   sessionExpiresIn: number;
+  /** The gateway's policies this user satisfies (to hide what the user cannot use). */
+  policies: string[];
 }
 
 /**

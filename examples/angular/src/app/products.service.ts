@@ -19,7 +19,8 @@ export interface ProductList {
 export class ProductsService {
   private readonly http = inject(HttpClient);
 
-  list(): Observable<ProductList> {
-    return this.http.get<ProductList>('/api/OtherApi1/products');
+  /** The products from `path` (another route to the same API: `/api/Admin/products`, …). */
+  list(path = '/api/OtherApi1/products'): Observable<ProductList> {
+    return this.http.get<ProductList>(path);
   }
 }
