@@ -162,6 +162,8 @@ try {
     '--issuer', urls.provider, '--client-id', 'oidc-bff', '--client-secret-file', join(dir, 'client-secret'),
     '--tls-cert', certs.cert, '--tls-key', certs.key, '--ca-file', certs.ca, '--data-dir', dataDir,
     '--route', `/api/OtherApi1=${urls.upstream}`, '--route', `/api/Files=http://127.0.0.1:${ports.files}`,
+    // The same upstream behind an authorization policy: what checking the user's claims costs.
+    '--route', `/api/Staff=${urls.upstream} policy=staff`, '--policy', 'staff=preferred_username:alice|bob|carol,name',
     '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn',
     // Every client here is 127.0.0.1, and the memory check opens 1,000 connections.
     '--max-connections-per-ip', '4096'];
@@ -285,6 +287,7 @@ try {
     { name: 'upstream direct', url: `${urls.upstream}/products`, headers: [] },
     { name: 'nginx (TLS, no auth)', url: `${urls.nginx}/api/OtherApi1/products`, headers: [] },
     { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
+    { name: 'oidc-bff policy route', url: `${urls.gateway}/api/Staff/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
     ...(urls.baseline ? [{ name: 'oidc-bff baseline', url: `${urls.baseline}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] }] : []),
     // Not a proxied call: the gateway's TLS and HTTP floor (no session, no upstream), to show
     // how much of its cost is the relay itself.

@@ -82,6 +82,7 @@ fn ticket(index: usize, now: u64) -> Ticket {
         expires_at: now + 7 * 86_400,
         resource_tokens: Vec::new(),
         userinfo: None,
+        principal: Default::default(),
     }
 }
 

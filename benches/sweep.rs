@@ -53,6 +53,7 @@ fn ticket(index: usize, now: u64) -> Ticket {
         expires_at: now + 7 * 86_400,
         resource_tokens: Vec::new(),
         userinfo: None,
+        principal: Default::default(),
     }
 }
 

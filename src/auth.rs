@@ -137,9 +137,17 @@ impl Auth {
     /// What policies judge about the session: the claims of its ID token (every claim,
     /// protocol ones too: policies read `acr` and `auth_time`), with the UserInfo claims it
     /// holds over them (`--userinfo`), and its token's granted scope.
-    pub(crate) async fn principal(&self, session: &Session) -> Result<Principal, HttpError> {
+    ///
+    /// Worked out once per ticket and kept with it (the cache holds the ticket, so a busy
+    /// session's policy checks parse nothing); a refresh makes a new ticket, and a new one.
+    pub(crate) async fn principal(&self, session: &Session) -> Result<Arc<Principal>, HttpError> {
+        if let Some(principal) = session.ticket.principal.get() {
+            return Ok(Arc::clone(principal));
+        }
         let id_token = self.tickets.id_token(session).await?;
-        Ok(principal_of(&session.ticket, id_token.as_ref()))
+        let principal = Arc::new(principal_of(&session.ticket, id_token.as_ref()));
+        session.ticket.principal.keep(Arc::clone(&principal));
+        Ok(principal)
     }
 
     /// Checks `policy` for the signed-in `session`; returns what it judged when a policy or
@@ -149,7 +157,7 @@ impl Auth {
         session: &Session,
         policy: Option<&Policy>,
         want_claims: bool,
-    ) -> Result<Option<Principal>, HttpError> {
+    ) -> Result<Option<Arc<Principal>>, HttpError> {
         if policy.is_none() && !want_claims {
             return Ok(None);
         }
@@ -344,6 +352,7 @@ impl Auth {
             created_at: now,
             resource_tokens: Vec::new(),
             userinfo: result.userinfo,
+            principal: Default::default(),
         };
         if let Some(refused) = self.gate(&ticket, policies).await {
             return Ok(refused);
@@ -444,7 +453,7 @@ impl Auth {
         let principal = self.principal(&session).await?;
         // The policies the user satisfies now, for the app to hide what it cannot use.
         let satisfied = policies.satisfied(&principal, self.clock.unix_now());
-        let mut body = user_claims_of(principal.claims);
+        let mut body = user_claims_of(principal.claims.clone());
         body.insert("policies".into(), satisfied.into());
         body.entry("sub")
             .or_insert_with(|| session.ticket.subject.clone().into());

@@ -218,6 +218,7 @@ mod tests {
                 expires_at: 0,
                 resource_tokens: Vec::new(),
                 userinfo: None,
+                principal: Default::default(),
             }),
             last_access: 0,
         }

@@ -6,6 +6,7 @@
 //! accident. Times are whole seconds since the Unix epoch; callers pass `now`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
@@ -449,6 +450,58 @@ pub struct Ticket {
     /// The UserInfo response (a JSON object) when `--userinfo` is on, merged over the ID
     /// token's claims.
     pub userinfo: Option<String>,
+    /// What policies judge (claims and scope), worked out on first use and kept with this
+    /// version of the ticket; never stored.
+    #[serde(skip)]
+    pub principal: Derived<Arc<crate::policy::Principal>>,
+}
+
+/// A value derived from a ticket, worked out at most once per ticket. A clone starts empty
+/// (a changed ticket is a clone of the old one, so nothing derived can outlive what it came
+/// from), and it takes no part in comparisons.
+pub struct Derived<T>(std::sync::OnceLock<T>);
+
+impl<T> Derived<T> {
+    /// The value, once worked out.
+    pub fn get(&self) -> Option<&T> {
+        self.0.get()
+    }
+
+    /// Keeps `value` unless one is kept already (two requests may work it out at once; they
+    /// derive the same value).
+    pub fn keep(&self, value: T) {
+        let _ = self.0.set(value);
+    }
+}
+
+impl<T> Default for Derived<T> {
+    fn default() -> Self {
+        Self(std::sync::OnceLock::new())
+    }
+}
+
+impl<T> Clone for Derived<T> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<T> PartialEq for Derived<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for Derived<T> {}
+
+impl<T> fmt::Debug for Derived<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Derived(kept)"
+        } else {
+            "Derived(-)"
+        })
+    }
 }
 
 impl Ticket {
@@ -565,6 +618,7 @@ mod tests {
             expires_at,
             resource_tokens: Vec::new(),
             userinfo: None,
+            principal: Default::default(),
         }
     }
 

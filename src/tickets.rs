@@ -71,6 +71,7 @@ impl From<TicketV1> for Ticket {
             expires_at: old.expires_at,
             resource_tokens: Vec::new(),
             userinfo: None,
+            principal: Default::default(),
         }
     }
 }
@@ -871,6 +872,7 @@ mod tests {
                 expires_at: now + 86_400,
                 resource_tokens: Vec::new(),
                 userinfo: None,
+                principal: Default::default(),
             }
         }
     }

@@ -797,3 +797,31 @@ async fn a_refused_resource_answers_502_and_never_falls_back_to_the_broad_token(
     assert!(browser.is_auth().await);
     assert_eq!(orders.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn claims_a_refresh_brings_apply_at_once_even_while_the_session_is_cached() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream} policy=admins",
+        &[
+            "--policy",
+            "admins=groups:admin",
+            "--userinfo",
+            "--cache-sliding",
+            "10m",
+        ],
+    )
+    .await;
+    // Tokens due for a refresh after 10 s (40 s lifetime, 30 s skew): within the cache's
+    // sliding window, so the refreshed ticket replaces a warm one.
+    provider.set_token_ttl(40);
+    provider.set_userinfo(json!({"groups": ["admin"]}));
+    let mut browser = signed_in(&gateway).await;
+    assert_eq!(browser.get("/api/OtherApi1/x", &[CSRF]).await.status, 200);
+    assert_eq!(browser.get("/api/OtherApi1/x", &[CSRF]).await.status, 200);
+    provider.set_userinfo(json!({"groups": ["staff"]}));
+    provider.clock().advance(std::time::Duration::from_secs(12));
+    let after = browser.get("/api/OtherApi1/x", &[CSRF]).await;
+    assert_eq!(after.status, 403, "{}", after.body);
+    assert_eq!(provider.refresh_count(), 1);
+    assert_eq!(upstream.seen().len(), 2);
+}
