@@ -825,3 +825,31 @@ async fn claims_a_refresh_brings_apply_at_once_even_while_the_session_is_cached(
     assert_eq!(provider.refresh_count(), 1);
     assert_eq!(upstream.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn a_client_token_for_a_resource_is_asked_for_that_audience_and_kept_apart() {
+    let (provider, gateway, upstream) = gateway_with(
+        "/api/OtherApi1={upstream} token=user-or-client resource=https://catalog.example",
+        &[],
+    )
+    .await;
+    let mut visitor = gateway.browser();
+    assert_eq!(visitor.get("/api/OtherApi1/x", &[]).await.status, 200);
+    let grants = provider.client_grants();
+    assert_eq!(grants.len(), 1);
+    let client_token = &grants[0].1;
+    assert_eq!(
+        provider.audience_of(client_token).as_deref(),
+        Some("https://catalog.example")
+    );
+    assert_eq!(token_of(&upstream.seen()[0]), *client_token);
+    // Signed in, the user's token for that resource goes instead.
+    let mut user = signed_in(&gateway).await;
+    assert_eq!(user.get("/api/OtherApi1/x", &[CSRF]).await.status, 200);
+    let user_token = token_of(&upstream.seen()[1]);
+    assert_ne!(user_token, *client_token);
+    assert_eq!(
+        provider.audience_of(&user_token).as_deref(),
+        Some("https://catalog.example")
+    );
+}

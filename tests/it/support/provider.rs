@@ -206,6 +206,7 @@ struct State {
     granted_scope: Option<String>,
     /// Client-credentials grants: the scope each asked for, and the token it got.
     client_grants: Vec<(String, String)>,
+
     /// When set, client-credentials grants are refused with this OAuth error code.
     refuse_client_grants: Option<String>,
     /// Claims the UserInfo endpoint adds to `sub`.
@@ -926,6 +927,9 @@ fn token(
             let scope = form.get("scope").cloned().unwrap_or_default();
             let token = random_token("cc-");
             state.client_grants.push((scope.clone(), token.clone()));
+            if let Some(resource) = form.get("resource") {
+                state.audiences.insert(token.clone(), resource.clone());
+            }
             state.issued_secrets.push(token.clone());
             let mut body = json!({
                 "access_token": token,
