@@ -128,6 +128,7 @@ fn open_store(dir: &std::path::Path) -> TicketStore {
             .and_then(|value| value.parse::<usize>().ok())
             .unwrap_or(64)
             << 20,
+        redis: None,
     };
     let cache = CachePolicy {
         capacity: NonZeroUsize::new(DEFAULT_CACHE).expect("non-zero"),
@@ -297,7 +298,7 @@ fn measure() {
     let cold_keys = read_keys(dir.join("cold.keys"));
     let hot = read_keys(dir.join("hot.keys"));
     let store = open_store(&dir);
-    let db = store.database();
+    let db = store.database().expect("the file");
     let runtime = runtime();
     let now = unix_now();
     println!("  RSS after opening: {:.0} MiB", rss_mib());

@@ -97,6 +97,7 @@ fn main() {
         data_dir: dir.path().to_owned(),
         ticket_key_file: dir.path().join("ticket.key"),
         db_cache_bytes: 64 << 20,
+        redis: None,
     };
     let cache = CachePolicy {
         capacity: NonZeroUsize::new(10_000).expect("non-zero"),
@@ -151,7 +152,11 @@ fn main() {
         .block_on(lookups(Arc::new(AtomicBool::new(false)), 5_000))
         .expect("lookups");
 
-    let identity_before = store.database().identity_entries().expect("entries");
+    let identity_before = store
+        .database()
+        .expect("the file")
+        .identity_entries()
+        .expect("entries");
     let stop = Arc::new(AtomicBool::new(false));
     let during = lookups(Arc::clone(&stop), usize::MAX);
     let started = Instant::now();
@@ -162,7 +167,11 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let during = runtime.block_on(during).expect("lookups");
     let remaining = runtime.block_on(store.count()).expect("count");
-    let identity_after = store.database().identity_entries().expect("entries");
+    let identity_after = store
+        .database()
+        .expect("the file")
+        .identity_entries()
+        .expect("entries");
     assert_eq!(
         identity_before - identity_after,
         2 * due as u64,

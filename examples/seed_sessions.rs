@@ -67,6 +67,7 @@ fn main() {
         ticket_key_file: dir.join("ticket.key"),
         data_dir: dir,
         db_cache_bytes: 64 << 20,
+        redis: None,
     };
     let cache = CachePolicy {
         capacity: NonZeroUsize::MIN,

@@ -78,6 +78,9 @@ struct Inner {
     /// allocated up front.
     removed: LruCache<SessionId, (), IdHashing>,
     stats: CacheStats,
+    /// Bumped whenever another gateway changed a session (a shared store): a read that began
+    /// before may hold the old ticket, and must not be cached.
+    generation: u64,
 }
 
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
@@ -93,6 +96,7 @@ impl TicketCache {
                 entries: LruCache::with_hasher(policy.capacity, IdHashing::default()),
                 removed: LruCache::unbounded_with_hasher(IdHashing::default()),
                 stats: CacheStats::default(),
+                generation: 0,
             }),
         }
     }
@@ -150,6 +154,55 @@ impl TicketCache {
             },
         );
         true
+    }
+
+    /// The current generation: take it before a read, and give it to
+    /// [`TicketCache::insert_read`].
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Caches what a read found, unless the session was removed (false: it must not be
+    /// served), and only when no session changed elsewhere since `generation` was taken (the
+    /// read may predate that change; it is served once, not kept).
+    #[must_use = "false means the session was removed: it must not be served"]
+    pub fn insert_read(
+        &self,
+        id: SessionId,
+        cached: Cached,
+        now: SystemTime,
+        generation: u64,
+    ) -> bool {
+        let mut inner = self.lock();
+        if inner.removed.contains(&id) {
+            return false;
+        }
+        if inner.generation == generation {
+            inner.entries.put(
+                id,
+                Entry {
+                    cached,
+                    inserted: now,
+                    last_hit: now,
+                },
+            );
+        }
+        true
+    }
+
+    /// Another gateway replaced a session's ticket: drop it here, and keep reads under way
+    /// from caching the old one.
+    pub fn forget_changed(&self, id: SessionId) {
+        let mut inner = self.lock();
+        inner.entries.pop(&id);
+        inner.generation += 1;
+    }
+
+    /// Messages about changes elsewhere may have been missed: drop every entry.
+    pub fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.generation += 1;
     }
 
     /// Marks a session removed before its row is deleted: it is dropped from the cache and can
@@ -251,6 +304,29 @@ mod tests {
         assert!(cache.insert(id, cached("a"), at(200)));
         assert!(cache.get(id, at(215)).is_none(), "sliding expiry");
         assert_eq!(cache.stats(), CacheStats { hits: 9, misses: 2 });
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_change_elsewhere_is_served_but_not_cached() {
+        let cache = cache(4);
+        let id = SessionId {
+            created_ms: 1,
+            hash: [1; 32],
+        };
+        let before = cache.generation();
+        cache.forget_changed(id);
+        assert!(cache.insert_read(id, cached("old"), at(0), before));
+        assert!(
+            cache.get(id, at(1)).is_none(),
+            "the stale read was not kept"
+        );
+        let now = cache.generation();
+        assert!(cache.insert_read(id, cached("new"), at(2), now));
+        assert_eq!(cache.get(id, at(3)).expect("kept").ticket.subject, "new");
+        cache.forget_all();
+        assert!(cache.get(id, at(4)).is_none());
+        cache.mark_removed(id);
+        assert!(!cache.insert_read(id, cached("x"), at(5), cache.generation()));
     }
 
     #[test]

@@ -511,6 +511,31 @@ pub struct ServeArgs {
     )]
     pub data_dir: Option<PathBuf>,
 
+    /// Where sessions are kept: `redb` (the data directory's file: one gateway) or Redis shared
+    /// by several gateways: `redis://[user@]host[:port][/db]`, `rediss://…` (TLS, trusting
+    /// --ca-file too), `redis+sentinel://h1:26379,h2:26379/MASTER[/db]`,
+    /// `redis+cluster://h1:7000,h2:7001` (`rediss+…` for TLS). Every gateway sharing a store
+    /// needs the same --ticket-key-file. No password in the URL: see --store-password-file.
+    // Checked when resolved, not by clap, whose error would quote a password given by mistake.
+    #[arg(
+        help_heading = "Sessions and storage",
+        long,
+        env = "OIDC_BFF_STORE",
+        default_value = "redb",
+        value_name = "redb|URL"
+    )]
+    pub store: String,
+
+    /// File holding the Redis password. Alternatives: the OIDC_BFF_STORE_PASSWORD variable, or
+    /// systemd's $CREDENTIALS_DIRECTORY/store-password.
+    #[arg(
+        help_heading = "Sessions and storage",
+        long,
+        env = "OIDC_BFF_STORE_PASSWORD_FILE",
+        value_name = "PATH"
+    )]
+    pub store_password_file: Option<PathBuf>,
+
     /// Ticket encryption key file [default: <data dir>/ticket.key, generated on first start].
     #[arg(
         help_heading = "Sessions and storage",
@@ -849,6 +874,29 @@ impl ServeArgs {
             }
         };
         let confidential_client = client_secret.is_some();
+        let store = crate::redis_url::StoreChoice::parse(&self.store).unwrap_or_else(|error| {
+            errors.push(format!("--store: {error}"));
+            crate::redis_url::StoreChoice(None)
+        });
+        let redis = match store.0 {
+            Some(target) => match read_secret(
+                self.store_password_file.as_deref(),
+                SecretSource {
+                    flag: "--store-password-file",
+                    variable: STORE_PASSWORD_VARIABLE,
+                    fd_variable: STORE_PASSWORD_FD_VARIABLE,
+                    credential: "store-password",
+                },
+                env,
+            ) {
+                Ok(password) => Some(crate::redis_url::RedisStore { target, password }),
+                Err(problem) => {
+                    errors.push(problem);
+                    None
+                }
+            },
+            None => None,
+        };
         let warnings = self.warnings(env);
 
         let mut scopes: Vec<String> = vec!["openid".into()];
@@ -1024,6 +1072,7 @@ impl ServeArgs {
                 data_dir,
                 ticket_key_file,
                 db_cache_bytes: self.db_cache,
+                redis,
             },
             admin_socket,
             metrics_listen: self.metrics_listen,
@@ -1126,8 +1175,47 @@ pub const CLIENT_SECRET_VARIABLE: &str = "OIDC_BFF_CLIENT_SECRET";
 /// through, after taking it out of its environment.
 pub const CLIENT_SECRET_FD_VARIABLE: &str = "OIDC_BFF_CLIENT_SECRET_FD";
 
+/// The store password in the environment (`--store redis://…`).
+pub const STORE_PASSWORD_VARIABLE: &str = "OIDC_BFF_STORE_PASSWORD";
+
+/// Names the inherited pipe the binary hands [`STORE_PASSWORD_VARIABLE`] over through.
+pub const STORE_PASSWORD_FD_VARIABLE: &str = "OIDC_BFF_STORE_PASSWORD_FD";
+
+/// Every secret that may come in the environment, with the variable that names the pipe the
+/// binary hands it over through after taking it out of its environment (see `main.rs`).
+pub const SECRET_VARIABLES: [(&str, &str); 2] = [
+    (CLIENT_SECRET_VARIABLE, CLIENT_SECRET_FD_VARIABLE),
+    (STORE_PASSWORD_VARIABLE, STORE_PASSWORD_FD_VARIABLE),
+];
+
 fn read_client_secret(
     file: Option<&Path>,
+    env: &dyn Environment,
+) -> Result<Option<Secret>, String> {
+    read_secret(
+        file,
+        SecretSource {
+            flag: "--client-secret-file",
+            variable: CLIENT_SECRET_VARIABLE,
+            fd_variable: CLIENT_SECRET_FD_VARIABLE,
+            credential: "client-secret",
+        },
+        env,
+    )
+}
+
+/// Where a secret may come from, in order: a file flag, a variable (handed over through a
+/// pipe once `main.rs` took it out of the environment), a systemd credential.
+struct SecretSource {
+    flag: &'static str,
+    variable: &'static str,
+    fd_variable: &'static str,
+    credential: &'static str,
+}
+
+fn read_secret(
+    file: Option<&Path>,
+    source: SecretSource,
     env: &dyn Environment,
 ) -> Result<Option<Secret>, String> {
     let from_file = |path: &Path, source: &str| -> Result<Option<Secret>, String> {
@@ -1140,27 +1228,30 @@ fn read_client_secret(
         Ok(Some(Secret::new(secret)))
     };
     if let Some(path) = file {
-        return from_file(path, "--client-secret-file");
+        return from_file(path, source.flag);
     }
-    if let Some(secret) = env.var(CLIENT_SECRET_VARIABLE).filter(|s| !s.is_empty()) {
+    if let Some(secret) = env.var(source.variable).filter(|s| !s.is_empty()) {
         return Ok(Some(Secret::new(secret)));
     }
-    if let Some(fd) = env.var(CLIENT_SECRET_FD_VARIABLE) {
+    if let Some(fd) = env.var(source.fd_variable) {
         // The pipe the binary wrote the variable's value to before re-executing itself
         // without it; read through /proc, which needs no unsafe file-descriptor adoption.
         let fd: u32 = fd
             .parse()
-            .map_err(|_| format!("{CLIENT_SECRET_FD_VARIABLE}: {fd:?} is not a descriptor"))?;
+            .map_err(|_| format!("{}: {fd:?} is not a descriptor", source.fd_variable))?;
         let secret = std::fs::read_to_string(format!("/proc/self/fd/{fd}"))
-            .map_err(|error| format!("{CLIENT_SECRET_VARIABLE}: cannot read it back: {error}"))?;
+            .map_err(|error| format!("{}: cannot read it back: {error}", source.variable))?;
         if !secret.is_empty() {
             return Ok(Some(Secret::new(secret)));
         }
     }
     if let Some(dir) = env.var("CREDENTIALS_DIRECTORY") {
-        let path = Path::new(&dir).join("client-secret");
+        let path = Path::new(&dir).join(source.credential);
         if path.exists() {
-            return from_file(&path, "$CREDENTIALS_DIRECTORY/client-secret");
+            return from_file(
+                &path,
+                &format!("$CREDENTIALS_DIRECTORY/{}", source.credential),
+            );
         }
     }
     Ok(None)
@@ -1419,6 +1510,74 @@ mod tests {
         assert_eq!(
             config.oidc.client_secret.expect("secret").expose(),
             "from-systemd"
+        );
+    }
+
+    #[test]
+    fn the_store_is_redb_by_default_and_a_redis_password_never_comes_from_the_url() {
+        let config = args(&[])
+            .expect("parse")
+            .resolve(&no_env())
+            .expect("resolve");
+        assert!(config.storage.redis.is_none());
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("store-password");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let path = file.to_str().expect("utf-8");
+        let redis = |argv: &[&str], env: &MapEnv| {
+            args(argv)
+                .expect("parse")
+                .resolve(env)
+                .expect("resolve")
+                .storage
+                .redis
+                .expect("redis")
+        };
+        let from_file = redis(
+            &[
+                "--store",
+                "redis://127.0.0.1:7379/1",
+                "--store-password-file",
+                path,
+            ],
+            &no_env(),
+        );
+        assert_eq!(from_file.target.display(), "redis://127.0.0.1:7379/1");
+        assert_eq!(from_file.password.expect("password").expose(), "from-file");
+        let env = MapEnv(HashMap::from([(
+            "OIDC_BFF_STORE_PASSWORD",
+            "from-env".into(),
+        )]));
+        let from_env = redis(&["--store", "redis://127.0.0.1:7379"], &env);
+        assert_eq!(from_env.password.expect("password").expose(), "from-env");
+        std::fs::write(dir.path().join("store-password"), "from-systemd").expect("write");
+        let env = MapEnv(HashMap::from([(
+            "CREDENTIALS_DIRECTORY",
+            dir.path().display().to_string(),
+        )]));
+        let from_systemd = redis(&["--store", "redis://127.0.0.1:7379"], &env);
+        assert_eq!(
+            from_systemd.password.expect("password").expose(),
+            "from-systemd"
+        );
+        assert!(
+            redis(&["--store", "redis://127.0.0.1:7379"], &no_env())
+                .password
+                .is_none()
+        );
+        let refused = args(&["--store", "redis://gw:secret@127.0.0.1/?x"])
+            .expect("parse")
+            .resolve(&no_env())
+            .err()
+            .expect("a password in the URL")
+            .to_string();
+        assert!(
+            refused.contains("--store") && refused.contains("visible"),
+            "{refused}"
+        );
+        assert!(
+            !refused.contains("secret"),
+            "the password was echoed: {refused}"
         );
     }
 

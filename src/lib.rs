@@ -32,6 +32,9 @@ pub mod path;
 mod pipeline;
 pub mod policy;
 pub mod proxy;
+mod records;
+mod redis_store;
+pub mod redis_url;
 mod refresh;
 mod reply;
 pub mod seal;
@@ -111,13 +114,16 @@ pub async fn run(
     deps: Deps,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let storage = config.storage.clone();
-    let (cache, session, clock) = (config.cache, config.session, Arc::clone(&deps.clock));
-    let (tickets, master) = tokio::task::spawn_blocking(move || {
-        tickets::open_data_dir(&storage, cache, session, clock, tickets::MissingKey::Create)
-    })
-    .await
-    .map_err(|_| StoreError::TaskFailed)??;
+    let client_tls = tls::client_config(config.oidc.ca_file.as_deref())?;
+    let (tickets, master) = tickets::open_store(
+        &config.storage,
+        config.cache,
+        config.session,
+        Arc::clone(&deps.clock),
+        tickets::MissingKey::Create,
+        &client_tls,
+    )
+    .await?;
     let tickets = Arc::new(tickets);
 
     let (certified, source) = tls::certified_key(&config.tls)?;
@@ -129,7 +135,6 @@ pub async fn run(
              browsers will warn. Use real certificates in production."
         );
     }
-    let client_tls = tls::client_config(config.oidc.ca_file.as_deref())?;
     let proxy = Arc::new(Proxy::new(
         &config.proxy,
         client_tls.clone(),
@@ -196,6 +201,12 @@ pub async fn run(
         framing: reply::Framing::new(&config.frame_ancestors),
     });
     tasks.spawn(tasks::flush_loop(Arc::clone(&tickets)));
+    if let Some(redis) = tickets.redis() {
+        tasks.spawn(tasks::invalidation_loop(
+            Arc::clone(&tickets),
+            redis.subscriber(),
+        ));
+    }
     tasks.spawn(tasks::refresh_loop(
         Arc::clone(&tickets),
         Arc::clone(&gateway.refresher),

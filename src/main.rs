@@ -230,6 +230,7 @@ fn local_sessions(
         ticket_key_file: ticket_key_file
             .unwrap_or_else(|| oidc_bff::config::StorageConfig::default_ticket_key_file(data_dir)),
         db_cache_bytes: 16 << 20,
+        redis: None,
     };
     let database = storage.database_path();
     if !database.is_file() {
@@ -383,43 +384,54 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// Takes `OIDC_BFF_CLIENT_SECRET` out of the process's environment when it is there: the
-/// process re-executes itself (same PID, so systemd's supervision is undisturbed) without the
-/// variable, and hands the secret over through an inherited pipe named by
-/// `OIDC_BFF_CLIENT_SECRET_FD`. Removing the variable in place would not do: `/proc/<pid>/environ`
-/// shows the environment block the process started with, whatever is unset later, and any
-/// process of the same user (or a crash dump) can read it. After the exec, that block no longer
-/// holds the secret. `None` when there is nothing to do (or the new image runs); the exit code
-/// when the exec failed.
+/// Takes the secrets that may come in the environment (`OIDC_BFF_CLIENT_SECRET`,
+/// `OIDC_BFF_STORE_PASSWORD`) out of the process's environment when one is there: the process
+/// re-executes itself (same PID, so systemd's supervision is undisturbed) without them, and
+/// hands each over through an inherited pipe named by its `…_FD` variable. Removing a variable
+/// in place would not do: `/proc/<pid>/environ` shows the environment block the process started
+/// with, whatever is unset later, and any process of the same user (or a crash dump) can read
+/// it. After the exec, that block no longer holds them. `None` when there is nothing to do (or
+/// the new image runs); the exit code when the exec failed.
 fn scrub_secret_from_environment() -> Option<ExitCode> {
     use std::io::Write;
     use std::os::fd::AsFd;
     use std::os::unix::process::CommandExt;
 
-    let secret = std::env::var_os(oidc_bff::config::CLIENT_SECRET_VARIABLE)?;
-    let (reader, mut writer) = match std::io::pipe() {
-        Ok(pipe) => pipe,
-        Err(error) => {
-            eprintln!("oidc-bff: error: cannot hand the client secret over: {error}");
+    let mut command = std::process::Command::new("/proc/self/exe");
+    let mut pipes = Vec::new();
+    for (variable, fd_variable) in oidc_bff::config::SECRET_VARIABLES {
+        let Some(secret) = std::env::var_os(variable) else {
+            continue;
+        };
+        let (reader, mut writer) = match std::io::pipe() {
+            Ok(pipe) => pipe,
+            Err(error) => {
+                eprintln!("oidc-bff: error: cannot hand {variable} over: {error}");
+                return Some(ExitCode::FAILURE);
+            }
+        };
+        // A secret is at most a few hundred bytes: the pipe's buffer holds it without a reader.
+        let written = writer.write_all(secret.as_encoded_bytes());
+        drop(writer);
+        let inherited = rustix::io::fcntl_setfd(reader.as_fd(), rustix::io::FdFlags::empty());
+        if let Err(error) = written.and(inherited.map_err(std::io::Error::from)) {
+            eprintln!("oidc-bff: error: cannot hand {variable} over: {error}");
             return Some(ExitCode::FAILURE);
         }
-    };
-    // The secret is at most a few hundred bytes: the pipe's buffer holds it without a reader.
-    let written = writer.write_all(secret.as_encoded_bytes());
-    drop(writer);
-    let inherited = rustix::io::fcntl_setfd(reader.as_fd(), rustix::io::FdFlags::empty());
-    if let Err(error) = written.and(inherited.map_err(std::io::Error::from)) {
-        eprintln!("oidc-bff: error: cannot hand the client secret over: {error}");
-        return Some(ExitCode::FAILURE);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&reader);
+        command
+            .env_remove(variable)
+            .env(fd_variable, fd.to_string());
+        pipes.push(reader);
     }
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&reader);
+    if pipes.is_empty() {
+        return None;
+    }
     // `/proc/self/exe`: this very binary, even if a package upgrade replaced the file.
-    let error = std::process::Command::new("/proc/self/exe")
+    let error = command
         .arg0(std::env::args_os().next().unwrap_or_default())
         .args(std::env::args_os().skip(1))
-        .env_remove(oidc_bff::config::CLIENT_SECRET_VARIABLE)
-        .env(oidc_bff::config::CLIENT_SECRET_FD_VARIABLE, fd.to_string())
         .exec();
-    eprintln!("oidc-bff: error: cannot re-execute without the secret in the environment: {error}");
+    eprintln!("oidc-bff: error: cannot re-execute without the secrets in the environment: {error}");
     Some(ExitCode::FAILURE)
 }

@@ -82,6 +82,15 @@ pub enum StoreError {
     /// The blocking task running a database operation panicked or was cancelled.
     #[error("session database: the database task did not complete")]
     TaskFailed,
+    /// Redis failed or could not be reached (`--store redis://…`).
+    #[error("session store (Redis): {0}")]
+    Redis(String),
+    /// The Redis store was claimed by gateways with another ticket key.
+    #[error(
+        "session store (Redis): its sessions were written under another ticket key; every \
+         gateway sharing a store needs the same --ticket-key-file"
+    )]
+    OtherKey,
 }
 
 fn db_error(error: impl Into<redb::Error>) -> StoreError {
@@ -897,6 +906,9 @@ pub struct StorageConfig {
     pub ticket_key_file: std::path::PathBuf,
     /// redb page cache in bytes.
     pub db_cache_bytes: usize,
+    /// Redis instead of the redb file (`--store redis://…`); the key file stays in the data
+    /// directory (or `--ticket-key-file`).
+    pub redis: Option<crate::redis_url::RedisStore>,
 }
 
 /// The data directory's layout, in one place: `sessions.redb`, `ticket.key` (unless

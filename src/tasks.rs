@@ -66,6 +66,54 @@ pub(crate) async fn flush_loop(tickets: Arc<TicketStore>) {
     .await;
 }
 
+/// With sessions in Redis: listens on the invalidation channel and forgets here every session
+/// another gateway (or this one) removed or replaced, so no gateway's cache serves a session
+/// after its logout or an old ticket after its refresh. After the channel reconnects, messages
+/// may have been missed: every cached session is forgotten.
+pub(crate) async fn invalidation_loop(
+    tickets: Arc<TicketStore>,
+    subscriber: fred::prelude::Client,
+) {
+    use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    if let Err(error) = subscriber.init().await {
+        tracing::error!(%error, "session invalidation channel: cannot connect");
+        return;
+    }
+    if let Err(error) = subscriber
+        .subscribe(crate::redis_store::INVALIDATE_CHANNEL)
+        .await
+    {
+        tracing::error!(%error, "session invalidation channel: cannot subscribe");
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    let bytes = message.value.as_bytes().unwrap_or_default();
+                    if let Some((id, removed)) = crate::redis_store::invalidated(bytes) {
+                        tickets.forget(id, removed);
+                    }
+                }
+                // Fell behind: some messages are lost.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => tickets.forget_all(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            reconnected = reconnects.recv() => {
+                if reconnected.is_err() {
+                    return;
+                }
+                tickets.forget_all();
+                if let Err(error) = subscriber.subscribe(crate::redis_store::INVALIDATE_CHANNEL).await {
+                    tracing::warn!(%error, "session invalidation channel: resubscribe failed");
+                }
+            }
+        }
+    }
+}
+
 /// Closes upstream connections idle too long, every [`Proxy::IDLE_CHECK`].
 pub(crate) async fn idle_upstreams_loop(proxy: Arc<Proxy>) {
     every(Proxy::IDLE_CHECK, || async {

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use crate::cache::{CachePolicy, CacheStats, Cached, TicketCache};
 use crate::clock::{Clock, unix_seconds};
+use crate::records::Records;
+use crate::redis_store::RedisRecords;
 use crate::seal::{KeyFileError, Keyer, MasterKey, Sealer};
 use crate::session::{
     AccessToken, IdHashing, KeyIds, Secret, SessionId, SessionKey, SessionPolicy, Ticket, Tokens,
@@ -143,6 +145,22 @@ pub fn open_data_dir(
     clock: Arc<dyn Clock>,
     missing: MissingKey,
 ) -> Result<(TicketStore, MasterKey), OpenStoreError> {
+    let master = data_dir_key(storage, missing)?;
+    let db = SessionDb::open(&storage.database_path(), storage.db_cache_bytes)?;
+    let store = TicketStore::new(
+        Records::File(Arc::new(db)),
+        cache,
+        master.ticket_sealer(),
+        master.keyer(),
+        policy,
+        clock,
+    );
+    Ok((store, master))
+}
+
+/// Creates the data directory (mode 0700) and loads its ticket key (or, if `missing` says so,
+/// creates it). Blocking.
+fn data_dir_key(storage: &StorageConfig, missing: MissingKey) -> Result<MasterKey, OpenStoreError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -152,13 +170,46 @@ pub fn open_data_dir(
             path: storage.data_dir.clone(),
             error,
         })?;
-    let master = match missing {
+    Ok(match missing {
         MissingKey::Create => MasterKey::load_or_create(&storage.ticket_key_file)?,
         MissingKey::Refuse => MasterKey::load(&storage.ticket_key_file)?,
+    })
+}
+
+/// Opens the session store `storage` names: the data directory's redb file
+/// ([`open_data_dir`]), or Redis (waiting for it, then checking that its sessions were written
+/// under this ticket key). `tls` is for `rediss://`.
+pub async fn open_store(
+    storage: &StorageConfig,
+    cache: CachePolicy,
+    policy: SessionPolicy,
+    clock: Arc<dyn Clock>,
+    missing: MissingKey,
+    tls: &rustls::ClientConfig,
+) -> Result<(TicketStore, MasterKey), OpenStoreError> {
+    let storage = storage.clone();
+    let Some(redis) = storage.redis.clone() else {
+        return tokio::task::spawn_blocking(move || {
+            open_data_dir(&storage, cache, policy, clock, missing)
+        })
+        .await
+        .map_err(|_| StoreError::TaskFailed)?;
     };
-    let db = SessionDb::open(&storage.database_path(), storage.db_cache_bytes)?;
+    let master = tokio::task::spawn_blocking(move || data_dir_key(&storage, missing))
+        .await
+        .map_err(|_| StoreError::TaskFailed)??;
+    tracing::info!(store = %redis.target.display(), "connecting to the session store");
+    let records = RedisRecords::connect(
+        &redis.target,
+        redis.password.as_ref(),
+        Some(tls),
+        &master.keyer(),
+        policy.lifetime,
+        policy.idle_timeout,
+    )
+    .await?;
     let store = TicketStore::new(
-        Arc::new(db),
+        Records::Redis(Arc::new(records)),
         cache,
         master.ticket_sealer(),
         master.keyer(),
@@ -238,7 +289,7 @@ const REMOVAL_BACKLOG: usize = 1024;
 
 /// The ticket store.
 pub struct TicketStore {
-    db: Arc<SessionDb>,
+    records: Records,
     cache: TicketCache,
     sealer: Sealer,
     keyer: Keyer,
@@ -260,9 +311,9 @@ impl std::fmt::Debug for TicketStore {
 }
 
 impl TicketStore {
-    /// A store over an open database.
+    /// A store over the session records (the redb file, or Redis).
     pub fn new(
-        db: Arc<SessionDb>,
+        records: Records,
         cache: CachePolicy,
         sealer: Sealer,
         keyer: Keyer,
@@ -273,7 +324,7 @@ impl TicketStore {
         // rarely enough that a busy session costs one small write a minute at most.
         let touch_interval = (policy.idle_timeout.as_secs() / 16).clamp(1, 60);
         Self {
-            db,
+            records,
             key_ids: KeyIds::new(cache.capacity.get()),
             cache: TicketCache::new(cache),
             sealer,
@@ -286,14 +337,25 @@ impl TicketStore {
         }
     }
 
+    /// The Redis records, when the store is Redis (for the invalidation channel).
+    pub(crate) fn redis(&self) -> Option<&Arc<RedisRecords>> {
+        match &self.records {
+            Records::Redis(redis) => Some(redis),
+            Records::File(_) => None,
+        }
+    }
+
     /// The database underneath (for tools that read it directly).
-    pub fn database(&self) -> Arc<SessionDb> {
-        Arc::clone(&self.db)
+    pub fn database(&self) -> Option<Arc<SessionDb>> {
+        self.records.file().cloned()
     }
 
     /// Gives back the database when nothing else holds it (to compact it, say).
     pub fn into_db(self) -> Option<SessionDb> {
-        Arc::into_inner(self.db)
+        match self.records {
+            Records::File(db) => Arc::into_inner(db),
+            Records::Redis(_) => None,
+        }
     }
 
     /// The session policy in force.
@@ -337,17 +399,6 @@ impl TicketStore {
         self.pending.locked()
     }
 
-    async fn blocking<T, F>(&self, operation: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&SessionDb) -> Result<T, StoreError> + Send + 'static,
-    {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || operation(&db))
-            .await
-            .map_err(|_| StoreError::TaskFailed)?
-    }
-
     /// Seals a ticket as two records: the session without its ID token, and the ID token (if
     /// any) on its own.
     fn seal(&self, id: SessionId, ticket: &Ticket) -> Sealed {
@@ -389,8 +440,9 @@ impl TicketStore {
         let id = session.id;
         // Inline, like a cold retrieve: one B-tree lookup.
         Ok(self
-            .db
-            .get_id_token(id)?
+            .records
+            .get_id_token(id)
+            .await?
             .and_then(|record| self.open_id_token(id, record)))
     }
 
@@ -452,7 +504,8 @@ impl TicketStore {
         let now = self.clock.unix_now();
         let sealed = self.seal(id, &ticket);
         let meta = self.meta(&ticket, now);
-        self.blocking(move |db| db.insert(id, &sealed.ticket, sealed.id_token.as_deref(), meta))
+        self.records
+            .insert(id, sealed.ticket, sealed.id_token, meta)
             .await?;
         // A fresh id has no tombstone: this always caches.
         let _fresh_id = self.cache.insert(
@@ -487,7 +540,7 @@ impl TicketStore {
         }
         // Sorted, the rows append to the B-tree instead of splitting pages at random.
         rows.sort_by_key(|row| row.id);
-        self.blocking(move |db| db.insert_batch(&rows)).await?;
+        self.records.insert_batch(rows).await?;
         Ok(keys)
     }
 
@@ -524,7 +577,8 @@ impl TicketStore {
                 // Read inline rather than on the blocking pool: redb readers never wait for
                 // writers (MVCC), so this is a lookup of a few KiB, mostly from the page cache,
                 // and two thread hand-offs would cost five times the read itself.
-                let Some(record) = self.db.get(id)? else {
+                let generation = self.cache.generation();
+                let Some(record) = self.records.get(id).await? else {
                     return Ok(None);
                 };
                 let Some(ticket) = self.open(id, record.sealed) else {
@@ -536,7 +590,10 @@ impl TicketStore {
                 };
                 // The row may come from a snapshot taken before a removal committed: a removed
                 // session is gone, whatever the read found.
-                if !self.cache.insert(id, cached.clone(), now_time) {
+                if !self
+                    .cache
+                    .insert_read(id, cached.clone(), now_time, generation)
+                {
                     return Ok(None);
                 }
                 cached
@@ -573,15 +630,8 @@ impl TicketStore {
         let (policy, expires_at) = (*self.policy(), ticket.expires_at);
         let deadline = move |last_access: u64| policy.deadline_from(expires_at, last_access);
         let replaced = self
-            .blocking(move |db| {
-                db.replace_ticket(
-                    id,
-                    &sealed.ticket,
-                    sealed.id_token.as_deref(),
-                    refresh_at,
-                    deadline,
-                )
-            })
+            .records
+            .replace_ticket(id, sealed.ticket, sealed.id_token, refresh_at, deadline)
             .await?;
         if replaced {
             let last_access = self
@@ -615,9 +665,27 @@ impl TicketStore {
         // The tombstone goes first, before the delete commits: see `cache`.
         self.cache.mark_removed(id);
         self.pending().remove(&id);
-        let existed = self.blocking(move |db| db.remove(id)).await;
+        let existed = self.records.remove(id).await;
         self.announce_removed(&[id]);
         existed
+    }
+
+    /// Another gateway sharing the store removed (`removed`) or replaced a session: forget it
+    /// here (a removal leaves a tombstone, as a local one does).
+    pub fn forget(&self, id: SessionId, removed: bool) {
+        if removed {
+            self.cache.mark_removed(id);
+            self.pending().remove(&id);
+            self.announce_removed(&[id]);
+        } else {
+            self.cache.forget_changed(id);
+        }
+    }
+
+    /// Messages from the other gateways may have been missed (the channel reconnected): forget
+    /// every cached session.
+    pub fn forget_all(&self) {
+        self.cache.forget_all();
     }
 
     /// Writes all pending last-access times in one transaction; returns how many.
@@ -625,7 +693,7 @@ impl TicketStore {
         let batch: Vec<Touch> = self.pending().drain().map(|(_, touch)| touch).collect();
         let count = batch.len();
         if count > 0 {
-            self.blocking(move |db| db.touch(&batch)).await?;
+            self.records.touch(batch).await?;
         }
         Ok(count)
     }
@@ -634,14 +702,14 @@ impl TicketStore {
     /// how many.
     pub async fn remove_by_provider_sid(&self, sid: &str) -> Result<usize, StoreError> {
         let hash = self.keyer.hash("sid", sid.as_bytes());
-        let ids = self.blocking(move |db| db.by_provider_sid(hash)).await?;
+        let ids = self.records.by_provider_sid(hash).await?;
         self.remove_all(ids).await
     }
 
     /// Removes every session of a subject (back-channel logout by `sub`); returns how many.
     pub async fn remove_by_subject(&self, subject: &str) -> Result<usize, StoreError> {
         let hash = self.keyer.hash("sub", subject.as_bytes());
-        let ids = self.blocking(move |db| db.by_subject(hash)).await?;
+        let ids = self.records.by_subject(hash).await?;
         self.remove_all(ids).await
     }
 
@@ -657,9 +725,7 @@ impl TicketStore {
             }
         }
         let announced = ids.clone();
-        let removed = self
-            .blocking(move |db| db.remove_many(&ids, Removal::Logout))
-            .await;
+        let removed = self.records.remove_many(ids, Removal::Logout).await;
         self.announce_removed(&announced);
         removed
     }
@@ -674,7 +740,7 @@ impl TicketStore {
         let mut removed = 0;
         let mut after = None;
         loop {
-            let due = self.blocking(move |db| db.due(now, after, batch)).await?;
+            let due = self.records.due(now, after, batch).await?;
             let Some(last) = due.last().copied() else {
                 break;
             };
@@ -694,9 +760,7 @@ impl TicketStore {
             if !ids.is_empty() {
                 // Lazy commits, one sync at the end: a crash mid-sweep only leaves some expired
                 // sessions for the next sweep, and the sweep writes far less.
-                removed += self
-                    .blocking(move |db| db.remove_many(&ids, Removal::Eviction))
-                    .await?;
+                removed += self.records.remove_many(ids, Removal::Eviction).await?;
             }
             if due.len() < batch {
                 break;
@@ -705,16 +769,14 @@ impl TicketStore {
         // Identity-index entries of days no session is left from, in bounded batches too.
         let mut pruned = 0;
         loop {
-            let count = self
-                .blocking(move |db| db.prune_identity_indexes(batch))
-                .await?;
+            let count = self.records.prune_identity_indexes(batch).await?;
             pruned += count;
             if count < batch {
                 break;
             }
         }
         if removed > 0 || pruned > 0 {
-            self.blocking(|db| db.sync()).await?;
+            self.records.sync().await?;
         }
         Ok(removed)
     }
@@ -726,7 +788,7 @@ impl TicketStore {
         limit: usize,
     ) -> Result<Vec<SessionId>, StoreError> {
         let until = self.clock.unix_now().saturating_add(ahead.as_secs());
-        self.blocking(move |db| db.refresh_due(until, limit)).await
+        self.records.refresh_due(until, limit).await
     }
 
     /// Up to `limit` sessions in creation order after `after`, opened (for the admin commands).
@@ -736,14 +798,7 @@ impl TicketStore {
         after: Option<SessionId>,
         limit: usize,
     ) -> Result<Vec<(SessionId, Meta, Option<Ticket>)>, StoreError> {
-        let rows = self
-            .blocking(move |db| {
-                db.list(after, limit)?
-                    .into_iter()
-                    .map(|(id, record)| Ok((id, record, db.get_id_token(id)?)))
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
-            .await?;
+        let rows = self.records.list(after, limit).await?;
         Ok(rows
             .into_iter()
             .map(|(id, record, id_token)| {
@@ -773,13 +828,14 @@ impl TicketStore {
     ) -> Result<bool, StoreError> {
         let hash = self.keyer.hash("jti", jti.as_bytes());
         let now = self.clock.unix_now();
-        self.blocking(move |db| db.remember_logout_jti(hash, forget_after, now))
+        self.records
+            .remember_logout_jti(hash, forget_after, now)
             .await
     }
 
     /// Number of sessions in the file.
     pub async fn count(&self) -> Result<u64, StoreError> {
-        self.blocking(|db| db.count()).await
+        self.records.count().await
     }
 }
 
@@ -839,7 +895,7 @@ mod tests {
             let master = MasterKey::from_bytes([key_byte; 32]);
             let db = Arc::new(SessionDb::open(&self.path, 1 << 20).expect("open db"));
             TicketStore::new(
-                db,
+                Records::File(db),
                 CachePolicy {
                     capacity: NonZeroUsize::new(16).expect("non-zero"),
                     sliding: Duration::from_secs(15),
@@ -927,20 +983,32 @@ mod tests {
         let store = fixture.store(1);
         let key = store.store(fixture.ticket("a1")).await.expect("store");
         let id = key.id();
-        let mut record = store.db.get(id).expect("get").expect("present");
+        let mut record = store
+            .database()
+            .expect("file")
+            .get(id)
+            .expect("get")
+            .expect("present");
         let last = record.sealed.len() - 1;
         record.sealed[last] ^= 1;
         store
-            .db
+            .database()
+            .expect("file")
             .insert(id, &record.sealed, None, record.meta)
             .expect("rewrite");
         store.cache.invalidate(id);
         assert!(peek(&store, &key).await.is_none());
         // A valid record copied under another session's id is refused too.
         let other = store.store(fixture.ticket("a2")).await.expect("store");
-        let copied = store.db.get(other.id()).expect("get").expect("present");
+        let copied = store
+            .database()
+            .expect("file")
+            .get(other.id())
+            .expect("get")
+            .expect("present");
         store
-            .db
+            .database()
+            .expect("file")
             .insert(id, &copied.sealed, None, copied.meta)
             .expect("copy");
         assert!(peek(&store, &key).await.is_none());
@@ -981,10 +1049,16 @@ mod tests {
             expires_at: ticket.expires_at,
         })
         .expect("encode");
-        let record = store.db.get(id).expect("get").expect("present");
+        let record = store
+            .database()
+            .expect("file")
+            .get(id)
+            .expect("get")
+            .expect("present");
         let v1 = store.seal_record(FORMAT_V1, id, &plaintext);
         store
-            .db
+            .database()
+            .expect("file")
             .insert(id, &v1, None, record.meta)
             .expect("rewrite");
         store.cache.invalidate(id);
@@ -998,7 +1072,8 @@ mod tests {
         let mut relabelled = v1.clone();
         relabelled[0] = FORMAT_V2;
         store
-            .db
+            .database()
+            .expect("file")
             .insert(id, &relabelled, None, record.meta)
             .expect("rewrite");
         store.cache.invalidate(id);
@@ -1045,7 +1120,12 @@ mod tests {
                 Some("id")
             );
             // The session record in the file does not.
-            let record = store.db.get(key.id()).expect("get").expect("present");
+            let record = store
+                .database()
+                .expect("file")
+                .get(key.id())
+                .expect("get")
+                .expect("present");
             let ticket = store.open(key.id(), record.sealed).expect("opens");
             assert!(ticket.tokens.id_token.is_none());
             assert_eq!(ticket.tokens.access_token.expose(), "a1");
@@ -1080,7 +1160,14 @@ mod tests {
         );
         // Ending the session takes its ID token with it.
         assert!(store.remove(key.id()).await.expect("remove"));
-        assert!(store.db.get_id_token(key.id()).expect("read").is_none());
+        assert!(
+            store
+                .database()
+                .expect("file")
+                .get_id_token(key.id())
+                .expect("read")
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -1090,7 +1177,12 @@ mod tests {
         let key = store.store(fixture.ticket("a1")).await.expect("store");
         let other = store.store(fixture.ticket("a2")).await.expect("store");
         let id = key.id();
-        let record = store.db.get(id).expect("get").expect("present");
+        let record = store
+            .database()
+            .expect("file")
+            .get(id)
+            .expect("get")
+            .expect("present");
         let cold = |store: &TicketStore| {
             store.cache.invalidate(id);
         };
@@ -1099,30 +1191,39 @@ mod tests {
             store.id_token(&session).await.expect("read")
         };
         // Altered on disk.
-        let mut altered = store.db.get_id_token(id).expect("read").expect("present");
+        let mut altered = store
+            .database()
+            .expect("file")
+            .get_id_token(id)
+            .expect("read")
+            .expect("present");
         let last = altered.len() - 1;
         altered[last] ^= 1;
         store
-            .db
+            .database()
+            .expect("file")
             .insert(id, &record.sealed, Some(&altered), record.meta)
             .expect("rewrite");
         cold(&store);
         assert!(read(&store).await.is_none());
         // Another session's ID token copied under this id.
         let theirs = store
-            .db
+            .database()
+            .expect("file")
             .get_id_token(other.id())
             .expect("read")
             .expect("present");
         store
-            .db
+            .database()
+            .expect("file")
             .insert(id, &record.sealed, Some(&theirs), record.meta)
             .expect("copy");
         cold(&store);
         assert!(read(&store).await.is_none());
         // The session record itself put where the ID token goes.
         store
-            .db
+            .database()
+            .expect("file")
             .insert(id, &record.sealed, Some(&record.sealed), record.meta)
             .expect("copy");
         cold(&store);
@@ -1181,7 +1282,12 @@ mod tests {
         }
         assert!(peek(&store, &peeked).await.is_none());
         // The slid deadline was written to the file: a fresh process sees it too.
-        let record = store.db.get(used.id()).expect("get").expect("present");
+        let record = store
+            .database()
+            .expect("file")
+            .get(used.id())
+            .expect("get")
+            .expect("present");
         assert_eq!(record.meta.last_access, fixture.clock.unix_now());
     }
 

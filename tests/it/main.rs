@@ -15,6 +15,7 @@ mod policies; // who may call a route, which token its upstream gets, identity h
 mod proxy; // token relay: bearer, header hygiene, 401/403 first, 502/504, path tricks
 mod refresh; // on-demand refresh: single flight, rotation, invalid_grant, outages
 mod rejections; // callback attacks: state, flow cookie, nonce, code reuse, open redirects, iss
+mod shared_store; // sessions in Redis shared by several gateways (a real redis-server)
 mod signals; // SIGTERM: sd_notify READY/WATCHDOG/STOPPING, clean exit, sessions kept
 mod spa; // the built SPA: files, client routes, caching, precompression, traversal
 mod store_crash; // SIGKILL while writing sessions loses nothing acknowledged

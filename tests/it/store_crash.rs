@@ -72,6 +72,7 @@ async fn sigkill_during_logins_loses_no_acknowledged_session() {
         data_dir: data_dir.path().to_owned(),
         ticket_key_file: data_dir.path().join("ticket.key"),
         db_cache_bytes: 1 << 20,
+        redis: None,
     };
     let cache = CachePolicy {
         capacity: NonZeroUsize::new(16).expect("non-zero"),

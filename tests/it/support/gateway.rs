@@ -152,6 +152,15 @@ impl TestGateway {
         }
     }
 
+    /// Waits for a gateway that stopped by itself (a failed start), and returns how it ended.
+    pub async fn finished(mut self) -> Result<(), oidc_bff::RunError> {
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the gateway stopped within 10 s")
+            .expect("gateway task")
+    }
+
     /// Stops and starts again on the same data dir and the same port.
     pub async fn restart(&mut self) {
         self.stop().await;

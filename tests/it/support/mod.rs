@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod process;
 pub mod provider;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 
 use std::sync::Arc;

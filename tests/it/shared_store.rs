@@ -1,0 +1,109 @@
+//! Several gateways sharing sessions in Redis (`--store redis://…`): a real `redis-server`
+//! started by the test, gateways with one ticket key.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::support::redis::RedisServer;
+use crate::support::{FakeProvider, TestGateway};
+
+const CSRF: (&str, &str) = ("x-csrf", "1");
+
+/// A provider, a Redis and `count` gateways on it sharing one ticket key file.
+async fn cluster(
+    count: usize,
+    extra: &[&str],
+) -> (
+    FakeProvider,
+    RedisServer,
+    Vec<TestGateway>,
+    tempfile::TempDir,
+) {
+    let redis = RedisServer::start();
+    let keys = tempfile::tempdir().expect("dir");
+    let key_file = keys.path().join("ticket.key");
+    let provider = FakeProvider::start(std::sync::Arc::new(
+        oidc_bff::clock::ManualClock::starting_now(),
+    ))
+    .await;
+    let url = redis.url();
+    let mut gateways = Vec::new();
+    for _ in 0..count {
+        let mut args = vec![
+            "--store",
+            url.as_str(),
+            "--ticket-key-file",
+            key_file.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        gateways.push(TestGateway::start(&provider, &args).await);
+    }
+    (provider, redis, gateways, keys)
+}
+
+#[tokio::test]
+async fn a_login_on_one_gateway_is_signed_in_on_the_others_and_a_logout_ends_it_everywhere() {
+    let (_provider, redis, gateways, _keys) = cluster(3, &[]).await;
+    let mut first = gateways[0].browser();
+    first.login_ok().await;
+    let cookie = first.cookies();
+    let headers = [CSRF, ("cookie", cookie.as_str())];
+    for gateway in &gateways[1..] {
+        let mut other = gateway.browser();
+        let user = other.get("/api/user", &headers).await;
+        assert_eq!(user.status, 200, "{}", user.body);
+        assert_eq!(user.json()["sub"], "alice");
+    }
+    // Nothing readable in Redis: no subject, no token, no provider sid.
+    let keys = redis.command("KEYS *").expect("keys");
+    assert!(keys.contains("obff:s:{"), "{keys}");
+    assert!(!keys.contains("alice") && !keys.contains("sid-"), "{keys}");
+
+    // Every gateway has the session cached; a logout on the third ends it on all of them.
+    let logout_url = {
+        let mut third = gateways[2].browser();
+        third.get("/api/user", &headers).await.json()["logoutUrl"]
+            .as_str()
+            .expect("logoutUrl")
+            .to_owned()
+    };
+    let mut third = gateways[2].browser();
+    let logout = third.get(&logout_url, &[("cookie", cookie.as_str())]).await;
+    assert_eq!(logout.status, 302, "{}", logout.body);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for gateway in &gateways[..2] {
+        let mut browser = gateway.browser();
+        loop {
+            let status = browser.get("/api/user", &headers).await.status;
+            if status == 401 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still signed in on another gateway 1 s after the logout ({status})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_with_another_ticket_key_refuses_to_start_on_the_store() {
+    let (provider, redis, _gateways, _keys) = cluster(1, &[]).await;
+    let other_keys = tempfile::tempdir().expect("dir");
+    let other_key = other_keys.path().join("other.key");
+    let url = redis.url();
+    let gateway = TestGateway::start_unready(
+        &provider,
+        &[
+            "--store",
+            url.as_str(),
+            "--ticket-key-file",
+            other_key.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    let error = gateway.finished().await.expect_err("refused");
+    assert!(error.to_string().contains("another ticket key"), "{error}");
+}
