@@ -1568,8 +1568,7 @@ mod tests {
         let refused = args(&["--store", "redis://gw:secret@127.0.0.1/?x"])
             .expect("parse")
             .resolve(&no_env())
-            .err()
-            .expect("a password in the URL")
+            .expect_err("a password in the URL")
             .to_string();
         assert!(
             refused.contains("--store") && refused.contains("visible"),
