@@ -602,6 +602,110 @@ impl RedisRecords {
     }
 }
 
+/// How long a refresh lease lasts unless renewed: longer than one provider call (10 s).
+const LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// How often a held lease is renewed.
+const LEASE_RENEWAL: Duration = Duration::from_secs(5);
+
+/// Extends a lease only for its owner. KEYS[1] the lease; ARGV: owner token, milliseconds.
+const RENEW_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0";
+
+/// Releases a lease only for its owner (an expired lease may have passed to another gateway).
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// The right to refresh one session, held by one gateway at a time across the cluster: with
+/// rotating refresh tokens, two gateways presenting the same one would end the session.
+/// Renewed in the background while held; released when dropped.
+pub(crate) struct Lease {
+    client: Client,
+    key: String,
+    owner: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        let (client, key, owner) = (self.client.clone(), self.key.clone(), self.owner.clone());
+        // Released in the background: dropping cannot wait. Until then (or the lease's expiry)
+        // the other gateways wait a little longer.
+        tokio::spawn(async move {
+            let released: Result<i64, Error> =
+                client.eval(RELEASE_LEASE, vec![key], vec![owner]).await;
+            if let Err(error) = released {
+                tracing::debug!(%error, "refresh lease not released; it expires by itself");
+            }
+        });
+    }
+}
+
+impl RedisRecords {
+    /// Takes the refresh lease of a session, waiting (at most `wait`) while another gateway
+    /// holds it. `None` when it could not be had in time.
+    pub(crate) async fn lease(
+        &self,
+        id: SessionId,
+        wait: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let key = format!("{PREFIX}lease:{{{}}}", hex(&id.to_bytes()));
+        let owner = hex(&crate::seal::random_bytes::<16>());
+        let give_up = tokio::time::Instant::now() + wait;
+        loop {
+            let set: Option<String> = self
+                .client
+                .set(
+                    &key,
+                    owner.as_str(),
+                    Some(Expiration::PX(
+                        i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX),
+                    )),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(redis_error)?;
+            if set.is_some() {
+                let renewal = tokio::spawn({
+                    let (client, key, owner) = (self.client.clone(), key.clone(), owner.clone());
+                    async move {
+                        let mut ticks = tokio::time::interval(LEASE_RENEWAL);
+                        ticks.tick().await;
+                        loop {
+                            ticks.tick().await;
+                            let millis = LEASE_TTL.as_millis().to_string();
+                            let renewed: Result<i64, Error> = client
+                                .eval(RENEW_LEASE, vec![key.clone()], vec![owner.clone(), millis])
+                                .await;
+                            if !matches!(renewed, Ok(1)) {
+                                tracing::warn!(
+                                    "a refresh lease could not be renewed; another gateway may \
+                                     start the same refresh"
+                                );
+                                return;
+                            }
+                        }
+                    }
+                });
+                return Ok(Some(Lease {
+                    client: self.client.clone(),
+                    key,
+                    owner,
+                    renewal,
+                }));
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
 /// The session an invalidation message names, and whether it was removed (else replaced).
 pub(crate) fn invalidated(message: &[u8]) -> Option<(SessionId, bool)> {
     let (&kind, id) = message.split_first()?;

@@ -52,6 +52,10 @@ pub enum FreshnessError {
 /// is about the resource or the client's registration, not one session.
 const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
 
+/// How long a refresh waits for another gateway's refresh of the same session (sessions in
+/// Redis) before it gives up for now.
+const LEASE_WAIT: Duration = Duration::from_secs(20);
+
 /// Whether a token expiring at `expiry` (unknown: never) expires within `window` of `now`.
 fn expires_within(expiry: Option<u64>, now: u64, window: Duration) -> bool {
     expiry.is_some_and(|expiry| now.saturating_add(window.as_secs()) >= expiry)
@@ -254,7 +258,13 @@ impl Refresher {
         resource: &str,
         window: Duration,
     ) -> Result<Option<HeaderValue>, FreshnessError> {
-        let Some(current) = self.tickets.retrieve_by_id(id, Activity::Peek).await? else {
+        // A grant with the refresh token: one at a time cluster-wide, like a refresh.
+        let Some(_lease) = self.tickets.renewal_lease(id, LEASE_WAIT).await? else {
+            return Err(FreshnessError::ProviderUnavailable(
+                "another gateway is still renewing this session's tokens".into(),
+            ));
+        };
+        let Some(current) = self.tickets.reread(id).await? else {
             return Ok(None);
         };
         let now = self.clock.unix_now();
@@ -346,8 +356,20 @@ impl Refresher {
         window: Duration,
         trigger: RefreshTrigger,
     ) -> Result<Outcome, StoreError> {
-        // Re-read under the lock: whoever held it before may have refreshed already.
-        let Some(current) = self.tickets.retrieve_by_id(id, Activity::Peek).await? else {
+        // One refresh per session cluster-wide (with sessions in Redis), then re-read: whoever
+        // held the lock or the lease before may have refreshed already.
+        let Some(_lease) = self.tickets.renewal_lease(id, LEASE_WAIT).await? else {
+            return Ok(
+                match self.tickets.retrieve_by_id(id, Activity::Peek).await? {
+                    Some(session) => Outcome::Failed {
+                        session,
+                        reason: "another gateway is still refreshing this session".into(),
+                    },
+                    None => Outcome::Ended,
+                },
+            );
+        };
+        let Some(current) = self.tickets.reread(id).await? else {
             return Ok(Outcome::Ended);
         };
         let policy = *self.tickets.policy();

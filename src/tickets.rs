@@ -670,6 +670,32 @@ impl TicketStore {
         existed
     }
 
+    /// The right to renew a session's tokens: with a shared store (Redis), one gateway at a
+    /// time cluster-wide, waiting at most `wait` for another to finish; in the file, the
+    /// refresher's own per-session lock is all there is to it. `None`: not had in time.
+    pub(crate) async fn renewal_lease(
+        &self,
+        id: SessionId,
+        wait: Duration,
+    ) -> Result<Option<RenewalLease>, StoreError> {
+        match &self.records {
+            Records::File(_) => Ok(Some(RenewalLease::Local)),
+            Records::Redis(redis) => Ok(redis
+                .lease(id, wait)
+                .await?
+                .map(|lease| RenewalLease::Shared { _held: lease })),
+        }
+    }
+
+    /// The session as the store has it now: with a shared store another gateway may have
+    /// renewed it a moment ago, so the cache is not asked.
+    pub(crate) async fn reread(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        if let Records::Redis(_) = &self.records {
+            self.cache.forget_changed(id);
+        }
+        self.retrieve_by_id(id, Activity::Peek).await
+    }
+
     /// Another gateway sharing the store removed (`removed`) or replaced a session: forget it
     /// here (a removal leaves a tombstone, as a local one does).
     pub fn forget(&self, id: SessionId, removed: bool) {
@@ -837,6 +863,17 @@ impl TicketStore {
     pub async fn count(&self) -> Result<u64, StoreError> {
         self.records.count().await
     }
+}
+
+/// Held while a session's tokens are renewed ([`TicketStore::renewal_lease`]).
+pub(crate) enum RenewalLease {
+    /// One process: the refresher's per-session lock is the lease.
+    Local,
+    /// A lease in Redis, kept for as long as this is held and released when dropped.
+    Shared {
+        /// The lease.
+        _held: crate::redis_store::Lease,
+    },
 }
 
 /// A ticket sealed for the file: the session record, and its ID token on its own.

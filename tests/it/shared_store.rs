@@ -107,3 +107,47 @@ async fn a_gateway_with_another_ticket_key_refuses_to_start_on_the_store() {
     let error = gateway.finished().await.expect_err("refused");
     assert!(error.to_string().contains("another ticket key"), "{error}");
 }
+
+#[tokio::test]
+async fn calls_spread_over_the_gateways_refresh_a_session_once_per_token_lifetime() {
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let (provider, _redis, gateways, _keys) = cluster(3, &["--route", route.as_str()]).await;
+    // Rotating refresh tokens: a second refresh with the same token would end the session.
+    provider.rotate_refresh_tokens(true);
+    let mut first = gateways[0].browser();
+    first.login_ok().await;
+    let cookie = first.cookies();
+    for round in 1..=3 {
+        // 300 s tokens, refreshed within 30 s of their expiry: due now on every gateway.
+        provider.clock().advance(Duration::from_secs(280));
+        let mut calls = tokio::task::JoinSet::new();
+        for index in 0..12 {
+            let mut browser = gateways[index % gateways.len()].browser();
+            let cookie = cookie.clone();
+            calls.spawn(async move {
+                browser
+                    .get("/api/OtherApi1/x", &[CSRF, ("cookie", cookie.as_str())])
+                    .await
+                    .status
+            });
+        }
+        let statuses = calls.join_all().await;
+        assert!(
+            statuses.iter().all(|status| *status == 200),
+            "round {round}: {statuses:?}"
+        );
+        assert_eq!(
+            provider.refresh_count(),
+            round,
+            "one refresh-token grant per token lifetime, cluster-wide"
+        );
+    }
+    // Every call carried the newest token.
+    let newest = format!("Bearer {}", provider.last_access_token());
+    let seen = upstream.seen();
+    assert_eq!(
+        seen.last().expect("calls").headers["authorization"],
+        newest.as_str()
+    );
+}
