@@ -31,6 +31,7 @@ use crate::refresh::{FreshnessError, Refresher};
 use crate::reply::{self, Body};
 use crate::seal::{Sealer, constant_time_eq};
 use crate::session::{Secret, SessionId, SessionKey, Ticket};
+use crate::store::StoreError;
 use crate::tickets::{Activity, Session, TicketStore};
 
 /// A session looked up from the request's cookies.
@@ -249,6 +250,10 @@ impl Auth {
         policies: &Policies,
         resources: &[String],
     ) -> Result<Response<Body>, HttpError> {
+        // A sign-in that could not be stored is one the user would have to repeat.
+        if !self.tickets.is_up() {
+            return Err(StoreError::Unavailable.into());
+        }
         let pairs = query_pairs(request);
         let return_path = single(&pairs, "returnUrl")?.unwrap_or("/").to_owned();
         if return_path.len() > MAX_RETURN_PATH || check_local_path(&return_path).is_err() {

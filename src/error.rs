@@ -444,6 +444,13 @@ impl HttpError {
                     row(StatusCode::BAD_REQUEST, LOGIN_FAILED, Client, Plain)
                 }
             },
+            // Redis away: the gateway is fine, its store is not (sessions in the cache go on).
+            Self::Store(StoreError::Redis(_) | StoreError::Unavailable) => row(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the session store is unavailable; try again shortly",
+                Provider,
+                Plain,
+            ),
             Self::Store(_) | Self::Internal(_) => row(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error",

@@ -201,6 +201,10 @@ pub async fn run(
         framing: reply::Framing::new(&config.frame_ancestors),
     });
     tasks.spawn(tasks::flush_loop(Arc::clone(&tickets)));
+    tasks.spawn(tasks::store_health_loop(
+        Arc::clone(&tickets),
+        Arc::clone(&metrics),
+    ));
     if let Some(redis) = tickets.redis() {
         tasks.spawn(tasks::invalidation_loop(
             Arc::clone(&tickets),

@@ -123,6 +123,7 @@ pub(crate) struct Metrics {
     backchannel_logouts: Family<OutcomeLabels, Counter>,
     sweeps: HistogramFamily<SweepLabels>,
     evicted: Counter,
+    store_unreachable: Counter,
     store: Arc<StoreCollector>,
     /// The request counter and histogram of each route and status seen so far (handles to the
     /// same series as the families'): a request finds both with one small lookup instead of two
@@ -189,6 +190,12 @@ impl Metrics {
             "Sessions removed by the eviction sweep (idle or expired)",
             evicted.clone(),
         );
+        let store_unreachable = Counter::default();
+        registry.register(
+            "session_store_unreachable",
+            "Times the session store (Redis) stopped answering",
+            store_unreachable.clone(),
+        );
         let store = Arc::new(StoreCollector::default());
         registry.register_collector(Box::new(Arc::clone(&store)));
         Self {
@@ -201,9 +208,15 @@ impl Metrics {
             backchannel_logouts,
             sweeps,
             evicted,
+            store_unreachable,
             store,
             request_series: std::sync::RwLock::default(),
         }
+    }
+
+    /// The session store stopped answering.
+    pub(crate) fn store_unreachable(&self) {
+        self.store_unreachable.inc();
     }
 
     /// One answered request.
@@ -299,8 +312,8 @@ impl Metrics {
 
     /// The metrics in the OpenMetrics text format, with the store read now.
     pub(crate) async fn render(&self, tickets: &TicketStore) -> String {
-        let sessions = match tickets.count().await {
-            Ok(count) => Some(count),
+        let sessions = match tickets.count_if_cheap().await {
+            Ok(count) => count,
             Err(error) => {
                 tracing::warn!(%error, "metrics: counting sessions failed");
                 None
@@ -308,6 +321,7 @@ impl Metrics {
         };
         let cache = tickets.cache_stats();
         *self.store.lock() = StoreSnapshot {
+            up: tickets.is_up(),
             sessions,
             cache_hits: cache.hits,
             cache_misses: cache.misses,
@@ -323,6 +337,7 @@ impl Metrics {
 /// The store's numbers as of the current scrape.
 #[derive(Debug, Default, Clone, Copy)]
 struct StoreSnapshot {
+    up: bool,
     sessions: Option<u64>,
     cache_hits: u64,
     cache_misses: u64,
@@ -341,6 +356,14 @@ impl StoreCollector {
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let snapshot = *self.lock();
+        let up = ConstGauge::new(i64::from(snapshot.up));
+        let metric = encoder.encode_descriptor(
+            "session_store_up",
+            "Whether the session store answers (the redb file always; Redis as last checked)",
+            None,
+            up.metric_type(),
+        )?;
+        up.encode(metric)?;
         if let Some(sessions) = snapshot.sessions {
             let gauge = ConstGauge::new(i64::try_from(sessions).unwrap_or(i64::MAX));
             let metric = encoder.encode_descriptor(

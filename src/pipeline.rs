@@ -469,7 +469,12 @@ impl Gateway {
     }
 
     fn health(&self) -> Response<Body> {
-        if self.provider.is_ready() {
+        if !self.auth.tickets().is_up() {
+            reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the session store does not answer",
+            )
+        } else if self.provider.is_ready() {
             reply::text(StatusCode::OK, "ok")
         } else {
             reply::text(

@@ -75,6 +75,8 @@ fn client_config(
 /// The session records in Redis.
 pub struct RedisRecords {
     client: Client,
+    /// Whether Redis answered the last health check (see `tasks::store_health_loop`).
+    up: std::sync::atomic::AtomicBool,
     /// The absolute session lifetime: how long an identity set must outlive its newest entry.
     lifetime: Duration,
     /// The idle timeout: a touch or a refresh moves the deadline to last access plus this.
@@ -197,11 +199,37 @@ impl RedisRecords {
         client.init().await.map_err(redis_error)?;
         let records = Self {
             client,
+            up: std::sync::atomic::AtomicBool::new(true),
             lifetime,
             idle,
         };
         records.check_key(keyer).await?;
         Ok(records)
+    }
+
+    /// Whether Redis answered the last health check.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fails at once while Redis is known to be away, instead of after a command timeout.
+    fn ensure_up(&self) -> Result<(), StoreError> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable)
+        }
+    }
+
+    /// Asks Redis for a PING within `within`; records and returns whether it answered, and
+    /// whether that changed.
+    pub(crate) async fn check(&self, within: Duration) -> (bool, bool) {
+        let answered = matches!(
+            tokio::time::timeout(within, self.client.ping::<String>(None)).await,
+            Ok(Ok(_))
+        );
+        let before = self.up.swap(answered, std::sync::atomic::Ordering::Relaxed);
+        (answered, before != answered)
     }
 
     /// A second connection for the invalidation channel (a subscribed connection can send
@@ -255,6 +283,7 @@ impl RedisRecords {
         id_token: Option<&[u8]>,
         meta: Meta,
     ) -> Result<(), StoreError> {
+        self.ensure_up()?;
         let member = id.to_bytes().to_vec();
         let keep_until = meta
             .deadline
@@ -326,6 +355,7 @@ impl RedisRecords {
 
     /// One session's record.
     pub async fn get(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
+        self.ensure_up()?;
         let values: Vec<Option<Bytes>> = self
             .client
             .hmget(session_key(id), vec!["t", "la", "dl", "ub", "sd", "ra"])
@@ -353,6 +383,7 @@ impl RedisRecords {
 
     /// One session's sealed ID token.
     pub async fn get_id_token(&self, id: SessionId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.ensure_up()?;
         let token: Option<Bytes> = self
             .client
             .hget(session_key(id), "i")
@@ -411,6 +442,7 @@ impl RedisRecords {
 
     /// Records last accesses (one script per session, sent together).
     pub async fn touch(&self, touches: &[crate::store::Touch]) -> Result<(), StoreError> {
+        self.ensure_up()?;
         // Sent together: the client writes concurrent commands back to back on its connection.
         let scripts = touches.iter().map(|touch| {
             self.client.eval::<i64, _, _, _>(
@@ -428,6 +460,7 @@ impl RedisRecords {
     /// Removes sessions (then their refresh entries); how many existed. Every gateway's cache
     /// is told.
     pub async fn remove_many(&self, ids: &[SessionId]) -> Result<usize, StoreError> {
+        self.ensure_up()?;
         let mut removed = 0;
         for id in ids {
             let deleted: i64 = self

@@ -85,6 +85,9 @@ pub enum StoreError {
     /// Redis failed or could not be reached (`--store redis://…`).
     #[error("session store (Redis): {0}")]
     Redis(String),
+    /// The store does not answer its health checks: refused before trying (a login).
+    #[error("session store: not answering")]
+    Unavailable,
     /// The Redis store was claimed by gateways with another ticket key.
     #[error(
         "session store (Redis): its sessions were written under another ticket key; every \

@@ -114,6 +114,30 @@ pub(crate) async fn invalidation_loop(
     }
 }
 
+/// With sessions in Redis: asks it for a PING every second (an answer within a second, so
+/// `/healthz` turns 503 within about two), logging and counting each change of state. While it
+/// is away, sessions in the cache keep working, logins wait (503), and last-access times wait
+/// in memory; the client reconnects by itself, with backoff.
+pub(crate) async fn store_health_loop(tickets: Arc<TicketStore>, metrics: Arc<Metrics>) {
+    let Some(redis) = tickets.redis().cloned() else {
+        return;
+    };
+    every(Duration::from_secs(1), || async {
+        let (up, changed) = redis.check(Duration::from_secs(1)).await;
+        match (up, changed) {
+            (false, true) => {
+                metrics.store_unreachable();
+                tracing::error!(
+                    "the session store (Redis) does not answer: logins wait, cached sessions go on"
+                );
+            }
+            (true, true) => tracing::info!("the session store (Redis) answers again"),
+            _ => {}
+        }
+    })
+    .await;
+}
+
 /// Closes upstream connections idle too long, every [`Proxy::IDLE_CHECK`].
 pub(crate) async fn idle_upstreams_loop(proxy: Arc<Proxy>) {
     every(Proxy::IDLE_CHECK, || async {

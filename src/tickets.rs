@@ -670,6 +670,24 @@ impl TicketStore {
         existed
     }
 
+    /// Whether the store can be reached: the file always; Redis as its last health check
+    /// found it.
+    pub fn is_up(&self) -> bool {
+        match &self.records {
+            Records::File(_) => true,
+            Records::Redis(redis) => redis.is_up(),
+        }
+    }
+
+    /// The number of sessions when it is cheap to know (the file); `None` for Redis, where it
+    /// takes a scan of every key (`oidc-bff sessions stats` does that on demand).
+    pub async fn count_if_cheap(&self) -> Result<Option<u64>, StoreError> {
+        match &self.records {
+            Records::File(_) => self.count().await.map(Some),
+            Records::Redis(_) => Ok(None),
+        }
+    }
+
     /// The right to renew a session's tokens: with a shared store (Redis), one gateway at a
     /// time cluster-wide, waiting at most `wait` for another to finish; in the file, the
     /// refresher's own per-session lock is all there is to it. `None`: not had in time.
@@ -718,8 +736,16 @@ impl TicketStore {
     pub async fn flush_touches(&self) -> Result<usize, StoreError> {
         let batch: Vec<Touch> = self.pending().drain().map(|(_, touch)| touch).collect();
         let count = batch.len();
-        if count > 0 {
-            self.records.touch(batch).await?;
+        if count > 0
+            && let Err(error) = self.records.touch(batch.clone()).await
+        {
+            // Nothing is lost while the store is away: the touches wait for the next flush
+            // (a newer one queued meanwhile wins).
+            let mut pending = self.pending();
+            for touch in batch {
+                pending.entry(touch.id).or_insert(touch);
+            }
+            return Err(error);
         }
         Ok(count)
     }

@@ -151,3 +151,74 @@ async fn calls_spread_over_the_gateways_refresh_a_session_once_per_token_lifetim
         newest.as_str()
     );
 }
+
+#[tokio::test]
+async fn while_redis_is_away_cached_sessions_go_on_logins_wait_and_nothing_is_lost() {
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let (provider, mut redis, gateways, _keys) = cluster(1, &["--route", route.as_str()]).await;
+    let gateway = &gateways[0];
+    let mut user = gateway.browser();
+    user.login_ok().await;
+    assert_eq!(user.get("/api/OtherApi1/x", &[CSRF]).await.status, 200);
+
+    redis.stop();
+    let mut probe = gateway.browser();
+    let stopped = Instant::now();
+    loop {
+        let status = probe.get("/healthz", &[]).await.status;
+        if status == 503 {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(3),
+            "/healthz still {status} 3 s after Redis went away"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The session in this gateway's cache keeps working; a new sign-in waits.
+    assert_eq!(user.get("/api/OtherApi1/x", &[CSRF]).await.status, 200);
+    let mut newcomer = gateway.browser();
+    let login = newcomer.get("/login?returnUrl=%2F", &[]).await;
+    assert_eq!(login.status, 503, "{}", login.body);
+    assert!(
+        gateway
+            .metrics()
+            .await
+            .contains("oidc_bff_session_store_up 0")
+    );
+
+    redis.start_again();
+    let restarted = Instant::now();
+    while probe.get("/healthz", &[]).await.status != 200 {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(15),
+            "the gateway did not find Redis again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing was lost: the session is still there for a gateway that never cached it.
+    let other = TestGateway::start(
+        &provider,
+        &[
+            "--store",
+            redis.url().as_str(),
+            "--ticket-key-file",
+            _keys.path().join("ticket.key").to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    let cookie = user.cookies();
+    let mut elsewhere = other.browser();
+    let me = elsewhere
+        .get("/api/user", &[CSRF, ("cookie", cookie.as_str())])
+        .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert!(
+        gateway
+            .metrics()
+            .await
+            .contains("oidc_bff_session_store_unreachable_total 1")
+    );
+    newcomer.login_ok().await;
+}

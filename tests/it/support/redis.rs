@@ -12,6 +12,9 @@ pub struct RedisServer {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Where it saves its data at a clean shutdown (and loads it from at the next start).
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl Drop for RedisServer {
@@ -34,7 +37,20 @@ impl RedisServer {
 
     /// Starts one with more `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
-        let port = free_port();
+        let dir = tempfile::tempdir().expect("dir");
+        let extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        let child = Self::spawn(free_port(), dir.path(), &extra);
+        let server = Self {
+            port: child.1,
+            child: child.0,
+            dir,
+            extra,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> (Child, u16) {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -47,15 +63,27 @@ impl RedisServer {
                 "no",
                 "--protected-mode",
                 "yes",
+                "--dir",
+                dir.to_str().expect("utf-8"),
             ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (Debian: apt-get install redis-server)");
-        let server = Self { child, port };
-        server.wait_ready();
-        server
+        (child, port)
+    }
+
+    /// Stops it cleanly, saving its data (`SHUTDOWN SAVE`), and waits for the exit.
+    pub fn stop(&mut self) {
+        let _ = self.command("SHUTDOWN SAVE");
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the data it saved.
+    pub fn start_again(&mut self) {
+        self.child = Self::spawn(self.port, self.dir.path(), &self.extra).0;
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
