@@ -165,7 +165,10 @@ pub async fn execute(
                 .map_err(failed)?
                 .first()
                 .map(|(id, _, _)| id.created_ms / 1_000);
-            let file_bytes = std::fs::metadata(database).map(|m| m.len()).unwrap_or(0);
+            // Redis has no file of ours to measure.
+            let file_bytes = tickets
+                .database()
+                .map(|_| std::fs::metadata(database).map(|m| m.len()).unwrap_or(0));
             Ok(json!({ "sessions": count, "oldestCreated": oldest, "fileBytes": file_bytes }))
         }
     }
@@ -326,9 +329,13 @@ pub fn render(request: &AdminRequest, value: &Value) -> String {
                     || "-".to_owned(),
                     |date| date.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
                 );
+            let file = match value["fileBytes"].as_u64() {
+                Some(bytes) => format!("database file:  {bytes} bytes\n"),
+                None => String::new(),
+            };
             format!(
-                "sessions:       {}\noldest created: {oldest}\ndatabase file:  {} bytes\n",
-                value["sessions"], value["fileBytes"]
+                "sessions:       {}\noldest created: {oldest}\n{file}",
+                value["sessions"]
             )
         }
         _ => format!(

@@ -123,7 +123,7 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Inspect and revoke sessions (through the running server's admin socket, or the file
     /// directly when the server is stopped). Never prints tokens.
-    Sessions(SessionsArgs),
+    Sessions(Box<SessionsArgs>),
     /// Check a configuration without serving: every flag, the files they name (certificate,
     /// key, CA file, YARP file, SPA directory) and that the provider's discovery answers.
     /// Takes the same flags as `serve`; exits 0 when all is well.
@@ -177,9 +177,71 @@ pub struct SessionsArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// The session store the gateways use (`serve --store`): `redb` (the data directory's
+    /// file, or the running gateway's admin socket) or a Redis URL, used directly (any gateway
+    /// may run meanwhile).
+    #[arg(
+        long,
+        env = "OIDC_BFF_STORE",
+        default_value = "redb",
+        value_name = "redb|URL",
+        global = true
+    )]
+    pub store: String,
+
+    /// File holding the Redis password (or OIDC_BFF_STORE_PASSWORD, or
+    /// $CREDENTIALS_DIRECTORY/store-password).
+    #[arg(
+        long,
+        env = "OIDC_BFF_STORE_PASSWORD_FILE",
+        value_name = "PATH",
+        global = true
+    )]
+    pub store_password_file: Option<PathBuf>,
+
+    /// Extra trusted CA certificates (PEM) for `rediss://`.
+    #[arg(long, env = "OIDC_BFF_CA_FILE", value_name = "PEM", global = true)]
+    pub ca_file: Option<PathBuf>,
+
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl SessionsArgs {
+    /// The Redis store `--store` names, with its password; `None` for the redb file.
+    pub fn redis(
+        &self,
+        env: &dyn Environment,
+    ) -> Result<Option<crate::redis_url::RedisStore>, String> {
+        redis_store(&self.store, self.store_password_file.as_deref(), env)
+    }
+}
+
+/// The Redis store `store` names (a `--store` value, `redb` for none), with its password from
+/// `password_file`, the environment or a systemd credential.
+pub fn redis_store(
+    store: &str,
+    password_file: Option<&Path>,
+    env: &dyn Environment,
+) -> Result<Option<crate::redis_url::RedisStore>, String> {
+    let Some(target) = crate::redis_url::StoreChoice::parse(store)
+        .map_err(|error| format!("--store: {error}"))?
+        .0
+    else {
+        return Ok(None);
+    };
+    let password = read_secret(
+        password_file,
+        SecretSource {
+            flag: "--store-password-file",
+            variable: STORE_PASSWORD_VARIABLE,
+            fd_variable: STORE_PASSWORD_FD_VARIABLE,
+            credential: "store-password",
+        },
+        env,
+    )?;
+    Ok(Some(crate::redis_url::RedisStore { target, password }))
 }
 
 /// Session commands.
@@ -216,13 +278,24 @@ pub enum SessionsAction {
     },
     /// Number of sessions, the oldest one, and the database file size.
     Stats,
+    /// Copy every live session of a redb data directory (`--data-dir`, gateway stopped; its
+    /// key: `--ticket-key-file`, default <data dir>/ticket.key) into a Redis store, with its
+    /// expiry, so that an appliance grows into several gateways without signing anyone out.
+    /// The gateways on Redis need the same ticket key file.
+    Migrate {
+        /// The Redis store, as `serve --store` names it.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 impl SessionsAction {
-    /// The admin request this action sends.
-    pub fn request(&self) -> crate::admin::AdminRequest {
+    /// The admin request this action sends (`None` for `migrate`, which is no request to a
+    /// gateway).
+    pub fn request(&self) -> Option<crate::admin::AdminRequest> {
         use crate::admin::{AdminRequest, RevokeTarget};
-        match self {
+        Some(match self {
+            SessionsAction::Migrate { .. } => return None,
             SessionsAction::List { limit } => AdminRequest::List { limit: *limit },
             SessionsAction::Show { id, claims } => AdminRequest::Show {
                 id: id.clone(),
@@ -237,7 +310,7 @@ impl SessionsAction {
                 },
             },
             SessionsAction::Stats => AdminRequest::Stats,
-        }
+        })
     }
 }
 
@@ -874,29 +947,11 @@ impl ServeArgs {
             }
         };
         let confidential_client = client_secret.is_some();
-        let store = crate::redis_url::StoreChoice::parse(&self.store).unwrap_or_else(|error| {
-            errors.push(format!("--store: {error}"));
-            crate::redis_url::StoreChoice(None)
-        });
-        let redis = match store.0 {
-            Some(target) => match read_secret(
-                self.store_password_file.as_deref(),
-                SecretSource {
-                    flag: "--store-password-file",
-                    variable: STORE_PASSWORD_VARIABLE,
-                    fd_variable: STORE_PASSWORD_FD_VARIABLE,
-                    credential: "store-password",
-                },
-                env,
-            ) {
-                Ok(password) => Some(crate::redis_url::RedisStore { target, password }),
-                Err(problem) => {
-                    errors.push(problem);
-                    None
-                }
-            },
-            None => None,
-        };
+        let redis = redis_store(&self.store, self.store_password_file.as_deref(), env)
+            .unwrap_or_else(|problem| {
+                errors.push(problem);
+                None
+            });
         let warnings = self.warnings(env);
 
         let mut scopes: Vec<String> = vec!["openid".into()];

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Sessions(args) => sessions(args),
+        Command::Sessions(args) => sessions(*args),
         Command::CheckConfig(args) => check_config(*args),
         Command::Manpage { dir } => {
             let command = <Cli as clap::CommandFactory>::command();
@@ -192,15 +192,52 @@ fn check_config(args: oidc_bff::config::ServeArgs) -> ExitCode {
 }
 
 fn sessions(args: oidc_bff::config::SessionsArgs) -> ExitCode {
-    let request = args.action.request();
-    let data_dir = oidc_bff::config::data_dir(args.data_dir, &ProcessEnvironment);
-    let socket = args
-        .admin_socket
-        .unwrap_or_else(|| oidc_bff::config::StorageConfig::default_admin_socket(&data_dir));
-    let answer = match oidc_bff::admin::ask_server(&socket, &request) {
-        Ok(Some(answer)) => Ok(answer),
-        Ok(None) => local_sessions(&data_dir, args.ticket_key_file, request.clone()),
-        Err(error) => Err(error),
+    let data_dir = oidc_bff::config::data_dir(args.data_dir.clone(), &ProcessEnvironment);
+    let redis = match args.redis(&ProcessEnvironment) {
+        Ok(redis) => redis,
+        Err(error) => {
+            eprintln!("oidc-bff: error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let storage = oidc_bff::config::StorageConfig {
+        // The same key as `serve` uses, and never a new one.
+        ticket_key_file: args
+            .ticket_key_file
+            .clone()
+            .unwrap_or_else(|| oidc_bff::config::StorageConfig::default_ticket_key_file(&data_dir)),
+        data_dir: data_dir.clone(),
+        db_cache_bytes: 16 << 20,
+        redis,
+    };
+    let Some(request) = args.action.request() else {
+        let oidc_bff::config::SessionsAction::Migrate { to } = &args.action else {
+            unreachable!("every other action is a request");
+        };
+        return migrate(storage, to, &args);
+    };
+    let answer = if storage.redis.is_some() {
+        // Redis is shared: the command works on it directly, whichever gateways run.
+        open_and_execute(storage, args.ca_file.as_deref(), request.clone())
+    } else {
+        let socket = args
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| oidc_bff::config::StorageConfig::default_admin_socket(&data_dir));
+        match oidc_bff::admin::ask_server(&socket, &request) {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => {
+                let database = storage.database_path();
+                if database.is_file() {
+                    open_and_execute(storage, None, request.clone()).map_err(|error| {
+                        format!("{error} (is the server running with another --admin-socket?)")
+                    })
+                } else {
+                    Err(format!("no session database at {}", database.display()))
+                }
+            }
+            Err(error) => Err(error),
+        }
     };
     match answer {
         Ok(value) if args.json => {
@@ -218,56 +255,140 @@ fn sessions(args: oidc_bff::config::SessionsArgs) -> ExitCode {
     }
 }
 
-/// Runs a session command on the file itself, when no server is running.
-fn local_sessions(
-    data_dir: &std::path::Path,
-    ticket_key_file: Option<std::path::PathBuf>,
+/// Expiry is not judged by the session commands: the policy only matters to lookups, which
+/// they do not make. Nothing is cached either.
+fn admin_policies() -> (
+    oidc_bff::cache::CachePolicy,
+    oidc_bff::session::SessionPolicy,
+) {
+    (
+        oidc_bff::cache::CachePolicy {
+            capacity: std::num::NonZeroUsize::MIN,
+            sliding: std::time::Duration::ZERO,
+            absolute: std::time::Duration::ZERO,
+        },
+        oidc_bff::session::SessionPolicy {
+            idle_timeout: std::time::Duration::from_secs(u64::from(u32::MAX)),
+            lifetime: std::time::Duration::from_secs(u64::from(u32::MAX)),
+            refresh_skew: std::time::Duration::ZERO,
+        },
+    )
+}
+
+/// Opens the store (the file when no server runs, or Redis) and runs one session command.
+fn open_and_execute(
+    storage: oidc_bff::config::StorageConfig,
+    ca_file: Option<&std::path::Path>,
     request: oidc_bff::admin::AdminRequest,
 ) -> Result<serde_json::Value, String> {
-    let storage = oidc_bff::config::StorageConfig {
-        data_dir: data_dir.to_owned(),
-        // The same key as `serve` uses, and never a new one.
-        ticket_key_file: ticket_key_file
-            .unwrap_or_else(|| oidc_bff::config::StorageConfig::default_ticket_key_file(data_dir)),
-        db_cache_bytes: 16 << 20,
-        redis: None,
-    };
-    let database = storage.database_path();
-    if !database.is_file() {
-        return Err(format!("no session database at {}", database.display()));
-    }
+    let client_tls = oidc_bff::tls::client_config(ca_file).map_err(|error| error.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| error.to_string())?;
     runtime.block_on(async {
-        // Expiry is not judged here: the policy only matters to lookups, which these commands
-        // do not make.
-        let policy = oidc_bff::session::SessionPolicy {
-            idle_timeout: std::time::Duration::from_secs(u64::from(u32::MAX)),
-            lifetime: std::time::Duration::from_secs(u64::from(u32::MAX)),
-            refresh_skew: std::time::Duration::ZERO,
-        };
-        let cache = oidc_bff::cache::CachePolicy {
-            capacity: std::num::NonZeroUsize::MIN,
-            sliding: std::time::Duration::ZERO,
-            absolute: std::time::Duration::ZERO,
-        };
-        let (tickets, _) = oidc_bff::tickets::open_data_dir(
-            &storage,
-            cache,
-            policy,
-            std::sync::Arc::new(SystemClock),
-            oidc_bff::tickets::MissingKey::Refuse,
-        )
-        .map_err(|error| {
-            format!(
-                "{} (is the server running with another --admin-socket?)",
-                oidc_bff::describe::error_chain(&error)
-            )
-        })?;
+        let (cache, policy) = admin_policies();
+        let database = storage.database_path();
+        let (tickets, _) = open_for_admin(&storage, cache, policy, &client_tls).await?;
         oidc_bff::admin::execute(&tickets, &database, request).await
     })
+}
+
+async fn open_for_admin(
+    storage: &oidc_bff::config::StorageConfig,
+    cache: oidc_bff::cache::CachePolicy,
+    policy: oidc_bff::session::SessionPolicy,
+    client_tls: &rustls::ClientConfig,
+) -> Result<(oidc_bff::tickets::TicketStore, oidc_bff::seal::MasterKey), String> {
+    let opening = oidc_bff::tickets::open_store(
+        storage,
+        cache,
+        policy,
+        std::sync::Arc::new(SystemClock),
+        oidc_bff::tickets::MissingKey::Refuse,
+        client_tls,
+    );
+    // Redis that does not answer: say so rather than wait for ever.
+    match tokio::time::timeout(std::time::Duration::from_secs(10), opening).await {
+        Ok(opened) => opened.map_err(|error| oidc_bff::describe::error_chain(&error)),
+        Err(_) => Err("the session store did not answer within 10 s".into()),
+    }
+}
+
+/// `oidc-bff sessions migrate --to URL`: every live session of the data directory's redb file
+/// into Redis, sealed as it is, with its expiry.
+fn migrate(
+    storage: oidc_bff::config::StorageConfig,
+    to: &str,
+    args: &oidc_bff::config::SessionsArgs,
+) -> ExitCode {
+    if storage.redis.is_some() {
+        eprintln!(
+            "oidc-bff: error: migrate reads the redb file: leave --store at redb, and name the Redis store with --to"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let target = match oidc_bff::config::redis_store(
+        to,
+        args.store_password_file.as_deref(),
+        &ProcessEnvironment,
+    ) {
+        Ok(Some(redis)) => oidc_bff::config::StorageConfig {
+            redis: Some(redis),
+            ..storage.clone()
+        },
+        Ok(None) => {
+            eprintln!("oidc-bff: error: --to: name a Redis store (redis://…)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(error) => {
+            eprintln!("oidc-bff: error: --to: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if !storage.database_path().is_file() {
+        eprintln!(
+            "oidc-bff: error: no session database at {}",
+            storage.database_path().display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let copied = (|| {
+        let client_tls = oidc_bff::tls::client_config(args.ca_file.as_deref())
+            .map_err(|error| error.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| error.to_string())?;
+        runtime.block_on(async {
+            let (cache, policy) = admin_policies();
+            // The file: only when no gateway has it open (redb allows one process).
+            let (from, _) = open_for_admin(&storage, cache, policy, &client_tls)
+                .await
+                .map_err(|error| format!("{error} (stop the gateway before migrating)"))?;
+            let (into, _) = open_for_admin(&target, cache, policy, &client_tls).await?;
+            from.copy_into(&into)
+                .await
+                .map_err(|error| oidc_bff::describe::error_chain(&error))
+        })
+    })();
+    match copied {
+        Ok((copied, expired)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "copied": copied, "expired": expired })
+                );
+            } else {
+                println!("copied {copied} session(s); {expired} already expired and left out");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("oidc-bff: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {

@@ -162,14 +162,17 @@ pub fn open_data_dir(
 /// creates it). Blocking.
 fn data_dir_key(storage: &StorageConfig, missing: MissingKey) -> Result<MasterKey, OpenStoreError> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&storage.data_dir)
-        .map_err(|error| OpenStoreError::DataDir {
-            path: storage.data_dir.clone(),
-            error,
-        })?;
+    // A tool that only reads (`MissingKey::Refuse`) leaves no directory behind.
+    if missing == MissingKey::Create {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&storage.data_dir)
+            .map_err(|error| OpenStoreError::DataDir {
+                path: storage.data_dir.clone(),
+                error,
+            })?;
+    }
     Ok(match missing {
         MissingKey::Create => MasterKey::load_or_create(&storage.ticket_key_file)?,
         MissingKey::Refuse => MasterKey::load(&storage.ticket_key_file)?,
@@ -864,6 +867,34 @@ impl TicketStore {
                 (id, record.meta, ticket)
             })
             .collect())
+    }
+
+    /// Copies every live session into `target` as it is stored (sealed records, metadata and
+    /// deadline: both stores must use the same ticket key), page by page; returns how many were
+    /// copied and how many were skipped as already expired (`oidc-bff sessions migrate`).
+    pub async fn copy_into(&self, target: &TicketStore) -> Result<(usize, usize), StoreError> {
+        let now = self.clock.unix_now();
+        let (mut copied, mut expired) = (0, 0);
+        let mut after = None;
+        loop {
+            let page = self.records.list(after, 1_000).await?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (id, record, id_token) in page {
+                if record.meta.deadline <= now {
+                    expired += 1;
+                    continue;
+                }
+                target
+                    .records
+                    .insert(id, record.sealed, id_token, record.meta)
+                    .await?;
+                copied += 1;
+            }
+        }
+        Ok((copied, expired))
     }
 
     /// Removes these sessions (admin revocation); returns how many existed.

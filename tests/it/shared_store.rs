@@ -222,3 +222,138 @@ async fn while_redis_is_away_cached_sessions_go_on_logins_wait_and_nothing_is_lo
     );
     newcomer.login_ok().await;
 }
+
+fn sessions_command(args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
+        .arg("sessions")
+        .args(args)
+        .env_remove("OIDC_BFF_STORE")
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_appliance_migrates_to_redis_without_signing_anyone_out() {
+    let redis = RedisServer::start();
+    let (provider, mut appliance) = crate::support::setup(&[]).await;
+    let mut alice = appliance.browser();
+    alice.login_ok().await;
+    let mut again = appliance.browser();
+    again.login_ok().await;
+    appliance.stop().await;
+    let data_dir = appliance.data_dir.path().to_owned();
+    let key_file = data_dir.join("ticket.key");
+    let url = redis.url();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let (data_dir, url) = (data_dir.clone(), url.clone());
+        move || {
+            sessions_command(&[
+                "migrate",
+                "--to",
+                url.as_str(),
+                "--data-dir",
+                data_dir.to_str().expect("utf-8"),
+            ])
+        }
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "copied 2 session(s); 0 already expired and left out"
+    );
+    // Each key expires at its session's deadline (8 h idle by default).
+    let keys = redis.command("KEYS obff:s:*").expect("keys");
+    let key = keys
+        .lines()
+        .find(|line| line.starts_with("obff:s:"))
+        .expect("a session key")
+        .to_owned();
+    let ttl: i64 = redis
+        .command(&format!("TTL {key}"))
+        .expect("ttl")
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .expect("seconds");
+    assert!((28_000..=28_800).contains(&ttl), "TTL {ttl}");
+
+    // The grown gateway, on Redis with the same key: both users are still signed in.
+    let grown = TestGateway::start(
+        &provider,
+        &[
+            "--store",
+            url.as_str(),
+            "--ticket-key-file",
+            key_file.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    for browser in [&alice, &again] {
+        let cookie = browser.cookies();
+        let mut there = grown.browser();
+        let me = there
+            .get("/api/user", &[CSRF, ("cookie", cookie.as_str())])
+            .await;
+        assert_eq!(me.status, 200, "{}", me.body);
+    }
+
+    // The session commands work on Redis directly, and a revocation reaches the gateway.
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let (data_dir, url) = (data_dir.clone(), url.clone());
+        move || {
+            sessions_command(&[
+                "list",
+                "--json",
+                "--store",
+                url.as_str(),
+                "--data-dir",
+                data_dir.to_str().expect("utf-8"),
+            ])
+        }
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed.as_array().expect("array").len(), 2);
+    for secret in provider.issued_secrets() {
+        assert!(!out.contains(&secret), "a token was printed");
+    }
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        sessions_command(&[
+            "revoke",
+            "--sub",
+            "alice",
+            "--store",
+            url.as_str(),
+            "--data-dir",
+            data_dir.to_str().expect("utf-8"),
+        ])
+    })
+    .await
+    .expect("task");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "revoked 2 session(s)");
+    let cookie = alice.cookies();
+    let mut there = grown.browser();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while there
+        .get("/api/user", &[CSRF, ("cookie", cookie.as_str())])
+        .await
+        .status
+        != 401
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the revocation did not reach the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
