@@ -65,9 +65,8 @@ fn client_config(
         password: password.map(|password| password.expose().to_owned()),
         database: target.database,
         tls: tls.filter(|_| target.tls).map(|tls| tls.clone().into()),
-        // Retry the first connection too: the gateway waits for Redis like it waits for
-        // the provider, and says so in /healthz.
-        fail_fast: false,
+        // The first connection's failures come back to `connect`, which retries and logs.
+        fail_fast: true,
         ..Config::default()
     }
 }
@@ -185,18 +184,35 @@ impl RedisRecords {
         lifetime: Duration,
         idle: Duration,
     ) -> Result<Self, StoreError> {
-        let client = Builder::from_config(client_config(target, password, tls))
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .with_connection_config(|config| {
-                config.connection_timeout = Duration::from_secs(3);
-                config.internal_command_timeout = Duration::from_secs(3);
-            })
-            .with_performance_config(|config| {
-                config.default_command_timeout = Duration::from_secs(3);
-            })
-            .build()
-            .map_err(redis_error)?;
-        client.init().await.map_err(redis_error)?;
+        // The first connection is retried here, saying so, rather than inside the client: an
+        // operator starting a node while Redis is away sees why it does not serve yet.
+        let mut delay = Duration::from_millis(250);
+        let client = loop {
+            let client = Builder::from_config(client_config(target, password, tls))
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+                .with_connection_config(|config| {
+                    config.connection_timeout = Duration::from_secs(3);
+                    config.internal_command_timeout = Duration::from_secs(3);
+                })
+                .with_performance_config(|config| {
+                    config.default_command_timeout = Duration::from_secs(3);
+                })
+                .build()
+                .map_err(redis_error)?;
+            match client.init().await {
+                Ok(_) => break client,
+                Err(error) => {
+                    tracing::warn!(
+                        store = %target.display(),
+                        %error,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        "the session store does not answer; the gateway serves once it does"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
         let records = Self {
             client,
             up: std::sync::atomic::AtomicBool::new(true),
