@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisCluster, RedisServer};
 use crate::support::{FakeProvider, TestGateway};
 
 const CSRF: (&str, &str) = ("x-csrf", "1");
@@ -355,5 +355,161 @@ async fn an_appliance_migrates_to_redis_without_signing_anyone_out() {
             "the revocation did not reach the gateway"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_three_master_redis_cluster_serves_the_same_guarantees() {
+    let redis = RedisCluster::start();
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let keys = tempfile::tempdir().expect("dir");
+    let key_file = keys.path().join("ticket.key");
+    let provider = FakeProvider::start(std::sync::Arc::new(
+        oidc_bff::clock::ManualClock::starting_now(),
+    ))
+    .await;
+    provider.rotate_refresh_tokens(true);
+    let url = redis.url();
+    let args = [
+        "--store",
+        url.as_str(),
+        "--ticket-key-file",
+        key_file.to_str().expect("utf-8"),
+        "--route",
+        route.as_str(),
+    ];
+    let gateways = [
+        TestGateway::start(&provider, &args).await,
+        TestGateway::start(&provider, &args).await,
+    ];
+    // Sessions land on every master (their keys hash to different slots), and each is seen by
+    // both gateways.
+    let mut cookies = Vec::new();
+    for _ in 0..6 {
+        let mut browser = gateways[0].browser();
+        browser.login_ok().await;
+        cookies.push(browser.cookies());
+    }
+    let holding: Vec<bool> = redis
+        .nodes
+        .iter()
+        .map(|node| {
+            node.command("DBSIZE")
+                .is_some_and(|size| size.trim() != ":0")
+        })
+        .collect();
+    assert!(
+        holding.iter().filter(|held| **held).count() >= 2,
+        "{holding:?}"
+    );
+    for cookie in &cookies {
+        let mut other = gateways[1].browser();
+        let call = other
+            .get("/api/OtherApi1/x", &[CSRF, ("cookie", cookie.as_str())])
+            .await;
+        assert_eq!(call.status, 200, "{}", call.body);
+    }
+    // One refresh per session across both gateways, under rotation.
+    provider.clock().advance(Duration::from_secs(280));
+    let mut calls = tokio::task::JoinSet::new();
+    for (index, cookie) in cookies.iter().cycle().take(24).enumerate() {
+        let mut browser = gateways[index % 2].browser();
+        let cookie = cookie.clone();
+        calls.spawn(async move {
+            browser
+                .get("/api/OtherApi1/x", &[CSRF, ("cookie", cookie.as_str())])
+                .await
+                .status
+        });
+    }
+    let statuses = calls.join_all().await;
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert_eq!(provider.refresh_count(), cookies.len());
+    // A revocation by subject on the cluster reaches both gateways.
+    let revoked = tokio::task::spawn_blocking({
+        let url = url.clone();
+        let dir = keys.path().to_owned();
+        let key_file = key_file.clone();
+        move || {
+            sessions_command(&[
+                "revoke",
+                "--sub",
+                "alice",
+                "--store",
+                url.as_str(),
+                "--data-dir",
+                dir.to_str().expect("utf-8"),
+                "--ticket-key-file",
+                key_file.to_str().expect("utf-8"),
+            ])
+        }
+    })
+    .await
+    .expect("task");
+    assert_eq!(revoked.0, 0, "{}", revoked.2);
+    assert_eq!(revoked.1.trim(), "revoked 6 session(s)");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for gateway in &gateways {
+        let mut browser = gateway.browser();
+        while browser
+            .get("/api/user", &[CSRF, ("cookie", cookies[0].as_str())])
+            .await
+            .status
+            != 401
+        {
+            assert!(
+                Instant::now() < deadline,
+                "still signed in after the revocation"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_load_loses_no_session_and_the_others_answer_every_call() {
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let (_provider, _redis, mut gateways, _keys) = cluster(3, &["--route", route.as_str()]).await;
+    let mut cookies = Vec::new();
+    for gateway in &gateways {
+        let mut browser = gateway.browser();
+        browser.login_ok().await;
+        cookies.push(browser.cookies());
+    }
+    let doomed = gateways.pop().expect("three");
+    let load = |gateway: &TestGateway, cookies: Vec<String>| {
+        let mut browser = gateway.browser();
+        async move {
+            let mut statuses = Vec::new();
+            for round in 0..60 {
+                let cookie = &cookies[round % cookies.len()];
+                statuses.push(
+                    browser
+                        .get("/api/OtherApi1/x", &[CSRF, ("cookie", cookie.as_str())])
+                        .await
+                        .status,
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        }
+    };
+    let first = tokio::spawn(load(&gateways[0], cookies.clone()));
+    let second = tokio::spawn(load(&gateways[1], cookies.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No clean stop: the task is aborted mid-flight, its connections and caches gone.
+    drop(doomed);
+    for statuses in [first.await.expect("load"), second.await.expect("load")] {
+        assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    }
+    // Every session, the dead gateway's included, lives on.
+    for cookie in &cookies {
+        let mut browser = gateways[0].browser();
+        let me = browser
+            .get("/api/user", &[CSRF, ("cookie", cookie.as_str())])
+            .await;
+        assert_eq!(me.status, 200, "{}", me.body);
     }
 }

@@ -115,3 +115,67 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }
+
+/// Three `redis-server` masters joined into a cluster (`redis-cli --cluster create`), no
+/// replicas.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The masters.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three masters and creates the cluster; waits until every node says it is ok.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (Debian: apt-get install redis-tools)");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for node in &nodes {
+            let mut ok = false;
+            for _ in 0..250 {
+                if node
+                    .command("CLUSTER INFO")
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+                {
+                    ok = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(ok, "cluster node {} did not become ok", node.port);
+        }
+        Self { nodes }
+    }
+
+    /// `redis+cluster://` naming two of the nodes (the client finds the third).
+    pub fn url(&self) -> String {
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+            self.nodes[0].port, self.nodes[1].port
+        )
+    }
+}
