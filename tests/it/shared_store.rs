@@ -513,3 +513,85 @@ async fn a_gateway_killed_mid_load_loses_no_session_and_the_others_answer_every_
         assert_eq!(me.status, 200, "{}", me.body);
     }
 }
+
+async fn post_logout_token(gateway: &TestGateway, token: &str) -> u16 {
+    let body = format!("logout_token={}", crate::support::browser::urlencode(token));
+    gateway
+        .browser()
+        .request(
+            http::Method::POST,
+            "/backchannel-logout",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        )
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn a_back_channel_logout_at_one_gateway_ends_the_session_on_all_and_cannot_be_replayed_at_another()
+ {
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let (provider, _redis, gateways, _keys) = cluster(2, &["--route", route.as_str()]).await;
+    let mut first = gateways[0].browser();
+    first.login_ok().await;
+    let sid = provider.last_sid();
+    let mut second = gateways[0].browser();
+    second.login_ok().await;
+    let (first_cookie, second_cookie) = (first.cookies(), second.cookies());
+    // Both sessions are in use on the other gateway, under load, when the logout comes.
+    let load = {
+        let mut browser = gateways[1].browser();
+        let cookie = first_cookie.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..40 {
+                statuses.push(
+                    browser
+                        .get("/api/OtherApi1/x", &[CSRF, ("cookie", cookie.as_str())])
+                        .await
+                        .status,
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let token = provider.logout_token(&crate::support::LogoutSpec {
+        sid: Some(sid),
+        ..crate::support::LogoutSpec::default()
+    });
+    assert_eq!(post_logout_token(&gateways[0], &token).await, 200);
+    let logged_out = Instant::now();
+    let statuses = load.await.expect("load");
+    // Once 401, always 401: the session is never served again after the logout reached it.
+    let first_refusal = statuses
+        .iter()
+        .position(|status| *status == 401)
+        .expect("the logout reached the other gateway");
+    assert!(
+        statuses[first_refusal..]
+            .iter()
+            .all(|status| *status == 401),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[..first_refusal]
+            .iter()
+            .all(|status| *status == 200)
+    );
+    assert!(logged_out.elapsed() < Duration::from_secs(2));
+    let mut other = gateways[1].browser();
+    assert_eq!(
+        other
+            .get("/api/user", &[CSRF, ("cookie", second_cookie.as_str())])
+            .await
+            .status,
+        200,
+        "the user's other session lives on"
+    );
+    // The same token played again at the other gateway is refused: the seen jti is shared.
+    assert_eq!(post_logout_token(&gateways[1], &token).await, 400);
+}
