@@ -595,3 +595,67 @@ async fn a_back_channel_logout_at_one_gateway_ends_the_session_on_all_and_cannot
     // The same token played again at the other gateway is refused: the seen jti is shared.
     assert_eq!(post_logout_token(&gateways[1], &token).await, 400);
 }
+
+#[tokio::test]
+async fn behind_sentinel_sessions_survive_a_failover_and_the_gateway_follows_the_new_primary() {
+    let redis = crate::support::redis::RedisSentinel::start();
+    let keys = tempfile::tempdir().expect("dir");
+    let key_file = keys.path().join("ticket.key");
+    let provider = FakeProvider::start(std::sync::Arc::new(
+        oidc_bff::clock::ManualClock::starting_now(),
+    ))
+    .await;
+    let url = redis.url();
+    let args = [
+        "--store",
+        url.as_str(),
+        "--ticket-key-file",
+        key_file.to_str().expect("utf-8"),
+    ];
+    let gateway = TestGateway::start(&provider, &args).await;
+    let mut user = gateway.browser();
+    user.login_ok().await;
+    // The replica has it before the primary goes.
+    let replicated = redis.primary.command("WAIT 1 2000").expect("wait");
+    assert!(replicated.contains(":1"), "{replicated}");
+    let failover = redis
+        .sentinel_command("SENTINEL FAILOVER sessions")
+        .expect("failover");
+    assert!(failover.contains("OK"), "{failover}");
+    // A gateway that never cached the session reads it from the new primary.
+    let fresh = TestGateway::start(&provider, &args).await;
+    let cookie = user.cookies();
+    let started = Instant::now();
+    loop {
+        let mut browser = fresh.browser();
+        let status = browser
+            .get("/api/user", &[CSRF, ("cookie", cookie.as_str())])
+            .await
+            .status;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the session is not served after the failover ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The first gateway writes to the new primary: a new sign-in and a logout work there.
+    let mut newcomer = gateway.browser();
+    let started = Instant::now();
+    loop {
+        let reply = newcomer.login("/").await;
+        if reply.status == 302 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no sign-in after the failover: {} {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(newcomer.is_auth().await);
+}

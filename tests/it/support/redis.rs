@@ -179,3 +179,90 @@ impl RedisCluster {
         )
     }
 }
+
+/// A primary, one replica and one sentinel watching them as `sessions`.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    /// The primary at the start.
+    pub primary: RedisServer,
+    /// Its replica.
+    pub replica: RedisServer,
+    sentinel: Child,
+    /// The sentinel's port.
+    pub sentinel_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.sentinel.kill();
+        let _ = self.sentinel.wait();
+    }
+}
+
+impl RedisSentinel {
+    /// Starts the three and waits until the replica is in sync and the sentinel knows both.
+    pub fn start() -> Self {
+        let primary = RedisServer::start();
+        let replica_of = primary.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
+        let dir = tempfile::tempdir().expect("dir");
+        let sentinel_port = free_port();
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor sessions 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds sessions 1000\n\
+                 sentinel failover-timeout sessions 5000\n",
+                dir.path().display(),
+                primary.port
+            ),
+        )
+        .expect("write sentinel.conf");
+        let sentinel = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let cluster = Self {
+            primary,
+            replica,
+            sentinel,
+            sentinel_port,
+            _dir: dir,
+        };
+        for _ in 0..500 {
+            let synced = cluster
+                .replica
+                .command("INFO replication")
+                .is_some_and(|info| info.contains("master_link_status:up"));
+            let known = cluster
+                .sentinel_command("SENTINEL replicas sessions")
+                .is_some_and(|answer| answer.contains(&cluster.replica.port.to_string()));
+            if synced && known {
+                return cluster;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the replica or the sentinel did not come up");
+    }
+
+    /// One inline command to the sentinel.
+    pub fn sentinel_command(&self, command: &str) -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.sentinel_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+        let mut buffer = vec![0u8; 1 << 16];
+        let read = stream.read(&mut buffer).ok()?;
+        Some(String::from_utf8_lossy(&buffer[..read]).into_owned())
+    }
+
+    /// `redis+sentinel://127.0.0.1:PORT/sessions`.
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/sessions", self.sentinel_port)
+    }
+}
