@@ -17,7 +17,9 @@
 // upstream shares the servers' CPU; 1 gives it wrk's instead, which shows what the proxies do
 // when their upstream does not compete with them for the core), BASELINE_BIN (a second
 // oidc-bff binary, e.g. the last release or main before a change, measured as one more target
-// in the same interleaved rounds on a copy of the same data: a side-by-side A/B of a change).
+// in the same interleaved rounds on a copy of the same data: a side-by-side A/B of a change),
+// REDIS (1: the same node with its sessions in a redis-server on the servers' CPU, as one more
+// target: what the shared store costs a proxied call; needs Debian's redis-server).
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -62,7 +64,7 @@ try {
   const ports = {
     upstream: await freePort(), nginx: await freePort(), apache: await freePort(),
     gateway: await freePort(), provider: await freePort(), files: await freePort(),
-    baseline: await freePort(),
+    baseline: await freePort(), redisGateway: await freePort(), redis: await freePort(),
   };
   const urls = {
     provider: `https://127.0.0.1:${ports.provider}`,
@@ -273,6 +275,35 @@ try {
     await waitFor('oidc-bff baseline', async () => (await probe(`${baselineUrl}/healthz`, certs.ca)) === 200, baseline);
     urls.baseline = baselineUrl;
   }
+  if (process.env.REDIS === '1') {
+    // The same node on Redis: a copy of the data (the session just made included) migrated
+    // into a redis-server that shares the servers' CPU, served by a second oidc-bff.
+    await services.find((service) => service.child === gateway).stop();
+    const redisDir = `${dataDir}-redis`;
+    rmSync(redisDir, { recursive: true, force: true });
+    cpSync(dataDir, redisDir, { recursive: true });
+    gateway = start('oidc-bff', bin, gatewayArgs, {});
+    await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
+    const redis = start('redis', 'redis-server', ['--port', String(ports.redis), '--bind', '127.0.0.1',
+      '--save', '', '--appendonly', 'no'], {});
+    const redisUrl = `redis://127.0.0.1:${ports.redis}`;
+    let migrated;
+    for (let attempt = 0; attempt < 50; attempt += 1) {
+      migrated = spawnSync(bin, ['sessions', 'migrate', '--data-dir', redisDir, '--to', redisUrl], { encoding: 'utf8' });
+      if (migrated.status === 0) break;
+      if (redis.exitCode !== null) throw new Error('redis-server exited');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    if (migrated.status !== 0) throw new Error(`migrate: ${migrated.stderr}`);
+    console.log(`redis: ${migrated.stdout.trim()}`);
+    const redisGatewayUrl = `https://localhost:${ports.redisGateway}`;
+    const redisArgs = [...gatewayArgs.map((arg) => arg === dataDir ? redisDir
+      : arg === `127.0.0.1:${ports.gateway}` ? `127.0.0.1:${ports.redisGateway}`
+      : arg === urls.gateway ? redisGatewayUrl : arg), '--store', redisUrl];
+    const onRedis = start('oidc-bff on Redis', bin, redisArgs, {});
+    await waitFor('oidc-bff on Redis', async () => (await probe(`${redisGatewayUrl}/healthz`, certs.ca)) === 200, onRedis);
+    urls.redisGateway = redisGatewayUrl;
+  }
   await login(`${urls.apache}/api/OtherApi1/products`, urls.apache);
   const cookies = await context.cookies();
   const cookie = (name) => cookies.find((c) => c.name === name)?.value;
@@ -288,6 +319,7 @@ try {
     { name: 'nginx (TLS, no auth)', url: `${urls.nginx}/api/OtherApi1/products`, headers: [] },
     { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
     { name: 'oidc-bff policy route', url: `${urls.gateway}/api/Staff/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
+    ...(urls.redisGateway ? [{ name: 'oidc-bff on Redis', url: `${urls.redisGateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] }] : []),
     ...(urls.baseline ? [{ name: 'oidc-bff baseline', url: `${urls.baseline}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] }] : []),
     // Not a proxied call: the gateway's TLS and HTTP floor (no session, no upstream), to show
     // how much of its cost is the relay itself.

@@ -2,6 +2,9 @@
 //! machine), or Redis (several gateways sharing sessions, `redis_store.rs`). The ticket store
 //! (`tickets.rs`) seals and caches; this is the one place that says where the bytes go.
 //!
+//! Every Redis call is boxed: its future is large, and unboxed it would sit in every request's
+//! future (a cache hit too), costing copies on every call of a gateway that uses the file.
+//!
 //! Both keep the same things: per session its sealed ticket, its sealed ID token and its
 //! metadata (activity, deadline, keyed hashes of its subject and provider session id, refresh
 //! due time); the indexes sweeps and logouts need; the seen back-channel logout `jti`s.
@@ -57,7 +60,9 @@ impl Records {
                 })
                 .await
             }
-            Self::Redis(redis) => redis.insert(id, &sealed, id_token.as_deref(), meta).await,
+            Self::Redis(redis) => {
+                Box::pin(redis.insert(id, &sealed, id_token.as_deref(), meta)).await
+            }
         }
     }
 
@@ -67,8 +72,7 @@ impl Records {
             Self::File(db) => blocking(db, move |db| db.insert_batch(&rows)).await,
             Self::Redis(redis) => {
                 for row in rows {
-                    redis
-                        .insert(row.id, &row.sealed, row.id_token.as_deref(), row.meta)
+                    Box::pin(redis.insert(row.id, &row.sealed, row.id_token.as_deref(), row.meta))
                         .await?;
                 }
                 Ok(())
@@ -81,7 +85,7 @@ impl Records {
     pub async fn get(&self, id: SessionId) -> Result<Option<Record>, StoreError> {
         match self {
             Self::File(db) => db.get(id),
-            Self::Redis(redis) => redis.get(id).await,
+            Self::Redis(redis) => Box::pin(redis.get(id)).await,
         }
     }
 
@@ -89,7 +93,7 @@ impl Records {
     pub async fn get_id_token(&self, id: SessionId) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Self::File(db) => db.get_id_token(id),
-            Self::Redis(redis) => redis.get_id_token(id).await,
+            Self::Redis(redis) => Box::pin(redis.get_id_token(id)).await,
         }
     }
 
@@ -111,9 +115,14 @@ impl Records {
                 .await
             }
             Self::Redis(redis) => {
-                redis
-                    .replace_ticket(id, &sealed, id_token.as_deref(), refresh_at, deadline)
-                    .await
+                Box::pin(redis.replace_ticket(
+                    id,
+                    &sealed,
+                    id_token.as_deref(),
+                    refresh_at,
+                    deadline,
+                ))
+                .await
             }
         }
     }
@@ -122,7 +131,7 @@ impl Records {
     pub async fn touch(&self, touches: Vec<Touch>) -> Result<(), StoreError> {
         match self {
             Self::File(db) => blocking(db, move |db| db.touch(&touches)).await,
-            Self::Redis(redis) => redis.touch(&touches).await,
+            Self::Redis(redis) => Box::pin(redis.touch(&touches)).await,
         }
     }
 
@@ -130,7 +139,7 @@ impl Records {
     pub async fn remove(&self, id: SessionId) -> Result<bool, StoreError> {
         match self {
             Self::File(db) => blocking(db, move |db| db.remove(id)).await,
-            Self::Redis(redis) => Ok(redis.remove_many(&[id]).await? > 0),
+            Self::Redis(redis) => Ok(Box::pin(redis.remove_many(&[id])).await? > 0),
         }
     }
 
@@ -142,7 +151,7 @@ impl Records {
     ) -> Result<usize, StoreError> {
         match self {
             Self::File(db) => blocking(db, move |db| db.remove_many(&ids, removal)).await,
-            Self::Redis(redis) => redis.remove_many(&ids).await,
+            Self::Redis(redis) => Box::pin(redis.remove_many(&ids)).await,
         }
     }
 
@@ -150,7 +159,7 @@ impl Records {
     pub async fn by_provider_sid(&self, sid: [u8; 32]) -> Result<Vec<SessionId>, StoreError> {
         match self {
             Self::File(db) => blocking(db, move |db| db.by_provider_sid(sid)).await,
-            Self::Redis(redis) => redis.by_identity("sid", sid).await,
+            Self::Redis(redis) => Box::pin(redis.by_identity("sid", sid)).await,
         }
     }
 
@@ -158,7 +167,7 @@ impl Records {
     pub async fn by_subject(&self, subject: [u8; 32]) -> Result<Vec<SessionId>, StoreError> {
         match self {
             Self::File(db) => blocking(db, move |db| db.by_subject(subject)).await,
-            Self::Redis(redis) => redis.by_identity("sub", subject).await,
+            Self::Redis(redis) => Box::pin(redis.by_identity("sub", subject)).await,
         }
     }
 
@@ -171,7 +180,7 @@ impl Records {
     ) -> Result<Vec<DuePosition>, StoreError> {
         match self {
             Self::File(db) => blocking(db, move |db| db.due(now, after, limit)).await,
-            Self::Redis(redis) => redis.due(now, after, limit).await,
+            Self::Redis(redis) => Box::pin(redis.due(now, after, limit)).await,
         }
     }
 
@@ -200,7 +209,7 @@ impl Records {
     ) -> Result<Vec<SessionId>, StoreError> {
         match self {
             Self::File(db) => blocking(db, move |db| db.refresh_due(until, limit)).await,
-            Self::Redis(redis) => redis.refresh_due(until, limit).await,
+            Self::Redis(redis) => Box::pin(redis.refresh_due(until, limit)).await,
         }
     }
 
@@ -220,7 +229,7 @@ impl Records {
                 })
                 .await
             }
-            Self::Redis(redis) => redis.list(after, limit).await,
+            Self::Redis(redis) => Box::pin(redis.list(after, limit)).await,
         }
     }
 
@@ -235,7 +244,7 @@ impl Records {
             Self::File(db) => {
                 blocking(db, move |db| db.remember_logout_jti(jti, forget_after, now)).await
             }
-            Self::Redis(redis) => redis.remember_logout_jti(jti, forget_after, now).await,
+            Self::Redis(redis) => Box::pin(redis.remember_logout_jti(jti, forget_after, now)).await,
         }
     }
 
@@ -243,7 +252,7 @@ impl Records {
     pub async fn count(&self) -> Result<u64, StoreError> {
         match self {
             Self::File(db) => blocking(db, |db| db.count()).await,
-            Self::Redis(redis) => redis.count().await,
+            Self::Redis(redis) => Box::pin(redis.count()).await,
         }
     }
 }
