@@ -275,17 +275,26 @@ fn admin_policies() -> (
     )
 }
 
+/// The TLS client (`--ca-file` for `rediss://`) and the one-thread runtime of a session
+/// command.
+fn admin_runtime(
+    ca_file: Option<&std::path::Path>,
+) -> Result<(rustls::ClientConfig, tokio::runtime::Runtime), String> {
+    let client_tls = oidc_bff::tls::client_config(ca_file).map_err(|error| error.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())?;
+    Ok((client_tls, runtime))
+}
+
 /// Opens the store (the file when no server runs, or Redis) and runs one session command.
 fn open_and_execute(
     storage: oidc_bff::config::StorageConfig,
     ca_file: Option<&std::path::Path>,
     request: oidc_bff::admin::AdminRequest,
 ) -> Result<serde_json::Value, String> {
-    let client_tls = oidc_bff::tls::client_config(ca_file).map_err(|error| error.to_string())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| error.to_string())?;
+    let (client_tls, runtime) = admin_runtime(ca_file)?;
     runtime.block_on(async {
         let (cache, policy) = admin_policies();
         let database = storage.database_path();
@@ -354,12 +363,7 @@ fn migrate(
         return ExitCode::FAILURE;
     }
     let copied = (|| {
-        let client_tls = oidc_bff::tls::client_config(args.ca_file.as_deref())
-            .map_err(|error| error.to_string())?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|error| error.to_string())?;
+        let (client_tls, runtime) = admin_runtime(args.ca_file.as_deref())?;
         runtime.block_on(async {
             let (cache, policy) = admin_policies();
             // The file: only when no gateway has it open (redb allows one process).

@@ -556,26 +556,13 @@ impl Provider {
         subject: &str,
         previous: &Tokens,
     ) -> Result<Refreshed, RefreshError> {
-        let discovered = self
-            .ready()
-            .map_err(|error| RefreshError::Transient(error.to_string()))?;
-        let client = self
-            .client(&discovered)
-            .map_err(|error| RefreshError::Transient(error.to_string()))?;
-        let http = self.http_fn();
-        let token = RefreshToken::new(refresh_token.expose().to_owned());
-        let response = client
-            .exchange_refresh_token(&token)
-            .map_err(|error| RefreshError::Transient(error.to_string()))?
-            .request_async(&http)
+        let (discovered, response) = self
+            .refresh_grant(refresh_token, None)
             .await
-            .map_err(|error| match token_error(error) {
-                OidcError::Refused { code }
-                    if code == "invalid_grant" || code == "unauthorized_client" =>
-                {
-                    RefreshError::SessionEnded(code)
-                }
-                other => RefreshError::Transient(other.to_string()),
+            // Any other refusal of the session's own refresh: keep the session, try later.
+            .map_err(|error| match error {
+                RefreshError::Refused(code) => RefreshError::Transient(code),
+                other => other,
             })?;
         let mut id_token_text = previous.id_token.clone();
         if let Some(id_token) = response.id_token() {
@@ -714,14 +701,14 @@ impl Provider {
         })
     }
 
-    /// An access token whose audience is `resource` alone (RFC 8707 §2.2: a refresh-token
-    /// grant with `resource`), and the rotated refresh token when the provider rotated it.
-    /// The ID token such a response may carry is not kept: the session's stays as it is.
-    pub async fn resource_token(
+    /// A refresh-token grant, with `resource` when given (RFC 8707). A dead grant
+    /// (`invalid_grant`, `unauthorized_client`) ends the session; any other refusal is
+    /// [`RefreshError::Refused`]; the provider away is [`RefreshError::Transient`].
+    async fn refresh_grant(
         &self,
         refresh_token: &Secret,
-        resource: &str,
-    ) -> Result<ResourceGrant, RefreshError> {
+        resource: Option<&str>,
+    ) -> Result<(Arc<Discovered>, CoreTokenResponse), RefreshError> {
         let discovered = self
             .ready()
             .map_err(|error| RefreshError::Transient(error.to_string()))?;
@@ -730,21 +717,37 @@ impl Provider {
             .map_err(|error| RefreshError::Transient(error.to_string()))?;
         let http = self.http_fn();
         let token = RefreshToken::new(refresh_token.expose().to_owned());
-        let response = client
+        let mut request = client
             .exchange_refresh_token(&token)
-            .map_err(|error| RefreshError::Transient(error.to_string()))?
-            .add_extra_param("resource", resource.to_owned())
-            .request_async(&http)
-            .await
-            .map_err(|error| match token_error(error) {
-                OidcError::Refused { code }
-                    if code == "invalid_grant" || code == "unauthorized_client" =>
-                {
-                    RefreshError::SessionEnded(code)
-                }
-                OidcError::Refused { code } => RefreshError::Refused(code),
-                other => RefreshError::Transient(other.to_string()),
-            })?;
+            .map_err(|error| RefreshError::Transient(error.to_string()))?;
+        if let Some(resource) = resource {
+            request = request.add_extra_param("resource", resource.to_owned());
+        }
+        let response =
+            request
+                .request_async(&http)
+                .await
+                .map_err(|error| match token_error(error) {
+                    OidcError::Refused { code }
+                        if code == "invalid_grant" || code == "unauthorized_client" =>
+                    {
+                        RefreshError::SessionEnded(code)
+                    }
+                    OidcError::Refused { code } => RefreshError::Refused(code),
+                    other => RefreshError::Transient(other.to_string()),
+                })?;
+        Ok((discovered, response))
+    }
+
+    /// An access token whose audience is `resource` alone (RFC 8707 §2.2: a refresh-token
+    /// grant with `resource`), and the rotated refresh token when the provider rotated it.
+    /// The ID token such a response may carry is not kept: the session's stays as it is.
+    pub async fn resource_token(
+        &self,
+        refresh_token: &Secret,
+        resource: &str,
+    ) -> Result<ResourceGrant, RefreshError> {
+        let (_, response) = self.refresh_grant(refresh_token, Some(resource)).await?;
         let access_token = AccessToken::new(response.access_token().secret().clone())
             .map_err(|error| RefreshError::Refused(error.to_string()))?;
         Ok(ResourceGrant {

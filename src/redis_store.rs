@@ -504,23 +504,14 @@ impl RedisRecords {
     ) -> Result<Vec<SessionId>, StoreError> {
         let key = identity_key(kind, hash);
         let members: Vec<Bytes> = self.client.smembers(&key).await.map_err(redis_error)?;
-        let mut live = Vec::new();
-        for member in members {
-            let Some(id) = id_from_bytes(&member) else {
-                continue;
-            };
-            let exists: i64 = self
-                .client
-                .exists(session_key(id))
-                .await
-                .map_err(redis_error)?;
-            if exists > 0 {
-                live.push(id);
-            } else {
-                let _: i64 = self.client.srem(&key, member).await.map_err(redis_error)?;
+        self.live_members(members, |member| {
+            let key = key.clone();
+            async move {
+                let _: i64 = self.client.srem(key, member).await.map_err(redis_error)?;
+                Ok(())
             }
-        }
-        Ok(live)
+        })
+        .await
     }
 
     /// Redis expires sessions itself: nothing is ever due here.
@@ -551,7 +542,29 @@ impl RedisRecords {
             )
             .await
             .map_err(redis_error)?;
-        let mut due = Vec::new();
+        self.live_members(members, |member| async move {
+            let _: i64 = self
+                .client
+                .zrem(REFRESH_INDEX, member)
+                .await
+                .map_err(redis_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The sessions that still exist among index `members`; each member whose session is gone
+    /// is handed to `drop_member`, which takes it out of its index.
+    async fn live_members<F, Fut>(
+        &self,
+        members: Vec<Bytes>,
+        drop_member: F,
+    ) -> Result<Vec<SessionId>, StoreError>
+    where
+        F: Fn(Bytes) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let mut live = Vec::new();
         for member in members {
             let Some(id) = id_from_bytes(&member) else {
                 continue;
@@ -562,16 +575,12 @@ impl RedisRecords {
                 .await
                 .map_err(redis_error)?;
             if exists > 0 {
-                due.push(id);
+                live.push(id);
             } else {
-                let _: i64 = self
-                    .client
-                    .zrem(REFRESH_INDEX, member)
-                    .await
-                    .map_err(redis_error)?;
+                drop_member(member).await?;
             }
         }
-        Ok(due)
+        Ok(live)
     }
 
     async fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {

@@ -147,14 +147,7 @@ pub fn open_data_dir(
 ) -> Result<(TicketStore, MasterKey), OpenStoreError> {
     let master = data_dir_key(storage, missing)?;
     let db = SessionDb::open(&storage.database_path(), storage.db_cache_bytes)?;
-    let store = TicketStore::new(
-        Records::File(Arc::new(db)),
-        cache,
-        master.ticket_sealer(),
-        master.keyer(),
-        policy,
-        clock,
-    );
+    let store = TicketStore::keyed(Records::File(Arc::new(db)), &master, cache, policy, clock);
     Ok((store, master))
 }
 
@@ -211,11 +204,10 @@ pub async fn open_store(
         policy.idle_timeout,
     )
     .await?;
-    let store = TicketStore::new(
+    let store = TicketStore::keyed(
         Records::Redis(Arc::new(records)),
+        &master,
         cache,
-        master.ticket_sealer(),
-        master.keyer(),
         policy,
         clock,
     );
@@ -338,6 +330,24 @@ impl TicketStore {
             pending: Mutex::new(HashMap::default()),
             removals: tokio::sync::broadcast::channel(REMOVAL_BACKLOG).0,
         }
+    }
+
+    /// A store over `records`, sealing with the keys derived from `master`.
+    fn keyed(
+        records: Records,
+        master: &MasterKey,
+        cache: CachePolicy,
+        policy: SessionPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self::new(
+            records,
+            cache,
+            master.ticket_sealer(),
+            master.keyer(),
+            policy,
+            clock,
+        )
     }
 
     /// The Redis records, when the store is Redis (for the invalidation channel).

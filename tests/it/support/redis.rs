@@ -24,6 +24,16 @@ impl Drop for RedisServer {
     }
 }
 
+/// One inline command to a Redis (or sentinel) on 127.0.0.1:`port`; its raw answer.
+fn inline_command(port: u16, command: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buffer = vec![0u8; 1 << 16];
+    let read = stream.read(&mut buffer).ok()?;
+    Some(String::from_utf8_lossy(&buffer[..read]).into_owned())
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
@@ -102,12 +112,7 @@ impl RedisServer {
 
     /// Sends one inline command and returns the raw answer (for test setup and checks).
     pub fn command(&self, command: &str) -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
-        let mut buffer = vec![0u8; 1 << 16];
-        let read = stream.read(&mut buffer).ok()?;
-        Some(String::from_utf8_lossy(&buffer[..read]).into_owned())
+        inline_command(self.port, command)
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -253,12 +258,7 @@ impl RedisSentinel {
 
     /// One inline command to the sentinel.
     pub fn sentinel_command(&self, command: &str) -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.sentinel_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
-        let mut buffer = vec![0u8; 1 << 16];
-        let read = stream.read(&mut buffer).ok()?;
-        Some(String::from_utf8_lossy(&buffer[..read]).into_owned())
+        inline_command(self.sentinel_port, command)
     }
 
     /// `redis+sentinel://127.0.0.1:PORT/sessions`.
