@@ -659,3 +659,34 @@ async fn behind_sentinel_sessions_survive_a_failover_and_the_gateway_follows_the
     }
     assert!(newcomer.is_auth().await);
 }
+
+#[tokio::test]
+async fn over_tls_the_store_is_reached_trusting_the_ca_file() {
+    let certs = crate::support::certs::TestCerts::new();
+    let redis = RedisServer::start_tls(&certs);
+    let keys = tempfile::tempdir().expect("dir");
+    let key_file = keys.path().join("ticket.key");
+    let provider = FakeProvider::start(std::sync::Arc::new(
+        oidc_bff::clock::ManualClock::starting_now(),
+    ))
+    .await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let args = [
+        "--store",
+        url.as_str(),
+        "--ticket-key-file",
+        key_file.to_str().expect("utf-8"),
+        "--ca-file",
+        certs.ca_pem.to_str().expect("utf-8"),
+    ];
+    let first = TestGateway::start(&provider, &args).await;
+    let second = TestGateway::start(&provider, &args).await;
+    let mut user = first.browser();
+    user.login_ok().await;
+    let cookie = user.cookies();
+    let mut elsewhere = second.browser();
+    let me = elsewhere
+        .get("/api/user", &[CSRF, ("cookie", cookie.as_str())])
+        .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+}

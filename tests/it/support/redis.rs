@@ -96,6 +96,41 @@ impl RedisServer {
         self.wait_ready();
     }
 
+    /// Starts one that speaks TLS only (`rediss://`), with the test certificate.
+    pub fn start_tls(certs: &super::certs::TestCerts) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let port = free_port();
+        let path = |path: &std::path::Path| path.to_str().expect("utf-8").to_owned();
+        let extra = vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(&certs.cert),
+            "--tls-key-file".to_owned(),
+            path(&certs.key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&certs.ca_pem),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        // `--port 0` after the defaults turns the plain port off.
+        let (child, _) = Self::spawn(port, dir.path(), &extra);
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self {
+                    child,
+                    port,
+                    dir,
+                    extra,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server with TLS on port {port} did not listen");
+    }
+
     fn wait_ready(&self) {
         // At most 10 s.
         for _ in 0..500 {
