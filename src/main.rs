@@ -171,6 +171,28 @@ fn check_config(args: oidc_bff::config::ServeArgs) -> ExitCode {
         eprintln!("oidc-bff: error: cannot start the runtime");
         return ExitCode::FAILURE;
     };
+    let store = runtime.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            oidc_bff::tickets::check_store(&config.storage, &client_tls),
+        )
+        .await
+    });
+    match store {
+        Ok(Ok(Some(line))) => println!("{line}"),
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) => {
+            eprintln!(
+                "oidc-bff: error: {}",
+                oidc_bff::describe::error_chain(&error)
+            );
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+        Err(_) => {
+            eprintln!("oidc-bff: error: --store: the session store did not answer within 15 s");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    }
     let issuer = config.oidc.issuer.clone();
     let discovered = runtime.block_on(async move {
         let http =

@@ -93,6 +93,11 @@ fn redis_error(error: Error) -> StoreError {
     StoreError::Redis(error.to_string())
 }
 
+/// What `obff:key-check` holds for a ticket key: a keyed hash of a constant.
+fn key_fingerprint(keyer: &Keyer) -> String {
+    hex(&keyer.hash("store-key-check", b"oidc-bff session store"))
+}
+
 fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
@@ -223,6 +228,40 @@ impl RedisRecords {
         Ok(records)
     }
 
+    /// For `check-config`: connects once (no retry) and reads, without writing anything,
+    /// whether the store is new, or was claimed by this ticket key (`keyer`, when the key file
+    /// exists yet) or another. The answer is a line for the operator.
+    pub(crate) async fn probe(
+        target: &RedisTarget,
+        password: Option<&Secret>,
+        tls: Option<&rustls::ClientConfig>,
+        keyer: Option<&Keyer>,
+    ) -> Result<String, StoreError> {
+        let client = Builder::from_config(client_config(target, password, tls))
+            .with_connection_config(|config| {
+                config.connection_timeout = Duration::from_secs(5);
+            })
+            .with_performance_config(|config| {
+                config.default_command_timeout = Duration::from_secs(5);
+            })
+            .build()
+            .map_err(redis_error)?;
+        client.init().await.map_err(redis_error)?;
+        let stored: Option<String> = client.get(KEY_CHECK).await.map_err(redis_error)?;
+        let _ = client.quit().await;
+        let store = target.display();
+        Ok(match (stored, keyer) {
+            (None, _) => format!("--store {store}: reachable, no sessions yet"),
+            (Some(_), None) => format!(
+                "--store {store}: reachable, holds sessions; the first start checks the ticket key"
+            ),
+            (Some(stored), Some(keyer)) if stored == key_fingerprint(keyer) => {
+                format!("--store {store}: reachable, its sessions are sealed with this ticket key")
+            }
+            (Some(_), Some(_)) => return Err(StoreError::OtherKey),
+        })
+    }
+
     /// Whether Redis answered the last health check.
     pub(crate) fn is_up(&self) -> bool {
         self.up.load(std::sync::atomic::Ordering::Relaxed)
@@ -260,7 +299,7 @@ impl RedisRecords {
     }
 
     async fn check_key(&self, keyer: &Keyer) -> Result<(), StoreError> {
-        let fingerprint = hex(&keyer.hash("store-key-check", b"oidc-bff session store"));
+        let fingerprint = key_fingerprint(keyer);
         let _: Option<String> = self
             .client
             .set(

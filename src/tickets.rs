@@ -214,6 +214,32 @@ pub async fn open_store(
     Ok((store, master))
 }
 
+/// For `check-config` with `--store redis://…`: whether Redis can be reached now and whose
+/// ticket key its sessions are sealed with, checked without writing anything. `None` for the
+/// redb file (see [`check_data_dir`]).
+pub async fn check_store(
+    storage: &StorageConfig,
+    tls: &rustls::ClientConfig,
+) -> Result<Option<String>, OpenStoreError> {
+    let Some(redis) = &storage.redis else {
+        return Ok(None);
+    };
+    let key = storage
+        .ticket_key_file
+        .exists()
+        .then(|| MasterKey::load(&storage.ticket_key_file))
+        .transpose()?;
+    let keyer = key.as_ref().map(MasterKey::keyer);
+    let line = RedisRecords::probe(
+        &redis.target,
+        redis.password.as_ref(),
+        Some(tls),
+        keyer.as_ref(),
+    )
+    .await?;
+    Ok(Some(line))
+}
+
 /// What `serve` would do with a data directory, checked without changing anything a server
 /// uses (for `check-config`): the directory is, or can be made, a writable directory; an
 /// existing key file holds a key and is private; an existing database file is writable. Each

@@ -690,3 +690,72 @@ async fn over_tls_the_store_is_reached_trusting_the_ca_file() {
         .await;
     assert_eq!(me.status, 200, "{}", me.body);
 }
+
+#[tokio::test]
+async fn check_config_reaches_the_store_and_names_a_ticket_key_mismatch_without_writing() {
+    let (provider, redis, _gateways, keys) = cluster(0, &[]).await;
+    let url = redis.url();
+    let check = |key_file: std::path::PathBuf, url: String, issuer: String| {
+        let data = tempfile::tempdir().expect("dir");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
+            .args([
+                "check-config",
+                "--issuer",
+                issuer.as_str(),
+                "--client-id",
+                "spa",
+                "--store",
+                url.as_str(),
+                "--ticket-key-file",
+                key_file.to_str().expect("utf-8"),
+                "--data-dir",
+                data.path().to_str().expect("utf-8"),
+            ])
+            .env_remove("OIDC_BFF_CLIENT_SECRET")
+            .output()
+            .expect("run");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let key_file = keys.path().join("ticket.key");
+    let run = |key_file: std::path::PathBuf| {
+        let (url, issuer) = (url.clone(), provider.issuer.clone());
+        tokio::task::spawn_blocking(move || check(key_file, url, issuer))
+    };
+    let (code, out, err) = run(key_file.clone()).await.expect("task");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("reachable, no sessions yet"), "{out}");
+    assert_eq!(
+        redis
+            .command("EXISTS obff:key-check")
+            .expect("exists")
+            .trim(),
+        ":0",
+        "check-config wrote nothing"
+    );
+    // A gateway claims the store with its key.
+    let gateway = TestGateway::start(
+        &provider,
+        &[
+            "--store",
+            url.as_str(),
+            "--ticket-key-file",
+            key_file.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    let (code, out, err) = run(key_file.clone()).await.expect("task");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sealed with this ticket key"), "{out}");
+    let other = keys.path().join("other.key");
+    std::fs::write(&other, "A".repeat(43)).expect("write");
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("mode");
+    let (code, _, err) = run(other).await.expect("task");
+    assert_ne!(code, 0);
+    assert!(err.contains("another ticket key"), "{err}");
+    drop(gateway);
+}
