@@ -730,8 +730,12 @@ impl Drop for Lease {
         self.renewal.abort();
         let (client, key, owner) = (self.client.clone(), self.key.clone(), self.owner.clone());
         // Released in the background: dropping cannot wait. Until then (or the lease's expiry)
-        // the other gateways wait a little longer.
-        tokio::spawn(async move {
+        // the other gateways wait a little longer. Without a runtime (the process is ending)
+        // the lease simply expires.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             let released: Result<i64, Error> =
                 client.eval(RELEASE_LEASE, vec![key], vec![owner]).await;
             if let Err(error) = released {
