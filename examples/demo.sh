@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo in one command: builds oidc-bff (release) and the Angular app, then starts a real
-# OpenID provider, a products API and oidc-bff in front of the app, and prints the URL and the
+# OpenID provider, the products and reviews APIs and oidc-bff in front of the app, and prints the URL and the
 # test user. Ctrl-C stops everything. Needs the Rust toolchain, Node.js 20.19+ with npm, openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
