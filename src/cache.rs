@@ -83,6 +83,33 @@ struct Inner {
     generation: u64,
 }
 
+impl Inner {
+    /// Caches `cached` unless the session was removed (false), and only if the generation is
+    /// still `generation`.
+    fn put_unless_removed(
+        &mut self,
+        id: SessionId,
+        cached: Cached,
+        now: SystemTime,
+        generation: u64,
+    ) -> bool {
+        if self.removed.contains(&id) {
+            return false;
+        }
+        if self.generation == generation {
+            self.entries.put(
+                id,
+                Entry {
+                    cached,
+                    inserted: now,
+                    last_hit: now,
+                },
+            );
+        }
+        true
+    }
+}
+
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
     now.duration_since(since).unwrap_or(Duration::ZERO)
 }
@@ -142,18 +169,8 @@ impl TicketCache {
     #[must_use = "false means the session was removed: it must not be served"]
     pub fn insert(&self, id: SessionId, cached: Cached, now: SystemTime) -> bool {
         let mut inner = self.lock();
-        if inner.removed.contains(&id) {
-            return false;
-        }
-        inner.entries.put(
-            id,
-            Entry {
-                cached,
-                inserted: now,
-                last_hit: now,
-            },
-        );
-        true
+        let generation = inner.generation;
+        inner.put_unless_removed(id, cached, now, generation)
     }
 
     /// The current generation: take it before a read, and give it to
@@ -173,21 +190,7 @@ impl TicketCache {
         now: SystemTime,
         generation: u64,
     ) -> bool {
-        let mut inner = self.lock();
-        if inner.removed.contains(&id) {
-            return false;
-        }
-        if inner.generation == generation {
-            inner.entries.put(
-                id,
-                Entry {
-                    cached,
-                    inserted: now,
-                    last_hit: now,
-                },
-            );
-        }
-        true
+        self.lock().put_unless_removed(id, cached, now, generation)
     }
 
     /// Another gateway replaced a session's ticket: drop it here, and keep reads under way

@@ -35,10 +35,13 @@ pub struct Principal {
 
 impl Principal {
     fn has_scope(&self, scope: &str) -> bool {
-        self.scope
-            .as_deref()
-            .is_some_and(|granted| granted.split_ascii_whitespace().any(|s| s == scope))
+        scope_granted(self.scope.as_deref(), scope)
     }
+}
+
+/// Whether `scope` is one of the space-separated `granted` scopes (none known: no).
+pub fn scope_granted(granted: Option<&str>, scope: &str) -> bool {
+    granted.is_some_and(|granted| granted.split_ascii_whitespace().any(|s| s == scope))
 }
 
 /// One rule of a policy.

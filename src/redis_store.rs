@@ -149,6 +149,16 @@ end
 redis.call('EXPIREAT', KEYS[1], ARGV[1])
 return 1";
 
+/// Adds a session to an identity set and makes the set outlive it: its expiry moves later,
+/// never earlier (a set without one gets one). KEYS[1] the set; ARGV: the session id, the
+/// Unix second to keep the set until.
+const ADD_IDENTITY: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('EXPIREAT', KEYS[1], ARGV[2])
+end
+return 1";
+
 /// Replaces a live session's ticket after a refresh; 0 when it is gone (never resurrect it).
 /// KEYS[1] the session; ARGV: expires_at, idle seconds, ticket, ID token ('' keeps the old
 /// one), refresh due ('' for none). The deadline follows from the last access recorded there.
@@ -349,25 +359,10 @@ impl RedisRecords {
         for key in identities {
             let _: i64 = self
                 .client
-                .sadd(&key, member.clone())
-                .await
-                .map_err(redis_error)?;
-            let _: bool = self
-                .client
-                .expire_at(
-                    &key,
-                    i64::try_from(keep_until).unwrap_or(i64::MAX),
-                    Some(fred::types::ExpireOptions::GT),
-                )
-                .await
-                .map_err(redis_error)?;
-            // A new set has no expiry for GT to compare with: give it one.
-            let _: bool = self
-                .client
-                .expire_at(
-                    &key,
-                    i64::try_from(keep_until).unwrap_or(i64::MAX),
-                    Some(fred::types::ExpireOptions::NX),
+                .eval(
+                    ADD_IDENTITY,
+                    vec![key],
+                    vec![member.clone(), keep_until.to_string().into_bytes()],
                 )
                 .await
                 .map_err(redis_error)?;

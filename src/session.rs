@@ -415,9 +415,7 @@ pub struct ResourceToken {
 impl Tokens {
     /// Whether `scope` is one of the granted scopes.
     pub fn grants(&self, scope: &str) -> bool {
-        self.scope
-            .as_deref()
-            .is_some_and(|granted| granted.split_ascii_whitespace().any(|s| s == scope))
+        crate::policy::scope_granted(self.scope.as_deref(), scope)
     }
 
     /// When these tokens can no longer be used or renewed: the later of the refresh token's
