@@ -23,7 +23,7 @@ use http::HeaderValue;
 use crate::clock::Clock;
 use crate::metrics::{Metrics, RefreshOutcome, RefreshTrigger};
 use crate::oidc::{Provider, RefreshError};
-use crate::session::{SessionId, Ticket};
+use crate::session::{SessionId, Ticket, expires_within};
 use crate::store::StoreError;
 use crate::sync::Locked;
 use crate::tickets::{Activity, Session, TicketStore};
@@ -55,11 +55,6 @@ const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
 /// How long a refresh waits for another gateway's refresh of the same session (sessions in
 /// Redis) before it gives up for now.
 const LEASE_WAIT: Duration = Duration::from_secs(20);
-
-/// Whether a token expiring at `expiry` (unknown: never) expires within `window` of `now`.
-fn expires_within(expiry: Option<u64>, now: u64, window: Duration) -> bool {
-    expiry.is_some_and(|expiry| now.saturating_add(window.as_secs()) >= expiry)
-}
 
 /// Most refresh calls to the provider at once, on demand and sweep together.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;

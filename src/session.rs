@@ -511,6 +511,11 @@ impl Ticket {
     }
 }
 
+/// Whether a token expiring at `expiry` (unknown: never) expires within `window` of `now`.
+pub fn expires_within(expiry: Option<u64>, now: u64, window: Duration) -> bool {
+    expiry.is_some_and(|expiry| now.saturating_add(window.as_secs()) >= expiry)
+}
+
 /// How long sessions live and when their tokens are refreshed.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionPolicy {
@@ -571,10 +576,7 @@ impl SessionPolicy {
 
     /// Whether the access token expires within `window` of `now` (unknown expiry: never).
     pub fn expires_within(&self, ticket: &Ticket, now: u64, window: Duration) -> bool {
-        ticket
-            .tokens
-            .access_expires_at
-            .is_some_and(|expiry| now.saturating_add(window.as_secs()) >= expiry)
+        expires_within(ticket.tokens.access_expires_at, now, window)
     }
 }
 
