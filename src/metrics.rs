@@ -368,7 +368,7 @@ impl Collector for StoreCollector {
             let gauge = ConstGauge::new(i64::try_from(sessions).unwrap_or(i64::MAX));
             let metric = encoder.encode_descriptor(
                 "sessions",
-                "Sessions in the store (live until the eviction sweep removes them)",
+                "Sessions in the store (the file: live until the eviction sweep removes them; Redis: as the last eviction sweep counted them)",
                 None,
                 gauge.metric_type(),
             )?;

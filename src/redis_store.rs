@@ -80,6 +80,8 @@ pub struct RedisRecords {
     lifetime: Duration,
     /// The idle timeout: a touch or a refresh moves the deadline to last access plus this.
     idle: Duration,
+    /// Sessions counted by the last [`RedisRecords::recount`]; `u64::MAX` before the first.
+    counted: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisRecords {
@@ -233,6 +235,7 @@ impl RedisRecords {
             up: std::sync::atomic::AtomicBool::new(true),
             lifetime,
             idle,
+            counted: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         records.check_key(keyer).await?;
         Ok(records)
@@ -617,21 +620,28 @@ impl RedisRecords {
         Ok(live)
     }
 
-    async fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
-        use futures_util::TryStreamExt;
+    /// Every session key, page by page (on every master of a cluster); a key may come twice.
+    fn session_keys(&self) -> impl futures_util::Stream<Item = Result<Key, Error>> + use<> {
+        use futures_util::StreamExt;
         let pattern = format!("{PREFIX}s:*");
-        let keys: Vec<Key> = if self.client.is_clustered() {
+        if self.client.is_clustered() {
             self.client
                 .scan_cluster_buffered(pattern, Some(1_000), None)
-                .try_collect()
-                .await
+                .boxed()
         } else {
             self.client
                 .scan_buffered(pattern, Some(1_000), None)
-                .try_collect()
-                .await
+                .boxed()
         }
-        .map_err(redis_error)?;
+    }
+
+    async fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
+        use futures_util::TryStreamExt;
+        let keys: Vec<Key> = self
+            .session_keys()
+            .try_collect()
+            .await
+            .map_err(redis_error)?;
         let mut ids: Vec<SessionId> = keys
             .iter()
             .filter_map(|key| key.as_str().and_then(id_from_key))
@@ -639,6 +649,29 @@ impl RedisRecords {
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
+    }
+
+    /// Counts the sessions (a scan of every key, holding none of them: a key the scan meets
+    /// twice, which only a rehash mid-scan causes, counts twice) for
+    /// [`RedisRecords::last_count`].
+    pub async fn recount(&self) -> Result<u64, StoreError> {
+        use futures_util::TryStreamExt;
+        let count = self
+            .session_keys()
+            .try_fold(0u64, |count, key| async move {
+                Ok(count + u64::from(key.as_str().and_then(id_from_key).is_some()))
+            })
+            .await
+            .map_err(redis_error)?;
+        self.counted
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// The sessions the last [`RedisRecords::recount`] found; `None` before it.
+    pub fn last_count(&self) -> Option<u64> {
+        let count = self.counted.load(std::sync::atomic::Ordering::Relaxed);
+        (count != u64::MAX).then_some(count)
     }
 
     /// Up to `limit` sessions in creation order after `after` (the admin command: scans every

@@ -321,6 +321,9 @@ pub struct TicketStore {
     key_ids: KeyIds,
     /// Every removed session's id, announced for whatever belongs to it (a WebSocket tunnel).
     removals: tokio::sync::broadcast::Sender<SessionId>,
+    /// Ticks after every eviction sweep of a store that expires sessions itself (Redis) and so
+    /// cannot announce those: whatever belongs to a session looks at it then.
+    expiry_checks: tokio::sync::watch::Sender<()>,
 }
 
 impl std::fmt::Debug for TicketStore {
@@ -355,6 +358,7 @@ impl TicketStore {
             touch_interval,
             pending: Mutex::new(HashMap::default()),
             removals: tokio::sync::broadcast::channel(REMOVAL_BACKLOG).0,
+            expiry_checks: tokio::sync::watch::Sender::new(()),
         }
     }
 
@@ -416,6 +420,13 @@ impl TicketStore {
     /// eviction). A receiver that falls behind gets `Lagged` and must check its session.
     pub fn subscribe_removals(&self) -> tokio::sync::broadcast::Receiver<SessionId> {
         self.removals.subscribe()
+    }
+
+    /// Ticks when sessions may have expired unannounced (with Redis, which expires them itself,
+    /// after every eviction sweep); a listener then looks at its session. Never ticks for the
+    /// file, whose sweep announces every eviction.
+    pub fn subscribe_expiry_checks(&self) -> tokio::sync::watch::Receiver<()> {
+        self.expiry_checks.subscribe()
     }
 
     /// Tells the listeners, if any, that these sessions are gone.
@@ -610,9 +621,25 @@ impl TicketStore {
         let now_time = self.clock.now();
         let now = unix_seconds(now_time);
         let pending_access = self.pending().get(&id).map(|touch| touch.last_access);
+        let shared = matches!(self.records, Records::Redis(_));
         let cached = match self.cache.get(id, now_time) {
-            Some(cached) => cached,
-            None => {
+            // With a shared store, another gateway may have used the session since this one
+            // cached it: a cached copy that looks expired is checked against the store before
+            // anything is removed on its word.
+            Some(cached)
+                if !shared
+                    || self.policy.is_live(
+                        &cached.ticket,
+                        cached.last_access.max(pending_access.unwrap_or(0)),
+                        now,
+                    ) =>
+            {
+                cached
+            }
+            hit => {
+                if hit.is_some() {
+                    self.cache.forget_changed(id);
+                }
                 // Read inline rather than on the blocking pool: redb readers never wait for
                 // writers (MVCC), so this is a lookup of a few KiB, mostly from the page cache,
                 // and two thread hand-offs would cost five times the read itself.
@@ -718,12 +745,12 @@ impl TicketStore {
         }
     }
 
-    /// The number of sessions when it is cheap to know (the file); `None` for Redis, where it
-    /// takes a scan of every key (`oidc-bff sessions stats` does that on demand).
+    /// The number of sessions when it is cheap to know: the file's count; for Redis, where a
+    /// count is a scan of every key, the count of the last eviction sweep (`None` before it).
     pub async fn count_if_cheap(&self) -> Result<Option<u64>, StoreError> {
         match &self.records {
             Records::File(_) => self.count().await.map(Some),
-            Records::Redis(_) => Ok(None),
+            Records::Redis(redis) => Ok(redis.last_count()),
         }
     }
 
@@ -868,6 +895,11 @@ impl TicketStore {
         }
         if removed > 0 || pruned > 0 {
             self.records.sync().await?;
+        }
+        if let Records::Redis(redis) = &self.records {
+            // Redis dropped whatever expired on its own, unannounced.
+            self.expiry_checks.send_replace(());
+            redis.recount().await?;
         }
         Ok(removed)
     }

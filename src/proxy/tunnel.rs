@@ -7,8 +7,10 @@
 //!   `--websocket-idle-timeout` without a byte either way and after `--websocket-max-lifetime`
 //!   in any case, and a server shutdown ends it;
 //! - a tunnel that outlives its session: logout, back-channel logout, admin revoke and eviction
-//!   close the session's tunnels at once (the ticket store announces every removal), so a
-//!   revoked user keeps no open channel carrying the old bearer's authority.
+//!   close the session's tunnels at once (the ticket store announces every removal, including
+//!   those made by other gateways sharing a Redis store), so a revoked user keeps no open
+//!   channel carrying the old bearer's authority; a session Redis expired by itself is noticed
+//!   at the next eviction sweep, when every tunnel looks at its session.
 //!
 //! Which requests may become tunnels (only `websocket`, only on GET, only on routes that allow
 //! it) is decided by the proxy before anything is sent upstream.
@@ -86,9 +88,13 @@ pub(super) async fn run(
     host: String,
 ) {
     // Subscribed before the last look at the session, so no removal can fall in between.
-    let removals = session
-        .as_ref()
-        .map(|session| (session.tickets.subscribe_removals(), session));
+    let removals = session.as_ref().map(|session| {
+        let watch = SessionWatch {
+            removals: session.tickets.subscribe_removals(),
+            expiry_checks: session.tickets.subscribe_expiry_checks(),
+        };
+        (watch, session)
+    });
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(error) => {
@@ -129,8 +135,16 @@ pub(super) async fn run(
     drop(hold.slot);
 }
 
-/// Resolves when the session is removed (or already was).
-async fn session_ended(mut removals: broadcast::Receiver<SessionId>, session: &TunnelSession) {
+/// Where a tunnel learns that its session may have ended.
+struct SessionWatch {
+    /// Every removal this gateway makes or hears of.
+    removals: broadcast::Receiver<SessionId>,
+    /// Expiries nobody announces (Redis drops expired sessions itself).
+    expiry_checks: watch::Receiver<()>,
+}
+
+/// Resolves when the session is removed, expires (or already had).
+async fn session_ended(mut watch: SessionWatch, session: &TunnelSession) {
     let gone = || async {
         !matches!(
             session
@@ -144,16 +158,26 @@ async fn session_ended(mut removals: broadcast::Receiver<SessionId>, session: &T
         return;
     }
     loop {
-        match removals.recv().await {
-            Ok(removed) if removed == session.id => return,
-            Ok(_) => {}
-            // Missed announcements (a mass eviction): look at the session itself.
-            Err(broadcast::error::RecvError::Lagged(_)) => {
+        tokio::select! {
+            removed = watch.removals.recv() => match removed {
+                Ok(removed) if removed == session.id => return,
+                Ok(_) => {}
+                // Missed announcements (a mass eviction): look at the session itself.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if gone().await {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            },
+            checked = watch.expiry_checks.changed() => {
+                if checked.is_err() {
+                    std::future::pending::<()>().await;
+                }
                 if gone().await {
                     return;
                 }
             }
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
 }

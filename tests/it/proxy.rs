@@ -665,7 +665,7 @@ async fn calls_refused_for_csrf_do_not_keep_a_session_alive() {
 }
 
 /// Sends `request` on a new TLS connection and returns the connection and the answer's head.
-async fn raw_exchange(
+pub(crate) async fn raw_exchange(
     gateway: &TestGateway,
     request: &str,
 ) -> (
@@ -685,7 +685,12 @@ async fn raw_exchange(
 
 /// A WebSocket handshake (as a browser sends it) for the signed-in `browser`, with `method` and
 /// `upgrade` as given.
-fn handshake(gateway: &TestGateway, browser: &Browser, method: &str, upgrade: &str) -> String {
+pub(crate) fn handshake(
+    gateway: &TestGateway,
+    browser: &Browser,
+    method: &str,
+    upgrade: &str,
+) -> String {
     handshake_with(gateway, &browser.jar["__Host-bff"], method, upgrade)
 }
 

@@ -759,3 +759,94 @@ async fn check_config_reaches_the_store_and_names_a_ticket_key_mismatch_without_
     assert!(err.contains("another ticket key"), "{err}");
     drop(gateway);
 }
+
+#[tokio::test]
+async fn a_session_in_use_on_another_gateway_is_not_taken_for_idle_from_a_stale_cache() {
+    // A short idle timeout and a cache that keeps entries longer than it: the first gateway's
+    // copy of the session grows old while the second one keeps the session in use.
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let (provider, _redis, gateways, _keys) = cluster(
+        2,
+        &[
+            "--route",
+            route.as_str(),
+            "--idle-timeout",
+            "20s",
+            "--cache-sliding",
+            "100s",
+        ],
+    )
+    .await;
+    let mut first = gateways[0].browser();
+    first.login_ok().await;
+    let cookie = first.cookies();
+    let headers = [CSRF, ("cookie", cookie.as_str())];
+    provider.clock().advance(Duration::from_secs(15));
+    let mut second = gateways[1].browser();
+    // A proxied call is a use (it slides the idle timeout); `/api/user` only looks.
+    assert_eq!(
+        second.get("/api/OtherApi1/products", &headers).await.status,
+        200
+    );
+    // The second gateway writes its last-access time within a touch interval (1 s here).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    provider.clock().advance(Duration::from_secs(10));
+    // 25 s after the first gateway last saw it, 10 s after its last use.
+    let again = first.get("/api/user", &headers).await;
+    assert_eq!(
+        again.status, 200,
+        "a session in use was ended: {}",
+        again.body
+    );
+    assert_eq!(second.get("/api/user", &headers).await.status, 200);
+    // Idle for real now: both gateways agree it is over.
+    provider.clock().advance(Duration::from_secs(21));
+    assert_eq!(first.get("/api/user", &headers).await.status, 401);
+    assert_eq!(second.get("/api/user", &headers).await.status, 401);
+}
+
+#[tokio::test]
+async fn a_session_redis_expires_ends_its_tunnels_at_the_next_sweep_which_counts_the_sessions() {
+    let upstream = crate::support::Upstream::start().await;
+    let route = format!("/api/OtherApi1={}", upstream.url);
+    let (provider, _redis, gateways, _keys) = cluster(
+        1,
+        &[
+            "--route",
+            route.as_str(),
+            "--idle-timeout",
+            "20s",
+            "--sweep-interval",
+            "1s",
+        ],
+    )
+    .await;
+    let gateway = &gateways[0];
+    let mut browser = gateway.browser();
+    browser.login_ok().await;
+    let (mut tunnel, head) = crate::proxy::raw_exchange(
+        gateway,
+        &crate::proxy::handshake(gateway, &browser, "GET", "websocket"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The sweep counts what Redis holds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = gateway.metrics().await;
+        if metrics.lines().any(|line| line == "oidc_bff_sessions 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no session count: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Sweeps come and go while the session lives: the tunnel stays.
+    assert!(!crate::support::raw::closes_within(&mut tunnel, Duration::from_secs(2)).await);
+    provider.clock().advance(Duration::from_secs(25));
+    assert!(
+        crate::support::raw::closes_within(&mut tunnel, Duration::from_secs(3)).await,
+        "the tunnel outlived its session's expiry"
+    );
+    assert!(!browser.is_auth().await);
+}
