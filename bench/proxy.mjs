@@ -19,7 +19,9 @@
 // oidc-bff binary, e.g. the last release or main before a change, measured as one more target
 // in the same interleaved rounds on a copy of the same data: a side-by-side A/B of a change),
 // REDIS (1: the same node with its sessions in a redis-server on the servers' CPU, as one more
-// target: what the shared store costs a proxied call; needs Debian's redis-server).
+// target: what the shared store costs a proxied call; then both nodes with a cache smaller than
+// the sessions called, so every call reads its session from the store; needs Debian's
+// redis-server).
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -275,6 +277,8 @@ try {
     await waitFor('oidc-bff baseline', async () => (await probe(`${baselineUrl}/healthz`, certs.ca)) === 200, baseline);
     urls.baseline = baselineUrl;
   }
+  let onRedis;
+  let redisArgs;
   if (process.env.REDIS === '1') {
     // The same node on Redis: a copy of the data (the session just made included) migrated
     // into a redis-server that shares the servers' CPU, served by a second oidc-bff.
@@ -297,10 +301,10 @@ try {
     if (migrated.status !== 0) throw new Error(`migrate: ${migrated.stderr}`);
     console.log(`redis: ${migrated.stdout.trim()}`);
     const redisGatewayUrl = `https://localhost:${ports.redisGateway}`;
-    const redisArgs = [...gatewayArgs.map((arg) => arg === dataDir ? redisDir
+    redisArgs = [...gatewayArgs.map((arg) => arg === dataDir ? redisDir
       : arg === `127.0.0.1:${ports.gateway}` ? `127.0.0.1:${ports.redisGateway}`
       : arg === urls.gateway ? redisGatewayUrl : arg), '--store', redisUrl];
-    const onRedis = start('oidc-bff on Redis', bin, redisArgs, {});
+    onRedis = start('oidc-bff on Redis', bin, redisArgs, {});
     await waitFor('oidc-bff on Redis', async () => (await probe(`${redisGatewayUrl}/healthz`, certs.ca)) === 200, onRedis);
     urls.redisGateway = redisGatewayUrl;
   }
@@ -460,6 +464,41 @@ try {
   if (!up.startsWith(String(1 << 30))) throw new Error(`the upstream did not receive 1 GiB: ${up}`);
   const down = await streamed('download 1 GiB', `curl -sk --fail ${auth} -o /dev/null -w '%{size_download} bytes (HTTP %{http_code})' ${urls.gateway}/api/Files/download`);
   if (!down.startsWith(String(1 << 30))) throw new Error(`the browser did not receive 1 GiB: ${down}`);
+
+  // --- cold sessions: every call reads its session from the store (REDIS=1) -------------------
+  // Both nodes again with a cache of 1,000 sessions, called with the 10,000 seeded sessions in
+  // turn, so that every call misses the cache: a B-tree lookup in the file against a round trip
+  // to Redis, interleaved as above.
+
+  if (urls.redisGateway) {
+    const restart = async (service, name, args, url) => {
+      await services.find((s) => s.child === service).stop();
+      const started = start(name, bin, [...args, '--cache-capacity', '1000'], {});
+      await waitFor(name, async () => (await probe(`${url}/healthz`, certs.ca)) === 200, started);
+      return started;
+    };
+    gateway = await restart(gateway, 'oidc-bff (cache of 1,000)', gatewayArgs, urls.gateway);
+    onRedis = await restart(onRedis, 'oidc-bff on Redis (cache of 1,000)', redisArgs, urls.redisGateway);
+    const cold = [
+      { name: 'oidc-bff, cold sessions', url: `${urls.gateway}/api/OtherApi1/products`, headers: [] },
+      { name: 'oidc-bff on Redis, cold sessions', url: `${urls.redisGateway}/api/OtherApi1/products`, headers: [] },
+    ];
+    for (const target of cold) wrk(target, 2, CONNECTIONS, lua);
+    const coldRuns = Object.fromEntries(cold.map((t) => [t.name, []]));
+    for (let round = 1; round <= ROUNDS; round += 1) {
+      for (const target of cold) {
+        const run = wrk(target, DURATION, CONNECTIONS, lua);
+        if (run.non2xx > 0) throw new Error(`${target.name}: ${run.non2xx} responses were not 2xx`);
+        coldRuns[target.name].push(run);
+        console.log(`  round ${round} ${target.name.padEnd(34)} ${run.rps.toFixed(0).padStart(7)} req/s  p50 ${(run.p50 * 1e3).toFixed(2)} ms  p99 ${(run.p99 * 1e3).toFixed(2)} ms`);
+      }
+    }
+    const [file, redis] = cold.map((t) => coldRuns[t.name]);
+    const ratios = redis.map((run, round) => run.rps / file[round].rps);
+    console.log(`cold sessions, Redis vs redb: req/s ${median(file.map((r) => r.rps)).toFixed(0)} (redb) vs `
+      + `${median(redis.map((r) => r.rps)).toFixed(0)} (Redis), round by round ${ratios.map((r) => `${r.toFixed(2)}×`).join(', ')}; `
+      + `p99 ${(median(file.map((r) => r.p99)) * 1e3).toFixed(2)} vs ${(median(redis.map((r) => r.p99)) * 1e3).toFixed(2)} ms`);
+  }
 
   // --- instructions per proxied call ---------------------------------------------------------
   // Requests per second move by ±10 % from run to run on a shared machine; the instructions a

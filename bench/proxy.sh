@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 for tool in nginx apache2 wrk taskset node openssl chromium; do
   command -v "$tool" >/dev/null || { echo "proxy.sh: $tool is missing (see the header of this script)" >&2; exit 2; }
 done
+if [ "${REDIS:-}" = 1 ]; then
+  command -v redis-server >/dev/null || { echo "proxy.sh: REDIS=1 needs redis-server (sudo apt-get install redis-server)" >&2; exit 2; }
+fi
 [ -f /usr/lib/apache2/modules/mod_auth_openidc.so ] || { echo "proxy.sh: libapache2-mod-auth-openidc is missing" >&2; exit 2; }
 [ "$(nproc)" -ge 2 ] || { echo "proxy.sh: needs 2 CPUs (servers on one, wrk on the other)" >&2; exit 2; }
 

@@ -757,23 +757,22 @@ impl TicketStore {
     /// The right to renew a session's tokens: with a shared store (Redis), one gateway at a
     /// time cluster-wide, waiting at most `wait` for another to finish; in the file, the
     /// refresher's own per-session lock is all there is to it. `None`: not had in time.
-    pub(crate) async fn renewal_lease(
+    pub async fn renewal_lease(
         &self,
         id: SessionId,
         wait: Duration,
     ) -> Result<Option<RenewalLease>, StoreError> {
         match &self.records {
-            Records::File(_) => Ok(Some(RenewalLease::Local)),
-            Records::Redis(redis) => Ok(redis
-                .lease(id, wait)
-                .await?
-                .map(|lease| RenewalLease::Shared { _held: lease })),
+            Records::File(_) => Ok(Some(RenewalLease { _held: Held::Local })),
+            Records::Redis(redis) => Ok(redis.lease(id, wait).await?.map(|lease| RenewalLease {
+                _held: Held::Shared { _lease: lease },
+            })),
         }
     }
 
     /// The session as the store has it now: with a shared store another gateway may have
     /// renewed it a moment ago, so the cache is not asked.
-    pub(crate) async fn reread(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+    pub async fn reread(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
         if let Records::Redis(_) = &self.records {
             self.cache.forget_changed(id);
         }
@@ -990,15 +989,23 @@ impl TicketStore {
     }
 }
 
-/// Held while a session's tokens are renewed ([`TicketStore::renewal_lease`]).
-pub(crate) enum RenewalLease {
+/// Held while a session's tokens are renewed ([`TicketStore::renewal_lease`]); released when
+/// dropped.
+pub struct RenewalLease {
+    _held: Held,
+}
+
+enum Held {
     /// One process: the refresher's per-session lock is the lease.
     Local,
     /// A lease in Redis, kept for as long as this is held and released when dropped.
-    Shared {
-        /// The lease.
-        _held: crate::redis_store::Lease,
-    },
+    Shared { _lease: crate::redis_store::Lease },
+}
+
+impl std::fmt::Debug for RenewalLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RenewalLease")
+    }
 }
 
 /// A ticket sealed for the file: the session record, and its ID token on its own.
