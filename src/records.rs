@@ -56,7 +56,12 @@ impl Records {
         match self {
             Self::File(db) => {
                 blocking(db, move |db| {
-                    db.insert(id, &sealed, id_token.as_deref(), meta)
+                    db.insert_row(NewRow {
+                        id,
+                        sealed,
+                        id_token,
+                        meta,
+                    })
                 })
                 .await
             }

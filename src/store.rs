@@ -79,6 +79,9 @@ pub enum StoreError {
     /// A row is shorter than its metadata: the file was written by something else.
     #[error("session database: malformed row for session {0}")]
     MalformedRow(SessionId),
+    /// The commit a new session went out in, together with others, failed.
+    #[error("session database: the commit failed: {0}")]
+    GroupCommit(String),
     /// The blocking task running a database operation panicked or was cancelled.
     #[error("session database: the database task did not complete")]
     TaskFailed,
@@ -235,6 +238,52 @@ pub struct SessionDb {
     /// cold read then costs one B-tree lookup, not a transaction and a table opening as well.
     /// Every commit drops it, so a read that starts after a write returns sees that write.
     reader: std::sync::Mutex<Option<Arc<SessionsTable>>>,
+    /// Logins waiting for, or part of, the commit under way.
+    group: GroupCommit,
+}
+
+/// Logins committed together ([`SessionDb::insert_row`]).
+#[derive(Default)]
+struct GroupCommit {
+    state: std::sync::Mutex<GroupState>,
+    /// Signalled after each commit.
+    committed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Rows for the next commit.
+    waiting: Vec<NewRow>,
+    /// The number of the commit `waiting` will go out in.
+    next_batch: u64,
+    /// Commits numbered below this are done.
+    done_through: u64,
+    /// Whether a call is committing now.
+    leading: bool,
+    /// The latest failed commits and why (a waiter reads its own once woken).
+    failures: std::collections::VecDeque<(u64, String)>,
+    /// Commits made.
+    commits: u64,
+}
+
+impl GroupState {
+    /// Failed commits remembered: far more than can finish while a waiter wakes up.
+    const FAILURES_KEPT: usize = 64;
+
+    fn remember_failure(&mut self, batch: u64, reason: String) {
+        if self.failures.len() == Self::FAILURES_KEPT {
+            self.failures.pop_front();
+        }
+        self.failures.push_back((batch, reason));
+    }
+
+    /// How commit `batch` (done) went for a row that waited for it.
+    fn outcome(&self, batch: u64) -> Result<(), StoreError> {
+        match self.failures.iter().find(|(failed, _)| *failed == batch) {
+            Some((_, reason)) => Err(StoreError::GroupCommit(reason.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 type SessionsTable = redb::ReadOnlyTable<IdKey, &'static [u8]>;
@@ -277,6 +326,7 @@ impl SessionDb {
         Ok(Self {
             db,
             reader: std::sync::Mutex::new(None),
+            group: GroupCommit::default(),
         })
     }
 
@@ -334,7 +384,49 @@ impl SessionDb {
 
     /// Stores a new session durably (the commit is on disk when this returns), or replaces one
     /// with the same id.
-    /// `id_token` is the session's sealed ID token, if it has one.
+    ///
+    /// Group commit: logins that arrive while a commit is on its way to the disk wait, and go
+    /// out together in the next transaction, with one `fsync` for all of them; each call still
+    /// returns only once its own row is durable. One login alone commits at once, as before.
+    pub fn insert_row(&self, row: NewRow) -> Result<(), StoreError> {
+        let mut group = self.group.state.locked();
+        let batch = group.next_batch;
+        group.waiting.push(row);
+        loop {
+            if group.done_through > batch {
+                return group.outcome(batch);
+            }
+            if !group.leading {
+                break;
+            }
+            group = self
+                .group
+                .committed
+                .wait(group)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        // No commit is under way: this call commits everything that waits, its own row included.
+        group.leading = true;
+        let rows = std::mem::take(&mut group.waiting);
+        let taken = group.next_batch;
+        group.next_batch += 1;
+        drop(group);
+        let result = self.insert_rows(&rows);
+        drop(rows);
+        let mut group = self.group.state.locked();
+        group.done_through = taken + 1;
+        group.commits += 1;
+        if let Err(error) = &result {
+            group.remember_failure(taken, error.to_string());
+        }
+        // Whoever waits next (rows that came during this commit) takes the lead.
+        group.leading = false;
+        drop(group);
+        self.group.committed.notify_all();
+        result
+    }
+
+    /// [`SessionDb::insert_row`] from borrowed parts.
     pub fn insert(
         &self,
         id: SessionId,
@@ -342,13 +434,30 @@ impl SessionDb {
         id_token: Option<&[u8]>,
         meta: Meta,
     ) -> Result<(), StoreError> {
+        self.insert_row(NewRow {
+            id,
+            sealed: sealed.to_vec(),
+            id_token: id_token.map(<[u8]>::to_vec),
+            meta,
+        })
+    }
+
+    /// Transactions [`SessionDb::insert_row`] has committed (each one `fsync`).
+    pub fn login_commits(&self) -> u64 {
+        self.group.state.locked().commits
+    }
+
+    /// Writes rows, each replacing any session with its id, in one durable transaction.
+    fn insert_rows(&self, rows: &[NewRow]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
             let mut tables = Tables::open(&txn)?;
-            tables.delete(id)?;
-            tables.put(id, sealed, &meta)?;
-            if let Some(id_token) = id_token {
-                tables.put_id_token(id, id_token)?;
+            for row in rows {
+                tables.delete(row.id)?;
+                tables.put(row.id, &row.sealed, &row.meta)?;
+                if let Some(id_token) = &row.id_token {
+                    tables.put_id_token(row.id, id_token)?;
+                }
             }
         }
         self.commit(txn)
@@ -936,6 +1045,7 @@ impl StorageConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn sid(n: u8) -> SessionId {
         SessionId {
@@ -958,6 +1068,49 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = SessionDb::open(&dir.path().join("sessions.redb"), 1 << 20).expect("open");
         (dir, db)
+    }
+
+    #[test]
+    fn logins_that_arrive_during_a_commit_go_out_together_and_each_is_durable_on_return() {
+        let (dir, db) = open();
+        let db = Arc::new(db);
+        // Holding the writer: the first login becomes the leader and waits for it; the eight
+        // after it queue behind the leader.
+        let held = db.db.begin_write().expect("writer");
+        let insert = |n: u8| {
+            let db = Arc::clone(&db);
+            std::thread::spawn(move || {
+                db.insert(sid(n), &[n; 40], Some(&[n; 8]), meta(1, 100, n, None))
+            })
+        };
+        let first = insert(1);
+        let wait_until = |what: &dyn Fn(&GroupState) -> bool| {
+            for _ in 0..1_000 {
+                if what(&db.group.state.locked()) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            panic!("the logins never queued");
+        };
+        wait_until(&|state| state.leading && state.waiting.is_empty());
+        let others: Vec<_> = (2..=9).map(insert).collect();
+        wait_until(&|state| state.waiting.len() == 8);
+        drop(held);
+        first.join().expect("thread").expect("first login");
+        for other in others {
+            other.join().expect("thread").expect("a later login");
+        }
+        // Nine logins, two commits: the leader's, then the eight that queued meanwhile.
+        assert_eq!(db.login_commits(), 2);
+        let db = Arc::into_inner(db).expect("one owner");
+        drop(db);
+        let db = SessionDb::open(&dir.path().join("sessions.redb"), 1 << 20).expect("reopen");
+        for n in 1..=9 {
+            let record = db.get(sid(n)).expect("read").expect("stored");
+            assert_eq!(record.sealed, vec![n; 40]);
+            assert_eq!(db.get_id_token(sid(n)).expect("read"), Some(vec![n; 8]));
+        }
     }
 
     #[test]
