@@ -7,7 +7,7 @@
 // What the tests, benches and fuzz targets do not use is crate-private, and stays so.
 #![warn(unreachable_pub)]
 
-mod access_log;
+pub mod access_log;
 pub mod admin;
 mod auth;
 pub mod cache;

@@ -69,6 +69,20 @@ fn init_logging(log: &LogArgs) {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     // Text lines escape every control character in every field: outside text (a provider's
     // answer, a path) cannot forge a line or reach the reader's terminal.
+    // The access log has a writer of its own (buffered, never in a request's way); it writes
+    // to the same stream, whole batches of lines at a time.
+    let format = match log.log_format {
+        LogFormat::Text => oidc_bff::access_log::LineFormat::Text { time: !journald },
+        LogFormat::Json => oidc_bff::access_log::LineFormat::Json,
+    };
+    match oidc_bff::access_log::Sink::start(Box::new(oidc_bff::access_log::Stderr), format) {
+        Ok(sink) => {
+            oidc_bff::access_log::install(sink);
+        }
+        Err(error) => {
+            eprintln!("oidc-bff: warning: access log writer: {error}; lines go unbuffered")
+        }
+    }
     match (log.log_format, journald) {
         (LogFormat::Text, false) => logs.fmt_fields(oidc_bff::logging::EscapedFields).init(),
         (LogFormat::Text, true) => logs
@@ -438,66 +452,71 @@ fn serve(args: oidc_bff::config::ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let listener = if config.listen_stdin {
-            match listener_from_stdin() {
-                Ok(listener) => listener,
-                Err(error) => {
-                    eprintln!(
-                        "oidc-bff: error: --listen-stdin: standard input is not a listening TCP \
+    let code = runtime.block_on(serve_on(config));
+    // Every access line of the requests served reaches the log before the process ends.
+    oidc_bff::access_log::flush();
+    code
+}
+
+async fn serve_on(config: oidc_bff::config::Config) -> ExitCode {
+    let listener = if config.listen_stdin {
+        match listener_from_stdin() {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!(
+                    "oidc-bff: error: --listen-stdin: standard input is not a listening TCP \
                          socket ({error}); under systemd, pair the service with a .socket unit \
                          and set StandardInput=socket"
-                    );
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            }
-        } else {
-            match tokio::net::TcpListener::bind(config.listen).await {
-                Ok(listener) => listener,
-                Err(error) => return bind_failed("--listen", config.listen, &error),
-            }
-        };
-        let metrics_listener = match config.metrics_listen {
-            None => None,
-            Some(address) => match tokio::net::TcpListener::bind(address).await {
-                Ok(listener) => Some(listener),
-                Err(error) => return bind_failed("--metrics-listen", address, &error),
-            },
-        };
-        let (reload, reloads) = tokio::sync::watch::channel(0u64);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hangups.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the certificate and the proxy configuration");
-                reload.send_modify(|count| *count += 1);
-            }
-        });
-        let deps = oidc_bff::Deps {
-            clock: std::sync::Arc::new(SystemClock),
-            reload: Some(reloads),
-            metrics_listener,
-        };
-        match oidc_bff::run(config, listener, deps, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                // Unreadable certificates and key files are the operator's configuration too.
-                let code = match &error {
-                    RunError::Tls(_) | RunError::Open(_) | RunError::Spa(_) => {
-                        ExitCode::from(EXIT_CONFIG)
-                    }
-                    RunError::Store(_) => ExitCode::FAILURE,
-                };
-                eprintln!(
-                    "oidc-bff: error: {}",
-                    oidc_bff::describe::error_chain(&error)
                 );
-                code
+                return ExitCode::from(EXIT_CONFIG);
             }
         }
-    })
+    } else {
+        match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(error) => return bind_failed("--listen", config.listen, &error),
+        }
+    };
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => return bind_failed("--metrics-listen", address, &error),
+        },
+    };
+    let (reload, reloads) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the certificate and the proxy configuration");
+            reload.send_modify(|count| *count += 1);
+        }
+    });
+    let deps = oidc_bff::Deps {
+        clock: std::sync::Arc::new(SystemClock),
+        reload: Some(reloads),
+        metrics_listener,
+    };
+    match oidc_bff::run(config, listener, deps, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Unreadable certificates and key files are the operator's configuration too.
+            let code = match &error {
+                RunError::Tls(_) | RunError::Open(_) | RunError::Spa(_) => {
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                RunError::Store(_) => ExitCode::FAILURE,
+            };
+            eprintln!(
+                "oidc-bff: error: {}",
+                oidc_bff::describe::error_chain(&error)
+            );
+            code
+        }
+    }
 }
 
 /// The listening socket that standard input is (systemd's `StandardInput=socket`, inetd).

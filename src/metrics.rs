@@ -343,7 +343,7 @@ struct StoreSnapshot {
     cache_misses: u64,
 }
 
-/// Emits the store's numbers, which live in the store, not in counters of ours.
+/// Emits the numbers that live elsewhere (the store's, the access log's), not in counters of ours.
 #[derive(Debug, Default)]
 struct StoreCollector(Mutex<StoreSnapshot>);
 
@@ -384,6 +384,11 @@ impl Collector for StoreCollector {
                 "session_cache_misses",
                 "Session lookups that had to read the redb file",
                 snapshot.cache_misses,
+            ),
+            (
+                "access_log_dropped",
+                "Access-log lines dropped because the log's writer fell behind (a stalled journald or pipe)",
+                crate::access_log::dropped(),
             ),
         ] {
             let counter = ConstCounter::new(value);

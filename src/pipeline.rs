@@ -129,9 +129,9 @@ impl Gateway {
     ) -> Response<Body> {
         let started = tokio::time::Instant::now();
         let method = request.method().clone();
-        // The path only: queries carry codes and states, which never go to a log. Copied only
-        // when the access log is on.
-        let path = crate::access_log::enabled().then(|| request.uri().path().to_owned());
+        // The target as sent (shared, not copied), when the access log is on; only its path is
+        // logged: queries carry codes and states, which never go to a log.
+        let logged = crate::access_log::enabled().then(|| request.uri().clone());
         let mut request = request;
         let endpoint = self.classify(&mut request);
         let result = match self.admit(&request, &endpoint) {
@@ -159,16 +159,15 @@ impl Gateway {
             .unwrap_or_default();
         let status = response.status();
         let elapsed = started.elapsed();
-        tracing::info!(
-            target: "oidc_bff::access",
-            method = %method,
-            path = path.as_deref().unwrap_or("-"),
-            status = status.as_u16(),
-            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            route = info.route.as_deref().unwrap_or("-"),
-            upstream = info.upstream.as_deref().unwrap_or("-"),
-            session = %info.session.map_or_else(|| "-".to_owned(), |id| id.to_string()),
-        );
+        if let Some(target) = &logged {
+            crate::access_log::log(&crate::access_log::Entry {
+                method: &method,
+                path: target.path(),
+                status: status.as_u16(),
+                latency: elapsed,
+                info: &info,
+            });
+        }
         self.count(&endpoint, status, elapsed, failure.flatten());
         response
     }

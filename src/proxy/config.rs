@@ -228,7 +228,7 @@ pub fn route_from_flag(spec: &RouteSpec, policies: &Policies) -> Result<RouteDef
         })
         .collect();
     Ok(RouteDef {
-        id: spec.prefix.clone(),
+        id: spec.prefix.as_str().into(),
         template: Template::prefix(&spec.prefix),
         methods: None,
         hosts: None,

@@ -281,7 +281,7 @@ impl Proxy {
             Err(_) => {
                 cluster.mark_failed(destination);
                 return Err(UpstreamFailure::TimedOut {
-                    route: route.id.clone(),
+                    route: route.id.to_string(),
                     upstream: upstream(),
                     after: timeout,
                 }
@@ -290,7 +290,7 @@ impl Proxy {
             Ok(Err(error)) => {
                 cluster.mark_failed(destination);
                 return Err(UpstreamFailure::Unreachable {
-                    route: route.id.clone(),
+                    route: route.id.to_string(),
                     upstream: upstream(),
                     source: Box::new(error),
                 }
@@ -305,7 +305,7 @@ impl Proxy {
             // the browser could be handed.
             (None, true) => {
                 return Err(UpstreamFailure::UnexpectedSwitch {
-                    route: route.id.clone(),
+                    route: route.id.to_string(),
                     upstream: host.to_owned(),
                 }
                 .into());

@@ -426,7 +426,7 @@ pub struct Destination {
     pub name: String,
     /// What the access log calls it: its YARP name, or for a `--route` destination (whose
     /// name is only its place in the flag) the URL's host and port.
-    pub label: String,
+    pub label: Arc<str>,
     /// Base URL.
     pub url: Url,
     /// Where to connect, parsed once.
@@ -443,7 +443,7 @@ impl Destination {
     /// A destination.
     pub fn new(name: String, url: Url) -> Self {
         Self {
-            label: name.clone(),
+            label: name.as_str().into(),
             name,
             address: Address::new(&url),
             connections: Arc::default(),
@@ -458,8 +458,8 @@ impl Destination {
     pub fn labelled_by_address(mut self) -> Self {
         let host = self.url.host_str().unwrap_or_default();
         self.label = match self.url.port_or_known_default() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
+            Some(port) => format!("{host}:{port}").into(),
+            None => host.into(),
         };
         self
     }
@@ -697,7 +697,7 @@ impl Access {
 #[derive(Debug)]
 pub struct RouteDef {
     /// Name from the configuration (`--route` routes are named by their prefix).
-    pub id: String,
+    pub id: Arc<str>,
     /// The path template.
     pub template: Template,
     /// Allowed methods; all when `None`.

@@ -450,7 +450,7 @@ fn build_route(
     }
     match (cluster, template) {
         (Some(cluster), Some(template)) if errors.is_empty() => Ok(RouteDef {
-            id: id.to_owned(),
+            id: id.into(),
             template,
             methods,
             hosts,
@@ -622,7 +622,7 @@ mod tests {
         let routes = routes(SEED).expect("seed config");
         assert_eq!(routes.len(), 1);
         let route = &routes[0];
-        assert_eq!(route.id, "route1");
+        assert_eq!(&*route.id, "route1");
         assert_eq!(route.access.token, TokenType::User);
         let values = route
             .matches(&Method::GET, None, "/sender/products")

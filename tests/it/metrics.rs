@@ -152,6 +152,7 @@ async fn metrics_parse_and_count_requests_logins_upstream_errors_and_sessions() 
     );
     assert_eq!(sample(&samples, "oidc_bff_sessions"), 1.0);
     assert!(sample(&samples, "oidc_bff_session_cache_hits_total") >= 1.0);
+    assert_eq!(sample(&samples, "oidc_bff_access_log_dropped_total"), 0.0);
 
     // Nothing that identifies a user or a session is in there.
     for value in browser.jar.values() {
