@@ -1,7 +1,9 @@
-// The proxy benchmark: an authenticated `GET /api/OtherApi1/products` through oidc-bff, against
-// the same call straight to the upstream, through a plain nginx TLS reverse proxy (no
-// authentication: the practical limit), and through Apache + mod_auth_openidc (server-side
-// sessions, access token passed as a bearer: what users pick today). Run by bench/proxy.sh,
+// The proxy benchmark: an authenticated `GET /api/OtherApi1/products` through oidc-bff (its
+// default settings, access log on; and again with the log off), against the same call straight
+// to the upstream, through a plain nginx TLS reverse proxy (no authentication: the practical
+// limit; with its access log off, and on as production runs it, buffered), and through Apache +
+// mod_auth_openidc (server-side sessions, access token passed as a bearer: what users pick
+// today). Run by bench/proxy.sh,
 // which checks the tools; see bench/README.md for the method and the last results.
 //
 // Method: every server (and the tiny upstream, an nginx answering a fixed JSON) is pinned to
@@ -52,11 +54,15 @@ mkdirSync(join(dir, 'logs'), { recursive: true });
 const certs = makeCertificates(join(dir, 'tls'));
 const services = [];
 
-/** Starts `command` pinned to `cpu`; its output goes to target/bench-proxy/logs/<name>.log. */
+/**
+ * Starts `command` pinned to `cpu`; its output goes straight to target/bench-proxy/logs/<name>.log
+ * (not through this process, whose event loop is blocked while wrk runs: a server that logs
+ * through a pipe nobody drains would stall on it).
+ */
 function start(name, command, args, env = {}, cpu = '0') {
   const service = new Service(name, join(dir, 'logs'));
   services.push(service);
-  return service.start('taskset', ['-c', cpu, command, ...args], env);
+  return service.start('taskset', ['-c', cpu, command, ...args], env, { direct: true });
 }
 
 const stopAll = () => Promise.all(services.map((service) => service.stop()));
@@ -67,12 +73,14 @@ try {
     upstream: await freePort(), nginx: await freePort(), apache: await freePort(),
     gateway: await freePort(), provider: await freePort(), files: await freePort(),
     baseline: await freePort(), redisGateway: await freePort(), redis: await freePort(),
+    quiet: await freePort(), nginxLogged: await freePort(),
   };
   const urls = {
     provider: `https://127.0.0.1:${ports.provider}`,
     gateway: `https://localhost:${ports.gateway}`,
     apache: `https://localhost:${ports.apache}`,
     nginx: `https://localhost:${ports.nginx}`,
+    nginxLogged: `https://localhost:${ports.nginxLogged}`,
     upstream: `http://127.0.0.1:${ports.upstream}`,
   };
   const secret = () => randomBytes(24).toString('base64url');
@@ -106,10 +114,12 @@ try {
       listen 127.0.0.1:${ports.upstream};
       location / { default_type application/json; return 200 '${products}'; }
     }`), '-g', 'daemon off;'], {}, UPSTREAM_CPU);
-  start('nginx', 'nginx', ['-e', join(dir, 'nginx-error.log'), '-c', nginxConf('nginx', `
-    upstream api { server 127.0.0.1:${ports.upstream}; keepalive 64; }
+  // Two servers in one nginx (one worker): the plain proxy, and the same with its access log
+  // on, buffered as production nginx is run (64 KiB, flushed every second).
+  const nginxServer = (port, log) => `
     server {
-      listen 127.0.0.1:${ports.nginx} ssl;
+      listen 127.0.0.1:${port} ssl;
+      ${log}
       ssl_certificate ${certs.cert}; ssl_certificate_key ${certs.key};
       # The TLS every target speaks (checked before measuring): Debian's nginx 1.22 leaves
       # TLS 1.3 off unless asked, and the suite order is the gateway's.
@@ -121,7 +131,12 @@ try {
         proxy_http_version 1.1;
         proxy_set_header Connection "";
       }
-    }`), '-g', 'daemon off;']);
+    }`;
+  start('nginx', 'nginx', ['-e', join(dir, 'nginx-error.log'), '-c', nginxConf('nginx', `
+    upstream api { server 127.0.0.1:${ports.upstream}; keepalive 64; }
+    ${nginxServer(ports.nginx, '')}
+    ${nginxServer(ports.nginxLogged, `access_log ${join(dir, 'nginx', 'access.log')} combined buffer=64k flush=1s;`)}
+    `), '-g', 'daemon off;']);
 
   // A file service for the streaming check: counts what it is sent, sends 1 GiB on request.
   start('files', process.execPath, ['-e', `
@@ -168,7 +183,8 @@ try {
     '--route', `/api/OtherApi1=${urls.upstream}`, '--route', `/api/Files=http://127.0.0.1:${ports.files}`,
     // The same upstream behind an authorization policy: what checking the user's claims costs.
     '--route', `/api/Staff=${urls.upstream} policy=staff`, '--policy', 'staff=preferred_username:alice|bob|carol,name',
-    '--max-request-body', '2GiB', '--upstream-timeout', '120s', '--log-level', 'warn',
+    // The default log level: one access line per request, as the gateway runs by default.
+    '--max-request-body', '2GiB', '--upstream-timeout', '120s',
     // Every client here is 127.0.0.1, and the memory check opens 1,000 connections.
     '--max-connections-per-ip', '4096'];
   let gateway = start('oidc-bff', bin, gatewayArgs, {});
@@ -259,54 +275,64 @@ try {
     if (new URL(page.url()).origin !== origin) throw new Error(`login for ${origin} ended at ${page.url()}`);
   }
   await login(`${urls.gateway}/login?returnUrl=/healthz`, urls.gateway);
+  // Copies of the data (the session just made included), taken while the gateway is stopped,
+  // each served by one more oidc-bff on its own port: the same node with its access log off
+  // (what the log costs), the baseline binary (BASELINE_BIN), the node on Redis (REDIS=1).
   const baselineBin = process.env.BASELINE_BIN;
-  if (baselineBin) {
-    // The baseline serves a copy of the same data (the session just made included), taken while
-    // the gateway is stopped, on its own port.
-    await services.find((service) => service.child === gateway).stop();
-    const baselineDir = `${dataDir}-baseline`;
-    rmSync(baselineDir, { recursive: true, force: true });
-    cpSync(dataDir, baselineDir, { recursive: true });
-    gateway = start('oidc-bff', bin, gatewayArgs, {});
-    await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
-    const baselineUrl = `https://localhost:${ports.baseline}`;
-    const baselineArgs = gatewayArgs.map((arg) => arg === dataDir ? baselineDir
-      : arg === `127.0.0.1:${ports.gateway}` ? `127.0.0.1:${ports.baseline}`
-      : arg === urls.gateway ? baselineUrl : arg);
-    const baseline = start('oidc-bff baseline', baselineBin, baselineArgs, {});
-    await waitFor('oidc-bff baseline', async () => (await probe(`${baselineUrl}/healthz`, certs.ca)) === 200, baseline);
-    urls.baseline = baselineUrl;
+  const redisMode = process.env.REDIS === '1';
+  await services.find((service) => service.child === gateway).stop();
+  const copyOf = (suffix) => {
+    const copy = `${dataDir}-${suffix}`;
+    rmSync(copy, { recursive: true, force: true });
+    cpSync(dataDir, copy, { recursive: true });
+    return copy;
+  };
+  const onCopy = (copy, port) => {
+    const url = `https://localhost:${port}`;
+    return {
+      url,
+      args: gatewayArgs.map((arg) => arg === dataDir ? copy
+        : arg === `127.0.0.1:${ports.gateway}` ? `127.0.0.1:${port}`
+        : arg === urls.gateway ? url : arg),
+    };
+  };
+  const quiet = onCopy(copyOf('quiet'), ports.quiet);
+  const baseline = baselineBin ? onCopy(copyOf('baseline'), ports.baseline) : null;
+  const redisCopy = redisMode ? copyOf('redis') : null;
+  gateway = start('oidc-bff', bin, gatewayArgs, {});
+  await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
+  const serveCopy = async (name, binary, copy, extra = []) => {
+    const service = start(name, binary, [...copy.args, ...extra], {});
+    await waitFor(name, async () => (await probe(`${copy.url}/healthz`, certs.ca)) === 200, service);
+    return service;
+  };
+  await serveCopy('oidc-bff access log off', bin, quiet, ['--log-level', 'warn']);
+  urls.quiet = quiet.url;
+  if (baseline) {
+    await serveCopy('oidc-bff baseline', baselineBin, baseline);
+    urls.baseline = baseline.url;
   }
   let onRedis;
   let redisArgs;
-  if (process.env.REDIS === '1') {
-    // The same node on Redis: a copy of the data (the session just made included) migrated
-    // into a redis-server that shares the servers' CPU, served by a second oidc-bff.
-    await services.find((service) => service.child === gateway).stop();
-    const redisDir = `${dataDir}-redis`;
-    rmSync(redisDir, { recursive: true, force: true });
-    cpSync(dataDir, redisDir, { recursive: true });
-    gateway = start('oidc-bff', bin, gatewayArgs, {});
-    await waitFor('oidc-bff', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, gateway);
+  if (redisMode) {
+    // The same node on Redis: its copy migrated into a redis-server that shares the servers'
+    // CPU, served by one more oidc-bff.
     const redis = start('redis', 'redis-server', ['--port', String(ports.redis), '--bind', '127.0.0.1',
       '--save', '', '--appendonly', 'no'], {});
     const redisUrl = `redis://127.0.0.1:${ports.redis}`;
     let migrated;
     for (let attempt = 0; attempt < 50; attempt += 1) {
-      migrated = spawnSync(bin, ['sessions', 'migrate', '--data-dir', redisDir, '--to', redisUrl], { encoding: 'utf8' });
+      migrated = spawnSync(bin, ['sessions', 'migrate', '--data-dir', redisCopy, '--to', redisUrl], { encoding: 'utf8' });
       if (migrated.status === 0) break;
       if (redis.exitCode !== null) throw new Error('redis-server exited');
       await new Promise((r) => setTimeout(r, 100));
     }
     if (migrated.status !== 0) throw new Error(`migrate: ${migrated.stderr}`);
     console.log(`redis: ${migrated.stdout.trim()}`);
-    const redisGatewayUrl = `https://localhost:${ports.redisGateway}`;
-    redisArgs = [...gatewayArgs.map((arg) => arg === dataDir ? redisDir
-      : arg === `127.0.0.1:${ports.gateway}` ? `127.0.0.1:${ports.redisGateway}`
-      : arg === urls.gateway ? redisGatewayUrl : arg), '--store', redisUrl];
-    onRedis = start('oidc-bff on Redis', bin, redisArgs, {});
-    await waitFor('oidc-bff on Redis', async () => (await probe(`${redisGatewayUrl}/healthz`, certs.ca)) === 200, onRedis);
-    urls.redisGateway = redisGatewayUrl;
+    const copy = onCopy(redisCopy, ports.redisGateway);
+    redisArgs = [...copy.args, '--store', redisUrl];
+    onRedis = await serveCopy('oidc-bff on Redis', bin, { ...copy, args: redisArgs });
+    urls.redisGateway = copy.url;
   }
   await login(`${urls.apache}/api/OtherApi1/products`, urls.apache);
   const cookies = await context.cookies();
@@ -321,7 +347,9 @@ try {
   const allTargets = [
     { name: 'upstream direct', url: `${urls.upstream}/products`, headers: [] },
     { name: 'nginx (TLS, no auth)', url: `${urls.nginx}/api/OtherApi1/products`, headers: [] },
+    { name: 'nginx, access log on', url: `${urls.nginxLogged}/api/OtherApi1/products`, headers: [] },
     { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
+    { name: 'oidc-bff access log off', url: `${urls.quiet}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
     { name: 'oidc-bff policy route', url: `${urls.gateway}/api/Staff/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
     ...(urls.redisGateway ? [{ name: 'oidc-bff on Redis', url: `${urls.redisGateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] }] : []),
     ...(urls.baseline ? [{ name: 'oidc-bff baseline', url: `${urls.baseline}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] }] : []),
@@ -397,27 +425,24 @@ try {
   for (const s of summary) {
     console.log(`| ${s.name} | ${s.rps.toFixed(0)} | ${(s.rps / nginx.rps).toFixed(2)}× | ${(s.p50 * 1e3).toFixed(2)} ms | ${(s.p99 * 1e3).toFixed(2)} ms |`);
   }
-  // The same comparison pair by pair: each round's oidc-bff run against the nginx run just
-  // before it, so that the machine's drift between rounds (often larger than the difference
-  // being measured) cancels out.
-  const gatewayRuns = runs['oidc-bff'];
-  const nginxRuns = runs[nginx.name];
-  if (gatewayRuns) {
-    const ratios = (field) => gatewayRuns.map((run, round) => run[field] / nginxRuns[round][field]);
-    const list = (values) => values.map((value) => `${value.toFixed(2)}×`).join(', ');
-    const rps = ratios('rps');
-    const p99 = ratios('p99');
-    console.log(`\noidc-bff vs nginx, round by round: req/s ${list(rps)} (median ${median(rps).toFixed(2)}×); `
-      + `p99 ${list(p99)} (median ${median(p99).toFixed(2)}×, no worse in ${p99.filter((ratio) => ratio <= 1).length} of ${p99.length})`);
-  }
-  const baselineRuns = runs['oidc-bff baseline'];
-  if (gatewayRuns && baselineRuns) {
-    const ratios = (field) => gatewayRuns.map((run, round) => run[field] / baselineRuns[round][field]);
+  // The same comparisons pair by pair: each round's run of one target against the other's in
+  // the same round, so that the machine's drift between rounds (often larger than the
+  // difference being measured) cancels out.
+  const pairs = [
+    ['oidc-bff', nginx.name, 'oidc-bff vs nginx'],
+    ['oidc-bff', 'nginx, access log on', 'oidc-bff vs nginx with its access log'],
+    ['oidc-bff', 'oidc-bff access log off', 'oidc-bff vs itself with the access log off'],
+    ['oidc-bff access log off', nginx.name, 'oidc-bff with the access log off vs nginx'],
+    ['oidc-bff', 'oidc-bff baseline', 'oidc-bff vs the baseline binary'],
+  ];
+  for (const [a, b, title] of pairs) {
+    if (!runs[a] || !runs[b]) continue;
+    const ratios = (field) => runs[a].map((run, round) => run[field] / runs[b][round][field]);
     const list = (values) => values.map((value) => `${value.toFixed(3)}×`).join(', ');
     const rps = ratios('rps');
     const p99 = ratios('p99');
-    console.log(`oidc-bff vs the baseline binary, round by round: req/s ${list(rps)} (median ${median(rps).toFixed(3)}×); `
-      + `p99 ${list(p99)} (median ${median(p99).toFixed(3)}×)`);
+    console.log(`${title}, round by round: req/s ${list(rps)} (median ${median(rps).toFixed(3)}×); `
+      + `p99 ${list(p99)} (median ${median(p99).toFixed(3)}×, no worse in ${p99.filter((ratio) => ratio <= 1).length} of ${p99.length})`);
   }
 
   // --- memory: 10,000 live sessions over 1,000 connections ---------------------------------------
@@ -507,26 +532,31 @@ try {
 
   if (spawnSync('sh', ['-c', 'command -v valgrind && command -v callgrind_control']).status === 0) {
     await services.find((service) => service.child === gateway).stop();
-    const counted = start('oidc-bff-callgrind', 'valgrind',
-      ['--tool=callgrind', `--callgrind-out-file=${join(dir, 'callgrind.out')}`, bin, ...gatewayArgs], {});
-    await waitFor('oidc-bff under callgrind', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, counted, 120_000);
-    const url = `${urls.gateway}/api/OtherApi1/products`;
-    const calls = (count) => {
-      const result = spawnSync('taskset', ['-c', '1', 'curl', '-sk', '--http1.1', '-H', `Cookie: __Host-bff=${gatewayCookie}`,
-        '-H', 'X-CSRF: 1', '-w', '%{http_code}\\n', ...Array(count).fill(url)], { encoding: 'utf8', maxBuffer: 64 << 20 });
-      // Each line is a body followed by its status.
-      const statuses = result.stdout.trim().split('\n').map((line) => line.slice(-3));
-      if (statuses.length !== count || statuses.some((code) => code !== '200')) {
-        throw new Error(`calls under callgrind did not all answer 200: ${result.stdout.slice(0, 500)}`);
-      }
-    };
-    calls(500);
-    spawnSync('callgrind_control', ['-z', String(counted.pid)]);
-    calls(2000);
-    spawnSync('callgrind_control', ['-d', String(counted.pid)]);
-    const dump = readdirSync(dir).filter((name) => name.startsWith('callgrind.out.')).sort().pop();
-    const total = Number(/^summary: (\d+)/m.exec(readFileSync(join(dir, dump), 'utf8'))?.[1]);
-    console.log(`instructions per proxied call (callgrind, 2,000 keep-alive calls after 500 to warm up): ${Math.round(total / 2000)}`);
+    // With the access log on (the default) and off: what a line costs, exactly.
+    for (const [label, extra] of [['access log on', []], ['access log off', ['--log-level', 'warn']]]) {
+      const out = join(dir, `callgrind-${label.replaceAll(' ', '-')}.out`);
+      const counted = start(`oidc-bff-callgrind ${label}`, 'valgrind',
+        ['--tool=callgrind', `--callgrind-out-file=${out}`, bin, ...gatewayArgs, ...extra], {});
+      await waitFor('oidc-bff under callgrind', async () => (await probe(`${urls.gateway}/healthz`, certs.ca)) === 200, counted, 120_000);
+      const url = `${urls.gateway}/api/OtherApi1/products`;
+      const calls = (count) => {
+        const result = spawnSync('taskset', ['-c', '1', 'curl', '-sk', '--http1.1', '-H', `Cookie: __Host-bff=${gatewayCookie}`,
+          '-H', 'X-CSRF: 1', '-w', '%{http_code}\\n', ...Array(count).fill(url)], { encoding: 'utf8', maxBuffer: 64 << 20 });
+        // Each line is a body followed by its status.
+        const statuses = result.stdout.trim().split('\n').map((line) => line.slice(-3));
+        if (statuses.length !== count || statuses.some((code) => code !== '200')) {
+          throw new Error(`calls under callgrind did not all answer 200: ${result.stdout.slice(0, 500)}`);
+        }
+      };
+      calls(500);
+      spawnSync('callgrind_control', ['-z', String(counted.pid)]);
+      calls(2000);
+      spawnSync('callgrind_control', ['-d', String(counted.pid)]);
+      const dumps = readdirSync(dir).filter((name) => name.startsWith(`callgrind-${label.replaceAll(' ', '-')}.out.`));
+      const total = Number(/^summary: (\d+)/m.exec(readFileSync(join(dir, dumps.sort().pop()), 'utf8'))?.[1]);
+      console.log(`instructions per proxied call, ${label} (callgrind, 2,000 keep-alive calls after 500 to warm up): ${Math.round(total / 2000)}`);
+      await services.find((service) => service.child === counted).stop();
+    }
   } else {
     console.log('instructions per proxied call: skipped (no valgrind)');
   }

@@ -9,7 +9,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, createWriteStream, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -106,7 +106,20 @@ export class Service {
     this.child = null;
   }
 
-  start(command, args, env) {
+  /**
+   * Starts the service. With `direct`, its output goes straight to the log file, not through
+   * this process (whose event loop a benchmark blocks while it waits for its load generator):
+   * no events are parsed then.
+   */
+  start(command, args, env, { direct = false } = {}) {
+    if (direct) {
+      const fd = openSync(this.logFile, 'a');
+      const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', fd, fd] });
+      closeSync(fd);
+      this.child = child;
+      child.on('exit', (code, signal) => this.log.write(`-- exited: code ${code} signal ${signal}\n`));
+      return child;
+    }
     const child = spawn(command, args, {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

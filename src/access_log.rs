@@ -320,7 +320,9 @@ impl SecondCache {
             );
         }
         out.push_str(&self.text);
-        let _ = write!(out, ".{:06}Z", since.subsec_micros());
+        out.push('.');
+        push_number(out, u64::from(since.subsec_micros()), 6);
+        out.push('Z');
     }
 }
 
@@ -343,7 +345,20 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// A session as the log names it: a short hash of its id, or `-`.
+/// A session as the log names it: a short hash of its id (8 hex digits), or `-`.
+/// (`SessionId`'s `Display`, without the formatting machinery.)
+fn push_session(out: &mut String, session: Option<SessionId>) {
+    match session {
+        Some(id) => {
+            for byte in &id.hash[..4] {
+                push_hex_byte(out, *byte);
+            }
+        }
+        None => out.push('-'),
+    }
+}
+
+/// A session as the log names it, for `tracing`'s formatting.
 struct SessionLabel(Option<SessionId>);
 
 impl std::fmt::Display for SessionLabel {
@@ -355,6 +370,47 @@ impl std::fmt::Display for SessionLabel {
     }
 }
 
+/// Appends `value` in decimal, zero-padded to `width` digits.
+fn push_number(out: &mut String, mut value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    let start = at.min(digits.len().saturating_sub(width));
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+}
+
+/// Whether `text` needs no escaping in a text line: no control character (C0, DEL, or C1,
+/// which UTF-8 writes as 0xC2 0x80..=0x9F).
+fn is_plain(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    // Printable ASCII, the usual case, checked without branches per byte (it vectorizes).
+    if bytes.iter().fold(true, |plain, &byte| plain & (0x20..0x7f).contains(&byte)) {
+        return true;
+    }
+    !bytes.iter().enumerate().any(|(at, &byte)| {
+        byte < 0x20
+            || byte == 0x7f
+            || (byte == 0xc2 && bytes.get(at + 1).is_some_and(|next| (0x80..0xa0).contains(next)))
+    })
+}
+
+/// Appends `text` with its control characters escaped as the other text log lines do.
+fn push_escaped(out: &mut String, text: &str) {
+    if is_plain(text) {
+        out.push_str(text);
+    } else {
+        let _ = crate::logging::write_escaped(out, text);
+    }
+}
+
 fn format_line(out: &mut String, clock: &mut SecondCache, format: LineFormat, entry: &Entry<'_>) {
     // The one reader of the wall clock besides `crate::clock`: a log line's time is the real
     // time, whatever clock the gateway's expiry logic is given.
@@ -363,7 +419,6 @@ fn format_line(out: &mut String, clock: &mut SecondCache, format: LineFormat, en
     let latency_us = u64::try_from(entry.latency.as_micros()).unwrap_or(u64::MAX);
     let route = entry.info.route.as_deref().unwrap_or("-");
     let upstream = entry.info.upstream.as_deref().unwrap_or("-");
-    let session = SessionLabel(entry.info.session);
     match format {
         LineFormat::Text { time } => {
             if time {
@@ -371,18 +426,19 @@ fn format_line(out: &mut String, clock: &mut SecondCache, format: LineFormat, en
                 out.push(' ');
             }
             out.push_str(" INFO oidc_bff::access: method=");
-            let _ = crate::logging::write_escaped(out, entry.method.as_str());
+            push_escaped(out, entry.method.as_str());
             out.push_str(" path=");
-            let _ = crate::logging::write_escaped(out, entry.path);
-            let _ = write!(
-                out,
-                " status={} latency_us={latency_us} route=",
-                entry.status
-            );
-            let _ = crate::logging::write_escaped(out, route);
+            push_escaped(out, entry.path);
+            out.push_str(" status=");
+            push_number(out, u64::from(entry.status), 1);
+            out.push_str(" latency_us=");
+            push_number(out, latency_us, 1);
+            out.push_str(" route=");
+            push_escaped(out, route);
             out.push_str(" upstream=");
-            let _ = crate::logging::write_escaped(out, upstream);
-            let _ = write!(out, " session={session}");
+            push_escaped(out, upstream);
+            out.push_str(" session=");
+            push_session(out, entry.info.session);
         }
         LineFormat::Json => {
             out.push_str("{\"timestamp\":\"");
@@ -391,18 +447,17 @@ fn format_line(out: &mut String, clock: &mut SecondCache, format: LineFormat, en
             json_string(out, entry.method.as_str());
             out.push_str(",\"path\":");
             json_string(out, entry.path);
-            let _ = write!(
-                out,
-                ",\"status\":{},\"latency_us\":{latency_us},\"route\":",
-                entry.status
-            );
+            out.push_str(",\"status\":");
+            push_number(out, u64::from(entry.status), 1);
+            out.push_str(",\"latency_us\":");
+            push_number(out, latency_us, 1);
+            out.push_str(",\"route\":");
             json_string(out, route);
             out.push_str(",\"upstream\":");
             json_string(out, upstream);
-            let _ = write!(
-                out,
-                ",\"session\":\"{session}\",\"target\":\"oidc_bff::access\"}}"
-            );
+            out.push_str(",\"session\":\"");
+            push_session(out, entry.info.session);
+            out.push_str("\",\"target\":\"oidc_bff::access\"}");
         }
     }
 }
@@ -410,6 +465,14 @@ fn format_line(out: &mut String, clock: &mut SecondCache, format: LineFormat, en
 /// `text` as a JSON string (RFC 8259 §7).
 fn json_string(out: &mut String, text: &str) {
     out.push('"');
+    if !text
+        .bytes()
+        .any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f)
+    {
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     for c in text.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -418,12 +481,19 @@ fn json_string(out: &mut String, text: &str) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+                out.push_str("\\u00");
+                push_hex_byte(out, u32::from(c) as u8);
             }
             c => out.push(c),
         }
     }
     out.push('"');
+}
+
+fn push_hex_byte(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 0xf)]));
 }
 
 #[cfg(test)]
@@ -482,6 +552,36 @@ mod tests {
             &entry(&http::Method::GET, "/", &info),
         );
         assert!(stamped.contains("Z  INFO oidc_bff::access: "), "{stamped}");
+    }
+
+    #[test]
+    fn the_fast_paths_write_what_the_formatting_machinery_would() {
+        for (value, width) in [(0, 1), (7, 1), (1_234, 1), (u64::MAX, 1), (42, 6), (999_999, 6)] {
+            let mut out = String::new();
+            push_number(&mut out, value, width);
+            assert_eq!(out, format!("{value:0width$}"));
+        }
+        let id = SessionId {
+            created_ms: 1,
+            hash: [0xa5; 32],
+        };
+        let mut out = String::new();
+        push_session(&mut out, Some(id));
+        assert_eq!(out, id.to_string());
+        for text in ["/plain/path", "/é/ü", "/a\u{85}b", "/a\u{9f}", "/a\u{7f}", "/tab\t", "/\u{a0}"] {
+            let mut fast = String::new();
+            push_escaped(&mut fast, text);
+            let mut slow = String::new();
+            crate::logging::write_escaped(&mut slow, text).expect("write");
+            assert_eq!(fast, slow, "{text:?}");
+            let mut json = String::new();
+            json_string(&mut json, text);
+            assert_eq!(
+                serde_json::from_str::<String>(&json).expect(&json),
+                text,
+                "{json}"
+            );
+        }
     }
 
     #[test]
