@@ -458,12 +458,21 @@ try {
     return wrk.format("GET", "/api/OtherApi1/products", { ["Cookie"] = "__Host-bff=" .. cookie, ["X-CSRF"] = "1" })
   end
   `);
-  const many = wrk({ name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [] }, 15, OPEN_CONNECTIONS, lua);
-  const status = readFileSync(`/proc/${gateway.pid}/status`, 'utf8');
-  const kib = (field) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN);
-  console.log(`\nmemory: ${LIVE_SESSIONS} sessions in the store, ${OPEN_CONNECTIONS} connections cycling through them: `
-    + `${many.rps.toFixed(0)} req/s (${many.non2xx} non-2xx, socket errors: ${many.errors || 'none'}), `
-    + `oidc-bff RSS ${(kib('VmRSS') / 1024).toFixed(1)} MiB, peak ${(kib('VmHWM') / 1024).toFixed(1)} MiB`);
+  // In three steps, so that what sessions cost and what connections cost can be told apart:
+  // after the rounds above (one session used), after every seeded session has been read over
+  // a few connections, and with 1,000 connections cycling through them.
+  const memory = () => {
+    const status = readFileSync(`/proc/${gateway.pid}/status`, 'utf8');
+    const mib = (field) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN) / 1024;
+    return `RSS ${mib('VmRSS').toFixed(1)} MiB (anonymous ${mib('RssAnon').toFixed(1)}, file ${mib('RssFile').toFixed(1)}), peak ${mib('VmHWM').toFixed(1)} MiB`;
+  };
+  const target = { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [] };
+  console.log(`\nmemory, one session used: ${memory()}`);
+  const few = wrk(target, 5, 16, lua);
+  console.log(`memory, ${LIVE_SESSIONS} sessions read over 16 connections (${few.rps.toFixed(0)} req/s): ${memory()}`);
+  const many = wrk(target, 15, OPEN_CONNECTIONS, lua);
+  console.log(`memory: ${LIVE_SESSIONS} sessions in the store, ${OPEN_CONNECTIONS} connections cycling through them: `
+    + `${many.rps.toFixed(0)} req/s (${many.non2xx} non-2xx, socket errors: ${many.errors || 'none'}), oidc-bff ${memory()}`);
 
   // --- streaming: 1 GiB up and 1 GiB down through oidc-bff, memory sampled all along ---------
 

@@ -28,7 +28,7 @@ use crate::sync::Locked;
 /// What a handler tells the access log beyond method, path and status, carried in the
 /// response's extensions.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct AccessInfo {
+pub struct AccessInfo {
     /// The proxy route that took the request.
     pub route: Option<Arc<str>>,
     /// The destination it went to ([`crate::proxy::route::Destination::label`]).
@@ -392,13 +392,19 @@ fn push_number(out: &mut String, mut value: u64, width: usize) {
 fn is_plain(text: &str) -> bool {
     let bytes = text.as_bytes();
     // Printable ASCII, the usual case, checked without branches per byte (it vectorizes).
-    if bytes.iter().fold(true, |plain, &byte| plain & (0x20..0x7f).contains(&byte)) {
+    if bytes
+        .iter()
+        .fold(true, |plain, &byte| plain & (0x20..0x7f).contains(&byte))
+    {
         return true;
     }
     !bytes.iter().enumerate().any(|(at, &byte)| {
         byte < 0x20
             || byte == 0x7f
-            || (byte == 0xc2 && bytes.get(at + 1).is_some_and(|next| (0x80..0xa0).contains(next)))
+            || (byte == 0xc2
+                && bytes
+                    .get(at + 1)
+                    .is_some_and(|next| (0x80..0xa0).contains(next)))
     })
 }
 
@@ -556,7 +562,14 @@ mod tests {
 
     #[test]
     fn the_fast_paths_write_what_the_formatting_machinery_would() {
-        for (value, width) in [(0, 1), (7, 1), (1_234, 1), (u64::MAX, 1), (42, 6), (999_999, 6)] {
+        for (value, width) in [
+            (0, 1),
+            (7, 1),
+            (1_234, 1),
+            (u64::MAX, 1),
+            (42, 6),
+            (999_999, 6),
+        ] {
             let mut out = String::new();
             push_number(&mut out, value, width);
             assert_eq!(out, format!("{value:0width$}"));
@@ -568,7 +581,15 @@ mod tests {
         let mut out = String::new();
         push_session(&mut out, Some(id));
         assert_eq!(out, id.to_string());
-        for text in ["/plain/path", "/é/ü", "/a\u{85}b", "/a\u{9f}", "/a\u{7f}", "/tab\t", "/\u{a0}"] {
+        for text in [
+            "/plain/path",
+            "/é/ü",
+            "/a\u{85}b",
+            "/a\u{9f}",
+            "/a\u{7f}",
+            "/tab\t",
+            "/\u{a0}",
+        ] {
             let mut fast = String::new();
             push_escaped(&mut fast, text);
             let mut slow = String::new();

@@ -131,11 +131,16 @@ impl Gateway {
         let method = request.method().clone();
         // The target as sent (shared, not copied), when the access log is on; only its path is
         // logged: queries carry codes and states, which never go to a log.
-        let logged = crate::access_log::enabled().then(|| request.uri().clone());
+        let logged_target = crate::access_log::enabled().then(|| request.uri().clone());
         let mut request = request;
         let endpoint = self.classify(&mut request);
+        // What the handlers tell the access log beyond method, path and status.
+        let mut logged = crate::access_log::AccessInfo::default();
         let result = match self.admit(&request, &endpoint) {
-            Ok(()) => self.dispatch(request, peer, hold, &endpoint).await,
+            Ok(()) => {
+                self.dispatch(request, peer, hold, &endpoint, &mut logged)
+                    .await
+            }
             Err(error) => Err(error),
         };
         // `Some` when the gateway answered with an error; inside, the upstream error it counts
@@ -153,13 +158,15 @@ impl Gateway {
         if failure.is_some() || !matches!(endpoint, Endpoint::Route { .. }) {
             self.framing.apply(&mut response);
         }
+        // The gateway's own endpoints tag their responses (rare calls; the proxy fills
+        // `logged` and never allocates an extension map per call).
         let info = response
             .extensions_mut()
             .remove::<crate::access_log::AccessInfo>()
-            .unwrap_or_default();
+            .unwrap_or(logged);
         let status = response.status();
         let elapsed = started.elapsed();
-        if let Some(target) = &logged {
+        if let Some(target) = &logged_target {
             crate::access_log::log(&crate::access_log::Entry {
                 method: &method,
                 path: target.path(),
@@ -372,6 +379,7 @@ impl Gateway {
         peer: SocketAddr,
         hold: &ConnectionHold,
         endpoint: &Endpoint,
+        logged: &mut crate::access_log::AccessInfo,
     ) -> Result<Response<Body>, HttpError> {
         match endpoint {
             Endpoint::Own(own) => self.own(*own, request).await,
@@ -380,7 +388,14 @@ impl Gateway {
                     .authenticate(&request, matched.route(), *websocket)
                     .await?;
                 self.proxy
-                    .forward(request, matched, *websocket, credentials, peer, hold)
+                    .forward(
+                        request,
+                        matched,
+                        *websocket,
+                        credentials,
+                        crate::proxy::Caller { peer, hold },
+                        logged,
+                    )
                     .await
             }
             Endpoint::Rest => match &self.spa {

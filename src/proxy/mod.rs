@@ -107,6 +107,16 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// The connection a call comes in on: the peer's address (for the forwarding headers) and the
+/// hold a WebSocket tunnel made from the call keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The browser's address.
+    pub peer: SocketAddr,
+    /// The connection's slot and shutdown signal.
+    pub hold: &'a ConnectionHold,
+}
+
 impl Proxy {
     /// A proxy over `tls` for https upstreams that keeps the gateway's `cookie` to itself.
     pub fn new(
@@ -214,9 +224,10 @@ impl Proxy {
         matched: &RouteMatch,
         websocket: bool,
         credentials: Option<Credentials>,
-        peer: SocketAddr,
-        hold: &ConnectionHold,
+        caller: Caller<'_>,
+        logged: &mut crate::access_log::AccessInfo,
     ) -> Result<Response<Body>, HttpError> {
+        let Caller { peer, hold } = caller;
         let route = matched.route();
         if request
             .headers()
@@ -344,12 +355,12 @@ impl Proxy {
                 parts.headers.insert(header::UPGRADE, protocol);
             }
         }
-        if switched || crate::access_log::enabled() {
-            parts.extensions.insert(crate::access_log::AccessInfo {
+        if crate::access_log::enabled() {
+            *logged = crate::access_log::AccessInfo {
                 route: Some(route.id.clone()),
                 upstream: Some(destination.label.clone()),
                 session,
-            });
+            };
         }
         let body = if switched {
             crate::reply::full(bytes::Bytes::new())

@@ -305,6 +305,7 @@ impl FakeProvider {
                     let Ok((tcp, _)) = listener.accept().await else {
                         return;
                     };
+                    let _ = tcp.set_nodelay(true);
                     let state = Arc::clone(&state);
                     let gauges = Arc::clone(&gauges);
                     let clock = Arc::clone(&clock);
