@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::session::SessionId;
 use crate::sync::Locked;
 
-/// What a handler tells the access log beyond method, path and status, carried in the
-/// response's extensions.
+/// What a handler tells the access log beyond method, path and status: filled in by the handler
+/// that served the request (the proxy, `/api/user`, `/logout`).
 #[derive(Debug, Clone, Default)]
 pub struct AccessInfo {
     /// The proxy route that took the request.
@@ -41,16 +41,6 @@ pub struct AccessInfo {
 /// when they are not, handlers skip gathering what only the log would show.
 pub(crate) fn enabled() -> bool {
     tracing::enabled!(target: "oidc_bff::access", tracing::Level::INFO)
-}
-
-/// Tags `response` with the session it acted for, when the access log is on.
-pub(crate) fn tag_session<B>(response: &mut http::Response<B>, session: SessionId) {
-    if enabled() {
-        response.extensions_mut().insert(AccessInfo {
-            session: Some(session),
-            ..AccessInfo::default()
-        });
-    }
 }
 
 /// One request, as its line says it.
@@ -349,11 +339,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// (`SessionId`'s `Display`, without the formatting machinery.)
 fn push_session(out: &mut String, session: Option<SessionId>) {
     match session {
-        Some(id) => {
-            for byte in &id.hash[..4] {
-                push_hex_byte(out, *byte);
-            }
-        }
+        Some(id) => crate::hex::push(out, &id.hash[..4]),
         None => out.push('-'),
     }
 }
@@ -488,18 +474,12 @@ fn json_string(out: &mut String, text: &str) {
             '\t' => out.push_str("\\t"),
             c if u32::from(c) < 0x20 || c == '\u{7f}' => {
                 out.push_str("\\u00");
-                push_hex_byte(out, u32::from(c) as u8);
+                crate::hex::push(out, &[u32::from(c) as u8]);
             }
             c => out.push(c),
         }
     }
     out.push('"');
-}
-
-fn push_hex_byte(out: &mut String, byte: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(char::from(HEX[usize::from(byte >> 4)]));
-    out.push(char::from(HEX[usize::from(byte & 0xf)]));
 }
 
 #[cfg(test)]

@@ -63,30 +63,8 @@ pub enum RevokeTarget {
     All,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 fn parse_id(text: &str) -> Result<SessionId, String> {
-    let bytes: Vec<u8> = (0..text.len())
-        .step_by(2)
-        .map(|at| {
-            text.get(at..at + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-        .ok_or_else(|| format!("{text:?} is not a session id (80 hex digits)"))?;
-    let bytes: [u8; 40] = bytes
-        .try_into()
-        .map_err(|_| format!("{text:?} is not a session id (80 hex digits)"))?;
-    let mut created = [0u8; 8];
-    created.copy_from_slice(&bytes[..8]);
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&bytes[8..]);
-    Ok(SessionId {
-        created_ms: u64::from_be_bytes(created),
-        hash,
-    })
+    SessionId::from_hex(text).ok_or_else(|| format!("{text:?} is not a session id (80 hex digits)"))
 }
 
 /// Runs a command against a store; the answer is JSON, errors are plain text.
@@ -184,7 +162,7 @@ fn summary(
         .map(|token| crate::jwt::user_claims(token.expose()))
         .unwrap_or_default();
     json!({
-        "id": hex(&id.to_bytes()),
+        "id": id.to_hex(),
         "subject": ticket.map(|t| t.subject.clone()),
         "name": claims.get("name").cloned(),
         "providerSid": ticket.and_then(|t| t.provider_sid.clone()),
@@ -355,7 +333,7 @@ mod tests {
             created_ms: 1_700_000_000_123,
             hash: [0xab; 32],
         };
-        assert_eq!(parse_id(&hex(&id.to_bytes())), Ok(id));
+        assert_eq!(parse_id(&id.to_hex()), Ok(id));
         assert!(parse_id("zz").is_err());
         assert!(parse_id(&"a".repeat(79)).is_err());
     }

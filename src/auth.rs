@@ -17,6 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 
+use crate::access_log::AccessInfo;
 use crate::clock::Clock;
 use crate::cookies;
 use crate::cookies::{CookieConfig, SameSite};
@@ -432,6 +433,7 @@ impl Auth {
         &self,
         request: &Request<impl Sized>,
         policies: &Policies,
+        logged: &mut AccessInfo,
     ) -> Result<Response<Body>, HttpError> {
         let lookup = self.lookup(request.headers(), Activity::Peek).await?;
         let Some(session) = lookup.session else {
@@ -474,8 +476,8 @@ impl Auth {
             "sessionExpiresIn".into(),
             deadline.saturating_sub(self.clock.unix_now()).into(),
         );
-        let mut response = reply::json(StatusCode::OK, &serde_json::Value::Object(body));
-        crate::access_log::tag_session(&mut response, session.id);
+        let response = reply::json(StatusCode::OK, &serde_json::Value::Object(body));
+        logged.session = Some(session.id);
         Ok(response)
     }
 
@@ -483,6 +485,7 @@ impl Auth {
     pub(crate) async fn logout(
         &self,
         request: &Request<impl Sized>,
+        logged: &mut AccessInfo,
     ) -> Result<Response<Body>, HttpError> {
         let lookup = self.lookup(request.headers(), Activity::Peek).await?;
         let Some(session) = lookup.session else {
@@ -521,7 +524,7 @@ impl Auth {
             .unwrap_or_else(|| "/".to_owned());
         let mut response = reply::redirect(&location);
         self.expire_session_cookie(&mut response);
-        crate::access_log::tag_session(&mut response, session.id);
+        logged.session = Some(session.id);
         Ok(response)
     }
 }

@@ -20,6 +20,7 @@ mod deadlines;
 pub mod describe;
 mod error;
 pub mod flow;
+mod hex;
 pub mod http_client;
 mod jwt;
 pub mod logging;

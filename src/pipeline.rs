@@ -158,12 +158,6 @@ impl Gateway {
         if failure.is_some() || !matches!(endpoint, Endpoint::Route { .. }) {
             self.framing.apply(&mut response);
         }
-        // The gateway's own endpoints tag their responses (rare calls; the proxy fills
-        // `logged` and never allocates an extension map per call).
-        let info = response
-            .extensions_mut()
-            .remove::<crate::access_log::AccessInfo>()
-            .unwrap_or(logged);
         let status = response.status();
         let elapsed = started.elapsed();
         if let Some(target) = &logged_target {
@@ -172,7 +166,7 @@ impl Gateway {
                 path: target.path(),
                 status: status.as_u16(),
                 latency: elapsed,
-                info: &info,
+                info: &logged,
             });
         }
         self.count(&endpoint, status, elapsed, failure.flatten());
@@ -382,7 +376,7 @@ impl Gateway {
         logged: &mut crate::access_log::AccessInfo,
     ) -> Result<Response<Body>, HttpError> {
         match endpoint {
-            Endpoint::Own(own) => self.own(*own, request).await,
+            Endpoint::Own(own) => self.own(*own, request, logged).await,
             Endpoint::Route { matched, websocket } => {
                 let credentials = self
                     .authenticate(&request, matched.route(), *websocket)
@@ -410,10 +404,19 @@ impl Gateway {
     }
 
     /// The gateway's own endpoints.
-    async fn own(&self, own: Own, request: Request<Incoming>) -> Result<Response<Body>, HttpError> {
+    async fn own(
+        &self,
+        own: Own,
+        request: Request<Incoming>,
+        logged: &mut crate::access_log::AccessInfo,
+    ) -> Result<Response<Body>, HttpError> {
         match own {
             Own::IsAuth => self.auth.is_auth(&request).await,
-            Own::User => self.auth.user(&request, &self.proxy.policies()).await,
+            Own::User => {
+                self.auth
+                    .user(&request, &self.proxy.policies(), logged)
+                    .await
+            }
             // Boxed: these talk to the provider, and their futures, kilobytes each, would
             // otherwise be reserved and moved in every request's future, proxied calls included.
             Own::Login => {
@@ -424,7 +427,7 @@ impl Gateway {
                 )
                 .await
             }
-            Own::Logout => Box::pin(self.auth.logout(&request)).await,
+            Own::Logout => Box::pin(self.auth.logout(&request, logged)).await,
             Own::Callback => Box::pin(self.auth.callback(&request, &self.proxy.policies())).await,
             Own::BackchannelLogout => Box::pin(self.backchannel_logout(request)).await,
             Own::Healthz => Ok(self.health()),

@@ -28,6 +28,7 @@ use fred::prelude::*;
 use fred::types::config::{ClusterDiscoveryPolicy, ReconnectPolicy, Server, ServerConfig};
 use fred::types::{Expiration, SetOptions};
 
+use crate::hex;
 use crate::redis_url::{RedisTarget, Topology};
 use crate::seal::Keyer;
 use crate::session::{Secret, SessionId};
@@ -97,47 +98,23 @@ fn redis_error(error: Error) -> StoreError {
 
 /// What `obff:key-check` holds for a ticket key: a keyed hash of a constant.
 fn key_fingerprint(keyer: &Keyer) -> String {
-    hex(&keyer.hash("store-key-check", b"oidc-bff session store"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+    hex::encode(&keyer.hash("store-key-check", b"oidc-bff session store"))
 }
 
 fn session_key(id: SessionId) -> String {
-    format!("{PREFIX}s:{{{}}}", hex(&id.to_bytes()))
+    format!("{PREFIX}s:{{{}}}", id.to_hex())
 }
 
 fn identity_key(kind: &str, hash: [u8; 32]) -> String {
-    format!("{PREFIX}{kind}:{}", hex(&hash))
+    format!("{PREFIX}{kind}:{}", hex::encode(&hash))
 }
 
 fn id_from_bytes(bytes: &[u8]) -> Option<SessionId> {
-    let bytes: &[u8; 40] = bytes.try_into().ok()?;
-    let mut created = [0u8; 8];
-    created.copy_from_slice(&bytes[..8]);
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&bytes[8..]);
-    Some(SessionId {
-        created_ms: u64::from_be_bytes(created),
-        hash,
-    })
+    Some(SessionId::from_bytes(bytes.try_into().ok()?))
 }
 
 fn id_from_key(key: &str) -> Option<SessionId> {
-    let hex_id = key.strip_prefix("obff:s:{")?.strip_suffix('}')?;
-    if hex_id.len() != 80 {
-        return None;
-    }
-    let mut bytes = [0u8; 40];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex_id.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
-    id_from_bytes(&bytes)
+    SessionId::from_hex(key.strip_prefix("obff:s:{")?.strip_suffix('}')?)
 }
 
 /// Writes a session's hash and its expiry in one step (one key, so a cluster takes it too).
@@ -781,8 +758,8 @@ impl RedisRecords {
         id: SessionId,
         wait: Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        let key = format!("{PREFIX}lease:{{{}}}", hex(&id.to_bytes()));
-        let owner = hex(&crate::seal::random_bytes::<16>());
+        let key = format!("{PREFIX}lease:{{{}}}", id.to_hex());
+        let owner = hex::encode(&crate::seal::random_bytes::<16>());
         let give_up = tokio::time::Instant::now() + wait;
         loop {
             let set: Option<String> = self

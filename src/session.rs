@@ -331,6 +331,28 @@ impl SessionId {
         bytes[8..].copy_from_slice(&self.hash);
         bytes
     }
+
+    /// The id of a 40-byte form ([`SessionId::to_bytes`]).
+    pub fn from_bytes(bytes: &[u8; 40]) -> Self {
+        let mut created = [0u8; 8];
+        created.copy_from_slice(&bytes[..8]);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&bytes[8..]);
+        Self {
+            created_ms: u64::from_be_bytes(created),
+            hash,
+        }
+    }
+
+    /// The whole id as 80 hex digits (Redis keys, the admin command).
+    pub fn to_hex(&self) -> String {
+        crate::hex::encode(&self.to_bytes())
+    }
+
+    /// The id of 80 hex digits ([`SessionId::to_hex`]); `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        crate::hex::decode::<40>(text).map(|bytes| Self::from_bytes(&bytes))
+    }
 }
 
 /// Hashes the first eight bytes of the SHA-256: already uniform, so maps need no more (equality
