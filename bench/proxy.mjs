@@ -23,12 +23,14 @@
 // REDIS (1: the same node with its sessions in a redis-server on the servers' CPU, as one more
 // target: what the shared store costs a proxied call; then both nodes with a cache smaller than
 // the sessions called, so every call reads its session from the store; needs Debian's
-// redis-server).
+// redis-server), HOLD (1: set everything up, write the targets and the servers' PIDs to
+// target/bench-proxy/hold.json and keep the servers up until ^C, to attach a profiler).
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 
 import { Service, examples, freePort, makeCertificates, probe, repo, waitFor } from '../examples/stack.mjs';
 
@@ -109,7 +111,7 @@ try {
   }`);
     return file;
   };
-  start('upstream', 'nginx', ['-e', join(dir, 'upstream-error.log'), '-c', nginxConf('upstream', `
+  const upstream = start('upstream', 'nginx', ['-e', join(dir, 'upstream-error.log'), '-c', nginxConf('upstream', `
     server {
       listen 127.0.0.1:${ports.upstream};
       location / { default_type application/json; return 200 '${products}'; }
@@ -132,7 +134,7 @@ try {
         proxy_set_header Connection "";
       }
     }`;
-  start('nginx', 'nginx', ['-e', join(dir, 'nginx-error.log'), '-c', nginxConf('nginx', `
+  const nginxProxy = start('nginx', 'nginx', ['-e', join(dir, 'nginx-error.log'), '-c', nginxConf('nginx', `
     upstream api { server 127.0.0.1:${ports.upstream}; keepalive 64; }
     ${nginxServer(ports.nginx, '')}
     ${nginxServer(ports.nginxLogged, `access_log ${join(dir, 'nginx', 'access.log')} combined buffer=64k flush=1s;`)}
@@ -306,10 +308,10 @@ try {
     await waitFor(name, async () => (await probe(`${copy.url}/healthz`, certs.ca)) === 200, service);
     return service;
   };
-  await serveCopy('oidc-bff access log off', bin, quiet, ['--log-level', 'warn']);
+  const quietGateway = await serveCopy('oidc-bff access log off', bin, quiet, ['--log-level', 'warn']);
   urls.quiet = quiet.url;
   if (baseline) {
-    await serveCopy('oidc-bff baseline', baselineBin, baseline);
+    urls.baselinePid = (await serveCopy('oidc-bff baseline', baselineBin, baseline)).pid;
     urls.baseline = baseline.url;
   }
   let onRedis;
@@ -345,21 +347,32 @@ try {
   // --- measure -----------------------------------------------------------------------------------
 
   const allTargets = [
-    { name: 'upstream direct', url: `${urls.upstream}/products`, headers: [] },
-    { name: 'nginx (TLS, no auth)', url: `${urls.nginx}/api/OtherApi1/products`, headers: [] },
-    { name: 'nginx, access log on', url: `${urls.nginxLogged}/api/OtherApi1/products`, headers: [] },
-    { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
-    { name: 'oidc-bff access log off', url: `${urls.quiet}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
-    { name: 'oidc-bff policy route', url: `${urls.gateway}/api/Staff/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] },
-    ...(urls.redisGateway ? [{ name: 'oidc-bff on Redis', url: `${urls.redisGateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] }] : []),
-    ...(urls.baseline ? [{ name: 'oidc-bff baseline', url: `${urls.baseline}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'] }] : []),
+    { name: 'upstream direct', url: `${urls.upstream}/products`, headers: [], direct: true },
+    { name: 'nginx (TLS, no auth)', url: `${urls.nginx}/api/OtherApi1/products`, headers: [], proxy: nginxProxy },
+    { name: 'nginx, access log on', url: `${urls.nginxLogged}/api/OtherApi1/products`, headers: [], proxy: nginxProxy },
+    { name: 'oidc-bff', url: `${urls.gateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'], proxy: gateway },
+    { name: 'oidc-bff access log off', url: `${urls.quiet}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'], proxy: quietGateway },
+    { name: 'oidc-bff policy route', url: `${urls.gateway}/api/Staff/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'], proxy: gateway },
+    ...(urls.redisGateway ? [{ name: 'oidc-bff on Redis', url: `${urls.redisGateway}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'], proxy: onRedis }] : []),
+    ...(urls.baseline ? [{ name: 'oidc-bff baseline', url: `${urls.baseline}/api/OtherApi1/products`, headers: [`Cookie: __Host-bff=${gatewayCookie}`, 'X-CSRF: 1'], proxy: { pid: urls.baselinePid } }] : []),
     // Not a proxied call: the gateway's TLS and HTTP floor (no session, no upstream), to show
     // how much of its cost is the relay itself.
-    { name: 'oidc-bff /healthz only', url: `${urls.gateway}/healthz`, headers: [] },
-    { name: 'Apache + mod_auth_openidc', url: `${urls.apache}/api/OtherApi1/products`, headers: [`Cookie: mod_auth_openidc_session=${apacheCookie}`] },
+    { name: 'oidc-bff /healthz only', url: `${urls.gateway}/healthz`, headers: [], proxy: gateway, direct: true },
+    { name: 'Apache + mod_auth_openidc', url: `${urls.apache}/api/OtherApi1/products`, headers: [`Cookie: mod_auth_openidc_session=${apacheCookie}`], proxy: apache },
   ];
   // ONLY=oidc-bff (a substring of a target's name) measures just that target, e.g. to profile it.
   const targets = allTargets.filter((t) => !process.env.ONLY || t.name.includes(process.env.ONLY) || t.name.startsWith('nginx'));
+  if (process.env.HOLD === '1') {
+    // The servers stay up for a profiler (strace -c, callgrind_control, heaptrack -p): every
+    // target's URL and headers and every server's PID in target/bench-proxy/hold.json, until ^C.
+    const hold = join(dir, 'hold.json');
+    writeFileSync(hold, JSON.stringify({
+      targets: targets.map(({ name, url, headers }) => ({ name, url, headers })),
+      pids: Object.fromEntries(services.filter((s) => s.child?.exitCode === null).map((s) => [s.name, s.child.pid])),
+    }, null, 2));
+    console.log(`HOLD=1: servers up, see ${hold}; ^C stops them`);
+    await new Promise(() => {});
+  }
 
   function seconds(text) {
     const match = /([\d.]+)(us|ms|s)/.exec(text);
@@ -378,6 +391,44 @@ try {
     const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
     const errors = /Socket errors: (.*)/.exec(out)?.[1] ?? '';
     return { rps, p50: seconds(/^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? ''), p99: seconds(/^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? ''), non2xx, errors, out };
+  }
+
+  // CPU time per request, user and kernel, of the proxy and of the upstream behind it: where
+  // a request's time goes on the servers' core. /proc/<pid>/stat of the process and of its
+  // children (nginx's and Apache's workers), in clock ticks.
+  const ticksPerSecond = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100;
+  function cpuTicks(pid) {
+    const total = { user: 0, kernel: 0 };
+    const visit = (id) => {
+      let stat;
+      try { stat = readFileSync(`/proc/${id}/stat`, 'utf8'); } catch { return; }
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields[0] is field 3
+      total.user += Number(fields[11]);
+      total.kernel += Number(fields[12]);
+      for (const task of readdirSync(`/proc/${id}/task`)) {
+        let children = '';
+        try { children = readFileSync(`/proc/${id}/task/${task}/children`, 'utf8'); } catch { /* gone */ }
+        for (const child of children.split(/\s+/).filter(Boolean)) visit(child);
+      }
+    };
+    if (pid) visit(pid);
+    return total;
+  }
+  const cpu = (value) => (Number.isFinite(value) ? value.toFixed(1) : '–');
+  function measured(target, duration) {
+    const proxyPid = target.proxy?.pid;
+    const upstreamPid = target.direct ? null : upstream.pid;
+    const before = [cpuTicks(proxyPid), cpuTicks(upstreamPid)];
+    const run = wrk(target, duration);
+    const after = [cpuTicks(proxyPid), cpuTicks(upstreamPid)];
+    const requests = run.rps * duration;
+    const micros = (a, b) => (b - a) / ticksPerSecond / requests * 1e6;
+    run.cpu = {
+      user: proxyPid ? micros(before[0].user, after[0].user) : NaN,
+      kernel: proxyPid ? micros(before[0].kernel, after[0].kernel) : NaN,
+      upstream: upstreamPid ? micros(before[1].user + before[1].kernel, after[1].user + after[1].kernel) : NaN,
+    };
+    return run;
   }
 
   // Every TLS target must speak the same TLS with wrk's OpenSSL, or the comparison is not one.
@@ -406,10 +457,10 @@ try {
   const runs = Object.fromEntries(targets.map((t) => [t.name, []]));
   for (let round = 1; round <= ROUNDS; round += 1) {
     for (const target of targets) {
-      const run = wrk(target, DURATION);
+      const run = measured(target, DURATION);
       if (run.non2xx > 0) throw new Error(`${target.name}: ${run.non2xx} responses were not 2xx`);
       runs[target.name].push(run);
-      console.log(`  round ${round} ${target.name.padEnd(26)} ${run.rps.toFixed(0).padStart(7)} req/s  p50 ${(run.p50 * 1e3).toFixed(2)} ms  p99 ${(run.p99 * 1e3).toFixed(2)} ms${run.errors ? `  (socket errors: ${run.errors})` : ''}`);
+      console.log(`  round ${round} ${target.name.padEnd(26)} ${run.rps.toFixed(0).padStart(7)} req/s  p50 ${(run.p50 * 1e3).toFixed(2)} ms  p99 ${(run.p99 * 1e3).toFixed(2)} ms  CPU/request ${cpu(run.cpu.user)} user + ${cpu(run.cpu.kernel)} kernel µs, upstream ${cpu(run.cpu.upstream)} µs${run.errors ? `  (socket errors: ${run.errors})` : ''}`);
     }
   }
 
@@ -419,11 +470,26 @@ try {
     rps: median(runs[t.name].map((r) => r.rps)),
     p50: median(runs[t.name].map((r) => r.p50)),
     p99: median(runs[t.name].map((r) => r.p99)),
+    user: median(runs[t.name].map((r) => r.cpu.user)),
+    kernel: median(runs[t.name].map((r) => r.cpu.kernel)),
+    upstream: median(runs[t.name].map((r) => r.cpu.upstream)),
   }));
   const nginx = summary.find((s) => s.name.startsWith('nginx'));
-  console.log('\n| target | req/s (median) | vs nginx | p50 | p99 |\n|---|---|---|---|---|');
+  console.log('\n| target | req/s (median) | vs nginx | p50 | p99 | CPU µs/request: proxy user + kernel | upstream |\n|---|---|---|---|---|---|---|');
   for (const s of summary) {
-    console.log(`| ${s.name} | ${s.rps.toFixed(0)} | ${(s.rps / nginx.rps).toFixed(2)}× | ${(s.p50 * 1e3).toFixed(2)} ms | ${(s.p99 * 1e3).toFixed(2)} ms |`);
+    console.log(`| ${s.name} | ${s.rps.toFixed(0)} | ${(s.rps / nginx.rps).toFixed(2)}× | ${(s.p50 * 1e3).toFixed(2)} ms | ${(s.p99 * 1e3).toFixed(2)} ms | ${cpu(s.user)} + ${cpu(s.kernel)} | ${cpu(s.upstream)} |`);
+  }
+  // The kernel's share is a floor no user-space change moves: the upstream's CPU and the
+  // proxy's kernel time, per request, against nginx's whole cost; round by round, as the
+  // machine's drift moves every figure of a round together.
+  if (runs['oidc-bff'] && runs[nginx.name]) {
+    const floors = runs['oidc-bff'].map((ours, round) => {
+      const theirs = runs[nginx.name][round].cpu;
+      return (theirs.user + theirs.kernel + theirs.upstream) / (ours.cpu.kernel + ours.cpu.upstream);
+    });
+    console.log(`the kernel floor: nginx's CPU a request (proxy and upstream) over oidc-bff's kernel time and upstream's CPU, `
+      + `round by round: ${floors.map((f) => `${f.toFixed(2)}×`).join(', ')} (median ${median(floors).toFixed(2)}×): `
+      + 'what oidc-bff would reach against nginx if its own code took no time at all');
   }
   // The same comparisons pair by pair: each round's run of one target against the other's in
   // the same round, so that the machine's drift between rounds (often larger than the
@@ -458,9 +524,10 @@ try {
     return wrk.format("GET", "/api/OtherApi1/products", { ["Cookie"] = "__Host-bff=" .. cookie, ["X-CSRF"] = "1" })
   end
   `);
-  // In three steps, so that what sessions cost and what connections cost can be told apart:
+  // In four steps, so that what sessions cost and what connections cost can be told apart:
   // after the rounds above (one session used), after every seeded session has been read over
-  // a few connections, and with 1,000 connections cycling through them.
+  // a few connections, with 1,000 connections open and idle (as browsers keep them), and with
+  // 1,000 connections each with a call in flight all the time (wrk; the worst case).
   const memory = () => {
     const status = readFileSync(`/proc/${gateway.pid}/status`, 'utf8');
     const mib = (field) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN) / 1024;
@@ -470,9 +537,65 @@ try {
   console.log(`\nmemory, one session used: ${memory()}`);
   const few = wrk(target, 5, 16, lua);
   console.log(`memory, ${LIVE_SESSIONS} sessions read over 16 connections (${few.rps.toFixed(0)} req/s): ${memory()}`);
+  // 1,000 keep-alive connections as browsers hold them: each makes ten calls (every seeded
+  // session once in all), then stays open and idle while the RSS is read.
+  const held = await holdOpen(OPEN_CONNECTIONS, LIVE_SESSIONS / OPEN_CONNECTIONS);
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  console.log(`memory: ${LIVE_SESSIONS} sessions, ${OPEN_CONNECTIONS} connections open and idle after ${LIVE_SESSIONS / OPEN_CONNECTIONS} calls each: oidc-bff ${memory()}`);
+  for (const socket of held) socket.destroy();
+  await new Promise((resolve) => setTimeout(resolve, 1000));
   const many = wrk(target, 15, OPEN_CONNECTIONS, lua);
   console.log(`memory: ${LIVE_SESSIONS} sessions in the store, ${OPEN_CONNECTIONS} connections cycling through them: `
     + `${many.rps.toFixed(0)} req/s (${many.non2xx} non-2xx, socket errors: ${many.errors || 'none'}), oidc-bff ${memory()}`);
+  // nginx under the same 1,000 busy connections (the same calls; it ignores the cookies): what
+  // a proxy that holds no sessions spends on them, its worker's RSS.
+  const workerRss = (field) => {
+    const worker = readFileSync(`/proc/${nginxProxy.pid}/task/${nginxProxy.pid}/children`, 'utf8').trim().split(/\s+/)[0];
+    return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(readFileSync(`/proc/${worker}/status`, 'utf8'))?.[1] ?? NaN) / 1024;
+  };
+  const nginxBefore = workerRss('VmRSS');
+  const nginxMany = wrk({ ...target, url: `${urls.nginx}/api/OtherApi1/products` }, 15, OPEN_CONNECTIONS, lua);
+  console.log(`memory: nginx, the same ${OPEN_CONNECTIONS} busy connections: ${nginxMany.rps.toFixed(0)} req/s, `
+    + `worker RSS ${nginxBefore.toFixed(1)} MiB before, peak ${workerRss('VmHWM').toFixed(1)} MiB`);
+
+  /**
+   * Opens `count` TLS connections to the gateway, 100 at a time; each makes `calls` proxied
+   * calls in turn (one session after another from the seeded ones), keep-alive, and is handed
+   * back open.
+   */
+  async function holdOpen(count, calls) {
+    const sessions = readFileSync(cookieFile, 'utf8').trim().split('\n');
+    const port = Number(new URL(urls.gateway).port);
+    const ca = readFileSync(certs.ca);
+    let next = 0;
+    const one = () => new Promise((resolve, reject) => {
+      const socket = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca, ALPNProtocols: ['http/1.1'] });
+      let left = calls;
+      let buffer = Buffer.alloc(0);
+      const send = () => socket.write(`GET /api/OtherApi1/products HTTP/1.1\r\nHost: localhost:${port}\r\n`
+        + `Cookie: __Host-bff=${sessions[next++ % sessions.length]}\r\nX-CSRF: 1\r\n\r\n`);
+      socket.on('secureConnect', send);
+      socket.on('error', reject);
+      socket.on('data', (chunk) => {
+        buffer = Buffer.concat([buffer, chunk]);
+        const end = buffer.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buffer.subarray(0, end).toString('latin1');
+        const length = Number(/\r\ncontent-length:\s*(\d+)/i.exec(head)?.[1] ?? NaN);
+        if (!Number.isFinite(length)) return reject(new Error(`no Content-Length: ${head}`));
+        if (buffer.length < end + 4 + length) return;
+        if (!head.startsWith('HTTP/1.1 200')) return reject(new Error(`held connection: ${head.split('\r\n')[0]}`));
+        buffer = buffer.subarray(end + 4 + length);
+        left -= 1;
+        if (left > 0) send(); else resolve(socket);
+      });
+    });
+    const sockets = [];
+    for (let opened = 0; opened < count; opened += 100) {
+      sockets.push(...await Promise.all(Array.from({ length: Math.min(100, count - opened) }, one)));
+    }
+    return sockets;
+  }
 
   // --- streaming: 1 GiB up and 1 GiB down through oidc-bff, memory sampled all along ---------
 
