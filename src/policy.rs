@@ -96,7 +96,21 @@ impl Rule {
             (_, None) => Rule::Present {
                 name: name.to_owned(),
             },
-            ("acr", Some(value)) => Rule::Acr(alternatives(value)?),
+            ("acr", Some(value)) => {
+                let values = alternatives(value)?;
+                // `/login?acr_values=` and a step-up carry these space-separated (OpenID
+                // Connect Core §3.1.2.1): a space would make one value two.
+                if let Some(bad) = values
+                    .iter()
+                    .find(|acr| acr.chars().any(|c| c.is_whitespace() || c.is_control()))
+                {
+                    return Err(format!(
+                        "{text:?}: {bad:?} cannot be an acr value (acr_values is \
+                         space-separated: no spaces or control characters)"
+                    ));
+                }
+                Rule::Acr(values)
+            }
             ("email-domain", Some(value)) => Rule::EmailDomain(
                 alternatives(value)?
                     .into_iter()
@@ -533,6 +547,9 @@ mod tests {
             ("s=scope:", "empty value"),
             ("s=scope:a\"b", "not a scope"),
             ("s=scope:a\\b", "not a scope"),
+            ("strong=acr:gold level", "acr value"),
+            ("strong=acr:gold|\u{8}silver", "acr value"),
+            ("strong=acr:gold|sil\u{7f}ver", "acr value"),
         ] {
             let error = Policy::parse(text).expect_err(text);
             assert!(error.contains(reason), "{text}: {error}");

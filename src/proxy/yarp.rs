@@ -902,5 +902,15 @@ mod tests {
                 .any(|error| error.contains("oidc-bff.Policies.admins")),
             "{bad:?}"
         );
+        // A file can say what a flag cannot (a flag's spaces separate policies): an acr value
+        // with a space would be two values in `acr_values`.
+        let spaced = with_policy(r#"{"admins": ["acr:gold level"]}"#).expect_err("acr value");
+        assert!(
+            spaced
+                .iter()
+                .any(|error| error.contains("oidc-bff.Policies.admins")
+                    && error.contains("acr value")),
+            "{spaced:?}"
+        );
     }
 }

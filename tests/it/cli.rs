@@ -78,6 +78,14 @@ fn route_options_and_policies_are_checked_before_the_start_and_name_the_flag() {
             "--policy",
             "twice",
         ),
+        // An acr value with a control character would go out in `acr_values` (found by
+        // fuzzing); one with a space cannot come from this flag, whose spaces separate
+        // policies (src/proxy/yarp.rs tests it from a file).
+        (
+            vec!["--policy", "strong=acr:gold|\u{8}silver"],
+            "--policy",
+            "acr value",
+        ),
     ] {
         let (code, _, stderr) = run(&with(&extra));
         assert_eq!(code, 64, "{extra:?}: {stderr}");
