@@ -956,7 +956,14 @@ impl ServeArgs {
 
         let mut scopes: Vec<String> = vec!["openid".into()];
         for scope in self.scopes.split_whitespace() {
-            if !scopes.iter().any(|known| known == scope) {
+            // Checked as --client-scopes are (RFC 6749 §3.3), so that a bad one stops the start
+            // instead of every sign-in at the provider (`invalid_scope`).
+            if !crate::policy::valid_scope(scope) {
+                errors.push(format!(
+                    "--scopes: {scope:?} is not a scope (printable ASCII without spaces, quotes \
+                     or backslashes)"
+                ));
+            } else if !scopes.iter().any(|known| known == scope) {
                 scopes.push(scope.to_owned());
             }
         }

@@ -1,18 +1,40 @@
 //! The binary's command line: bad configuration fails fast, with one clear line and exit 64.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
 
+/// Runs the binary; one that has not exited after 20 s (a configuration it should have refused
+/// started serving) is killed and reported with code -2, so that a test fails instead of
+/// waiting for ever. The output is small: read once the process is over.
 fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oidc-bff"))
         .args(args)
         .env_remove("OIDC_BFF_CLIENT_SECRET")
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run the binary");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut code = -2;
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            code = status.code().unwrap_or(-1);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if code == -2 {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut pipe) = child.stdout.take() {
+        let _ = pipe.read_to_string(&mut stdout);
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (code, stdout, stderr)
 }
 
 const BASE: [&str; 5] = [
@@ -68,6 +90,14 @@ fn route_options_and_policies_are_checked_before_the_start_and_name_the_flag() {
             "--client-scopes",
             "not a scope",
         ),
+        // The login's own scopes, checked the same way: a bad one used to start and then fail
+        // every sign-in at the provider (`invalid_scope`).
+        (
+            vec!["--scopes", "profile orders\"read"],
+            "--scopes",
+            "not a scope",
+        ),
+        (vec!["--scopes", "profile\u{1}"], "--scopes", "not a scope"),
         (
             vec!["--policy", "admins=groups:"],
             "--policy",
