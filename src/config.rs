@@ -958,11 +958,8 @@ impl ServeArgs {
         for scope in self.scopes.split_whitespace() {
             // Checked as --client-scopes are (RFC 6749 §3.3), so that a bad one stops the start
             // instead of every sign-in at the provider (`invalid_scope`).
-            if !crate::policy::valid_scope(scope) {
-                errors.push(format!(
-                    "--scopes: {scope:?} is not a scope (printable ASCII without spaces, quotes \
-                     or backslashes)"
-                ));
+            if let Err(problem) = crate::policy::check_scope(scope) {
+                errors.push(format!("--scopes: {problem}"));
             } else if !scopes.iter().any(|known| known == scope) {
                 scopes.push(scope.to_owned());
             }

@@ -127,11 +127,8 @@ impl Rule {
             }
             ("scope", Some(value)) => {
                 let scopes = alternatives(value)?;
-                if let Some(bad) = scopes.iter().find(|scope| !valid_scope(scope)) {
-                    return Err(format!(
-                        "{text:?}: {bad:?} is not a scope (RFC 6749 §3.3: printable ASCII \
-                         without spaces, quotes or backslashes)"
-                    ));
+                for scope in &scopes {
+                    check_scope(scope).map_err(|problem| format!("{text:?}: {problem}"))?;
                 }
                 Rule::Scope(scopes)
             }
@@ -182,12 +179,21 @@ impl Rule {
     }
 }
 
-/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
-pub fn valid_scope(scope: &str) -> bool {
-    !scope.is_empty()
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`. The one check of a scope,
+/// and its one message, for `scope:` rules, `--scopes` and the client token's scopes.
+pub fn check_scope(scope: &str) -> Result<(), String> {
+    let valid = !scope.is_empty()
         && scope
             .bytes()
-            .all(|byte| matches!(byte, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
+            .all(|byte| matches!(byte, 0x21 | 0x23..=0x5b | 0x5d..=0x7e));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{scope:?} is not a scope (RFC 6749 §3.3: printable ASCII without spaces, quotes \
+             or backslashes)"
+        ))
+    }
 }
 
 /// A string claim equals one of `values`; a number or a boolean is compared in its JSON form.

@@ -183,13 +183,8 @@ pub fn client_scope<'a>(scopes: impl Iterator<Item = &'a str>) -> Result<String,
     if scopes.is_empty() {
         return Err("no scope".into());
     }
-    if let Some(bad) = scopes
-        .iter()
-        .find(|scope| !crate::policy::valid_scope(scope))
-    {
-        return Err(format!(
-            "{bad:?} is not a scope (printable ASCII without spaces, quotes or backslashes)"
-        ));
+    for scope in &scopes {
+        crate::policy::check_scope(scope)?;
     }
     Ok(scopes.join(" "))
 }
